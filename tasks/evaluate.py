@@ -1,0 +1,111 @@
+"""Evaluate a model on the test split: rating error and top-k ranking quality.
+
+Protocol (Microsoft Recommenders, MovieLens): for each user with at least one test rating, rank every item
+the user did not rate in train; an item is relevant when the user rated it in test, whatever the rating.
+Per-user values are averaged over those users. With R_u the user's relevant items, hit_j = 1 when the
+item at rank j (1-based) is relevant, and hits = sum of hit_j for j <= k:
+
+- rmse = sqrt(mean((prediction - rating)^2)) over test ratings; mae = mean(|prediction - rating|);
+  predictions are clipped to the dataset's rating scale.
+- precision@k = hits / k.
+- recall@k = hits / |R_u|.
+- ndcg@k = DCG / IDCG with DCG = sum_j hit_j / log2(j + 1) and IDCG the DCG of min(|R_u|, k) hits at the top.
+- map@k = (1 / min(|R_u|, k)) * sum_j hit_j * precision@j  (average precision at k, then the mean over users).
+- hit_rate@k = share of users with hits >= 1.
+- coverage@k = distinct items in all evaluated users' top-k / number of items in the catalogue.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import PipelineConfig
+from tasks.scoring import UserItems, top_k_unseen
+from tasks.train import TrainedModel
+
+RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+
+
+def rating_errors(predictions: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """RMSE and MAE of predicted against true ratings."""
+    errors = predictions.astype(np.float64) - truth.astype(np.float64)
+    return {"rmse": math.sqrt(float(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors)))}
+
+
+def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int) -> dict[str, float]:
+    """Precision, recall, nDCG, MAP, hit rate and coverage at k (definitions in the module docstring).
+
+    Args:
+        top_items: (n_users, >= k) ranked item indices per user, -1 for padding.
+        relevant: each user's relevant (test) items; users with none are not evaluated.
+        n_items: catalogue size, for coverage.
+        k: cut-off.
+    """
+    n_relevant = relevant.counts()
+    users = np.flatnonzero(n_relevant > 0)
+    if len(users) == 0:
+        raise ValueError("no user has a test rating; cannot compute ranking metrics")
+    ranked = top_items[users, :k]
+    flat_users = np.repeat(users, ranked.shape[1])
+    hits = relevant.contains(flat_users, np.maximum(ranked.ravel(), 0), n_items).reshape(ranked.shape)
+    hits &= ranked >= 0
+    n_rel = n_relevant[users]
+    ranks = np.arange(1, ranked.shape[1] + 1)
+    discounts = 1.0 / np.log2(ranks + 1)
+    n_hits = hits.sum(1)
+    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(n_rel, k)]
+    precision_at_j = np.cumsum(hits, 1) / ranks
+    shown = np.unique(ranked[ranked >= 0])
+    return {
+        "precision": float(np.mean(n_hits / k)),
+        "recall": float(np.mean(n_hits / n_rel)),
+        "ndcg": float(np.mean((hits * discounts).sum(1) / ideal)),
+        "map": float(np.mean((hits * precision_at_j).sum(1) / np.minimum(n_rel, k))),
+        "hit_rate": float(np.mean(n_hits > 0)),
+        "coverage": len(shown) / n_items,
+    }
+
+
+def evaluate(
+    model: TrainedModel,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    n_items: int,
+    config: PipelineConfig,
+) -> pl.DataFrame:
+    """Score the test split: rating errors, then top-k over the items each user did not rate in train.
+
+    Returns:
+        Long-form metrics: `metric`, `k` (null for rmse and mae), `value`.
+    """
+    users = torch.from_numpy(test["user_idx"].to_numpy().astype(np.int64))
+    items = torch.from_numpy(test["item_idx"].to_numpy().astype(np.int64))
+    predictions = model.predict(users, items).numpy()
+    errors = rating_errors(predictions, test["rating"].to_numpy())
+    n_users = model.module.user_factors.num_embeddings
+    top_items, _ = top_k_unseen(
+        model.score_users, n_users, n_items, UserItems.from_ratings(train, n_users), config.k, model.device,
+        config.score_chunk_users,
+    )  # fmt: skip
+    ranking = ranking_metrics(top_items, UserItems.from_ratings(test, n_users), n_items, config.k)
+    rows = [{"metric": m, "k": None, "value": v} for m, v in errors.items()]
+    rows += [{"metric": m, "k": config.k, "value": ranking[m]} for m in RANKING_METRICS]
+    return pl.DataFrame(rows, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(
+    model: TrainedModel,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    n_items: int,
+    config: PipelineConfig,
+) -> pl.DataFrame:
+    """Prefect wrapper of `evaluate`."""
+    return evaluate(model, train, test, n_items, config)

@@ -1,0 +1,360 @@
+"""Ingest: fetch a MovieLens archive, cache it by content, unzip it safely and parse it to parquet.
+
+Layout under `data_dir`:
+
+- `archives/<sha256>.zip`: downloaded archives, kept only once complete and verified;
+- `archives/sources.json`: per source URL, the sha256, ETag and Last-Modified of its last download, so an
+  unchanged source is answered by a conditional request (304) instead of a second download;
+- `datasets/<sha256>/{ratings,items}.parquet` and `meta.json`: the parsed archive, so it is parsed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import httpx
+import polars as pl
+from prefect import task
+from prefect.tasks import exponential_backoff
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from tasks.config import PipelineConfig
+from tasks.movielens import detect_layout
+
+log = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 1 << 20
+# An archive may expand to at most this much on disk (the ratings and items files that are extracted).
+MAX_EXTRACTED_BYTES = 8 << 30
+
+
+class IngestError(RuntimeError):
+    """The source could not be fetched or is not a usable MovieLens archive."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A complete, verified archive on local disk."""
+
+    path: Path
+    sha256: str
+    source: str  # as given, credentials removed
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A parsed archive: where its parquet lives and what it holds."""
+
+    ratings_path: Path
+    items_path: Path
+    sha256: str
+    layout: str
+    n_ratings: int
+
+    def ratings(self) -> pl.DataFrame:
+        return pl.read_parquet(self.ratings_path)
+
+    def items(self) -> pl.DataFrame:
+        return pl.read_parquet(self.items_path)
+
+
+def redact(source: str) -> str:
+    """The source with any user:password in its URL replaced, safe to log and store."""
+    parts = urlsplit(source)
+    if parts.username is None and parts.password is None:
+        return source
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _local_path(source: str) -> Path | None:
+    """The file a `file://` URL or plain path names; None for http(s). Other schemes are refused."""
+    scheme = urlsplit(source).scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    if scheme == "file":
+        return Path(unquote(urlsplit(source).path))
+    if scheme == "" or (len(scheme) == 1 and sys.platform == "win32"):
+        return Path(source)
+    raise IngestError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_expected(sha256: str, expected: str | None, source: str) -> None:
+    if expected is not None and sha256 != expected.lower():
+        raise IngestError(f"source {redact(source)!r}: sha256 is {sha256}, expected {expected.lower()}; refused")
+
+
+class _SourceIndex:
+    """`archives/sources.json`: what each URL served last time, for conditional requests."""
+
+    def __init__(self, archive_dir: Path) -> None:
+        self.path = archive_dir / "sources.json"
+        self.entries: dict[str, dict[str, str]] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def cached(self, source: str, archive_dir: Path) -> dict[str, str] | None:
+        entry = self.entries.get(redact(source))
+        return entry if entry and (archive_dir / f"{entry['sha256']}.zip").exists() else None
+
+    def remember(self, source: str, sha256: str, response: httpx.Response) -> None:
+        entry = {"sha256": sha256}
+        for header in ("etag", "last-modified"):
+            if header in response.headers:
+                entry[header] = response.headers[header]
+        self.entries[redact(source)] = entry
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=2))
+        tmp.replace(self.path)
+
+
+def _download(source: str, archive_dir: Path, timeout: float, index: _SourceIndex) -> tuple[Path, str]:
+    """Stream `source` into `archive_dir`, hashing as it goes; return the archive path and its sha256."""
+    headers = {}
+    previous = index.cached(source, archive_dir)
+    if previous:
+        if "etag" in previous:
+            headers["If-None-Match"] = previous["etag"]
+        if "last-modified" in previous:
+            headers["If-Modified-Since"] = previous["last-modified"]
+    shown = redact(source)
+    try:
+        with httpx.stream("GET", source, headers=headers, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code == 304 and previous:
+                log.info("%s unchanged since the last download (HTTP 304); using archive %s", shown, previous["sha256"])
+                return archive_dir / f"{previous['sha256']}.zip", previous["sha256"]
+            if response.status_code >= 400:
+                raise IngestError(
+                    f"source {shown!r}: HTTP {response.status_code} {response.reason_phrase}",
+                    retryable=response.status_code >= 500 or response.status_code in (408, 429),
+                )
+            total = int(response.headers.get("content-length", 0)) or None
+            digest = hashlib.sha256()
+            received = 0
+            fd, tmp_name = tempfile.mkstemp(dir=archive_dir, prefix=".partial-", suffix=".zip")
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as out, _progress(shown, total) as advance:
+                    for chunk in response.iter_bytes(_CHUNK_BYTES):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        advance(len(chunk))
+                if total is not None and received != total:
+                    raise IngestError(f"source {shown!r}: body cut short ({received} of {total} bytes)", retryable=True)
+                sha256 = digest.hexdigest()
+                final = archive_dir / f"{sha256}.zip"
+                tmp.replace(final)
+            finally:
+                tmp.unlink(missing_ok=True)
+            index.remember(source, sha256, response)
+            return final, sha256
+    except httpx.TransportError as exc:
+        raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True) from exc
+
+
+class _progress:
+    """A download progress bar on a terminal; a log line every 10% elsewhere (Prefect logs, CI)."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total, self.done, self.next_log = label, total, 0, 0.1
+        self.bar = Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            disable=not sys.stderr.isatty(),
+        )  # fmt: skip
+        self.started = time.perf_counter()
+
+    def __enter__(self):
+        self.bar.start()
+        task_id = self.bar.add_task(f"download {self.label}", total=self.total)
+
+        def advance(n: int) -> None:
+            self.done += n
+            self.bar.update(task_id, advance=n)
+            if self.total and self.done / self.total >= self.next_log:
+                log.info("downloaded %d%% of %s (%d bytes)", 100 * self.done // self.total, self.label, self.done)
+                self.next_log += 0.1
+
+        return advance
+
+    def __exit__(self, *exc_info) -> None:
+        self.bar.stop()
+        log.info("downloaded %d bytes from %s in %.1fs", self.done, self.label, time.perf_counter() - self.started)
+
+
+def fetch_archive(source: str, data_dir: Path, expected_sha256: str | None = None, timeout: float = 60.0) -> Archive:
+    """Make a complete, verified copy of the source archive available locally.
+
+    A local path or `file://` URL is used in place. An http(s) URL is downloaded once into
+    `data_dir/archives/<sha256>.zip`; later calls reuse it when `expected_sha256` names a cached archive,
+    or when the server answers a conditional request with 304 Not Modified.
+
+    Args:
+        source: http(s) URL, `file://` URL or local path.
+        data_dir: the pipeline's data directory.
+        expected_sha256: refuse the archive unless its sha256 is this.
+        timeout: connect and read timeout, seconds.
+
+    Returns:
+        The archive's local path and sha256.
+
+    Raises:
+        IngestError: unsupported scheme, missing file, HTTP error, cut-short body or sha256 mismatch;
+            `retryable` tells whether trying again may help.
+    """
+    local = _local_path(source)
+    if local is not None:
+        if not local.is_file():
+            raise IngestError(f"source {str(local)!r}: no such file")
+        sha256 = sha256_of(local)
+        _check_expected(sha256, expected_sha256, source)
+        return Archive(local, sha256, str(local))
+    archive_dir = data_dir / "archives"
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    if expected_sha256 and (archive_dir / f"{expected_sha256.lower()}.zip").exists():
+        log.info("archive %s already downloaded; not fetching %s", expected_sha256.lower(), redact(source))
+        return Archive(archive_dir / f"{expected_sha256.lower()}.zip", expected_sha256.lower(), redact(source))
+    path, sha256 = _download(source, archive_dir, timeout, _SourceIndex(archive_dir))
+    _check_expected(sha256, expected_sha256, source)
+    return Archive(path, sha256, redact(source))
+
+
+def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int]) -> Path:
+    """Copy one member into `target_dir` (flat), refusing unsafe names, links and oversized output."""
+    info = archive.getinfo(name)
+    if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name.split("/")[0]:
+        raise IngestError(f"archive member {name!r}: unsafe path; refused")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise IngestError(f"archive member {name!r}: is a symbolic link; refused")
+    target = target_dir / Path(name).name
+    with archive.open(info) as src, target.open("wb") as out:
+        while chunk := src.read(_CHUNK_BYTES):
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise IngestError(f"archive member {name!r}: expands past the {MAX_EXTRACTED_BYTES} byte limit; refused")
+            out.write(chunk)
+    return target
+
+
+def load_dataset(archive: Archive, data_dir: Path, max_extracted_bytes: int = MAX_EXTRACTED_BYTES) -> Dataset:
+    """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256.
+
+    Args:
+        archive: a verified local archive.
+        data_dir: the pipeline's data directory.
+        max_extracted_bytes: refuse archives whose extracted files exceed this.
+
+    Returns:
+        The parsed dataset (cached under `data_dir/datasets/<sha256>/`).
+
+    Raises:
+        IngestError: unreadable zip, unsafe member, size limit, unknown layout or malformed file.
+    """
+    out_dir = data_dir / "datasets" / archive.sha256
+    meta_path = out_dir / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        log.info("archive %s already parsed (%s, %d ratings)", archive.sha256[:12], meta["layout"], meta["n_ratings"])
+        return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, meta["layout"], meta["n_ratings"])
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{archive.sha256[:12]}-"))
+    try:
+        try:
+            zf = zipfile.ZipFile(archive.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise IngestError(f"archive {archive.source!r} is unreadable: {exc}") from exc
+        with zf:
+            try:
+                layout, ratings_member, items_member = detect_layout(zf.namelist())
+            except ValueError as exc:
+                raise IngestError(f"archive {archive.source!r}: {exc}") from exc
+            raw_dir = work / "raw"
+            raw_dir.mkdir()
+            budget = [max_extracted_bytes]
+            try:
+                ratings_file = _extract_member(zf, ratings_member, raw_dir, budget)
+                items_file = _extract_member(zf, items_member, raw_dir, budget) if items_member else None
+                genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
+                if layout.name == "ml-100k" and genre_member in zf.namelist():
+                    _extract_member(zf, genre_member, raw_dir, budget)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+                raise IngestError(f"archive {archive.source!r} is unreadable: {exc}") from exc
+        try:
+            ratings = layout.read_ratings(ratings_file)
+            items = layout.read_items(items_file) if items_file else _untitled_items(ratings)
+        except ValueError as exc:
+            raise IngestError(f"archive {archive.source!r}, {exc}") from exc
+        if ratings.height == 0:
+            raise IngestError(f"archive {archive.source!r}, {ratings_member}: holds no ratings")
+        ratings.write_parquet(work / "ratings.parquet")
+        items.write_parquet(work / "items.parquet")
+        shutil.rmtree(raw_dir)
+        meta = {"layout": layout.name, "n_ratings": ratings.height, "source": archive.source}
+        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():  # a concurrent parse of the same archive finished first
+            shutil.rmtree(out_dir)
+        work.replace(out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height)
+    return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, layout.name, ratings.height)
+
+
+def _untitled_items(ratings: pl.DataFrame) -> pl.DataFrame:
+    """Items with no titles, for archives that ship ratings alone."""
+    return ratings.select(pl.col("item_id").unique().sort()).with_columns(
+        title=pl.lit(None, pl.String), genres=pl.lit([], pl.List(pl.String)), year=pl.lit(None, pl.Int32)
+    )
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: retry network faults and 5xx, not a 404 or a sha256 mismatch."""
+    try:
+        state.result()
+    except IngestError as exc:
+        return exc.retryable
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="fetch-archive",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+)
+def fetch_archive_task(config: PipelineConfig) -> Archive:
+    """Prefect wrapper of `fetch_archive`; retried with backoff on transient faults."""
+    return fetch_archive(config.source, config.data_dir, config.source_sha256, config.download_timeout_seconds)
+
+
+@task(name="parse-archive")
+def load_dataset_task(archive: Archive, config: PipelineConfig) -> Dataset:
+    """Prefect wrapper of `load_dataset` (cached on disk by the archive's sha256)."""
+    return load_dataset(archive, config.data_dir)

@@ -1,0 +1,164 @@
+"""Publish to DuckDB: the run's lifecycle in `runs`, its metrics and loss history, and the lists.
+
+Everything is written through Arrow (frames are registered as views and inserted with one statement) and
+every value is a bound parameter; the only names formatted into SQL are column names from `RUN_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import warehouse
+from tasks.ingest import Dataset
+
+log = logging.getLogger(__name__)
+
+# Columns of `runs` a run may set after it starts (see warehouse/schema/001_tables.sql).
+RUN_COLUMNS = frozenset(
+    {
+        "source", "source_sha256", "dataset_layout", "n_ratings", "n_users", "n_items", "n_train", "n_test",
+        "model", "device", "train_seconds", "train_ratings_per_second", "stage_seconds",
+    }
+)  # fmt: skip
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse (creating it and its parent folder), apply the schema, close on exit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        for script in warehouse.schema_scripts():
+            con.execute(script)
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
+
+
+def _set_run_fields(con: duckdb.DuckDBPyConnection, run_id: str, fields: dict[str, Any]) -> None:
+    unknown = set(fields) - RUN_COLUMNS - {"status", "error", "finished_at"}
+    if unknown:
+        raise ValueError(f"runs has no column(s) {sorted(unknown)}")
+    if not fields:
+        return
+    values = [json.dumps(v) if k == "stage_seconds" else v for k, v in fields.items()]
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values, run_id])
+
+
+def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str, started_at: datetime) -> None:
+    """Insert the run as `running`."""
+    with connect(path) as con:
+        con.execute(
+            "INSERT INTO runs (run_id, flow_run_id, started_at, status, config) VALUES (?, ?, ?, 'running', ?)",
+            [run_id, flow_run_id, started_at, config_json],
+        )
+
+
+def record_facts(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+    """Set what the run has learnt about itself so far (dataset size, device, timings...)."""
+    with connect(path) as con:
+        _set_run_fields(con, run_id, facts)
+
+
+def record_metrics(path: Path, run_id: str, model: str, metrics: pl.DataFrame) -> None:
+    """Store a model's metrics (`metric`, `k`, `value`), replacing any the run stored for it before.
+
+    Written as soon as evaluation ends, so a run that fails or is held back later still has them.
+    """
+    rows = metrics.select(pl.lit(run_id).alias("run_id"), pl.lit(model).alias("model"), "metric", "k", "value")
+    with connect(path) as con, _transaction(con):
+        con.register("new_metrics", rows.to_arrow())
+        con.execute("DELETE FROM run_metrics WHERE run_id = ? AND model = ?", [run_id, model])
+        con.execute("INSERT INTO run_metrics SELECT run_id, model, metric, k, value FROM new_metrics")
+
+
+def record_history(path: Path, run_id: str, history: pl.DataFrame) -> None:
+    """Append a training's loss per epoch (`epoch`, `split`, `loss`)."""
+    rows = history.select(pl.lit(run_id).alias("run_id"), "epoch", "split", "loss")
+    with connect(path) as con:
+        con.register("new_history", rows.to_arrow())
+        con.execute("INSERT INTO training_history SELECT run_id, epoch, split, loss FROM new_history")
+
+
+def publish(
+    path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame, facts: dict[str, Any]
+) -> datetime:
+    """Replace the published lists and the catalogue and mark the run succeeded, in one transaction.
+
+    Args:
+        path: the warehouse file.
+        run_id: the publishing run.
+        recommendations: `user_id`, `item_id`, `rank`, `score`.
+        items: `item_id`, `title`, `genres`, `year`.
+        facts: last `runs` fields to set (stage timings...).
+
+    Returns:
+        The `generated_at` stamped on the rows.
+    """
+    generated_at = utc_now()
+    with connect(path) as con, _transaction(con):
+        con.register("new_recommendations", recommendations.select("user_id", "item_id", "rank", "score").to_arrow())
+        con.register("new_items", items.select("item_id", "title", "genres", "year").to_arrow())
+        con.execute("DELETE FROM recommendations")
+        con.execute(
+            "INSERT INTO recommendations SELECT user_id, item_id, rank, score, ?, ? FROM new_recommendations",
+            [run_id, generated_at],
+        )
+        con.execute("DELETE FROM items")
+        con.execute("INSERT INTO items SELECT item_id, title, genres, year FROM new_items")
+        _set_run_fields(con, run_id, {**facts, "status": "succeeded", "finished_at": utc_now()})
+    log.info("published %d recommendations for run %s", recommendations.height, run_id)
+    return generated_at
+
+
+def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> None:
+    """Record the run as failed with its error; the published lists are not touched."""
+    with connect(path) as con:
+        _set_run_fields(con, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
+
+
+@task(name="record-metrics", cache_policy=NO_CACHE)
+def record_metrics_task(path: Path, run_id: str, model: str, metrics: pl.DataFrame) -> None:
+    """Prefect wrapper of `record_metrics`."""
+    record_metrics(path, run_id, model, metrics)
+
+
+@task(name="record-history", cache_policy=NO_CACHE)
+def record_history_task(path: Path, run_id: str, history: pl.DataFrame) -> None:
+    """Prefect wrapper of `record_history`."""
+    record_history(path, run_id, history)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(
+    path: Path, run_id: str, recommendations: pl.DataFrame, dataset: Dataset, facts: dict[str, Any]
+) -> datetime:
+    """Prefect wrapper of `publish`, with the parsed dataset's catalogue as the items."""
+    return publish(path, run_id, recommendations, dataset.items(), facts)

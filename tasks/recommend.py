@@ -1,0 +1,48 @@
+"""Recommend: every user's top-n among the items they have not rated anywhere in the dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import PipelineConfig
+from tasks.reindex import IdMaps
+from tasks.scoring import UserItems, top_k_unseen
+from tasks.train import TrainedModel
+
+
+def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig) -> pl.DataFrame:
+    """Top-n per user, in the dataset's own ids.
+
+    Args:
+        model: the model that scores the lists.
+        ratings: all indexed ratings; none of a user's rated items is recommended to them.
+        maps: index to id maps.
+        config: `top_n` and `score_chunk_users`.
+
+    Returns:
+        `user_id`, `item_id`, `rank` (1 = best), `score` (the predicted rating), by user then rank. A user
+        who has rated all but m < n items gets m rows.
+    """
+    top_items, top_scores = top_k_unseen(
+        model.score_users, maps.n_users, maps.n_items, UserItems.from_ratings(ratings, maps.n_users), config.top_n,
+        model.device, config.score_chunk_users,
+    )  # fmt: skip
+    n = top_items.shape[1]
+    lists = pl.DataFrame(
+        {
+            "user_idx": np.repeat(np.arange(maps.n_users, dtype=np.int32), n),
+            "item_idx": top_items.ravel().astype(np.int32),
+            "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), maps.n_users),
+            "score": top_scores.ravel(),
+        }
+    ).filter(pl.col("item_idx") >= 0)
+    return maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score")
+
+
+@task(name="recommend", cache_policy=NO_CACHE)
+def recommend_task(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig) -> pl.DataFrame:
+    """Prefect wrapper of `recommend`."""
+    return recommend(model, ratings, maps, config)

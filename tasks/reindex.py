@@ -1,0 +1,84 @@
+"""Reindex: the dataset's own user and item ids to contiguous int32 indices, reversibly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.ingest import Dataset
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """Row i of `users` (`user_idx`, `user_id`) maps index i back to the dataset's id; same for `items`."""
+
+    users: pl.DataFrame
+    items: pl.DataFrame
+
+    @property
+    def n_users(self) -> int:
+        return self.users.height
+
+    @property
+    def n_items(self) -> int:
+        return self.items.height
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.users.write_parquet(directory / "user_map.parquet")
+        self.items.write_parquet(directory / "item_map.parquet")
+
+    @classmethod
+    def load(cls, directory: Path) -> IdMaps:
+        return cls(pl.read_parquet(directory / "user_map.parquet"), pl.read_parquet(directory / "item_map.parquet"))
+
+    def to_dataset_ids(self, indexed: pl.DataFrame) -> pl.DataFrame:
+        """Replace `user_idx`/`item_idx` columns of `indexed` by the dataset's `user_id`/`item_id`."""
+        out = indexed
+        if "user_idx" in out.columns:
+            out = out.with_columns(user_id=self.users["user_id"].gather(out["user_idx"])).drop("user_idx")
+        if "item_idx" in out.columns:
+            out = out.with_columns(item_id=self.items["item_id"].gather(out["item_idx"])).drop("item_idx")
+        return out
+
+
+def _vocabulary(ratings: pl.DataFrame, id_column: str, idx_column: str) -> pl.DataFrame:
+    return (
+        ratings.select(pl.col(id_column).unique().sort())
+        .with_row_index(idx_column)
+        .with_columns(pl.col(idx_column).cast(pl.Int32))
+    )
+
+
+def reindex(ratings: pl.DataFrame) -> tuple[pl.DataFrame, IdMaps]:
+    """Map ids to indices 0..n-1 in id order.
+
+    Args:
+        ratings: `user_id`, `item_id`, `rating`, `timestamp`.
+
+    Returns:
+        Ratings with `user_idx`, `item_idx` (Int32) instead of the ids, sorted by user then item, and the
+        maps back to the ids.
+    """
+    maps = IdMaps(_vocabulary(ratings, "user_id", "user_idx"), _vocabulary(ratings, "item_id", "item_idx"))
+    indexed = (
+        ratings.lazy()
+        .join(maps.users.lazy(), on="user_id")
+        .join(maps.items.lazy(), on="item_id")
+        .select("user_idx", "item_idx", "rating", "timestamp")
+        .sort("user_idx", "item_idx")
+        .collect()
+    )
+    return indexed, maps
+
+
+@task(name="reindex", cache_policy=NO_CACHE)
+def reindex_task(dataset: Dataset, run_dir: Path) -> tuple[pl.DataFrame, IdMaps]:
+    """Prefect wrapper of `reindex` over the parsed dataset's ratings; saves the id maps with the run."""
+    indexed, maps = reindex(dataset.ratings())
+    maps.save(run_dir)
+    return indexed, maps

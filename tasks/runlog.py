@@ -1,0 +1,74 @@
+"""Bookkeeping of one run: its id, its folder, what it learnt about itself, and how long each stage took."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import PipelineConfig
+from tasks.publish import mark_failed, start_run, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """Sortable, readable and unique: `20261122T031500Z-3f9a1c`."""
+    return f"{utc_now():%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunLog:
+    """A run in progress. Facts and stage timings accumulate here and reach `runs` when the run ends."""
+
+    run_id: str
+    config: PipelineConfig
+    facts: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        """Where this run's id maps, splits and checkpoint are saved."""
+        return self.config.data_dir / "runs" / self.run_id
+
+    def note(self, **facts: Any) -> None:
+        self.facts.update(facts)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = round(self.stage_seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+    def final_facts(self) -> dict[str, Any]:
+        return {**self.facts, "stage_seconds": self.stage_seconds}
+
+    def fail(self, error: BaseException) -> None:
+        """Record the run as failed with the error's type and message.
+
+        Never raises: if the warehouse cannot be written, that is logged and the original error stands.
+        """
+        try:
+            mark_failed(self.config.warehouse, self.run_id, f"{type(error).__name__}: {error}", self.final_facts())
+        except Exception:
+            log.exception("could not record run %s as failed in %s", self.run_id, self.config.warehouse)
+
+
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run_task(config: PipelineConfig, flow_run_id: str | None) -> RunLog:
+    """Insert the run as `running` in the warehouse and return its log."""
+    run = RunLog(new_run_id(), config)
+    start_run(config.warehouse, run.run_id, flow_run_id, config.model_dump_json(), utc_now())
+    run.directory.mkdir(parents=True, exist_ok=True)
+    (run.directory / "config.json").write_text(config.model_dump_json(indent=2))
+    return run
