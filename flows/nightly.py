@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_task
 from tasks.ingest import fetch_archive_task, load_dataset_task
-from tasks.publish import publish_task, record_history_task, record_metrics_task
+from tasks.publish import publish_task, record_facts_task, record_history_task, record_metrics_task
 from tasks.recommend import recommend_task
 from tasks.reindex import reindex_task
 from tasks.report import report_task
@@ -66,5 +66,6 @@ def nightly(config: PipelineConfig = PipelineConfig()) -> RunResult:
     except BaseException as error:
         run.fail(error)
         raise
+    record_facts_task(config.warehouse, run.run_id, {"stage_seconds": run.stage_seconds})  # publish's own time
     summary = report_task(run.run_id, config.model, metrics, run.final_facts())
     return RunResult(run.run_id, config.model, metrics, recommendations.height, run.final_facts(), summary)

@@ -144,6 +144,12 @@ def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> N
         _set_run_fields(con, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
 
 
+@task(name="record-facts", cache_policy=NO_CACHE)
+def record_facts_task(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+    """Prefect wrapper of `record_facts`."""
+    record_facts(path, run_id, facts)
+
+
 @task(name="record-metrics", cache_policy=NO_CACHE)
 def record_metrics_task(path: Path, run_id: str, model: str, metrics: pl.DataFrame) -> None:
     """Prefect wrapper of `record_metrics`."""

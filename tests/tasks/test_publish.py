@@ -1,0 +1,94 @@
+"""The warehouse: idempotent schema, atomic replacement of the lists, failed runs leave them untouched."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import duckdb
+import polars as pl
+import pytest
+
+import warehouse
+from tasks.publish import connect, mark_failed, publish, record_history, record_metrics, start_run
+
+
+def _recs(user_ids, run_offset=0) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": [u for u in user_ids for _ in range(2)],
+            "item_id": [i + run_offset for _ in user_ids for i in (1, 2)],
+            "rank": [1, 2] * len(user_ids),
+            "score": [4.5, 4.0] * len(user_ids),
+        }
+    )
+
+
+ITEMS = pl.DataFrame(
+    {"item_id": [1, 2, 101, 102], "title": ["A (1990)", "B", "C", "D"], "genres": [["Drama"], [], [], []], "year": [1990, None, None, None]},
+    schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32},
+)
+
+
+def _start(path, run_id):
+    start_run(path, run_id, None, json.dumps({"k": 10}), datetime.now(timezone.utc))
+
+
+def test_schema_is_idempotent(tmp_path):
+    path = tmp_path / "w.duckdb"
+    for _ in range(2):
+        with connect(path):
+            pass
+    with duckdb.connect(str(path)) as con:
+        tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"recommendations", "items", "runs", "run_metrics", "training_history", "recommendations_with_titles"} <= tables
+
+
+def test_publish_replaces_lists_and_marks_run(tmp_path):
+    path = tmp_path / "w.duckdb"
+    _start(path, "run-1")
+    publish(path, "run-1", _recs([1, 2]), ITEMS, {"n_ratings": 4, "stage_seconds": {"train": 1.5}})
+    _start(path, "run-2")
+    publish(path, "run-2", _recs([3], run_offset=100), ITEMS, {"n_ratings": 5})
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("run-2",)]
+        assert con.execute("SELECT user_id, item_id, rank FROM recommendations ORDER BY rank").fetchall() == [(3, 101, 1), (3, 102, 2)]
+        runs = con.execute("SELECT run_id, status, n_ratings, stage_seconds->>'train' FROM runs ORDER BY run_id").fetchall()
+        assert runs == [("run-1", "succeeded", 4, "1.5"), ("run-2", "succeeded", 5, None)]
+        titled = warehouse.fetch(con, "user_recommendations", {"user_id": 3})
+    assert titled["title"].to_list() == ["C", "D"]
+
+
+def test_failed_run_leaves_published_lists_untouched(tmp_path):
+    path = tmp_path / "w.duckdb"
+    _start(path, "good")
+    publish(path, "good", _recs([1]), ITEMS, {})
+    _start(path, "bad")
+    mark_failed(path, "bad", "IngestError: HTTP 404", {"stage_seconds": {"ingest": 0.1}})
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("good",)]
+        assert con.execute("SELECT status, error FROM runs WHERE run_id = 'bad'").fetchall()[0] == ("failed", "IngestError: HTTP 404")
+
+
+def test_publish_failure_rolls_back(tmp_path):
+    path = tmp_path / "w.duckdb"
+    _start(path, "good")
+    publish(path, "good", _recs([1]), ITEMS, {})
+    _start(path, "broken")
+    with pytest.raises(ValueError, match="no column"):
+        publish(path, "broken", _recs([9]), ITEMS, {"not_a_column": 1})
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("good",)]
+        assert con.execute("SELECT status FROM runs WHERE run_id = 'broken'").fetchall()[0] == ("running",)
+
+
+def test_metrics_and_history_in_long_form(tmp_path):
+    path = tmp_path / "w.duckdb"
+    _start(path, "r")
+    metrics = pl.DataFrame({"metric": ["rmse", "ndcg"], "k": [None, 10], "value": [0.9, 0.1]}, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
+    record_metrics(path, "r", "dot_bias", metrics)
+    record_metrics(path, "r", "dot_bias", metrics)  # re-recording replaces, never duplicates
+    record_history(path, "r", pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.8]}))
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert warehouse.fetch(con, "run_metrics", {"run_id": "r"}).rows() == [("dot_bias", "rmse", None, 0.9), ("dot_bias", "ndcg", 10, 0.1)]
+        assert con.execute("SELECT count(*) FROM training_history WHERE run_id = 'r'").fetchall()[0] == (2,)

@@ -1,0 +1,75 @@
+"""Top-k over unseen items and the metric definitions, against brute force and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tasks.evaluate import rating_errors, ranking_metrics
+from tasks.scoring import UserItems, top_k_unseen
+
+
+def _items(pairs: list[tuple[int, int]], n_users: int) -> UserItems:
+    frame = pl.DataFrame({"user_idx": [u for u, _ in pairs], "item_idx": [i for _, i in pairs]})
+    return UserItems.from_ratings(frame, n_users)
+
+
+def test_user_items_mask_and_contains():
+    seen = _items([(0, 2), (0, 0), (2, 1)], n_users=3)
+    assert seen.counts().tolist() == [2, 0, 1]
+    mask = seen.mask(0, 3, 4, torch.device("cpu"))
+    assert mask.tolist() == [[True, False, True, False], [False] * 4, [False, True, False, False]]
+    assert seen.contains(np.array([0, 0, 1, 2]), np.array([2, 1, 2, 1]), 4).tolist() == [True, False, False, True]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_top_k_unseen_matches_brute_force(chunk):
+    rng = np.random.default_rng(0)
+    n_users, n_items, k = 17, 11, 4
+    scores = torch.from_numpy(rng.normal(size=(n_users, n_items)).astype(np.float32))
+    pairs = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.3]
+    seen = _items(pairs, n_users)
+    items, values = top_k_unseen(lambda users: scores[users], n_users, n_items, seen, k, torch.device("cpu"), chunk)
+    for user in range(n_users):
+        allowed = [i for i in range(n_items) if (user, i) not in set(pairs)]
+        expected = sorted(allowed, key=lambda i: -scores[user, i].item())[:k]
+        assert items[user].tolist() == expected
+        assert np.allclose(values[user], scores[user, expected].numpy())
+
+
+def test_top_k_pads_when_too_few_unseen_items():
+    seen = _items([(0, 0), (0, 1)], n_users=1)
+    items, values = top_k_unseen(lambda u: torch.ones(len(u), 3), 1, 3, seen, 3, torch.device("cpu"))
+    assert items.tolist() == [[2, -1, -1]] and math.isinf(values[0, 1])
+
+
+def test_rating_errors():
+    errors = rating_errors(np.array([3.0, 4.0, 5.0]), np.array([4.0, 4.0, 3.0]))
+    assert errors["rmse"] == pytest.approx(math.sqrt(5 / 3)) and errors["mae"] == pytest.approx(1.0)
+
+
+def test_ranking_metrics_hand_computed():
+    # user 0: relevant {1, 5}; ranked [1, 2, 5] -> hits at ranks 1 and 3.
+    # user 1: relevant {0};    ranked [3, 4, 2] -> no hit.
+    # user 2: no test items -> not evaluated.
+    relevant = _items([(0, 1), (0, 5), (1, 0)], n_users=3)
+    top = np.array([[1, 2, 5], [3, 4, 2], [0, 1, 2]])
+    m = ranking_metrics(top, relevant, n_items=8, k=3)
+    dcg0 = 1 / math.log2(2) + 1 / math.log2(4)
+    idcg0 = 1 / math.log2(2) + 1 / math.log2(3)
+    assert m["precision"] == pytest.approx((2 / 3 + 0) / 2)
+    assert m["recall"] == pytest.approx((2 / 2 + 0) / 2)
+    assert m["ndcg"] == pytest.approx((dcg0 / idcg0 + 0) / 2)
+    assert m["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 0) / 2)
+    assert m["hit_rate"] == pytest.approx(0.5)
+    assert m["coverage"] == pytest.approx(len({1, 2, 5, 3, 4}) / 8)  # user 2's list is not evaluated
+
+
+def test_ranking_metrics_ignore_padding():
+    relevant = _items([(0, 2)], n_users=1)
+    m = ranking_metrics(np.array([[2, -1, -1]]), relevant, n_items=3, k=3)
+    assert m["ndcg"] == pytest.approx(1.0) and m["precision"] == pytest.approx(1 / 3) and m["coverage"] == pytest.approx(1 / 3)

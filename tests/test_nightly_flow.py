@@ -1,0 +1,101 @@
+"""End to end: `recs run` over HTTP on loopback -> Prefect flow -> DuckDB, on the real ML-100k."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+
+import duckdb
+import polars as pl
+import pytest
+
+from flows.cli import main
+from flows.nightly import nightly
+from tasks.config import PipelineConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def _check_published(warehouse_path, ratings: pl.DataFrame, n_users: int) -> str:
+    """The contract of a succeeded run's tables; returns the run id."""
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT user_id) FROM recommendations").fetchall()[0] == (n_users * 10, n_users)
+        recs = pl.from_arrow(con.sql("SELECT * FROM recommendations").to_arrow_table())
+        run_id, status, error = con.execute("SELECT run_id, status, error FROM runs ORDER BY started_at DESC").fetchall()[0]
+        metrics = pl.from_arrow(con.sql("SELECT metric, k FROM run_metrics WHERE run_id = ?", params=[run_id]).to_arrow_table())
+        titled = con.execute("SELECT count(*) FROM recommendations_with_titles WHERE title IS NOT NULL").fetchall()[0][0]
+        history = con.execute("SELECT count(*) FROM training_history WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    assert (status, error) == ("succeeded", None)
+    assert recs["run_id"].unique().to_list() == [run_id]
+    assert recs.join(ratings, on=["user_id", "item_id"]).height == 0, "a list names an item its user rated"
+    ordered = recs.sort("user_id", "rank")
+    assert (ordered.group_by("user_id", maintain_order=True).agg("rank")["rank"].to_list()) == [list(range(1, 11))] * n_users
+    assert ordered.group_by("user_id").agg(pl.col("score").diff().max().alias("up"))["up"].max() <= 0, "ranks not in score order"
+    expected = {("rmse", None), ("mae", None)} | {(m, 10) for m in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")}
+    assert set(metrics.rows()) == expected
+    assert titled == n_users * 10 and history > 0
+    return run_id
+
+
+def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_dataset, tmp_path, serve, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(ml100k_zip, site / "ml-100k.zip")
+    server = serve(site)
+    warehouse_path = tmp_path / "W.duckdb"
+
+    status = main(["run", "--source", f"{server.url}/ml-100k.zip", "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")])
+
+    assert status == 0
+    run_id = _check_published(warehouse_path, ml100k_dataset.ratings(), n_users=943)
+    out = capsys.readouterr().out
+    assert f"run {run_id} succeeded: 9430 recommendations" in out and "ndcg" in out
+    run_dir = tmp_path / "D" / "runs" / run_id
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "user_map.parquet", "item_map.parquet", "train.parquet", "test.parquet", "model.pt"}
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        rmse, source, sha = con.execute(
+            "SELECT m.value, r.source, r.source_sha256 FROM run_metrics m JOIN runs r USING (run_id) WHERE metric = 'rmse'"
+        ).fetchall()[0]
+        stages = con.execute("SELECT json_keys(stage_seconds) FROM runs").fetchall()[0][0]
+    assert rmse < 0.95 and source.endswith("/ml-100k.zip") and sha.startswith("f6399316")
+    assert stages == ["ingest", "reindex", "split", "train", "evaluate", "refit", "recommend", "publish"]
+
+    assert main(["recommend", "1", "--warehouse", str(warehouse_path)]) == 0
+    assert "recommendations for user 1" in capsys.readouterr().out
+
+
+def test_csv_layout_archive_runs_unchanged(ml100k_dataset, tmp_path, serve):
+    """ML-100k rewritten in the ml-20m/25m/latest csv layout goes through the same command."""
+    ratings, items = ml100k_dataset.ratings(), ml100k_dataset.items()
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / "ml-latest-small.zip", "w") as archive:
+        archive.writestr(
+            "ml-latest-small/ratings.csv",
+            ratings.rename({"user_id": "userId", "item_id": "movieId"}).write_csv(),
+        )
+        archive.writestr(
+            "ml-latest-small/movies.csv",
+            items.select(movieId="item_id", title="title", genres=pl.col("genres").list.join("|")).write_csv(),
+        )
+    server = serve(site)
+    warehouse_path = tmp_path / "W.duckdb"
+    args = ["run", "--source", f"{server.url}/ml-latest-small.zip", "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")]
+    assert main(args) == 0
+    _check_published(warehouse_path, ratings, n_users=943)
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT dataset_layout FROM runs").fetchall()[0] == ("csv",)
+
+
+def test_failed_run_is_recorded_and_keeps_previous_lists(ml100k_zip, tmp_path, serve):
+    warehouse_path = tmp_path / "W.duckdb"
+    good = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", epochs=1, refit_on_all=False)
+    good_run = nightly(good).run_id
+    server = serve(tmp_path)
+    bad = good.model_copy(update={"source": f"{server.url}/missing.zip", "download_retries": 0})
+    with pytest.raises(Exception, match="HTTP 404"):
+        nightly(bad)
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [(good_run,)]
+        status, error = con.execute("SELECT status, error FROM runs WHERE run_id <> ?", [good_run]).fetchall()[0]
+    assert status == "failed" and "HTTP 404" in error and "missing.zip" in error
