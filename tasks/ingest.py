@@ -157,7 +157,7 @@ def _download(source: str, archive_dir: Path, timeout: float, index: _SourceInde
             fd, tmp_name = tempfile.mkstemp(dir=archive_dir, prefix=".partial-", suffix=".zip")
             tmp = Path(tmp_name)
             try:
-                with os.fdopen(fd, "wb") as out, _progress(shown, total) as advance:
+                with os.fdopen(fd, "wb") as out, _DownloadProgress(shown, total) as advance:
                     for chunk in response.iter_bytes(_CHUNK_BYTES):
                         out.write(chunk)
                         digest.update(chunk)
@@ -176,7 +176,7 @@ def _download(source: str, archive_dir: Path, timeout: float, index: _SourceInde
         raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True) from exc
 
 
-class _progress:
+class _DownloadProgress:
     """A download progress bar on a terminal; a log line every 10% elsewhere (Prefect logs, CI)."""
 
     def __init__(self, label: str, total: int | None) -> None:
