@@ -59,12 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="print one user's published list with titles")
     recommend.add_argument("user_id", type=int, help="the dataset's own user id")
-    recommend.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
-                           help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
-
     runs = commands.add_parser("runs", help="print the latest runs with their status and headline metrics")
-    runs.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
-                      help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
+    for reader in (recommend, runs):
+        reader.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
+                            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
     return parser
 
 

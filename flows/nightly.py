@@ -8,6 +8,7 @@ import polars as pl
 from prefect import flow
 from prefect.runtime import flow_run
 
+import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_task
 from tasks.ingest import fetch_archive_task, load_dataset_task
