@@ -1,4 +1,7 @@
-"""`recs`: the command line. `recs run` runs the nightly flow; `recs recommend` and `recs runs` read the warehouse.
+"""`recs`: the command line.
+
+`recs run` runs the nightly flow once, `recs backfill` replays it over past dates, `recs serve` serves the
+deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse.
 
 The options of `recs run` are generated from `PipelineConfig`'s fields, so each default and description
 is written once, in `tasks/config.py`.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
 import types
 import typing
 from pathlib import Path
@@ -57,10 +61,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_options(run)
 
+    backfill = commands.add_parser(
+        "backfill",
+        help="replay the nightly flow at past dates (as_of), oldest first, then print the trend",
+        description="Run the nightly flow once per date from --start to --end, each on the ratings up to the end "
+        "of that day (UTC), with a temporal split unless --split says otherwise. Other options as for `recs run`.",
+    )
+    backfill.add_argument("--start", type=date.fromisoformat, required=True, metavar="DATE", help="first date, YYYY-MM-DD")
+    backfill.add_argument("--end", type=date.fromisoformat, required=True, metavar="DATE", help="last date, YYYY-MM-DD")
+    backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
+    _add_config_options(backfill)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the nightly and refresh deployments from this process, schedules and trigger included",
+        description="Serve the deployments of deploy/prefect.yaml (nightly at 03:00 UTC, refresh, the "
+        "recs.ratings.updated trigger) from this process until interrupted; needs a Prefect API "
+        "(`prefect server start` or Prefect Cloud).",
+    )
+    serve.add_argument("--with-training", action="store_true",
+                       help="also serve the training deployment (train/gpu) that config.train_deployment can name")  # fmt: skip
+
     recommend = commands.add_parser("recommend", help="print one user's published list with titles")
     recommend.add_argument("user_id", type=int, help="the dataset's own user id")
     runs = commands.add_parser("runs", help="print the latest runs with their status and headline metrics")
-    for reader in (recommend, runs):
+    trend = commands.add_parser(
+        "trend",
+        help="print each run's headline metrics with deltas, and write a PNG chart of them",
+        description="The metric series of the newest run's source, protocol and model: each run's value, its "
+        "delta from the run before and from the median of the last N published runs.",
+    )
+    trend.add_argument("--runs", type=int, default=_DEFAULTS.trend_runs, metavar="N",
+                       help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})")  # fmt: skip
+    trend.add_argument("--chart", type=Path, default=None, metavar="PNG",
+                       help="where to write the chart (default: trend.png beside the warehouse)")  # fmt: skip
+    for reader in (recommend, runs, trend):
         reader.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
                             help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
     return parser
@@ -71,26 +106,94 @@ def _print_frame(frame: pl.DataFrame) -> None:
         print(frame)
 
 
-def _run(options: dict) -> int:
+# Exit statuses of `recs run`: 0 published, 1 failed, 2 bad option, 3 rejected by the quality gate.
+EXIT_REJECTED = 3
+
+
+def _config(command: str, options: dict) -> PipelineConfig | None:
     try:
-        config = PipelineConfig(**options)
+        return PipelineConfig(**options)
     except ValidationError as exc:
         for error in exc.errors():
-            print(f"recs run: {_flag(str(error['loc'][0]))}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
+            where = _flag(str(error["loc"][0])) if error["loc"] else "options"
+            print(f"recs {command}: {where}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
+        return None
+
+
+def _run(options: dict) -> int:
+    config = _config("run", options)
+    if config is None:
         return 2
     from flows.nightly import nightly  # imported here: Prefect's import is slow and `--help` should not wait
 
     try:
-        result = nightly(config)
+        result = nightly(config, return_state=True).result()
     except Exception as exc:  # the flow already recorded the failure and logged the traceback
         print(f"recs run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print()
-    print(f"run {result.run_id} succeeded: {result.n_recommendations} recommendations published to {config.warehouse}")
+    if result.status == "rejected":
+        print(f"run {result.run_id} rejected by the quality gate: {result.gate}")
+        print(f"the previously published recommendations in {config.warehouse} are unchanged (--force publishes anyway)")
+    else:
+        print(f"run {result.run_id} succeeded: {result.n_recommendations} recommendations published to {config.warehouse}")
+        print(f"quality gate: {result.gate}")
     print(f"metrics of {result.model} on the test split:")
     _print_frame(result.metrics)
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.facts["stage_seconds"].items())
     print(f"seconds per stage: {stages}")
+    return EXIT_REJECTED if result.status == "rejected" else 0
+
+
+def _backfill(options: dict) -> int:
+    from flows.backfill import backfill, parse_every, replay_dates
+
+    start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
+    try:
+        cutoffs = replay_dates(start, end, parse_every(every))
+    except ValueError as exc:
+        print(f"recs backfill: {exc}", file=sys.stderr)
+        return 2
+    config = _config("backfill", {**options, "as_of": cutoffs[0]})
+    if config is None:
+        return 2
+    failed = 0
+    for i, outcome in enumerate(backfill(options, cutoffs), start=1):
+        failed += outcome.status == "failed"
+        print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} ({outcome.detail})",
+              flush=True)  # fmt: skip
+    print()
+    _trend(config.warehouse, config.trend_runs, None)
+    if failed:
+        print(f"recs backfill: {failed} of {len(cutoffs)} runs failed; see `recs runs`", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
+    from tasks.trend import headline, metric_trend, plot_trend
+
+    con = _open_read_only(path)
+    if con is None:
+        return 1
+    with con:
+        try:
+            trend = metric_trend(con, n_runs)
+        except duckdb.CatalogException:
+            print(f"recs trend: {path} predates the trend views; any new `recs run` adds them", file=sys.stderr)
+            return 1
+    if trend.height == 0:
+        print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
+        return 1
+    newest = trend.sort("started_at").row(-1, named=True)
+    series = trend.filter(
+        (pl.col("source") == newest["source"]) & (pl.col("protocol") == newest["protocol"]) & (pl.col("model") == newest["model"])
+    )
+    print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
+    print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")
+    _print_frame(headline(series))
+    chart = chart or path.with_name("trend.png")
+    plot_trend(series, chart)
+    print(f"chart written to {chart}")
     return 0
 
 
@@ -132,8 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     if command == "run":
         return _run(args)
+    if command == "backfill":
+        return _backfill(args)
+    if command == "serve":
+        from flows.serve import serve_pipeline
+
+        serve_pipeline(with_training=args["with_training"])
+        return 0
     if command == "recommend":
         return _recommend(args["user_id"], args["warehouse"])
+    if command == "trend":
+        return _trend(args["warehouse"], args["runs"], args["chart"])
     return _runs(args["warehouse"])
 
 

@@ -1,24 +1,29 @@
-"""The nightly flow: ingest -> reindex -> split -> train -> evaluate -> (refit) -> recommend -> publish."""
+"""The nightly flow: ingest -> reindex -> split -> train -> evaluate -> gate -> (refit) -> recommend -> publish."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
+from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_task
+from tasks.gate import gate_task
 from tasks.ingest import fetch_archive_task, load_dataset_task
-from tasks.publish import publish_task, record_facts_task, record_history_task, record_metrics_task
+from tasks.lock import run_lock
+from tasks.publish import publish_task, record_facts_task, record_history_task, record_metrics_task, reject_task
 from tasks.recommend import recommend_task
-from tasks.reindex import reindex_task
+from tasks.reindex import IdMaps, reindex_task
 from tasks.report import report_task
 from tasks.runlog import start_run_task
 from tasks.split import split_task
-from tasks.train import save_checkpoint_task, train_task
+from tasks.train import TrainedModel, save_checkpoint_task, train_task
 
 
 @dataclass(frozen=True)
@@ -26,47 +31,87 @@ class RunResult:
     """What a finished nightly run returns (and `recs run` prints)."""
 
     run_id: str
+    status: str  # "succeeded" (published) or "rejected" (held back by the quality gate)
+    gate: str  # the quality gate's verdict, in words
     model: str
     metrics: pl.DataFrame
-    n_recommendations: int
+    n_recommendations: int  # published; 0 when rejected
     facts: dict
     summary: str
 
 
+def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase) -> tuple[TrainedModel, str]:
+    """Train here, or on the training deployment when the config names one; returns the model and its device."""
+    if config.train_deployment:
+        return train_on_deployment(ratings, config, run_dir, phase)
+    model = train_task(ratings, maps, config, phase=phase)
+    return model, str(model.device)
+
+
 @flow(name="nightly", log_prints=True)
-def nightly(config: PipelineConfig = PipelineConfig()) -> RunResult:
-    """Train on the source's ratings, evaluate, and publish every user's top-n to DuckDB."""
+def nightly(config: PipelineConfig = PipelineConfig(), source: str | None = None) -> RunResult | State:
+    """Train on the source's ratings, evaluate, and publish every user's top-n to DuckDB if the gate passes.
+
+    Args:
+        config: every parameter of the run.
+        source: overrides `config.source`. Event triggers set this one: Prefect merges a run's parameters
+            into the deployment's at the top level, so a trigger setting `config` would drop its other fields.
+    """
+    if source:
+        config = PipelineConfig.model_validate({**config.model_dump(), "source": source})
+    with run_lock(config.warehouse, owner=flow_run.name or "nightly", timeout_seconds=config.lock_timeout_seconds):
+        return _nightly_run(config)
+
+
+def _nightly_run(config: PipelineConfig) -> RunResult | State:
     run = start_run_task(config, str(flow_run.id) if flow_run.id else None)
     try:
+        run.note(protocol=config.protocol, as_of=config.as_of)
         with run.stage("ingest"):
             archive = fetch_archive_task.with_options(retries=config.download_retries)(config)
             dataset = load_dataset_task(archive, config)
         run.note(source=archive.source, source_sha256=archive.sha256, dataset_layout=dataset.layout)
         with run.stage("reindex"):
-            ratings, maps = reindex_task(dataset, run.directory)
+            ratings, maps = reindex_task(dataset, run.directory, config.as_of)
         with run.stage("split"):
             train, test = split_task(ratings, config, run.directory)
         run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height, n_test=test.height)
         with run.stage("train"):
-            model = train_task(train, maps, config)
-        run.note(model=config.model, device=str(model.device), train_seconds=model.seconds,
+            model, device = _train(train, maps, config, run.directory, "train")
+        history = [model.history]
+        run.note(model=config.model, device=device, train_seconds=model.seconds,
                  train_ratings_per_second=model.ratings_per_second)  # fmt: skip
         with run.stage("evaluate"):
             metrics = evaluate_task(model, train, test, maps.n_items, config)
             record_metrics_task(config.warehouse, run.run_id, config.model, metrics)
             record_history_task(config.warehouse, run.run_id, model.history)
-        if config.refit_on_all:
-            with run.stage("refit"):
-                model = train_task(ratings, maps, config, phase="refit")
-                record_history_task(config.warehouse, run.run_id, model.history)
-        with run.stage("recommend"):
-            recommendations = recommend_task(model, ratings, maps, config)
-            save_checkpoint_task(model, maps, config, run.directory / "model.pt")
-        with run.stage("publish"):
-            publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts())
+        with run.stage("gate"):
+            verdict = gate_task(config.warehouse, run.run_id, archive.source, metrics, config)
+        gate = verdict.reason if verdict.passed or not config.force else f"overridden by force: {verdict.reason}"
+        run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=gate)
+        if verdict.passed or config.force:
+            if config.refit_on_all:
+                with run.stage("refit"):
+                    model, _ = _train(ratings, maps, config, run.directory, "refit")
+                    record_history_task(config.warehouse, run.run_id, model.history)
+                    history.append(model.history)
+            with run.stage("recommend"):
+                recommendations = recommend_task(model, ratings, maps, config)
+                save_checkpoint_task(model, maps, config, run.directory / "model.pt")
+            with run.stage("publish"):
+                publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts())
+            status, n_published = "succeeded", recommendations.height
+        else:
+            reject_task(config.warehouse, run.run_id, run.final_facts())
+            status, n_published = "rejected", 0
     except BaseException as error:
         run.fail(error)
         raise
     record_facts_task(config.warehouse, run.run_id, {"stage_seconds": run.stage_seconds})  # publish's own time
-    summary = report_task(run.run_id, config.model, metrics, run.final_facts())
-    return RunResult(run.run_id, config.model, metrics, recommendations.height, run.final_facts(), summary)
+    summary = report_task(run.run_id, status, gate, config.model, run.final_facts(), pl.concat(history),
+                          run.directory, config.warehouse, config.trend_runs)  # fmt: skip
+    result = RunResult(run.run_id, status, gate, config.model, metrics, n_published, run.final_facts(), summary)
+    if status == "rejected":
+        # The flow run ends Completed but named "Rejected", with the reason: visible in the UI and to automations.
+        return Completed(name="Rejected", message=f"quality gate rejected run {run.run_id}: {gate}", data=result)
+    return result

@@ -29,6 +29,7 @@ RUN_COLUMNS = frozenset(
     {
         "source", "source_sha256", "dataset_layout", "n_ratings", "n_users", "n_items", "n_train", "n_test",
         "model", "device", "train_seconds", "train_ratings_per_second", "stage_seconds",
+        "as_of", "protocol", "gate_baseline_run_id", "gate_reason",
     }
 )  # fmt: skip
 
@@ -144,6 +145,12 @@ def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> N
         _set_run_fields(con, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
 
 
+def mark_rejected(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+    """Record the run as rejected by the quality gate (`facts` carries `gate_reason`); the lists are not touched."""
+    with connect(path) as con:
+        _set_run_fields(con, run_id, {**facts, "status": "rejected", "finished_at": utc_now()})
+
+
 @task(name="record-facts", cache_policy=NO_CACHE)
 def record_facts_task(path: Path, run_id: str, facts: dict[str, Any]) -> None:
     """Prefect wrapper of `record_facts`."""
@@ -160,6 +167,12 @@ def record_metrics_task(path: Path, run_id: str, model: str, metrics: pl.DataFra
 def record_history_task(path: Path, run_id: str, history: pl.DataFrame) -> None:
     """Prefect wrapper of `record_history`."""
     record_history(path, run_id, history)
+
+
+@task(name="reject", cache_policy=NO_CACHE)
+def reject_task(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+    """Prefect wrapper of `mark_rejected`."""
+    mark_rejected(path, run_id, facts)
 
 
 @task(name="publish", cache_policy=NO_CACHE)

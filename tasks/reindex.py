@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -76,9 +77,26 @@ def reindex(ratings: pl.DataFrame) -> tuple[pl.DataFrame, IdMaps]:
     return indexed, maps
 
 
+def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+    """The ratings made at or before `as_of` (timestamps are Unix seconds): the data a run on that date had.
+
+    Raises:
+        ValueError: none are that old; the message gives the range the ratings span.
+    """
+    kept = ratings.filter(pl.col("timestamp") <= int(as_of.timestamp()))
+    if kept.height == 0:
+        first, last = (datetime.fromtimestamp(int(t), timezone.utc) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
+        raise ValueError(f"as_of {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+    return kept
+
+
 @task(name="reindex", cache_policy=NO_CACHE)
-def reindex_task(dataset: Dataset, run_dir: Path) -> tuple[pl.DataFrame, IdMaps]:
-    """Prefect wrapper of `reindex` over the parsed dataset's ratings; saves the id maps with the run."""
-    indexed, maps = reindex(dataset.ratings())
+def reindex_task(dataset: Dataset, run_dir: Path, as_of: datetime | None = None) -> tuple[pl.DataFrame, IdMaps]:
+    """Prefect wrapper of `reindex` over the parsed dataset's ratings (those up to `as_of` when given).
+
+    Saves the id maps with the run.
+    """
+    ratings = dataset.ratings() if as_of is None else ratings_as_of(dataset.ratings(), as_of)
+    indexed, maps = reindex(ratings)
     maps.save(run_dir)
     return indexed, maps

@@ -1,31 +1,50 @@
-"""The run's summary: a markdown artifact in Prefect and the text `recs run` prints."""
+"""The run's report: Prefect artifacts (markdown summary with deltas, metrics table, linked PNG charts)
+and the text `recs run` prints."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+
+from tasks.publish import connect
+from tasks.trend import metric_trend, plot_loss, plot_trend
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}"
 
 
 def metrics_markdown(metrics: pl.DataFrame) -> str:
-    """A markdown table of long-form metrics (`metric`, `k`, `value`)."""
-    lines = ["| metric | k | value |", "|---|---|---|"]
+    """A markdown table of long-form metrics (`metric`, `k`, `value`, optionally the trend's deltas)."""
+    with_deltas = "delta_previous" in metrics.columns
+    lines = ["| metric | k | value | Δ previous run | Δ median of published |", "|---|---|---|---|---|"] if with_deltas else [
+        "| metric | k | value |", "|---|---|---|"]  # fmt: skip
     for row in metrics.iter_rows(named=True):
-        lines.append(f"| {row['metric']} | {'' if row['k'] is None else row['k']} | {row['value']:.4f} |")
+        cells = [row["metric"], "" if row["k"] is None else str(row["k"]), f"{row['value']:.4f}"]
+        if with_deltas:
+            cells += [_signed(row["delta_previous"]), _signed(row["delta_median"])]
+        lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
-def summary_markdown(run_id: str, model: str, metrics: pl.DataFrame, facts: dict) -> str:
-    """Markdown summary of a finished run: dataset, metrics and stage timings."""
+def summary_markdown(run_id: str, status: str, gate: str, model: str, metrics: pl.DataFrame, facts: dict) -> str:
+    """Markdown summary of a finished run: outcome, dataset, metrics with deltas and stage timings."""
     stages = facts.get("stage_seconds", {})
+    as_of = facts.get("as_of")
     return "\n".join(
         [
-            f"# Nightly run `{run_id}`",
+            f"# Nightly run `{run_id}`: {status}",
             "",
-            f"Source `{facts.get('source')}` ({facts.get('dataset_layout')}, sha256 `{str(facts.get('source_sha256'))[:12]}`): "
+            f"Quality gate: {gate}",
+            "",
+            f"Source `{facts.get('source')}` ({facts.get('dataset_layout')}, sha256 `{str(facts.get('source_sha256'))[:12]}`"
+            f"{f', ratings up to {as_of:%Y-%m-%d}' if as_of else ''}): "
             f"{facts.get('n_ratings')} ratings, {facts.get('n_users')} users, {facts.get('n_items')} items; "
-            f"{facts.get('n_train')} train / {facts.get('n_test')} test.",
+            f"{facts.get('n_train')} train / {facts.get('n_test')} test ({facts.get('protocol')}).",
             "",
             f"## Metrics of `{model}` on the test split",
             "",
@@ -42,9 +61,37 @@ def summary_markdown(run_id: str, model: str, metrics: pl.DataFrame, facts: dict
     )
 
 
+def write_report(
+    run_id: str, status: str, gate: str, model: str, facts: dict, history: pl.DataFrame, run_dir: Path,
+    warehouse_path: Path, trend_runs: int,
+) -> tuple[str, pl.DataFrame, Path, Path]:  # fmt: skip
+    """Compute the run's deltas and draw its charts into `run_dir`.
+
+    Returns:
+        (markdown summary, this run's metrics with deltas, loss-curve PNG, trend PNG).
+    """
+    with connect(warehouse_path) as con:
+        trend = metric_trend(con, trend_runs)
+    series = trend.filter(
+        (pl.col("source") == facts.get("source")) & (pl.col("protocol") == facts.get("protocol")) & (pl.col("model") == model)
+    )
+    metrics = series.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
+    loss_png = plot_loss(history, run_dir / "loss.png")
+    trend_png = plot_trend(series, run_dir / "trend.png")
+    return summary_markdown(run_id, status, gate, model, metrics, facts), metrics, loss_png, trend_png
+
+
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(run_id: str, model: str, metrics: pl.DataFrame, facts: dict) -> str:
-    """Publish the summary as the flow run's markdown artifact and return it."""
-    markdown = summary_markdown(run_id, model, metrics, facts)
-    create_markdown_artifact(markdown, key="nightly-run-summary", description=f"Nightly run {run_id}")
+def report_task(
+    run_id: str, status: str, gate: str, model: str, facts: dict, history: pl.DataFrame, run_dir: Path,
+    warehouse_path: Path, trend_runs: int,
+) -> str:  # fmt: skip
+    """Leave the run's artifacts in Prefect: the markdown summary, the metrics table and links to the PNGs."""
+    markdown, metrics, loss_png, trend_png = write_report(
+        run_id, status, gate, model, facts, history, run_dir, warehouse_path, trend_runs
+    )
+    create_markdown_artifact(markdown, key="nightly-run-summary", description=f"Nightly run {run_id}: {status}")
+    create_table_artifact(metrics.to_dicts(), key="nightly-run-metrics", description=f"Metrics of run {run_id} with deltas")
+    create_link_artifact(loss_png.resolve().as_uri(), link_text=f"loss curve of {run_id}", key="nightly-loss-curve")
+    create_link_artifact(trend_png.resolve().as_uri(), link_text=f"metric trend up to {run_id}", key="nightly-metric-trend")
     return markdown

@@ -213,6 +213,14 @@ def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, p
         "user_ids": torch.from_numpy(maps.users["user_id"].to_numpy().copy()),
         "item_ids": torch.from_numpy(maps.items["item_id"].to_numpy().copy()),
         "config": config.model_dump(mode="json"),
+        # What the training recorded, so a model trained elsewhere (a training deployment) reports the same.
+        "training": {
+            "history": model.history.to_dict(as_series=False),
+            "seconds": model.seconds,
+            "n_ratings": model.n_ratings,
+            "rating_scale": list(model.rating_scale),
+            "device": str(model.device),
+        },
     }
     tmp = path.with_suffix(".tmp")
     torch.save(checkpoint, tmp)
@@ -231,6 +239,16 @@ def load_checkpoint(path: Path) -> tuple[EmbeddingDotBias, IdMaps, PipelineConfi
     n_items = len(checkpoint["item_ids"])
     items = pl.DataFrame({"item_idx": pl.int_range(n_items, eager=True).cast(pl.Int32), "item_id": checkpoint["item_ids"].numpy()})
     return module, IdMaps(users, items), config
+
+
+def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, str]:
+    """The `TrainedModel` a checkpoint holds, moved to `device`, and the device it was trained on."""
+    module, _, _ = load_checkpoint(path)
+    training = torch.load(path, map_location="cpu", weights_only=True)["training"]
+    history = pl.DataFrame(training["history"], schema={"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64})
+    model = TrainedModel(module.to(device), device, history, training["seconds"], training["n_ratings"],
+                         tuple(training["rating_scale"]))  # fmt: skip
+    return model, training["device"]
 
 
 @task(name="train", cache_policy=NO_CACHE)

@@ -58,7 +58,7 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
         ).fetchall()[0]
         stages = con.execute("SELECT json_keys(stage_seconds) FROM runs").fetchall()[0][0]
     assert rmse < 0.95 and source.endswith("/ml-100k.zip") and sha.startswith("f6399316")
-    assert stages == ["ingest", "reindex", "split", "train", "evaluate", "refit", "recommend", "publish"]
+    assert stages == ["ingest", "reindex", "split", "train", "evaluate", "gate", "refit", "recommend", "publish"]
 
     assert main(["recommend", "1", "--warehouse", str(warehouse_path)]) == 0
     assert "recommendations for user 1" in capsys.readouterr().out

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 
 -- One row per run, inserted as 'running' when the run starts and updated when it ends.
--- status: 'running' | 'succeeded' | 'failed' (see `error`).
+-- status: 'running' | 'succeeded' | 'failed' (see `error`) | 'rejected' (see gate_reason, 003_operations.sql).
 CREATE TABLE IF NOT EXISTS runs (
     run_id                   VARCHAR PRIMARY KEY,
     flow_run_id              VARCHAR,

@@ -1,0 +1,57 @@
+"""`recs serve`: the deployments of deploy/prefect.yaml served from this process (`prefect.serve`), for
+teams without a work pool. Schedules, parameters, concurrency limits and triggers come from that file, so
+the served and the deployed pipeline cannot drift apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import Flow, serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.events import DeploymentTriggerTypes
+from prefect.schedules import Cron
+from pydantic import TypeAdapter
+
+from flows.nightly import nightly
+from flows.refresh import refresh
+from flows.train import train
+
+PREFECT_YAML = Path(__file__).resolve().parents[1] / "deploy" / "prefect.yaml"
+FLOWS: dict[str, Flow] = {"flows/nightly.py:nightly": nightly, "flows/refresh.py:refresh": refresh, "flows/train.py:train": train}
+_TRIGGERS = TypeAdapter(DeploymentTriggerTypes)
+
+
+def _concurrency(spec: Any) -> int | ConcurrencyLimitConfig | None:
+    return ConcurrencyLimitConfig(**spec) if isinstance(spec, dict) else spec
+
+
+def served_deployments(path: Path = PREFECT_YAML, names: tuple[str, ...] = ("nightly", "refresh")) -> list:
+    """`RunnerDeployment`s for the named deployments of a prefect.yaml (work pools do not apply when served)."""
+    spec = yaml.safe_load(path.read_text())
+    deployments = []
+    for entry in spec["deployments"]:
+        if entry["name"] not in names:
+            continue
+        triggers = [
+            _TRIGGERS.validate_python({"name": f"{entry['name']}__automation_{i}", **trigger})
+            for i, trigger in enumerate(entry.get("triggers", []), start=1)
+        ]
+        deployments.append(
+            FLOWS[entry["entrypoint"]].to_deployment(
+                name=entry["name"],
+                description=entry.get("description"),
+                tags=entry.get("tags"),
+                schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in entry.get("schedules", [])],
+                parameters=entry.get("parameters") or {},
+                concurrency_limit=_concurrency(entry.get("concurrency_limit")),
+                triggers=triggers,
+            )
+        )
+    return deployments
+
+
+def serve_pipeline(with_training: bool = False) -> None:
+    """Serve the nightly and refresh deployments (and the training one when asked) until interrupted."""
+    serve(*served_deployments(names=("nightly", "refresh", "gpu") if with_training else ("nightly", "refresh")))

@@ -1,0 +1,87 @@
+"""The quality gate between evaluation and publishing.
+
+A candidate run is compared with the last published run on the same source and protocol (split, test
+share, seed, k). It is rejected when its RMSE rose, or its nDCG@k fell, by more than `gate_tolerance` of
+the baseline's value. The first run on a source and protocol has nothing to compare with and passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import warehouse
+from tasks.config import PipelineConfig
+from tasks.publish import connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Whether a run may publish, the run it was compared with, and why, in words."""
+
+    passed: bool
+    reason: str
+    baseline_run_id: str | None = None
+
+
+def _value(metrics: pl.DataFrame, metric: str, k: int | None) -> float | None:
+    rows = metrics.filter((pl.col("metric") == metric) & (pl.col("k").is_null() if k is None else pl.col("k") == k))
+    return float(rows["value"][0]) if rows.height else None
+
+
+def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolerance: float) -> GateVerdict:
+    """Compare a candidate's metrics with the baseline's (both long form: `metric`, `k`, `value`).
+
+    Args:
+        candidate: the run's metrics.
+        baseline: the last published run's metrics with its `run_id`, or None when there is none.
+        k: the cut-off of the nDCG compared.
+        tolerance: the largest allowed worsening, as a fraction of the baseline's value.
+    """
+    if baseline is None or baseline.height == 0:
+        return GateVerdict(True, "first run on this source and protocol: nothing to compare with")
+    baseline_run_id = baseline["run_id"][0]
+    # (metric, k, +1 when higher is worse / -1 when lower is worse)
+    checks = [("rmse", None, 1), ("ndcg", k, -1)]
+    failures, compared = [], []
+    for metric, at, worse in checks:
+        new, old = _value(candidate, metric, at), _value(baseline, metric, at)
+        if new is None or old is None:
+            continue
+        name = metric if at is None else f"{metric}@{at}"
+        change = (new - old) / abs(old) if old else 0.0
+        compared.append(f"{name} {old:.4f} -> {new:.4f} ({change:+.1%})")
+        if worse * change > tolerance:
+            failures.append(f"{name} {'rose' if worse > 0 else 'fell'} from {old:.4f} to {new:.4f} ({change:+.1%})")
+    if failures:
+        reason = f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance against run {baseline_run_id}"
+        return GateVerdict(False, reason, baseline_run_id)
+    return GateVerdict(True, f"within {tolerance:.1%} of run {baseline_run_id}: {', '.join(compared)}", baseline_run_id)
+
+
+def baseline_metrics(path: Path, run_id: str, source: str, protocol: str, model: str) -> pl.DataFrame:
+    """The last published run's metrics on the same source and protocol (empty when there is none)."""
+    with connect(path) as con:
+        params = {"source": source, "protocol": protocol, "model": model, "run_id": run_id}
+        return warehouse.fetch(con, "gate_baseline", params)
+
+
+@task(name="quality-gate", cache_policy=NO_CACHE)
+def gate_task(path: Path, run_id: str, source: str, metrics: pl.DataFrame, config: PipelineConfig) -> GateVerdict:
+    """Judge the run against its baseline in the warehouse; logs the verdict."""
+    baseline = baseline_metrics(path, run_id, source, config.protocol, config.model)
+    verdict = judge(metrics, baseline, config.k, config.gate_tolerance)
+    if verdict.passed:
+        log.info("quality gate passed: %s", verdict.reason)
+    elif config.force:
+        log.warning("quality gate failed but --force publishes anyway: %s", verdict.reason)
+    else:
+        log.warning("quality gate rejected the run: %s", verdict.reason)
+    return verdict

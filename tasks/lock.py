@@ -1,0 +1,80 @@
+"""One nightly run at a time per warehouse: an exclusive lock on `<warehouse>.lock`, held for the whole run.
+
+`flock` locks belong to the open file, so the operating system drops the lock when its process ends, even
+by SIGKILL: a crashed run never leaves a stale lock behind. The lock file names its holder for the message
+the refused run prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tasks.publish import utc_now
+
+log = logging.getLogger(__name__)
+
+
+class RunLockedError(RuntimeError):
+    """Another run holds the warehouse's lock."""
+
+
+def lock_path(warehouse_path: Path) -> Path:
+    return warehouse_path.with_name(warehouse_path.name + ".lock")
+
+
+def _holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    return f"run {holder.get('run', '?')} (pid {holder.get('pid', '?')}, since {holder.get('since', '?')})"
+
+
+@contextmanager
+def run_lock(warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, poll_seconds: float = 1.0) -> Iterator[None]:
+    """Hold the warehouse's run lock for the block.
+
+    Args:
+        warehouse_path: the DuckDB file the run publishes to.
+        owner: what to tell a refused run about the holder (the run's name).
+        timeout_seconds: how long to wait for the holder to finish; 0 refuses at once.
+        poll_seconds: how often to retry while waiting.
+
+    Raises:
+        RunLockedError: the lock is still held after `timeout_seconds`; the message names the holder.
+    """
+    path = lock_path(warehouse_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block: the lock lives with the handle
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunLockedError(
+                        f"another nightly run holds {path}: {_holder(path)}; "
+                        f"{'gave up after waiting ' + format(timeout_seconds, 'g') + 's' if timeout_seconds else 'not waiting'} "
+                        "(lock_timeout_seconds sets the wait). Nothing was changed."
+                    ) from None
+                if not waited:
+                    log.info("waiting up to %gs for %s to finish (%s)", timeout_seconds, _holder(path), path)
+                    waited = True
+                time.sleep(poll_seconds)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"run": owner, "pid": os.getpid(), "since": utc_now().isoformat(timespec="seconds")}))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock if held

@@ -1,0 +1,104 @@
+"""Trend monitoring: each metric over runs (from the `metric_trend` macro), as a table and as PNG charts.
+
+Charts are drawn with matplotlib's object API (`Figure`, no pyplot), so no global state or display is
+involved and a flow can draw them in any thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+from matplotlib.figure import Figure
+
+import warehouse
+
+# The metrics a trend charts by default: the gate's two and the list quality users see; the printed table
+# keeps to the gate's two so that it fits a terminal.
+HEADLINE_METRICS = ("rmse", "ndcg", "precision", "recall")
+GATE_METRICS = ("rmse", "ndcg")
+
+
+def metric_trend(con: duckdb.DuckDBPyConnection, n_runs: int) -> pl.DataFrame:
+    """Every metric of every finished run with its deltas (see `warehouse/queries/metric_trend.sql`)."""
+    return warehouse.fetch(con, "metric_trend", {"n_runs": n_runs})
+
+
+def _label(metric: str, k: int | None) -> str:
+    return metric if k is None else f"{metric}@{k}"
+
+
+_LABEL = pl.when(pl.col("k").is_null()).then(pl.col("metric")).otherwise(pl.format("{}@{}", "metric", "k"))
+
+
+def headline(trend: pl.DataFrame, metrics: tuple[str, ...] = GATE_METRICS) -> pl.DataFrame:
+    """One row per run (oldest first): its status, as_of and, per metric, value, Δ previous and Δ median."""
+    chosen = trend.filter(pl.col("metric").is_in(metrics)).with_columns(label=_LABEL)
+    if chosen.height == 0:
+        return pl.DataFrame()
+    order = [_label(m, k) for m in metrics for k in sorted(chosen.filter(pl.col("metric") == m)["k"].unique(), key=lambda k: -1 if k is None else k)]
+    wide = chosen.pivot(
+        on="label",
+        index=["run_id", "started_at", "as_of", "status"],
+        values=["value", "delta_previous", "delta_median"],
+        aggregate_function="first",
+    )
+    columns = []
+    for label in order:
+        columns += [
+            pl.col(f"value_{label}").round(4).alias(label),
+            pl.col(f"delta_previous_{label}").round(4).alias(f"{label} Δprev"),
+            pl.col(f"delta_median_{label}").round(4).alias(f"{label} Δmedian"),
+        ]
+    return wide.sort("started_at", "run_id").select(
+        "run_id", pl.col("as_of").dt.date(), "status", *columns
+    )
+
+
+def plot_trend(trend: pl.DataFrame, path: Path, metrics: tuple[str, ...] = HEADLINE_METRICS) -> Path:
+    """A PNG with one panel per metric: each run's value (published, rejected, failed) and the rolling median."""
+    runs = trend.select("run_id", "started_at", "as_of").unique().sort("started_at", "run_id")
+    position = {run_id: i for i, run_id in enumerate(runs["run_id"])}
+    ticks = [
+        (a if a is not None else s).strftime("%Y-%m-%d") for s, a in zip(runs["started_at"], runs["as_of"], strict=True)
+    ]
+    panels = [(m, k) for m in metrics for k in trend.filter(pl.col("metric") == m)["k"].unique().to_list()]
+    figure = Figure(figsize=(10, 2.6 * max(len(panels), 1)), layout="constrained")
+    axes = figure.subplots(max(len(panels), 1), 1, sharex=True, squeeze=False)[:, 0]
+    for axis, (metric, k) in zip(axes, panels, strict=False):
+        series = trend.filter((pl.col("metric") == metric) & (pl.col("k").is_null() if k is None else pl.col("k") == k))
+        for (model,), per_model in series.group_by("model", maintain_order=True):
+            x = [position[r] for r in per_model["run_id"]]
+            axis.plot(x, per_model["value"].to_list(), marker="o", label=model)
+            axis.plot(x, per_model["median_published"].to_list(), linestyle="--", color="grey", label="median of published")
+            for status, colour in (("rejected", "red"), ("failed", "black")):
+                marked = per_model.filter(pl.col("status") == status)
+                if marked.height:
+                    axis.scatter([position[r] for r in marked["run_id"]], marked["value"].to_list(), color=colour,
+                                 marker="x", s=80, zorder=3, label=status)  # fmt: skip
+        axis.set_ylabel(_label(metric, k))
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best", fontsize="small")
+    axes[-1].set_xticks(range(len(ticks)), ticks, rotation=45, ha="right")
+    axes[-1].set_xlabel("run (as_of date for replays, else start date)")
+    figure.suptitle("Metrics over runs")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def plot_loss(history: pl.DataFrame, path: Path) -> Path:
+    """A PNG of the training loss (MSE) per epoch, one line per phase (train, validation, refit)."""
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axis = figure.subplots()
+    for (split,), rows in history.group_by("split", maintain_order=True):
+        axis.plot(rows["epoch"].to_list(), rows["loss"].to_list(), marker="o", label=split)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("MSE")
+    axis.set_title("Training loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,114 @@
+"""The quality gate's verdicts and the trend views over a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import polars as pl
+import pytest
+
+from tasks.gate import baseline_metrics, judge
+from tasks.publish import connect, mark_failed, mark_rejected, publish, record_metrics, start_run
+from tasks.trend import headline, metric_trend, plot_loss, plot_trend
+
+PROTOCOL = "stratified test=0.25 seed=42 k=10"
+
+
+def _metrics(rmse: float, ndcg: float) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"metric": ["rmse", "mae", "ndcg", "precision"], "k": [None, None, 10, 10], "value": [rmse, 0.7, ndcg, 0.1]},
+        schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64},
+    )
+
+
+def _baseline(rmse: float, ndcg: float) -> pl.DataFrame:
+    return _metrics(rmse, ndcg).with_columns(run_id=pl.lit("good"))
+
+
+def test_first_run_passes_with_nothing_to_compare():
+    verdict = judge(_metrics(1.5, 0.01), None, k=10, tolerance=0.05)
+    assert verdict.passed and verdict.baseline_run_id is None and "first run" in verdict.reason
+
+
+def test_within_tolerance_passes_and_names_the_baseline():
+    verdict = judge(_metrics(0.93, 0.108), _baseline(0.90, 0.11), k=10, tolerance=0.05)
+    assert verdict.passed and verdict.baseline_run_id == "good" and "rmse 0.9000 -> 0.9300" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("rmse", "ndcg", "says"),
+    [(0.96, 0.11, "rmse rose from 0.9000 to 0.9600"), (0.90, 0.10, "ndcg@10 fell from 0.1100 to 0.1000")],
+)
+def test_worse_than_tolerance_is_rejected_with_the_reason(rmse, ndcg, says):
+    verdict = judge(_metrics(rmse, ndcg), _baseline(0.90, 0.11), k=10, tolerance=0.05)
+    assert not verdict.passed and says in verdict.reason and "run good" in verdict.reason
+
+
+def test_tolerance_is_configurable():
+    candidate, baseline = _metrics(0.96, 0.11), _baseline(0.90, 0.11)
+    assert not judge(candidate, baseline, k=10, tolerance=0.05).passed
+    assert judge(candidate, baseline, k=10, tolerance=0.10).passed
+
+
+def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL):
+    start_run(path, run_id, None, json.dumps({}), started)
+    record_metrics(path, run_id, "dot_bias", _metrics(rmse, ndcg))
+    facts = {"source": source, "protocol": protocol, "model": "dot_bias"}
+    if status == "succeeded":
+        recs = pl.DataFrame({"user_id": [1], "item_id": [2], "rank": [1], "score": [4.0]})
+        items = pl.DataFrame({"item_id": [2], "title": ["B"], "genres": [[]], "year": [None]},
+                             schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32})  # fmt: skip
+        publish(path, run_id, recs, items, facts)
+    elif status == "rejected":
+        mark_rejected(path, run_id, {**facts, "gate_reason": "rmse rose"})
+    else:
+        mark_failed(path, run_id, "boom", facts)
+
+
+@pytest.fixture
+def history_warehouse(tmp_path):
+    path = tmp_path / "w.duckdb"
+    t0 = datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
+    runs = [("r0", "succeeded", 1.00, 0.10), ("r1", "succeeded", 0.90, 0.12), ("r2", "rejected", 1.50, 0.02),
+            ("r3", "succeeded", 0.80, 0.14), ("r4", "failed", 0.70, 0.15), ("r5", "succeeded", 0.85, 0.13)]  # fmt: skip
+    for day, (run_id, status, rmse, ndcg) in enumerate(runs):
+        _finished_run(path, run_id, t0 + timedelta(days=day), status, rmse, ndcg)
+    _finished_run(path, "other", t0, "succeeded", 5.0, 0.5, protocol="temporal test=0.25 seed=42 k=10")
+    return path
+
+
+def test_trend_deltas_from_previous_run_and_median_of_published(history_warehouse):
+    with connect(history_warehouse) as con:
+        trend = metric_trend(con, n_runs=2).filter((pl.col("metric") == "rmse") & (pl.col("protocol") == PROTOCOL))
+    rows = {r["run_id"]: r for r in trend.iter_rows(named=True)}
+    assert list(rows) == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    assert rows["r0"]["delta_previous"] is None and rows["r0"]["median_published"] is None
+    assert rows["r2"]["delta_previous"] == pytest.approx(0.6)  # from r1, whatever its status
+    assert rows["r4"]["median_published"] == pytest.approx(0.85)  # r1 and r3: the rejected r2 does not count
+    assert rows["r5"]["median_published"] == pytest.approx(0.85)  # the failed r4 does not count either
+    assert rows["r5"]["delta_median"] == pytest.approx(0.0, abs=1e-12)
+    with duckdb.connect(str(history_warehouse), read_only=True) as con:  # the plain view: median of the last 5
+        view = con.execute("SELECT median_published FROM metric_trends WHERE run_id = 'r5' AND metric = 'rmse'").fetchall()
+    assert view == [(pytest.approx(0.9),)]
+
+
+def test_gate_baseline_is_the_last_published_run_on_the_same_source_and_protocol(history_warehouse):
+    baseline = baseline_metrics(history_warehouse, "new", "src", PROTOCOL, "dot_bias")
+    assert baseline["run_id"].unique().to_list() == ["r5"]
+    assert baseline_metrics(history_warehouse, "new", "elsewhere", PROTOCOL, "dot_bias").height == 0
+
+
+def test_headline_table_and_charts(history_warehouse, tmp_path):
+    with connect(history_warehouse) as con:
+        trend = metric_trend(con, n_runs=5).filter(pl.col("protocol") == PROTOCOL)
+    table = headline(trend)
+    assert table["run_id"].to_list() == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    assert table.columns[:6] == ["run_id", "as_of", "status", "rmse", "rmse Δprev", "rmse Δmedian"]
+    assert table.filter(pl.col("run_id") == "r2")["ndcg@10 Δprev"].item() == pytest.approx(-0.1)
+    chart = plot_trend(trend, tmp_path / "charts" / "trend.png")
+    history = pl.DataFrame({"epoch": [1, 2, 1], "split": ["train", "train", "refit"], "loss": [1.0, 0.8, 0.9]})
+    loss = plot_loss(history, tmp_path / "loss.png")
+    for png in (chart, loss):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
