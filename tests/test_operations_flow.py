@@ -1,0 +1,93 @@
+"""The nightly flow's operations under a real (test) Prefect API: the quality gate, the run lock, replays,
+artifacts, and the refresh flow's event."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+from prefect.artifacts import Artifact
+
+from flows.cli import main
+from flows.nightly import nightly
+from flows.refresh import refresh
+from tasks.config import PipelineConfig
+from tasks.lock import RunLockedError, run_lock
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def _rows(path, sql, params=()):
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_path, capsys):
+    warehouse_path = tmp_path / "W.duckdb"
+    common = ["--source", str(ml100k_zip), "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")]
+
+    assert main(["run", *common]) == 0
+    (good,) = _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
+    good_lists = _rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL")
+
+    # One epoch at learning rate 0: the untrained model.
+    state = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
+                                   epochs=1, learning_rate=0.0), return_state=True)  # fmt: skip
+    bad = state.result()
+    assert state.is_completed() and state.name == "Rejected" and "rmse rose" in state.message
+    assert bad.status == "rejected" and bad.n_recommendations == 0
+    status, reason, baseline = _rows(warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id])[0]
+    assert status == "rejected" and "rmse rose from 0.91" in reason and "ndcg@10 fell" in reason and baseline == good
+    assert _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations") == [(good,)]
+    assert _rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == good_lists
+    assert _rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(8,)]
+
+    # The summary artifact carries the deltas; the table and the two charts are there too.
+    summary = Artifact.get("nightly-run-summary")
+    assert f"run `{bad.run_id}`: rejected" in summary.data and "Δ previous run" in summary.data
+    assert Artifact.get("nightly-run-metrics").type == "table"
+    for key, png in (("nightly-loss-curve", "loss.png"), ("nightly-metric-trend", "trend.png")):
+        link = Artifact.get(key).data
+        assert "(file:///" in link and link.endswith(f"/{bad.run_id}/{png})")  # markdown: [text](link)
+        assert (tmp_path / "D" / "runs" / bad.run_id / png).stat().st_size > 5_000
+
+    # --force publishes it anyway, and says so; `recs run` exits 3 on a rejection.
+    capsys.readouterr()
+    assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--refit-on-all", "--no-refit-on-all"]) == 3
+    assert "rejected by the quality gate" in capsys.readouterr().out
+    assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--no-refit-on-all", "--force"]) == 0
+    (forced,) = _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
+    assert forced != good
+    assert "overridden by force" in _rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
+
+
+def test_a_second_run_on_the_same_warehouse_is_refused_clearly(ml100k_zip, tmp_path):
+    warehouse_path = tmp_path / "W.duckdb"
+    config = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", epochs=1)
+    with run_lock(warehouse_path, owner="the-running-night"):
+        with pytest.raises(RunLockedError, match="the-running-night"):
+            nightly(config)
+    assert not warehouse_path.exists()  # refused before touching anything
+    assert nightly(config).status == "succeeded"  # and free again afterwards
+
+
+def test_as_of_run_sees_only_older_ratings(ml100k_zip, tmp_path):
+    warehouse_path = tmp_path / "W.duckdb"
+    cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    result = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
+                                    as_of=cutoff, epochs=2))  # fmt: skip
+    n_ratings, as_of, protocol = _rows(warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id])[0]
+    assert 40_000 < n_ratings < 70_000 and as_of == cutoff and protocol.startswith("temporal ")
+    users = _rows(warehouse_path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]
+    assert users == result.facts["n_users"] < 943
+
+
+def test_refresh_announces_a_changed_source_once(ml100k_zip, tmp_path, serve):
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(ml100k_zip, site / "ml-100k.zip")
+    config = PipelineConfig(source=f"{serve(site).url}/ml-100k.zip", data_dir=tmp_path / "D")
+    assert refresh(config) is True
+    assert refresh(config) is False
