@@ -62,9 +62,9 @@ def run_lock(warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, pol
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
+                    waited_for = f"gave up after waiting {timeout_seconds:g}s" if timeout_seconds else "not waiting"
                     raise RunLockedError(
-                        f"another nightly run holds {path}: {_holder(path)}; "
-                        f"{'gave up after waiting ' + format(timeout_seconds, 'g') + 's' if timeout_seconds else 'not waiting'} "
+                        f"another nightly run holds {path}: {_holder(path)}; {waited_for} "
                         "(lock_timeout_seconds sets the wait). Nothing was changed."
                     ) from None
                 if not waited:

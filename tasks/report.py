@@ -19,15 +19,12 @@ def _signed(value: float | None) -> str:
 
 
 def metrics_markdown(metrics: pl.DataFrame) -> str:
-    """A markdown table of long-form metrics (`metric`, `k`, `value`, optionally the trend's deltas)."""
-    with_deltas = "delta_previous" in metrics.columns
-    lines = ["| metric | k | value | Δ previous run | Δ median of published |", "|---|---|---|---|---|"] if with_deltas else [
-        "| metric | k | value |", "|---|---|---|"]  # fmt: skip
+    """A markdown table of a run's metrics with their trend deltas (`metric`, `k`, `value`, `delta_previous`,
+    `delta_median`)."""
+    lines = ["| metric | k | value | Δ previous run | Δ median of published |", "|---|---|---|---|---|"]
     for row in metrics.iter_rows(named=True):
-        cells = [row["metric"], "" if row["k"] is None else str(row["k"]), f"{row['value']:.4f}"]
-        if with_deltas:
-            cells += [_signed(row["delta_previous"]), _signed(row["delta_median"])]
-        lines.append(f"| {' | '.join(cells)} |")
+        k = "" if row["k"] is None else row["k"]
+        lines.append(f"| {row['metric']} | {k} | {row['value']:.4f} | {_signed(row['delta_previous'])} | {_signed(row['delta_median'])} |")
     return "\n".join(lines)
 
 
