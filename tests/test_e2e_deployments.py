@@ -30,6 +30,17 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+def _api(method: str, url: str, **kwargs) -> httpx.Response:
+    """One API call, retried like Prefect's own client does when the server is briefly busy (its SQLite
+    database locked under load answers 503 / 429)."""
+    for attempt in range(10):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code not in (429, 503):
+            return response.raise_for_status()
+        time.sleep(0.5 * (attempt + 1))
+    return response.raise_for_status()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,7 +97,7 @@ class Stack:
     def wait_for_run(self, flow_run_id: str, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").json()
+            run = _api("GET", f"{self.api}/flow_runs/{flow_run_id}").json()
             if run["state"]["type"] in TERMINAL:
                 return run
             time.sleep(1)
@@ -145,12 +156,12 @@ def source_url(ml100k_zip, tmp_path_factory) -> Iterator[str]:
 
 
 def _deployment_id(stack: Stack, name: str) -> str:
-    return httpx.get(f"{stack.api}/deployments/name/{name}").raise_for_status().json()["id"]
+    return _api("GET", f"{stack.api}/deployments/name/{name}").json()["id"]
 
 
 def _flow_runs(stack: Stack, deployment_id: str) -> list[dict]:
     body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
-    return httpx.post(f"{stack.api}/flow_runs/filter", json=body).raise_for_status().json()
+    return _api("POST", f"{stack.api}/flow_runs/filter", json=body).json()
 
 
 def _published(warehouse_path: Path) -> tuple[int, list[tuple]]:
@@ -163,8 +174,8 @@ def _published(warehouse_path: Path) -> tuple[int, list[tuple]]:
 def test_a_deployment_run_trains_on_the_training_deployment_and_publishes(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
     parameters = {"config": {"source": source_url, "train_deployment": "train/gpu"}}
-    created = httpx.post(f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters})
-    run = stack.wait_for_run(created.raise_for_status().json()["id"])
+    created = _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters})
+    run = stack.wait_for_run(created.json()["id"])
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.logs()}"
 
     n_users, runs = _published(stack.checkout / "warehouse" / "recs.duckdb")
@@ -196,8 +207,7 @@ def test_the_ratings_updated_event_triggers_a_nightly_run(stack, source_url):
 def test_two_nightly_runs_at_once_run_one_after_the_other(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
     ids = [
-        httpx.post(f"{stack.api}/deployments/{nightly_id}/create_flow_run",
-                   json={"parameters": {"source": source_url}}).raise_for_status().json()["id"]  # fmt: skip
+        _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": {"source": source_url}}).json()["id"]
         for _ in range(2)
     ]
     runs = [stack.wait_for_run(run_id) for run_id in ids]
