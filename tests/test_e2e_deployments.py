@@ -171,6 +171,20 @@ def _published(warehouse_path: Path) -> tuple[int, list[tuple]]:
     return n_users, runs
 
 
+def test_prefect_deploy_registered_the_schedule_limit_and_trigger(stack):
+    nightly = _api("GET", f"{stack.api}/deployments/name/nightly/nightly").json()
+    (schedule,) = nightly["schedules"]
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == ("0 3 * * *", "UTC", True)
+    assert nightly["work_pool_name"] == "recs-cpu"
+    assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    automations = _api("POST", f"{stack.api}/automations/filter", json={}).json()
+    (trigger,) = [a for a in automations if a["name"] == "nightly__automation_1"]
+    assert trigger["trigger"]["expect"] == ["recs.ratings.updated"] and trigger["enabled"]
+    gpu = _api("GET", f"{stack.api}/deployments/name/train/gpu").json()
+    assert gpu["work_pool_name"] == "recs-gpu"
+
+
 def test_a_deployment_run_trains_on_the_training_deployment_and_publishes(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
     parameters = {"config": {"source": source_url, "train_deployment": "train/gpu"}}
