@@ -121,6 +121,8 @@ def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
     spec = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
     assert {d["entrypoint"] for d in spec["deployments"]} <= set(FLOWS)
     nightly, refresh = served_deployments()
+    for deployment in (nightly, refresh):
+        PipelineConfig(**deployment.parameters["config"])  # the file's parameters are a valid config
     cron = nightly.schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 3 * * *", "UTC")
     assert nightly.concurrency_limit == 1 and refresh.concurrency_limit == 1
