@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
 import types
 import typing
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -170,7 +170,7 @@ def _backfill(options: dict) -> int:
 
 
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
-    from tasks.trend import headline, metric_trend, plot_trend
+    from tasks.trend import headline, metric_trend, plot_trend, series
 
     con = _open_read_only(path)
     if con is None:
@@ -185,14 +185,12 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
         print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
         return 1
     newest = trend.sort("started_at").row(-1, named=True)
-    series = trend.filter(
-        (pl.col("source") == newest["source"]) & (pl.col("protocol") == newest["protocol"]) & (pl.col("model") == newest["model"])
-    )
+    newest_series = series(trend, newest["source"], newest["protocol"], newest["model"])
     print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
     print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")
-    _print_frame(headline(series))
+    _print_frame(headline(newest_series))
     chart = chart or path.with_name("trend.png")
-    plot_trend(series, chart)
+    plot_trend(newest_series, chart)
     print(f"chart written to {chart}")
     return 0
 

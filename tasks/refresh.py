@@ -48,7 +48,8 @@ def _announced(data_dir: Path) -> dict[str, str]:
 def check_source(config: PipelineConfig) -> SourceCheck:
     """Fetch the source (conditionally) and compare its sha256 with the last one announced."""
     archive = fetch_archive(config.source, config.data_dir, None, config.download_timeout_seconds)
-    return SourceCheck(redact(config.source), archive.sha256, _announced(config.data_dir).get(redact(config.source)))
+    source = redact(config.source)
+    return SourceCheck(source, archive.sha256, _announced(config.data_dir).get(source))
 
 
 def remember_announced(data_dir: Path, check: SourceCheck) -> None:

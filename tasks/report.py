@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from tasks.publish import connect
-from tasks.trend import metric_trend, plot_loss, plot_trend
+from tasks.trend import metric_trend, plot_loss, plot_trend, series
 
 
 def _signed(value: float | None) -> str:
@@ -69,12 +69,10 @@ def write_report(
     """
     with connect(warehouse_path) as con:
         trend = metric_trend(con, trend_runs)
-    series = trend.filter(
-        (pl.col("source") == facts.get("source")) & (pl.col("protocol") == facts.get("protocol")) & (pl.col("model") == model)
-    )
-    metrics = series.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
+    runs = series(trend, facts.get("source"), facts.get("protocol"), model)
+    metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
     loss_png = plot_loss(history, run_dir / "loss.png")
-    trend_png = plot_trend(series, run_dir / "trend.png")
+    trend_png = plot_trend(runs, run_dir / "trend.png")
     return summary_markdown(run_id, status, gate, model, metrics, facts), metrics, loss_png, trend_png
 
 

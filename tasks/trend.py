@@ -25,6 +25,11 @@ def metric_trend(con: duckdb.DuckDBPyConnection, n_runs: int) -> pl.DataFrame:
     return warehouse.fetch(con, "metric_trend", {"n_runs": n_runs})
 
 
+def series(trend: pl.DataFrame, source: str, protocol: str, model: str) -> pl.DataFrame:
+    """One series of the trend: the runs whose metrics are comparable (same source, protocol and model)."""
+    return trend.filter((pl.col("source") == source) & (pl.col("protocol") == protocol) & (pl.col("model") == model))
+
+
 def _label(metric: str, k: int | None) -> str:
     return metric if k is None else f"{metric}@{k}"
 
