@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import warehouse
 from tasks.config import PipelineConfig
@@ -30,24 +30,41 @@ def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def _option_type(annotation: object) -> object:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per config field: its type, choices, description and default."""
+    """One option per config field (per field of a model's own group: `--mlp-epochs`): type, choices, description
+    and default. Lists are comma-separated (`--models ease,bpr`)."""
     for name, field in PipelineConfig.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-        default = getattr(_DEFAULTS, name)
-        help_text = f"{field.description} (default: {default})".replace("%", "%%")
-        if annotation is bool:
-            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
-        elif typing.get_origin(annotation) is typing.Literal:
-            parser.add_argument(_flag(name), dest=name, choices=typing.get_args(annotation),
-                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
+        annotation = _option_type(field.annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            group = getattr(_DEFAULTS, name)
+            for sub, sub_field in annotation.model_fields.items():
+                _add_option(parser, f"{name}.{sub}", _option_type(sub_field.annotation), sub_field.description,
+                            getattr(group, sub))  # fmt: skip
         else:
-            metavar = "PATH" if annotation is Path else annotation.__name__.upper()
-            parser.add_argument(_flag(name), dest=name, type=str, metavar=metavar,
-                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
+            _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
+
+
+def _add_option(parser: argparse.ArgumentParser, dest: str, annotation: object, description: str | None,
+                default: object) -> None:  # fmt: skip
+    flag = _flag(dest.replace(".", "_"))
+    help_text = f"{description} (default: {default})".replace("%", "%%")
+    if annotation is bool:
+        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help=help_text)  # fmt: skip
+    elif typing.get_origin(annotation) is typing.Literal:
+        parser.add_argument(flag, dest=dest, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=help_text)
+    elif typing.get_origin(annotation) is list:
+        parser.add_argument(flag, dest=dest, type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+                            metavar="A,B", default=argparse.SUPPRESS, help=help_text)  # fmt: skip
+    else:
+        metavar = "PATH" if annotation is Path else getattr(annotation, "__name__", "VALUE").upper()
+        parser.add_argument(flag, dest=dest, type=str, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,12 +127,21 @@ def _print_frame(frame: pl.DataFrame) -> None:
 EXIT_REJECTED = 3
 
 
+def _nested(options: dict) -> dict:
+    """`{"mlp.epochs": 3}` -> `{"mlp": {"epochs": 3}}` (the config's model groups)."""
+    out: dict = {}
+    for key, value in options.items():
+        group, _, field = key.rpartition(".")
+        (out.setdefault(group, {}) if group else out)[field] = value
+    return out
+
+
 def _config(command: str, options: dict) -> PipelineConfig | None:
     try:
-        return PipelineConfig(**options)
+        return PipelineConfig(**_nested(options))
     except ValidationError as exc:
         for error in exc.errors():
-            where = _flag(str(error["loc"][0])) if error["loc"] else "options"
+            where = _flag("_".join(str(part) for part in error["loc"][:2])) if error["loc"] else "options"
             print(f"recs {command}: {where}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
         return None
 
@@ -138,11 +164,19 @@ def _run(options: dict) -> int:
     else:
         print(f"run {result.run_id} succeeded: {result.n_recommendations} recommendations published to {config.warehouse}")
         print(f"quality gate: {result.gate}")
-    print(f"metrics of {result.model} on the test split:")
+    print(f"metrics of the published model, {result.model}, on the test split:")
     _print_frame(result.metrics)
+    if result.comparison["model"].n_unique() > 1:
+        print("every model on the test split:")
+        _print_frame(_comparison_table(result.comparison))
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.facts["stage_seconds"].items())
     print(f"seconds per stage: {stages}")
     return EXIT_REJECTED if result.status == "rejected" else 0
+
+
+def _comparison_table(comparison: pl.DataFrame) -> pl.DataFrame:
+    wide = comparison.pivot(on="metric", index="model", values="value", aggregate_function="first")
+    return wide.sort("ndcg", descending=True).with_columns(pl.exclude("model").round(4))
 
 
 def _backfill(options: dict) -> int:
@@ -158,7 +192,7 @@ def _backfill(options: dict) -> int:
     if config is None:
         return 2
     failed = 0
-    for i, outcome in enumerate(backfill(options, cutoffs), start=1):
+    for i, outcome in enumerate(backfill(_nested(options), cutoffs), start=1):
         failed += outcome.status == "failed"
         print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} ({outcome.detail})",
               flush=True)  # fmt: skip

@@ -1,4 +1,5 @@
-"""The nightly flow: ingest -> reindex -> split -> train -> evaluate -> gate -> (refit) -> recommend -> publish."""
+"""The nightly flow: ingest -> reindex -> split -> train and evaluate each model -> inspect -> pick the model to
+publish -> gate -> (refit) -> recommend -> publish."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from prefect.states import Completed, State
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig
-from tasks.evaluate import evaluate_task
+from tasks.evaluate import evaluate_task, published_model, with_fit_seconds
 from tasks.gate import gate_task
 from tasks.ingest import fetch_archive_task, load_dataset_task
+from tasks.inspect import inspect_task
 from tasks.lock import run_lock
 from tasks.publish import publish_task, record_facts_task, record_history_task, record_metrics_task, reject_task
 from tasks.recommend import recommend_task
@@ -33,24 +35,26 @@ class RunResult:
     run_id: str
     status: str  # "succeeded" (published) or "rejected" (held back by the quality gate)
     gate: str  # the quality gate's verdict, in words
-    model: str
-    metrics: pl.DataFrame
+    model: str  # the published (or, when rejected, the candidate) model
+    metrics: pl.DataFrame  # that model's metrics
+    comparison: pl.DataFrame  # every trained model's metrics: `model`, `metric`, `k`, `value`
     n_recommendations: int  # published; 0 when rejected
     facts: dict
     summary: str
 
 
-def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase) -> tuple[TrainedModel, str]:
+def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase,
+           name: str) -> tuple[TrainedModel, str]:  # fmt: skip
     """Train here, or on the training deployment when the config names one; returns the model and its device."""
     if config.train_deployment:
-        return train_on_deployment(ratings, config, run_dir, phase)
-    model = train_task(ratings, maps, config, phase=phase)
+        return train_on_deployment(ratings, config, run_dir, phase, name)
+    model = train_task(ratings, maps, config, name, phase=phase)
     return model, str(model.device)
 
 
 @flow(name="nightly", log_prints=True)
 def nightly(config: PipelineConfig = PipelineConfig(), source: str | None = None) -> RunResult | State:
-    """Train on the source's ratings, evaluate, and publish every user's top-n to DuckDB if the gate passes.
+    """Train the configured models, evaluate them, and publish the chosen model's top-n if the gate passes.
 
     Args:
         config: every parameter of the run.
@@ -76,24 +80,32 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         with run.stage("split"):
             train, test = split_task(ratings, config, run.directory)
         run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height, n_test=test.height)
-        with run.stage("train"):
-            model, device = _train(train, maps, config, run.directory, "train")
+        models, devices, metrics = {}, {}, {}
+        for name in config.models:
+            with run.stage("train"):
+                models[name], devices[name] = _train(train, maps, config, run.directory, "train", name)
+            with run.stage("evaluate"):
+                metrics[name] = with_fit_seconds(evaluate_task(models[name], train, test, maps.n_items, config), models[name].seconds)
+                record_metrics_task(config.warehouse, run.run_id, name, metrics[name])
+                record_history_task(config.warehouse, run.run_id, name, models[name].history)
+        with run.stage("inspect"):
+            for name, model in models.items():
+                inspect_task(config.warehouse, run.run_id, model, train, maps, config)
+        chosen, why = published_model(metrics, config)
+        model = models[chosen]
         history = [model.history]
-        run.note(model=config.model, device=device, train_seconds=model.seconds,
+        run.note(model=chosen, device=devices[chosen], train_seconds=model.seconds,
                  train_ratings_per_second=model.ratings_per_second)  # fmt: skip
-        with run.stage("evaluate"):
-            metrics = evaluate_task(model, train, test, maps.n_items, config)
-            record_metrics_task(config.warehouse, run.run_id, config.model, metrics)
-            record_history_task(config.warehouse, run.run_id, model.history)
+        print(f"publishing model {chosen}: {why}")
         with run.stage("gate"):
-            verdict = gate_task(config.warehouse, run.run_id, archive.source, metrics, config)
+            verdict = gate_task(config.warehouse, run.run_id, archive.source, chosen, metrics[chosen], config)
         gate = verdict.reason if verdict.passed or not config.force else f"overridden by force: {verdict.reason}"
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=gate)
         if verdict.passed or config.force:
             if config.refit_on_all:
                 with run.stage("refit"):
-                    model, _ = _train(ratings, maps, config, run.directory, "refit")
-                    record_history_task(config.warehouse, run.run_id, model.history)
+                    model, _ = _train(ratings, maps, config, run.directory, "refit", chosen)
+                    record_history_task(config.warehouse, run.run_id, chosen, model.history)
                     history.append(model.history)
             with run.stage("recommend"):
                 recommendations = recommend_task(model, ratings, maps, config)
@@ -108,9 +120,10 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         run.fail(error)
         raise
     record_facts_task(config.warehouse, run.run_id, {"stage_seconds": run.stage_seconds})  # publish's own time
-    summary = report_task(run.run_id, status, gate, config.model, run.final_facts(), pl.concat(history),
-                          run.directory, config.warehouse, config.trend_runs)  # fmt: skip
-    result = RunResult(run.run_id, status, gate, config.model, metrics, n_published, run.final_facts(), summary)
+    comparison = pl.concat([frame.select(pl.lit(name).alias("model"), pl.all()) for name, frame in metrics.items()])
+    summary = report_task(run.run_id, status, gate, chosen, run.final_facts(), pl.concat(history),
+                          run.directory, config.warehouse, config.trend_runs, comparison)  # fmt: skip
+    result = RunResult(run.run_id, status, gate, chosen, metrics[chosen], comparison, n_published, run.final_facts(), summary)
     if status == "rejected":
         # The flow run ends Completed but named "Rejected", with the reason: visible in the UI and to automations.
         return Completed(name="Rejected", message=f"quality gate rejected run {run.run_id}: {gate}", data=result)

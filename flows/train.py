@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.deployments import run_deployment
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
-from tasks.config import PipelineConfig
+from tasks.config import ModelName, PipelineConfig
 from tasks.reindex import IdMaps
 from tasks.train import TrainedModel, load_trained_model, pick_device, save_checkpoint_task, train_task
 
@@ -26,32 +26,33 @@ Phase = Literal["train", "refit"]
 PHASE_INPUT = {"train": "train.parquet", "refit": "ratings.parquet"}
 
 
-def checkpoint_path(run_dir: Path, phase: Phase) -> Path:
-    return run_dir / f"model-{phase}.pt"
+def checkpoint_path(run_dir: Path, phase: Phase, model: str) -> Path:
+    return run_dir / f"model-{model}-{phase}.pt"
 
 
 @flow(name="train", log_prints=True)
-def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train") -> str:
-    """Fit the configured model on a run's saved ratings and save the checkpoint next to them.
+def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: ModelName = "dot_bias") -> str:
+    """Fit one model on a run's saved ratings and save the checkpoint next to them.
 
     Args:
         config: the nightly run's config (device `auto` picks this worker's GPU).
         run_dir: the nightly run's folder, on storage this worker shares with the nightly's.
         phase: `train` fits on `train.parquet` (the evaluation model), `refit` on `ratings.parquet`.
+        model: which of the config's models.
 
     Returns:
         The checkpoint's path.
     """
     maps = IdMaps.load(run_dir)
     ratings = pl.read_parquet(run_dir / PHASE_INPUT[phase])
-    model = train_task(ratings, maps, config, phase=phase)
-    path = checkpoint_path(run_dir, phase)
-    save_checkpoint_task(model, maps, config, path)
+    trained = train_task(ratings, maps, config, model, phase=phase)
+    path = checkpoint_path(run_dir, phase, model)
+    save_checkpoint_task(trained, maps, config, path)
     return str(path)
 
 
 def train_on_deployment(
-    ratings: pl.DataFrame, config: PipelineConfig, run_dir: Path, phase: Phase
+    ratings: pl.DataFrame, config: PipelineConfig, run_dir: Path, phase: Phase, model: str
 ) -> tuple[TrainedModel, str]:
     """Train through `config.train_deployment` and load the result here (for evaluation and scoring).
 
@@ -62,11 +63,12 @@ def train_on_deployment(
         RuntimeError: the training flow run did not complete; the message names it and its state.
     """
     assert config.train_deployment is not None
-    if phase == "refit":
+    if phase == "refit" and not (run_dir / PHASE_INPUT[phase]).exists():
         ratings.write_parquet(run_dir / PHASE_INPUT[phase])
     flow_run = run_deployment(
         config.train_deployment,
-        parameters={"config": config.model_dump(mode="json"), "run_dir": str(run_dir.resolve()), "phase": phase},
+        parameters={"config": config.model_dump(mode="json"), "run_dir": str(run_dir.resolve()), "phase": phase,
+                    "model": model},
         timeout=None,  # wait as long as training takes; the deployment's own timeout applies
     )
     if flow_run.state is None or not flow_run.state.is_completed():
@@ -74,4 +76,4 @@ def train_on_deployment(
         message = flow_run.state.message if flow_run.state else ""
         raise RuntimeError(f"training deployment {config.train_deployment!r} run {flow_run.name} ended {state}: {message}")
     # `auto` here: the config's device names the training worker's (say cuda), which this one may lack.
-    return load_trained_model(checkpoint_path(run_dir, phase), pick_device("auto"))
+    return load_trained_model(checkpoint_path(run_dir, phase, model), pick_device("auto"))

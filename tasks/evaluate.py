@@ -79,16 +79,18 @@ def evaluate(
     n_items: int,
     config: PipelineConfig,
 ) -> pl.DataFrame:
-    """Score the test split: rating errors, then top-k over the items each user did not rate in train.
+    """Score the test split: rating errors (rating models only), then top-k over the items each user did not
+    rate in train.
 
     Returns:
         Long-form metrics: `metric`, `k` (null for rmse and mae), `value`.
     """
-    users = torch.from_numpy(test["user_idx"].to_numpy().astype(np.int64))
-    items = torch.from_numpy(test["item_idx"].to_numpy().astype(np.int64))
-    predictions = model.predict(users, items).numpy()
-    errors = rating_errors(predictions, test["rating"].to_numpy())
-    n_users = model.module.user_factors.num_embeddings
+    errors: dict[str, float] = {}
+    if model.predicts_ratings:
+        users = torch.from_numpy(test["user_idx"].to_numpy().astype(np.int64))
+        items = torch.from_numpy(test["item_idx"].to_numpy().astype(np.int64))
+        errors = rating_errors(model.predict(users, items).numpy(), test["rating"].to_numpy())
+    n_users = model.n_users
     top_items, _ = top_k_unseen(
         model.score_users, n_users, n_items, UserItems.from_ratings(train, n_users), config.k, model.device,
         config.score_chunk_users,
@@ -99,7 +101,30 @@ def evaluate(
     return pl.DataFrame(rows, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+def with_fit_seconds(metrics: pl.DataFrame, seconds: float) -> pl.DataFrame:
+    """The metrics plus a `fit_seconds` row (k null), so training time is tracked beside accuracy."""
+    row = pl.DataFrame({"metric": ["fit_seconds"], "k": [None], "value": [seconds]}, schema=metrics.schema)
+    return pl.concat([metrics, row])
+
+
+def published_model(metrics: dict[str, pl.DataFrame], config: PipelineConfig) -> tuple[str, str]:
+    """The model whose lists a run publishes, and why: the config's `model`, else the best nDCG@k.
+
+    Args:
+        metrics: each trained model's metrics (long form).
+        config: `model` and `k`.
+    """
+    if config.model is not None:
+        return config.model, "named in the config"
+    ndcg = {
+        name: float(frame.filter((pl.col("metric") == "ndcg") & (pl.col("k") == config.k))["value"][0])
+        for name, frame in metrics.items()
+    }
+    best = max(ndcg, key=lambda name: ndcg[name])
+    return best, f"best nDCG@{config.k} of {len(ndcg)} models ({ndcg[best]:.4f})"
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{model.name}")
 def evaluate_task(
     model: TrainedModel,
     train: pl.DataFrame,

@@ -2,7 +2,8 @@
 
 A candidate run is compared with the last published run on the same source and protocol (split, test
 share, seed, k). It is rejected when its RMSE rose, or its nDCG@k fell, by more than `gate_tolerance` of
-the baseline's value. The first run on a source and protocol has nothing to compare with and passes.
+the baseline's value, the same model's metrics in both. The first run of a model on a source and protocol has
+nothing to compare with and passes.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
         tolerance: the largest allowed worsening, as a fraction of the baseline's value.
     """
     if baseline is None or baseline.height == 0:
-        return GateVerdict(True, "first run on this source and protocol: nothing to compare with")
+        return GateVerdict(True, "first run of this model on this source and protocol: nothing to compare with")
     baseline_run_id = baseline["run_id"][0]
     # (metric, k, +1 when higher is worse / -1 when lower is worse)
     checks = [("rmse", None, 1), ("ndcg", k, -1)]
@@ -74,9 +75,11 @@ def baseline_metrics(path: Path, run_id: str, source: str, protocol: str, model:
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(path: Path, run_id: str, source: str, metrics: pl.DataFrame, config: PipelineConfig) -> GateVerdict:
-    """Judge the run against its baseline in the warehouse; logs the verdict."""
-    baseline = baseline_metrics(path, run_id, source, config.protocol, config.model)
+def gate_task(
+    path: Path, run_id: str, source: str, model: str, metrics: pl.DataFrame, config: PipelineConfig
+) -> GateVerdict:
+    """Judge the run's model to publish against the same model in the baseline run; logs the verdict."""
+    baseline = baseline_metrics(path, run_id, source, config.protocol, model)
     verdict = judge(metrics, baseline, config.k, config.gate_tolerance)
     if verdict.passed:
         log.info("quality gate passed: %s", verdict.reason)

@@ -100,12 +100,31 @@ def record_metrics(path: Path, run_id: str, model: str, metrics: pl.DataFrame) -
         con.execute("INSERT INTO run_metrics SELECT run_id, model, metric, k, value FROM new_metrics")
 
 
-def record_history(path: Path, run_id: str, history: pl.DataFrame) -> None:
-    """Append a training's loss per epoch (`epoch`, `split`, `loss`)."""
-    rows = history.select(pl.lit(run_id).alias("run_id"), "epoch", "split", "loss")
+def record_history(path: Path, run_id: str, model: str, history: pl.DataFrame) -> None:
+    """Append a model's training loss per epoch (`epoch`, `split`, `loss`); closed-form models have none."""
+    if history.height == 0:
+        return
+    rows = history.select(pl.lit(run_id).alias("run_id"), pl.lit(model).alias("model"), "epoch", "split", "loss")
     with connect(path) as con:
         con.register("new_history", rows.to_arrow())
-        con.execute("INSERT INTO training_history SELECT run_id, epoch, split, loss FROM new_history")
+        con.execute("INSERT INTO training_history (run_id, model, epoch, split, loss) SELECT * FROM new_history")
+
+
+def record_inspection(
+    path: Path, run_id: str, model: str, item_biases: pl.DataFrame | None, similar_items: pl.DataFrame | None
+) -> None:
+    """Store a model's inspection tables for the run (tasks/inspect.py), replacing any it stored before."""
+    with connect(path) as con, _transaction(con):
+        for table, frame, columns in (
+            ("item_biases", item_biases, "item_id, bias, mean_rating, n_ratings"),
+            ("similar_items", similar_items, "item_id, rank, similar_item_id, score"),
+        ):
+            if frame is None:
+                continue
+            con.register("new_rows", frame.to_arrow())
+            con.execute(f"DELETE FROM {table} WHERE run_id = ? AND model = ?", [run_id, model])
+            con.execute(f"INSERT INTO {table} SELECT ?, ?, {columns} FROM new_rows", [run_id, model])
+            con.unregister("new_rows")
 
 
 def publish(
@@ -164,9 +183,9 @@ def record_metrics_task(path: Path, run_id: str, model: str, metrics: pl.DataFra
 
 
 @task(name="record-history", cache_policy=NO_CACHE)
-def record_history_task(path: Path, run_id: str, history: pl.DataFrame) -> None:
+def record_history_task(path: Path, run_id: str, model: str, history: pl.DataFrame) -> None:
     """Prefect wrapper of `record_history`."""
-    record_history(path, run_id, history)
+    record_history(path, run_id, model, history)
 
 
 @task(name="reject", cache_policy=NO_CACHE)

@@ -28,8 +28,22 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(run_id: str, status: str, gate: str, model: str, metrics: pl.DataFrame, facts: dict) -> str:
-    """Markdown summary of a finished run: outcome, dataset, metrics with deltas and stage timings."""
+def comparison_markdown(comparison: pl.DataFrame, published: str) -> str:
+    """A markdown table of every trained model's headline metrics (`model`, `metric`, `k`, `value` rows)."""
+    wide = comparison.pivot(on="metric", index="model", values="value", aggregate_function="first")
+    columns = [c for c in ("rmse", "mae", "precision", "recall", "ndcg", "map", "coverage", "fit_seconds") if c in wide.columns]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in wide.sort("ndcg", descending=True).iter_rows(named=True):
+        name = f"**{row['model']}** (published)" if row["model"] == published else row["model"]
+        cells = ["" if row[c] is None else f"{row[c]:.4f}" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(
+    run_id: str, status: str, gate: str, model: str, metrics: pl.DataFrame, facts: dict, comparison: pl.DataFrame
+) -> str:
+    """Markdown summary of a finished run: outcome, dataset, metrics with deltas, all models, stage timings."""
     stages = facts.get("stage_seconds", {})
     as_of = facts.get("as_of")
     return "\n".join(
@@ -47,6 +61,10 @@ def summary_markdown(run_id: str, status: str, gate: str, model: str, metrics: p
             "",
             metrics_markdown(metrics),
             "",
+            f"## Every model on the test split (k = {comparison['k'].max()})",
+            "",
+            comparison_markdown(comparison, model),
+            "",
             "## Seconds per stage",
             "",
             "| stage | seconds |",
@@ -60,7 +78,7 @@ def summary_markdown(run_id: str, status: str, gate: str, model: str, metrics: p
 
 def write_report(
     run_id: str, status: str, gate: str, model: str, facts: dict, history: pl.DataFrame, run_dir: Path,
-    warehouse_path: Path, trend_runs: int,
+    warehouse_path: Path, trend_runs: int, comparison: pl.DataFrame,
 ) -> tuple[str, pl.DataFrame, Path, Path]:  # fmt: skip
     """Compute the run's deltas and draw its charts into `run_dir`.
 
@@ -73,17 +91,18 @@ def write_report(
     metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
     loss_png = plot_loss(history, run_dir / "loss.png")
     trend_png = plot_trend(runs, run_dir / "trend.png")
-    return summary_markdown(run_id, status, gate, model, metrics, facts), metrics, loss_png, trend_png
+    markdown = summary_markdown(run_id, status, gate, model, metrics, facts, comparison)
+    return markdown, metrics, loss_png, trend_png
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(
     run_id: str, status: str, gate: str, model: str, facts: dict, history: pl.DataFrame, run_dir: Path,
-    warehouse_path: Path, trend_runs: int,
+    warehouse_path: Path, trend_runs: int, comparison: pl.DataFrame,
 ) -> str:  # fmt: skip
     """Leave the run's artifacts in Prefect: the markdown summary, the metrics table and links to the PNGs."""
     markdown, metrics, loss_png, trend_png = write_report(
-        run_id, status, gate, model, facts, history, run_dir, warehouse_path, trend_runs
+        run_id, status, gate, model, facts, history, run_dir, warehouse_path, trend_runs, comparison
     )
     create_markdown_artifact(markdown, key="nightly-run-summary", description=f"Nightly run {run_id}: {status}")
     create_table_artifact(metrics.to_dicts(), key="nightly-run-metrics", description=f"Metrics of run {run_id} with deltas")

@@ -94,16 +94,20 @@ def plot_trend(trend: pl.DataFrame, path: Path, metrics: tuple[str, ...] = HEADL
 
 
 def plot_loss(history: pl.DataFrame, path: Path) -> Path:
-    """A PNG of the training loss (MSE) per epoch, one line per phase (train, validation, refit)."""
+    """A PNG of the training loss per epoch, one line per phase (train, validation, refit).
+
+    MSE for the rating models, the BPR loss for bpr; a closed-form model has no epochs and the chart says so.
+    """
     figure = Figure(figsize=(7, 4), layout="constrained")
     axis = figure.subplots()
     for (split,), rows in history.group_by("split", maintain_order=True):
         axis.plot(rows["epoch"].to_list(), rows["loss"].to_list(), marker="o", label=split)
     axis.set_xlabel("epoch")
-    axis.set_ylabel("MSE")
-    axis.set_title("Training loss")
+    axis.set_ylabel("loss")
+    axis.set_title("Training loss" if history.height else "No training loss: the model is fitted in closed form")
     axis.grid(alpha=0.3)
-    axis.legend()
+    if history.height:
+        axis.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path

@@ -9,9 +9,12 @@ import duckdb
 import polars as pl
 import pytest
 
+import warehouse
+
 from flows.cli import main
 from flows.nightly import nightly
-from tasks.config import PipelineConfig
+from tasks.config import MODEL_NAMES, PipelineConfig
+from tasks.models import MODELS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -22,7 +25,7 @@ def _check_published(warehouse_path, ratings: pl.DataFrame, n_users: int) -> str
         assert con.execute("SELECT count(*), count(DISTINCT user_id) FROM recommendations").fetchall()[0] == (n_users * 10, n_users)
         recs = pl.from_arrow(con.sql("SELECT * FROM recommendations").to_arrow_table())
         run_id, status, error = con.execute("SELECT run_id, status, error FROM runs ORDER BY started_at DESC").fetchall()[0]
-        metrics = pl.from_arrow(con.sql("SELECT metric, k FROM run_metrics WHERE run_id = ?", params=[run_id]).to_arrow_table())
+        metrics = pl.from_arrow(con.sql("SELECT model, metric, k FROM run_metrics WHERE run_id = ?", params=[run_id]).to_arrow_table())
         titled = con.execute("SELECT count(*) FROM recommendations_with_titles WHERE title IS NOT NULL").fetchall()[0][0]
         history = con.execute("SELECT count(*) FROM training_history WHERE run_id = ?", [run_id]).fetchall()[0][0]
     assert (status, error) == ("succeeded", None)
@@ -31,8 +34,10 @@ def _check_published(warehouse_path, ratings: pl.DataFrame, n_users: int) -> str
     ordered = recs.sort("user_id", "rank")
     assert (ordered.group_by("user_id", maintain_order=True).agg("rank")["rank"].to_list()) == [list(range(1, 11))] * n_users
     assert ordered.group_by("user_id").agg(pl.col("score").diff().max().alias("up"))["up"].max() <= 0, "ranks not in score order"
-    expected = {("rmse", None), ("mae", None)} | {(m, 10) for m in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")}
-    assert set(metrics.rows()) == expected
+    ranking = {(m, 10) for m in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")} | {("fit_seconds", None)}
+    for (model,), rows in metrics.group_by("model"):
+        rating = {("rmse", None), ("mae", None)} if MODELS[model].module.predicts_ratings else set()
+        assert set(rows.select("metric", "k").rows()) == ranking | rating, model
     assert titled == n_users * 10 and history > 0
     return run_id
 
@@ -52,13 +57,31 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
     assert f"run {run_id} succeeded: 9430 recommendations" in out and "ndcg" in out
     run_dir = tmp_path / "D" / "runs" / run_id
     assert {p.name for p in run_dir.iterdir()} >= {"config.json", "user_map.parquet", "item_map.parquet", "train.parquet", "test.parquet", "model.pt"}
+    assert "every model on the test split" in out
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         rmse, source, sha = con.execute(
-            "SELECT m.value, r.source, r.source_sha256 FROM run_metrics m JOIN runs r USING (run_id) WHERE metric = 'rmse'"
+            "SELECT m.value, r.source, r.source_sha256 FROM run_metrics m JOIN runs r USING (run_id) "
+            "WHERE metric = 'rmse' AND m.model = 'dot_bias'"
         ).fetchall()[0]
         stages = con.execute("SELECT json_keys(stage_seconds) FROM runs").fetchall()[0][0]
+        ndcg = dict(con.execute("SELECT model, value FROM run_metrics WHERE metric = 'ndcg'").fetchall())
+        published = con.execute("SELECT model FROM runs").fetchall()[0][0]
+        biases = con.execute("SELECT model, count(*), count(mean_rating) FROM item_biases GROUP BY ALL ORDER BY 1").fetchall()
+        similar = con.execute("SELECT model, count(DISTINCT item_id), max(rank) FROM similar_items GROUP BY ALL ORDER BY 1").fetchall()
+        star_wars = con.sql(warehouse.query("similar_items"), params={"model": "dot_bias", "title": "Star Wars (1977)"}).fetchall()
+        extremes = con.sql(warehouse.query("item_bias_extremes"), params={"model": "dot_bias", "min_ratings": 20, "n": 5}).fetchall()
+        compared = con.sql(warehouse.query("model_comparison")).fetchall()
     assert rmse < 0.95 and source.endswith("/ml-100k.zip") and sha.startswith("f6399316")
-    assert stages == ["ingest", "reindex", "split", "train", "evaluate", "gate", "refit", "recommend", "publish"]
+    assert stages == ["ingest", "reindex", "split", "train", "evaluate", "inspect", "gate", "refit", "recommend", "publish"]
+    # Every model evaluated; the default publishes the best nDCG@10, which on ML-100k is a ranking model.
+    assert set(ndcg) == set(MODEL_NAMES) and published == max(ndcg, key=ndcg.get) and published in {"ease", "bpr"}
+    assert ndcg["ease"] > 0.4 and ndcg["popularity"] > ndcg["bias"]
+    n_rated = ml100k_dataset.ratings()["item_id"].n_unique() - 43  # 43 items' ratings all fell in the test split
+    assert biases == [(m, 1682, n_rated) for m in ("bias", "bpr", "dot_bias")]
+    assert similar == [(m, 1682, 10) for m in ("bpr", "dot", "dot_bias", "mlp")]
+    assert len(star_wars) == 10 and all(row[0] == "Star Wars (1977)" and row[3] != row[0] for row in star_wars)
+    assert [row[0] for row in extremes] == ["most liked"] * 5 + ["least liked"] * 5 + ["bias and mean disagree"] * 5
+    assert len(compared) == 9 and [row[1] for row in compared].count(True) == 1 and compared[0][0] == published
 
     assert main(["recommend", "1", "--warehouse", str(warehouse_path)]) == 0
     assert "recommendations for user 1" in capsys.readouterr().out
@@ -80,7 +103,8 @@ def test_csv_layout_archive_runs_unchanged(ml100k_dataset, tmp_path, serve):
         )
     server = serve(site)
     warehouse_path = tmp_path / "W.duckdb"
-    args = ["run", "--source", f"{server.url}/ml-latest-small.zip", "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")]
+    args = ["run", "--source", f"{server.url}/ml-latest-small.zip", "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D"),
+            "--model", "dot_bias"]
     assert main(args) == 0
     _check_published(warehouse_path, ratings, n_users=943)
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
@@ -89,7 +113,8 @@ def test_csv_layout_archive_runs_unchanged(ml100k_dataset, tmp_path, serve):
 
 def test_failed_run_is_recorded_and_keeps_previous_lists(ml100k_zip, tmp_path, serve):
     warehouse_path = tmp_path / "W.duckdb"
-    good = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", epochs=1, refit_on_all=False)
+    good = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", model="popularity",
+                          refit_on_all=False)
     good_run = nightly(good).run_id
     server = serve(tmp_path)
     bad = good.model_copy(update={"source": f"{server.url}/missing.zip", "download_retries": 0})

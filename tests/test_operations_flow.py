@@ -26,7 +26,8 @@ def _rows(path, sql, params=()):
 
 def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_path, capsys):
     warehouse_path = tmp_path / "W.duckdb"
-    common = ["--source", str(ml100k_zip), "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")]
+    common = ["--source", str(ml100k_zip), "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D"),
+              "--model", "dot_bias"]
 
     assert main(["run", *common]) == 0
     (good,) = _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
@@ -34,15 +35,15 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
 
     # One epoch at learning rate 0: the untrained model.
     state = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
-                                   epochs=1, learning_rate=0.0), return_state=True)  # fmt: skip
+                                   model="dot_bias", epochs=1, learning_rate=0.0), return_state=True)  # fmt: skip
     bad = state.result()
     assert state.is_completed() and state.name == "Rejected" and "rmse rose" in state.message
     assert bad.status == "rejected" and bad.n_recommendations == 0
     status, reason, baseline = _rows(warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id])[0]
-    assert status == "rejected" and "rmse rose from 0.91" in reason and "ndcg@10 fell" in reason and baseline == good
+    assert status == "rejected" and "rmse rose from 0.9" in reason and "ndcg@10 fell" in reason and baseline == good
     assert _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations") == [(good,)]
     assert _rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == good_lists
-    assert _rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(8,)]
+    assert _rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(9,)]  # 8 + fit_seconds
 
     # The summary artifact carries the deltas; the table and the two charts are there too.
     summary = Artifact.get("nightly-run-summary")
@@ -65,7 +66,7 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
 
 def test_a_second_run_on_the_same_warehouse_is_refused_clearly(ml100k_zip, tmp_path):
     warehouse_path = tmp_path / "W.duckdb"
-    config = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", epochs=1)
+    config = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", model="ease")
     with run_lock(warehouse_path, owner="the-running-night"):
         with pytest.raises(RunLockedError, match="the-running-night"):
             nightly(config)
@@ -77,7 +78,7 @@ def test_as_of_run_sees_only_older_ratings(ml100k_zip, tmp_path):
     warehouse_path = tmp_path / "W.duckdb"
     cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
     result = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
-                                    as_of=cutoff, epochs=2))  # fmt: skip
+                                    as_of=cutoff, models=["dot_bias", "item_knn"], epochs=2))  # fmt: skip
     n_ratings, as_of, protocol = _rows(warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id])[0]
     assert 40_000 < n_ratings < 70_000 and as_of == cutoff and protocol.startswith("temporal ")
     users = _rows(warehouse_path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]

@@ -88,7 +88,7 @@ def test_metrics_and_history_in_long_form(tmp_path):
     metrics = pl.DataFrame({"metric": ["rmse", "ndcg"], "k": [None, 10], "value": [0.9, 0.1]}, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
     record_metrics(path, "r", "dot_bias", metrics)
     record_metrics(path, "r", "dot_bias", metrics)  # re-recording replaces, never duplicates
-    record_history(path, "r", pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.8]}))
+    record_history(path, "r", "dot_bias", pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.8]}))
     with duckdb.connect(str(path), read_only=True) as con:
         assert warehouse.fetch(con, "run_metrics", {"run_id": "r"}).rows() == [("dot_bias", "rmse", None, 0.9), ("dot_bias", "ndcg", 10, 0.1)]
         assert con.execute("SELECT count(*) FROM training_history WHERE run_id = 'r'").fetchall()[0] == (2,)

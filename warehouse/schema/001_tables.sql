@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS recommendations (
     user_id      BIGINT      NOT NULL,
     item_id      BIGINT      NOT NULL,
     rank         SMALLINT    NOT NULL,  -- 1 = best
-    score        REAL        NOT NULL,  -- the model's predicted rating
+    score        REAL        NOT NULL,  -- the published model's score (see 004_models.sql); higher is better
     run_id       VARCHAR     NOT NULL,  -- the run that published this list (runs.run_id)
     generated_at TIMESTAMPTZ NOT NULL
 );

@@ -14,7 +14,7 @@ CREATE OR REPLACE MACRO metric_trend(n_runs) AS TABLE
 WITH scored AS (
     SELECT r.run_id, r.started_at, r.as_of, r.status, r.source, r.protocol, m.model, m.metric, m.k, m.value
     FROM run_metrics AS m
-    JOIN runs AS r ON r.run_id = m.run_id AND r.model = m.model
+    JOIN runs AS r ON r.run_id = m.run_id
     WHERE r.status <> 'running'
 ), windowed AS (
     SELECT

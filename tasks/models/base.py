@@ -1,0 +1,130 @@
+"""What every model is: a torch module that scores a chunk of users against all items.
+
+A model is an `nn.Module` whose weights and data live in parameters and buffers, so one checkpoint format
+(`state_dict` plus the constructor's arguments) and one device move serve all of them. Rating models
+(`predicts_ratings`) also map (user, item) pairs to ratings through `forward`; ranking models only rank.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+
+# torch warns that sparse CSR is in beta and that invariant checks are off; the products used here are stable
+# and the matrices are built by `RatingMatrix.build`, which coalesces them.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+class Recommender(nn.Module):
+    """Base of the models. Subclasses call `super().__init__(**shape)` with every constructor argument."""
+
+    predicts_ratings: ClassVar[bool] = True
+
+    def __init__(self, **init_args: Any) -> None:
+        super().__init__()
+        self.init_args = init_args  # saved in checkpoints: `type(self)(**init_args)` rebuilds the shapes
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of `users` against every item, (len(users), n_items); higher is better."""
+        raise NotImplementedError
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Predicted ratings of (user, item) pairs (rating models only)."""
+        raise NotImplementedError(f"{type(self).__name__} ranks items; it does not predict ratings")
+
+    def item_embeddings(self) -> torch.Tensor | None:
+        """One vector per item, for the similar-items inspection; None when the model has none."""
+        return None
+
+    def item_biases(self) -> torch.Tensor | None:
+        """One bias per item, for the item-bias inspection; None when the model has none."""
+        return None
+
+
+def index_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`user_idx`, `item_idx` (int64) and `rating` (float32) as tensors on `device`."""
+    return (
+        torch.from_numpy(ratings["user_idx"].to_numpy().astype(np.int64)).to(device),
+        torch.from_numpy(ratings["item_idx"].to_numpy().astype(np.int64)).to(device),
+        torch.from_numpy(ratings["rating"].to_numpy().astype(np.float32)).to(device),
+    )
+
+
+class RatingMatrix(nn.Module):
+    """A users x items sparse matrix kept as CSR buffers (so it saves and moves with the model that holds it).
+
+    The models that score from a user's history (EASE, kNN) keep their training matrix in one of these.
+    """
+
+    def __init__(self, n_rows: int, n_cols: int, nnz: int) -> None:
+        super().__init__()
+        self.shape = (n_rows, n_cols)
+        self.register_buffer("indptr", torch.zeros(n_rows + 1, dtype=torch.int64))
+        self.register_buffer("indices", torch.zeros(nnz, dtype=torch.int64))
+        self.register_buffer("values", torch.zeros(nnz, dtype=torch.float32))
+
+    @classmethod
+    def build(cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> RatingMatrix:
+        """From coordinates (duplicates are summed), on the device of `rows`."""
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.float(), shape).coalesce()
+        r, c = coo.indices()
+        matrix = cls(shape[0], shape[1], len(c)).to(rows.device)
+        matrix.indptr.copy_(torch.cat([torch.zeros(1, dtype=torch.int64, device=rows.device),
+                                       torch.bincount(r, minlength=shape[0]).cumsum(0)]))  # fmt: skip
+        matrix.indices.copy_(c)
+        matrix.values.copy_(coo.values())
+        return matrix
+
+    def rows(self, which: torch.Tensor, binary: bool = False) -> torch.Tensor:
+        """The dense rows `which`, (len(which), n_cols); with `binary`, 1 where a value is stored."""
+        starts, stops = self.indptr[which], self.indptr[which + 1]
+        counts = stops - starts
+        row = torch.repeat_interleave(torch.arange(len(which), device=which.device), counts)
+        first = torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts)
+        position = first + torch.arange(int(counts.sum()), device=which.device)
+        dense = torch.zeros((len(which), self.shape[1]), device=self.values.device)
+        dense[row, self.indices[position]] = 1.0 if binary else self.values[position]
+        return dense
+
+    def csr(self, binary: bool = False) -> torch.Tensor:
+        """As a torch sparse CSR tensor (for sparse @ dense products); with `binary`, ones for the values."""
+        values = torch.ones_like(self.values) if binary else self.values
+        return torch.sparse_csr_tensor(self.indptr, self.indices, values, self.shape)
+
+    def transpose(self) -> RatingMatrix:
+        """The n_cols x n_rows matrix."""
+        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.indptr.device), self.indptr.diff())
+        return RatingMatrix.build(self.indices, rows, self.values, (self.shape[1], self.shape[0]))
+
+    def row_means(self) -> torch.Tensor:
+        """Mean of each row's stored values (0 for an empty row)."""
+        counts = self.indptr.diff()
+        sums = torch.zeros(self.shape[0], device=self.values.device).index_add_(
+            0, torch.repeat_interleave(torch.arange(self.shape[0], device=self.indptr.device), counts), self.values
+        )
+        return sums / counts.clamp(min=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's signature
+        # A checkpoint's matrix has its own number of stored values: take its buffers' sizes.
+        for name in ("indptr", "indices", "values"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def pair_scores(score_users, users: torch.Tensor, items: torch.Tensor, chunk: int = 1024) -> torch.Tensor:  # noqa: ANN001
+    """`score_users(u)[u, i]` for each pair, scoring each distinct user once, `chunk` users at a time."""
+    distinct, position = torch.unique(users, return_inverse=True)
+    out = torch.empty(len(users), device=users.device)
+    for start in range(0, len(distinct), chunk):
+        in_chunk = (position >= start) & (position < start + chunk)
+        scores = score_users(distinct[start : start + chunk])
+        out[in_chunk] = scores[position[in_chunk] - start, items[in_chunk]]
+    return out

@@ -1,0 +1,135 @@
+"""Memory-based collaborative filtering: user-user and item-item k nearest neighbours.
+
+Similarity is mean-centred cosine: each rating minus its row's mean (the user's mean for `user_knn`, the
+item's for `item_knn`), then the cosine of two rows over all columns, shrunk by n / (n + shrinkage) where
+n counts the columns both rows rated. Each row keeps its `neighbours` most similar rows with a positive
+similarity, found `chunk` rows at a time: a chunk x rows block of similarities exists at once, never the
+full rows x rows matrix.
+
+Prediction (item_knn; user_knn swaps users and items):
+    r(u, i) = mean_i + sum_{j in N(i), u rated j} s_ij (r_uj - mean_j) / sum_{j in N(i), u rated j} |s_ij|
+and mean_i when u rated none of i's neighbours. Scores for ranking are these predicted ratings.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tasks.models.base import Recommender, RatingMatrix, index_tensors, pair_scores
+
+
+def centred(matrix: RatingMatrix) -> tuple[RatingMatrix, torch.Tensor]:
+    """The matrix with each row's mean taken from its values, and those means."""
+    means = matrix.row_means()
+    out = RatingMatrix(*matrix.shape, len(matrix.values)).to(matrix.values.device)
+    out.indptr.copy_(matrix.indptr)
+    out.indices.copy_(matrix.indices)
+    out.values.copy_(matrix.values - torch.repeat_interleave(means, matrix.indptr.diff()))
+    return out, means
+
+
+@torch.no_grad()
+def top_neighbours(matrix: RatingMatrix, k: int, shrinkage: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k most similar other rows by (shrunk) cosine, computed `chunk` rows at a time.
+
+    Returns:
+        (indices, similarities), both (n_rows, min(k, n_rows - 1)); a neighbour slot whose similarity is
+        not positive holds similarity 0 (it then counts for nothing in a prediction).
+    """
+    n_rows = matrix.shape[0]
+    k = min(k, n_rows - 1)
+    values, pattern = matrix.csr(), matrix.csr(binary=True)
+    norms = torch.zeros(n_rows, device=matrix.values.device).index_add_(
+        0, torch.repeat_interleave(torch.arange(n_rows, device=matrix.indptr.device), matrix.indptr.diff()),
+        matrix.values.pow(2),
+    ).sqrt()  # fmt: skip
+    indices = torch.empty((n_rows, k), dtype=torch.int64, device=matrix.values.device)
+    similarities = torch.empty((n_rows, k), device=matrix.values.device)
+    for start in range(0, n_rows, chunk):
+        rows = torch.arange(start, min(start + chunk, n_rows), device=matrix.values.device)
+        dots = (values @ matrix.rows(rows).T).T  # (chunk, n_rows)
+        sims = dots / (norms[rows, None] * norms[None, :]).clamp(min=1e-12)
+        if shrinkage:
+            both = (pattern @ matrix.rows(rows, binary=True).T).T
+            sims *= both / (both + shrinkage)
+        sims[torch.arange(len(rows)), rows] = float("-inf")  # a row is not its own neighbour
+        top, where = torch.topk(sims, k, dim=1)
+        indices[rows], similarities[rows] = where, top.clamp(min=0)
+    return indices, similarities
+
+
+class _Neighbourhood(Recommender):
+    """Holds the centred training ratings in the orientation scoring reads, the means and each row's neighbours.
+
+    item_knn's neighbours are items and its history is users x items (a chunk of users' rows is read);
+    user_knn's neighbours are users and its history is items x users (multiplied by a chunk's weights).
+    """
+
+    neighbours_are_items: bool
+
+    def __init__(self, n_users: int, n_items: int, nnz: int, k: int) -> None:
+        super().__init__(n_users=n_users, n_items=n_items, nnz=nnz, k=k)
+        n = n_items if self.neighbours_are_items else n_users
+        self.history = RatingMatrix(*((n_users, n_items) if self.neighbours_are_items else (n_items, n_users)), nnz)
+        self.register_buffer("means", torch.zeros(n))
+        self.register_buffer("neighbours", torch.zeros((n, k), dtype=torch.int64))
+        self.register_buffer("similarities", torch.zeros((n, k)))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return pair_scores(self.score_users, users, items)
+
+    @staticmethod
+    def _average(means: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        return means + torch.where(denominator > 0, numerator / denominator.clamp(min=1e-12), 0.0)
+
+
+class ItemKnn(_Neighbourhood):
+    """Item-item kNN: a user's rating of an item from their ratings of its most similar items."""
+
+    neighbours_are_items = True
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        n, k = self.neighbours.shape
+        indptr = torch.arange(0, n * k + 1, k, device=self.neighbours.device)
+        weights = torch.sparse_csr_tensor(indptr, self.neighbours.flatten(), self.similarities.flatten(), (n, n))
+        deviations, rated = self.history.rows(users), self.history.rows(users, binary=True)  # (c, n_items)
+        return self._average(self.means[None, :], (weights @ deviations.T).T, (weights.abs() @ rated.T).T)
+
+
+class UserKnn(_Neighbourhood):
+    """User-user kNN: a user's rating of an item from their most similar users' ratings of it."""
+
+    neighbours_are_items = False
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        weights = torch.zeros((len(users), self.means.numel()), device=self.similarities.device)
+        weights.scatter_(1, self.neighbours[users], self.similarities[users])  # (c, n_users)
+        numerator = (self.history.csr() @ weights.T).T  # (c, n_items)
+        denominator = (self.history.csr(binary=True) @ weights.abs().T).T
+        return self._average(self.means[users, None], numerator, denominator)
+
+
+def _fit_knn(cls: type[_Neighbourhood], train, n_users, n_items, device, params):  # noqa: ANN001, ANN202
+    users, items, ratings = index_tensors(train, device)
+    if cls.neighbours_are_items:
+        by_neighbour, means = centred(RatingMatrix.build(items, users, ratings, (n_items, n_users)))
+    else:
+        by_neighbour, means = centred(RatingMatrix.build(users, items, ratings, (n_users, n_items)))
+    neighbours, similarities = top_neighbours(by_neighbour, params.neighbours, params.shrinkage, params.chunk)
+    history = by_neighbour.transpose()
+    module = cls(n_users, n_items, len(history.values), neighbours.shape[1]).to(device)
+    module.history.load_state_dict(history.state_dict())
+    module.means.copy_(means)
+    module.neighbours.copy_(neighbours)
+    module.similarities.copy_(similarities)
+    return module, []
+
+
+def fit_item_knn(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
+    """`item_knn` with `config.item_knn`."""
+    return _fit_knn(ItemKnn, train, n_users, n_items, device, config.item_knn)
+
+
+def fit_user_knn(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
+    """`user_knn` with `config.user_knn`."""
+    return _fit_knn(UserKnn, train, n_users, n_items, device, config.user_knn)
