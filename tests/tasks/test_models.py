@@ -1,0 +1,180 @@
+"""Each registered model fits and scores small data; kNN and EASE match a brute-force computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tasks.config import PipelineConfig
+from tasks.models import MODELS
+from tasks.reindex import IdMaps
+from tasks.train import fit, load_checkpoint, save_checkpoint
+
+# Small and quick: a handful of epochs, few factors, CPU.
+TINY = PipelineConfig.model_validate(
+    {
+        "device": "cpu", "factors": 4, "epochs": 20, "batch_size": 4, "learning_rate": 0.05, "regularization": 0.0,
+        "dot": {"factors": 4, "epochs": 20, "batch_size": 4, "learning_rate": 0.05, "regularization": 0.0},
+        "mlp": {"factors": 4, "hidden": [8], "dropout": 0.0, "epochs": 60, "batch_size": 4, "learning_rate": 0.03,
+                "weight_decay": 0.0},
+        "bpr": {"factors": 4, "epochs": 20, "batch_size": 4, "learning_rate": 0.05},
+        "user_knn": {"neighbours": 2, "shrinkage": 0.0}, "item_knn": {"neighbours": 2, "shrinkage": 0.0},
+        "ease": {"l2": 1.0}, "bias": {"item_damping": 0.0, "user_damping": 0.0},
+    }
+)  # fmt: skip
+
+
+def _maps(n_users: int, n_items: int) -> IdMaps:
+    return IdMaps(
+        pl.DataFrame({"user_idx": pl.Series(range(n_users), dtype=pl.Int32), "user_id": [10 * u for u in range(n_users)]}),
+        pl.DataFrame({"item_idx": pl.Series(range(n_items), dtype=pl.Int32), "item_id": [100 + i for i in range(n_items)]}),
+    )
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_fits_scores_and_round_trips(name, small_ratings, tmp_path):
+    model = fit(small_ratings, 4, 5, TINY, name=name)
+    scores = model.score_users(torch.arange(4))
+    assert scores.shape == (4, 5) and torch.isfinite(scores).all()
+    if model.predicts_ratings:
+        predictions = model.predict(torch.tensor([0, 1, 2]), torch.tensor([0, 4, 3]))
+        assert predictions.min() >= 1.0 and predictions.max() <= 5.0
+        # scores and pair predictions agree (before clipping to the rating scale)
+        assert torch.allclose(predictions, scores[[0, 1, 2], [0, 4, 3]].clamp(1, 5), atol=1e-5)
+    else:
+        with pytest.raises(TypeError, match="does not predict ratings"):
+            model.predict(torch.tensor([0]), torch.tensor([0]))
+    if len(model.history):  # gradient-trained: the training loss went down
+        losses = model.history.filter(pl.col("split") == "train")["loss"].to_list()
+        assert losses[-1] < losses[0]
+    save_checkpoint(model, _maps(4, 5), TINY, tmp_path / "model.pt")
+    module, maps, config = load_checkpoint(tmp_path / "model.pt")
+    assert type(module) is type(model.module) and config == TINY and maps.n_items == 5
+    assert torch.allclose(module.score_users(torch.arange(4)), scores)
+
+
+def test_rating_models_learn_the_small_data(small_ratings):
+    for name in ("dot_bias", "dot", "mlp"):
+        model = fit(small_ratings, 4, 5, TINY, name=name)
+        predicted = model.predict(torch.tensor([0, 1]), torch.tensor([0, 4]))
+        assert predicted.tolist() == pytest.approx([5.0, 1.0], abs=1.0), name
+
+
+def test_popularity_and_bias_are_their_closed_forms(small_ratings):
+    popularity = fit(small_ratings, 4, 5, TINY, name="popularity")
+    counts = small_ratings.group_by("item_idx").len().sort("item_idx")["len"].to_list()
+    assert popularity.score_users(torch.tensor([0]))[0].tolist() == counts
+    bias = fit(small_ratings, 4, 5, TINY, name="bias").module
+    mu = small_ratings["rating"].mean()
+    item_means = small_ratings.group_by("item_idx").agg(pl.col("rating").mean()).sort("item_idx")["rating"].to_numpy()
+    assert float(bias.global_mean) == pytest.approx(mu)
+    assert bias.item_bias.numpy() == pytest.approx(item_means - mu, abs=1e-5)  # no damping: the plain offsets
+
+
+def _random_ratings(n_users: int, n_items: int, density: float, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    users, items = np.nonzero(rng.random((n_users, n_items)) < density)
+    return pl.DataFrame(
+        {"user_idx": users.astype(np.int32), "item_idx": items.astype(np.int32),
+         "rating": rng.integers(1, 6, len(users)).astype(np.float32)}
+    )  # fmt: skip
+
+
+def _brute_force_knn(ratings: pl.DataFrame, n_rows: int, n_cols: int, by_item: bool, k: int, shrinkage: float):
+    """Neighbour sets and predictions computed pair by pair from the definitions in tasks/models/knn.py."""
+    r = np.zeros((n_rows, n_cols))  # rows: what neighbours are found among (items for item kNN)
+    rows, cols = (ratings["item_idx"], ratings["user_idx"]) if by_item else (ratings["user_idx"], ratings["item_idx"])
+    r[rows.to_numpy(), cols.to_numpy()] = ratings["rating"].to_numpy()
+    rated = r > 0
+    means = np.array([r[a, rated[a]].mean() if rated[a].any() else 0.0 for a in range(n_rows)])
+    centred = np.where(rated, r - means[:, None], 0.0)
+    sims = np.zeros((n_rows, n_rows))
+    for a in range(n_rows):
+        for b in range(n_rows):
+            norm = np.linalg.norm(centred[a]) * np.linalg.norm(centred[b])
+            both = np.sum(rated[a] & rated[b])
+            sims[a, b] = (centred[a] @ centred[b]) / max(norm, 1e-12) * (both / (both + shrinkage) if shrinkage else 1.0)
+    neighbours = {}
+    for a in range(n_rows):
+        order = [b for b in np.argsort(-sims[a], kind="stable") if b != a][:k]
+        neighbours[a] = {b for b in order if sims[a, b] > 0}
+    predictions = np.zeros((n_rows, n_cols))  # (row, col): item kNN's (item, user), user kNN's (user, item)
+    for a in range(n_rows):
+        for c in range(n_cols):
+            used = [b for b in neighbours[a] if rated[b, c]]
+            weight = sum(abs(sims[a, b]) for b in used)
+            predictions[a, c] = means[a] + (sum(sims[a, b] * centred[b, c] for b in used) / weight if weight > 0 else 0.0)
+    return neighbours, predictions if not by_item else predictions.T
+
+
+@pytest.mark.parametrize("name", ["item_knn", "user_knn"])
+@pytest.mark.parametrize("shrinkage", [0.0, 3.0])
+def test_knn_matches_brute_force(name, shrinkage):
+    n_users, n_items, k = 14, 11, 4
+    ratings = _random_ratings(n_users, n_items, 0.45, seed=7)
+    by_item = name == "item_knn"
+    config = TINY.model_validate({**TINY.model_dump(), name: {"neighbours": k, "shrinkage": shrinkage, "chunk": 3}})
+    model = fit(ratings, n_users, n_items, config, name=name)
+    expected_neighbours, expected_scores = _brute_force_knn(
+        ratings, n_items if by_item else n_users, n_users if by_item else n_items, by_item, k, shrinkage
+    )
+    module = model.module
+    found = {a: {int(b) for b, s in zip(module.neighbours[a], module.similarities[a]) if s > 0} for a in range(len(module.neighbours))}
+    assert found == expected_neighbours
+    assert model.score_users(torch.arange(n_users)).numpy() == pytest.approx(expected_scores, abs=1e-4)
+
+
+def test_ease_matches_its_closed_form():
+    n_users, n_items, l2 = 30, 12, 5.0
+    ratings = _random_ratings(n_users, n_items, 0.3, seed=3)
+    x = np.zeros((n_users, n_items))
+    x[ratings["user_idx"].to_numpy(), ratings["item_idx"].to_numpy()] = 1.0
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(n_items))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    config = TINY.model_validate({**TINY.model_dump(), "ease": {"l2": l2}, "score_chunk_users": 7})  # Gram in chunks
+    model = fit(ratings, n_users, n_items, config, name="ease")
+    assert model.score_users(torch.arange(n_users)).numpy() == pytest.approx(x @ b, abs=1e-4)
+
+
+def test_bpr_ranks_a_users_items_first():
+    # Two taste groups: users 0-9 rate items 0-4, users 10-19 rate items 5-9; each user's unseen items of
+    # their own group should outscore the other group's.
+    rng = np.random.default_rng(0)
+    rows = [(u, i) for u in range(20) for i in (range(5) if u < 10 else range(5, 10)) if rng.random() < 0.7]
+    ratings = pl.DataFrame({"user_idx": [u for u, _ in rows], "item_idx": [i for _, i in rows], "rating": [4.0] * len(rows)})
+    config = TINY.model_validate({**TINY.model_dump(), "bpr": {"factors": 8, "epochs": 40, "batch_size": 16, "learning_rate": 0.05}})
+    scores = fit(ratings, 20, 10, config, name="bpr").score_users(torch.arange(20))
+    own = torch.cat([scores[:10, :5], scores[10:, 5:]]).mean()
+    other = torch.cat([scores[:10, 5:], scores[10:, :5]]).mean()
+    assert own > other + 1.0
+
+
+def test_inspection_tables_match_numpy_and_reach_duckdb(small_ratings, tmp_path):
+    from tasks.inspect import item_bias_table, similar_items_table
+    from tasks.publish import connect, record_inspection
+
+    model = fit(small_ratings, 4, 5, TINY, name="dot_bias")
+    maps = _maps(4, 5)
+    similar = similar_items_table(model, maps, n=2, chunk=2)
+    vectors = model.module.item_factors.weight.detach().numpy()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    expected = [(100 + i, rank + 1, 100 + int(j)) for i in range(5) for rank, j in enumerate(np.argsort(-cosine[i])[:2])]
+    assert similar.select("item_id", "rank", "similar_item_id").rows() == expected
+    assert similar["score"].to_numpy() == pytest.approx(np.sort(cosine, axis=1)[:, ::-1][:, :2].ravel(), abs=1e-5)
+
+    biases = item_bias_table(model, small_ratings, maps)
+    assert biases.sort("item_id")["n_ratings"].to_list() == [2, 3, 3, 3, 2]
+    assert biases.filter(pl.col("item_id") == 100)["mean_rating"].item() == pytest.approx(4.5)
+    assert similar_items_table(fit(small_ratings, 4, 5, TINY, name="ease"), maps, 2, 2) is None  # no embeddings
+
+    path = tmp_path / "W.duckdb"
+    for _ in range(2):  # storing again replaces, never duplicates
+        record_inspection(path, "run-1", "dot_bias", biases, similar)
+    with connect(path) as con:
+        assert con.execute("SELECT count(*) FROM similar_items WHERE run_id = 'run-1'").fetchall() == [(10,)]
+        assert con.execute("SELECT count(*), sum(n_ratings) FROM item_biases").fetchall() == [(5, 13)]
