@@ -1,7 +1,8 @@
 """Models fitted in closed form (no gradient descent): EASE and the two baselines.
 
 - `ease`: Steck, "Embarrassingly Shallow Autoencoders" (2019). With X the binary users x items matrix,
-  G = X'X + l2 * I, P = inverse(G), the item-item weights are B = -P / diag(P) with a zero diagonal, and a
+  G = X'X + l2 * I + dropout / (1 - dropout) * diag(X'X), P = inverse(G) (the dropout term is the
+  emphasised-denoising penalty of Steck, "Autoencoders that don't overfit towards the identity", 2020), the item-item weights are B = -P / diag(P) with a zero diagonal, and a
   user's scores are their row of X times B. Computed with torch, so on a GPU when there is one.
 - `bias`: global mean plus damped item and user biases (Koren's baseline predictor):
   b_i = sum(r - mu) / (n_i + item_damping), b_u = sum(r - mu - b_i) / (n_u + user_damping).
@@ -70,7 +71,8 @@ def fit_ease(train, n_users, n_items, config, device, validation=None, label="tr
     for start in range(0, n_users, config.score_chunk_users):
         rows = history.rows(torch.arange(start, min(start + config.score_chunk_users, n_users), device=device), binary=True)
         gram += rows.T @ rows
-    gram.diagonal().add_(config.ease.l2)
+    p = config.ease.dropout
+    gram.diagonal().add_(config.ease.l2 + p / (1 - p) * gram.diagonal())
     inverse = torch.linalg.inv(gram.double() if device.type == "cpu" else gram)
     weights = (inverse / -inverse.diagonal()).float()
     weights.fill_diagonal_(0.0)
