@@ -126,15 +126,17 @@ def test_knn_matches_brute_force(name, shrinkage):
     assert model.score_users(torch.arange(n_users)).numpy() == pytest.approx(expected_scores, abs=1e-4)
 
 
-def test_ease_matches_its_closed_form():
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_ease_matches_its_closed_form(dropout):
     n_users, n_items, l2 = 30, 12, 5.0
     ratings = _random_ratings(n_users, n_items, 0.3, seed=3)
     x = np.zeros((n_users, n_items))
     x[ratings["user_idx"].to_numpy(), ratings["item_idx"].to_numpy()] = 1.0
-    p = np.linalg.inv(x.T @ x + l2 * np.eye(n_items))
+    gram = x.T @ x
+    p = np.linalg.inv(gram + l2 * np.eye(n_items) + dropout / (1 - dropout) * np.diag(np.diag(gram)))
     b = -p / np.diag(p)
     np.fill_diagonal(b, 0.0)
-    config = TINY.model_validate({**TINY.model_dump(), "ease": {"l2": l2}, "score_chunk_users": 7})  # Gram in chunks
+    config = TINY.model_validate({**TINY.model_dump(), "ease": {"l2": l2, "dropout": dropout}, "score_chunk_users": 7})  # Gram in chunks
     model = fit(ratings, n_users, n_items, config, name="ease")
     assert model.score_users(torch.arange(n_users)).numpy() == pytest.approx(x @ b, abs=1e-4)
 
