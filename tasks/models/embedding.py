@@ -36,6 +36,12 @@ def _embedding(n: int, dim: int, std: float = 0.01) -> nn.Embedding:
     return embedding
 
 
+def _rows(embedding: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
+    # index_select's backward (index_add) is about a sixth faster per training step on CPU than the
+    # embedding op's (embedding_dense_backward); the result is the same.
+    return embedding.weight.index_select(0, index)
+
+
 class _SigmoidRange(Recommender):
     def __init__(self, **init_args) -> None:
         super().__init__(**init_args)
@@ -62,8 +68,8 @@ class EmbeddingDotBias(_SigmoidRange):
     def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted ratings and the L2 penalty (mean squared norm of the parameters the batch looks up, the
         classic per-rating MF term), from one lookup per table: training's hot path."""
-        u, v = self.user_factors(users), self.item_factors(items)
-        b_u, b_i = self.user_bias(users).squeeze(1), self.item_bias(items).squeeze(1)
+        u, v = _rows(self.user_factors, users), _rows(self.item_factors, items)
+        b_u, b_i = _rows(self.user_bias, users).squeeze(1), _rows(self.item_bias, items).squeeze(1)
         prediction = self._scale((u * v).sum(1) + b_u + b_i)
         return prediction, (u.pow(2).sum(1) + v.pow(2).sum(1) + b_u.pow(2) + b_i.pow(2)).mean()
 
@@ -93,7 +99,7 @@ class EmbeddingDot(Recommender):
 
     def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted ratings and the L2 penalty, from one lookup per table."""
-        u, v = self.user_factors(users), self.item_factors(items)
+        u, v = _rows(self.user_factors, users), _rows(self.item_factors, items)
         return (u * v).sum(1), (u.pow(2).sum(1) + v.pow(2).sum(1)).mean()
 
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
