@@ -215,10 +215,12 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
         except duckdb.CatalogException:
             print(f"recs trend: {path} predates the trend views; any new `recs run` adds them", file=sys.stderr)
             return 1
-    if trend.height == 0:
-        print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
-        return 1
-    newest = trend.sort("started_at").row(-1, named=True)
+        if trend.height == 0:
+            print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
+            return 1
+        newest = trend.sort("started_at").row(-1, named=True)
+        # A run has a series per model it trained: follow the one it published (or, rejected, would have).
+        (newest["model"],) = con.execute("SELECT model FROM runs WHERE run_id = ?", [newest["run_id"]]).fetchone()
     newest_series = series(trend, newest["source"], newest["protocol"], newest["model"])
     print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
     print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")

@@ -1,7 +1,8 @@
 """Publish to DuckDB: the run's lifecycle in `runs`, its metrics and loss history, and the lists.
 
 Everything is written through Arrow (frames are registered as views and inserted with one statement) and
-every value is a bound parameter; the only names formatted into SQL are column names from `RUN_COLUMNS`.
+every value is a bound parameter; the only names formatted into SQL are column names from `RUN_COLUMNS` and
+the inspection tables' fixed names and columns.
 """
 
 from __future__ import annotations

@@ -14,11 +14,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
 from tasks.models import MODELS, ModelFitError, Recommender
-from tasks.models.embedding import EmbeddingDotBias
 from tasks.reindex import IdMaps
 from tasks.split import holdout
 
-__all__ = ["EmbeddingDotBias", "ModelFitError", "TrainedModel", "fit", "load_checkpoint", "pick_device"]
+__all__ = ["ModelFitError", "TrainedModel", "fit", "load_checkpoint", "pick_device"]  # ModelFitError: re-exported
 
 log = logging.getLogger(__name__)
 

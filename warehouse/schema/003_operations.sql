@@ -9,10 +9,12 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS gate_reason VARCHAR;           -- the 
 
 -- Each metric per run with its delta from the run before it and from the median of the last `n_runs`
 -- published ('succeeded') runs before it. A series is one source, protocol, model, metric and k, in start
--- order; every finished run with metrics is in it, published or not. Example: FROM metric_trend(10).
+-- order; every finished run with metrics is in it, published or not. `published`: the run published this
+-- model's lists (runs.model); a run that trains several models has a row per model. Example: FROM metric_trend(10).
 CREATE OR REPLACE MACRO metric_trend(n_runs) AS TABLE
 WITH scored AS (
-    SELECT r.run_id, r.started_at, r.as_of, r.status, r.source, r.protocol, m.model, m.metric, m.k, m.value
+    SELECT r.run_id, r.started_at, r.as_of, r.status, r.source, r.protocol, m.model, m.model = r.model AS published,
+           m.metric, m.k, m.value
     FROM run_metrics AS m
     JOIN runs AS r ON r.run_id = m.run_id
     WHERE r.status <> 'running'
@@ -26,7 +28,7 @@ WITH scored AS (
     WINDOW series AS (PARTITION BY source, protocol, model, metric, k ORDER BY started_at, run_id)
 )
 SELECT
-    run_id, started_at, as_of, status, source, protocol, model, metric, k, value,
+    run_id, started_at, as_of, status, source, protocol, model, published, metric, k, value,
     value - previous_value AS delta_previous,
     list_median(list_slice(published_before, -n_runs, -1)) AS median_published,
     value - median_published AS delta_median
