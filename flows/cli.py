@@ -168,15 +168,12 @@ def _run(options: dict) -> int:
     _print_frame(result.metrics)
     if result.comparison["model"].n_unique() > 1:
         print("every model on the test split:")
-        _print_frame(_comparison_table(result.comparison))
+        from tasks.report import comparison_wide
+
+        _print_frame(comparison_wide(result.comparison).with_columns(pl.exclude("model").round(4)))
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.facts["stage_seconds"].items())
     print(f"seconds per stage: {stages}")
     return EXIT_REJECTED if result.status == "rejected" else 0
-
-
-def _comparison_table(comparison: pl.DataFrame) -> pl.DataFrame:
-    wide = comparison.pivot(on="metric", index="model", values="value", aggregate_function="first")
-    return wide.sort("ndcg", descending=True).with_columns(pl.exclude("model").round(4))
 
 
 def _backfill(options: dict) -> int:

@@ -28,12 +28,18 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def comparison_markdown(comparison: pl.DataFrame, published: str) -> str:
-    """A markdown table of every trained model's headline metrics (`model`, `metric`, `k`, `value` rows)."""
+def comparison_wide(comparison: pl.DataFrame) -> pl.DataFrame:
+    """Every trained model's metrics (`model`, `metric`, `k`, `value` rows) as one row per model, best nDCG first."""
     wide = comparison.pivot(on="metric", index="model", values="value", aggregate_function="first")
+    return wide.sort("ndcg", descending=True)
+
+
+def comparison_markdown(comparison: pl.DataFrame, published: str) -> str:
+    """A markdown table of every trained model's headline metrics."""
+    wide = comparison_wide(comparison)
     columns = [c for c in ("rmse", "mae", "precision", "recall", "ndcg", "map", "coverage", "fit_seconds") if c in wide.columns]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for row in wide.sort("ndcg", descending=True).iter_rows(named=True):
+    for row in wide.iter_rows(named=True):
         name = f"**{row['model']}** (published)" if row["model"] == published else row["model"]
         cells = ["" if row[c] is None else f"{row[c]:.4f}" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -98,18 +98,29 @@ class RatingMatrix(nn.Module):
         values = torch.ones_like(self.values) if binary else self.values
         return torch.sparse_csr_tensor(self.indptr, self.indices, values, self.shape)
 
+    def row_of_values(self) -> torch.Tensor:
+        """The row index of each stored value."""
+        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.indptr.device), self.indptr.diff())
+
+    def row_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Per row, the sum of `values` (one per stored value, e.g. `self.values ** 2`)."""
+        return torch.zeros(self.shape[0], device=values.device).index_add_(0, self.row_of_values(), values)
+
+    def with_values(self, values: torch.Tensor) -> RatingMatrix:
+        """The same sparsity pattern holding other values."""
+        out = RatingMatrix(*self.shape, len(values)).to(values.device)
+        out.indptr.copy_(self.indptr)
+        out.indices.copy_(self.indices)
+        out.values.copy_(values)
+        return out
+
     def transpose(self) -> RatingMatrix:
         """The n_cols x n_rows matrix."""
-        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.indptr.device), self.indptr.diff())
-        return RatingMatrix.build(self.indices, rows, self.values, (self.shape[1], self.shape[0]))
+        return RatingMatrix.build(self.indices, self.row_of_values(), self.values, (self.shape[1], self.shape[0]))
 
     def row_means(self) -> torch.Tensor:
         """Mean of each row's stored values (0 for an empty row)."""
-        counts = self.indptr.diff()
-        sums = torch.zeros(self.shape[0], device=self.values.device).index_add_(
-            0, torch.repeat_interleave(torch.arange(self.shape[0], device=self.indptr.device), counts), self.values
-        )
-        return sums / counts.clamp(min=1)
+        return self.row_sums(self.values) / self.indptr.diff().clamp(min=1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's signature
         # A checkpoint's matrix has its own number of stored values: take its buffers' sizes.

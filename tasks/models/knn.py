@@ -21,10 +21,7 @@ from tasks.models.base import Recommender, RatingMatrix, index_tensors, pair_sco
 def centred(matrix: RatingMatrix) -> tuple[RatingMatrix, torch.Tensor]:
     """The matrix with each row's mean taken from its values, and those means."""
     means = matrix.row_means()
-    out = RatingMatrix(*matrix.shape, len(matrix.values)).to(matrix.values.device)
-    out.indptr.copy_(matrix.indptr)
-    out.indices.copy_(matrix.indices)
-    out.values.copy_(matrix.values - torch.repeat_interleave(means, matrix.indptr.diff()))
+    out = matrix.with_values(matrix.values - means[matrix.row_of_values()])
     return out, means
 
 
@@ -39,10 +36,7 @@ def top_neighbours(matrix: RatingMatrix, k: int, shrinkage: float, chunk: int) -
     n_rows = matrix.shape[0]
     k = min(k, n_rows - 1)
     values, pattern = matrix.csr(), matrix.csr(binary=True)
-    norms = torch.zeros(n_rows, device=matrix.values.device).index_add_(
-        0, torch.repeat_interleave(torch.arange(n_rows, device=matrix.indptr.device), matrix.indptr.diff()),
-        matrix.values.pow(2),
-    ).sqrt()  # fmt: skip
+    norms = matrix.row_sums(matrix.values.pow(2)).sqrt()
     indices = torch.empty((n_rows, k), dtype=torch.int64, device=matrix.values.device)
     similarities = torch.empty((n_rows, k), device=matrix.values.device)
     for start in range(0, n_rows, chunk):
