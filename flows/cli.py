@@ -1,7 +1,8 @@
 """`recs`: the command line.
 
 `recs run` runs the nightly flow once, `recs backfill` replays it over past dates, `recs serve` serves the
-deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse.
+deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse;
+`recs synth` writes a synthetic MovieLens archive for scale tests.
 
 The options of `recs run` are generated from `PipelineConfig`'s fields, so each default and description
 is written once, in `tasks/config.py`.
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 import warehouse
 from tasks.config import PipelineConfig
+from tasks.synth import SynthSpec
 
 _DEFAULTS = PipelineConfig()
 
@@ -98,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--with-training", action="store_true",
                        help="also serve the training deployment (train/gpu) that config.train_deployment can name")  # fmt: skip
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a synthetic MovieLens archive in the ml-20m layout (for scale tests)",
+        description="Write ratings.csv and movies.csv in the ml-20m layout: heavy-tailed user activity (at least "
+        "20 ratings each) and item popularity, latent-factor ratings on the half-star scale with ML-20M's "
+        "histogram, timestamps over 1995-2015. The same arguments give the same archive.",
+    )
+    spec = SynthSpec()
+    synth.add_argument("--users", type=int, default=spec.users, help=f"users (default: {spec.users})")
+    synth.add_argument("--items", type=int, default=spec.items, help=f"movies (default: {spec.items})")
+    synth.add_argument("--ratings", type=int, default=spec.ratings, help=f"ratings (default: {spec.ratings})")
+    synth.add_argument("--seed", type=int, default=spec.seed, help=f"random seed (default: {spec.seed})")
+    synth.add_argument("--out", type=Path, required=True, metavar="FILE.zip", help="archive to write")
 
     recommend = commands.add_parser("recommend", help="print one user's published list with titles")
     recommend.add_argument("user_id", type=int, help="the dataset's own user id")
@@ -260,6 +276,23 @@ def _runs(path: Path) -> int:
     return 0
 
 
+def _synth(options: dict) -> int:
+    from tasks.synth import synth
+
+    out = options.pop("out")
+    spec = SynthSpec(**options)
+    try:
+        spec.check()
+    except ValueError as exc:
+        print(f"recs synth: {exc}", file=sys.stderr)
+        return 2
+    made = synth(spec, out)
+    print(f"wrote {out}: {made['ratings']:,} ratings by {made['users']:,} users of {made['items']:,} movies, "
+          f"{made['bytes'] / 1e6:.1f} MB (generated in {made['generate_seconds']:.1f}s, "
+          f"written in {made['write_seconds']:.1f}s)")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `recs` console script; returns the exit status."""
     args = vars(_parser().parse_args(argv))
@@ -273,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_pipeline(with_training=args["with_training"])
         return 0
+    if command == "synth":
+        return _synth(args)
     if command == "recommend":
         return _recommend(args["user_id"], args["warehouse"])
     if command == "trend":
