@@ -92,7 +92,7 @@ def evaluate(
         errors = rating_errors(model.predict(users, items).numpy(), test["rating"].to_numpy())
     n_users = model.n_users
     top_items, _ = top_k_unseen(
-        model.score_users, n_users, n_items, UserItems.from_ratings(train, n_users), config.k, model.device,
+        model.rank_users, n_users, n_items, UserItems.from_ratings(train, n_users), config.k, model.device,
         config.score_chunk_users,
     )  # fmt: skip
     ranking = ranking_metrics(top_items, UserItems.from_ratings(test, n_users), n_items, config.k)

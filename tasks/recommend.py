@@ -27,8 +27,8 @@ def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: 
         who has rated all but m < n items gets m rows.
     """
     top_items, top_scores = top_k_unseen(
-        model.score_users, maps.n_users, maps.n_items, UserItems.from_ratings(ratings, maps.n_users), config.top_n,
-        model.device, config.score_chunk_users,
+        model.rank_users, maps.n_users, maps.n_items, UserItems.from_ratings(ratings, maps.n_users), config.top_n,
+        model.device, config.score_chunk_users, model.rank_to_score,
     )  # fmt: skip
     n = top_items.shape[1]
     lists = pl.DataFrame(

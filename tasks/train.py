@@ -79,6 +79,15 @@ class TrainedModel:
         self.module.eval()
         return self.module.score_users(users)
 
+    @torch.no_grad()
+    def rank_users(self, users: torch.Tensor) -> torch.Tensor:
+        """An increasing function of `score_users`, cheaper; `rank_to_score` maps its top values back."""
+        self.module.eval()
+        return self.module.rank_users(users)
+
+    def rank_to_score(self, values: torch.Tensor) -> torch.Tensor:
+        return self.module.rank_to_score(values)
+
 
 HISTORY_SCHEMA = {"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64}
 

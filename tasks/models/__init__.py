@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks.models.base import Recommender
+from tasks.models.base import ModelFitError, Recommender
 from tasks.models.closed_form import BiasModel, Ease, Popularity, fit_bias, fit_ease, fit_popularity
 from tasks.models.embedding import (
-    BprModel, EmbeddingDot, EmbeddingDotBias, EmbeddingNN, ModelFitError, fit_bpr, fit_dot, fit_dot_bias, fit_mlp,
+    BprModel, EmbeddingDot, EmbeddingDotBias, EmbeddingNN, fit_bpr, fit_dot, fit_dot_bias, fit_mlp,
 )  # fmt: skip
 from tasks.models.knn import ItemKnn, UserKnn, fit_item_knn, fit_user_knn
 

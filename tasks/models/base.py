@@ -7,6 +7,7 @@ A model is an `nn.Module` whose weights and data live in parameters and buffers,
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, ClassVar
 
@@ -22,6 +23,16 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
+class ModelFitError(RuntimeError):
+    """Training diverged (a non-finite loss); nothing trained this way may be published."""
+
+
+def check_finite(loss: float, epoch: int) -> None:
+    """Raise ModelFitError when an epoch's loss is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise ModelFitError(f"training loss became {loss} in epoch {epoch}; lower the learning rate or raise the regularization")
+
+
 class Recommender(nn.Module):
     """Base of the models. Subclasses call `super().__init__(**shape)` with every constructor argument."""
 
@@ -34,6 +45,15 @@ class Recommender(nn.Module):
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of `users` against every item, (len(users), n_items); higher is better."""
         raise NotImplementedError
+
+    def rank_users(self, users: torch.Tensor) -> torch.Tensor:
+        """An increasing function of `score_users`, cheaper to compute (top-k needs only the order);
+        `rank_to_score` maps its values back to scores."""
+        return self.score_users(users)
+
+    def rank_to_score(self, values: torch.Tensor) -> torch.Tensor:
+        """Scores from `rank_users` values (the identity unless a model ranks on a cheaper function)."""
+        return values
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings of (user, item) pairs (rating models only)."""

@@ -12,7 +12,6 @@ slices batches from it: no per-sample Dataset, no DataLoader, no host-to-device 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
@@ -21,13 +20,10 @@ import torch
 from torch import nn
 
 from tasks.config import PipelineConfig
-from tasks.models.base import Recommender, index_tensors
+from tasks.models.base import Recommender, check_finite, index_tensors
+from tasks.models.sgd import auto_batch_size, sgd_fit_dot_bias
 
 log = logging.getLogger(__name__)
-
-
-class ModelFitError(RuntimeError):
-    """Training diverged (a non-finite loss); nothing trained this way may be published."""
 
 
 def _embedding(n: int, dim: int, std: float = 0.01) -> nn.Embedding:
@@ -74,9 +70,19 @@ class EmbeddingDotBias(_SigmoidRange):
         return prediction, (u.pow(2).sum(1) + v.pow(2).sum(1) + b_u.pow(2) + b_i.pow(2)).mean()
 
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
-        logits = self.user_factors(users) @ self.item_factors.weight.T
-        logits += self.user_bias(users) + self.item_bias.weight.T
-        return self._scale(logits)
+        return self._scale(self.rank_users(users))
+
+    def rank_users(self, users: torch.Tensor) -> torch.Tensor:
+        """The logits u . v + b_u + b_i as one matrix product of [u, b_u, 1] and [v, 1, b_i]: no pass over the
+        (users x items) block for the biases or the sigmoid, which top-k does not need."""
+        ones_u = torch.ones(len(users), 1, device=users.device, dtype=self.user_bias.weight.dtype)
+        ones_i = torch.ones_like(self.item_bias.weight)
+        left = torch.cat([self.user_factors(users), self.user_bias(users), ones_u], dim=1)
+        right = torch.cat([self.item_factors.weight, ones_i, self.item_bias.weight], dim=1)
+        return left @ right.T
+
+    def rank_to_score(self, values: torch.Tensor) -> torch.Tensor:
+        return self._scale(values)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_factors.weight
@@ -215,8 +221,7 @@ def minibatch_fit(
             schedule.step()
             total += reported.detach()
         train_loss = float(total) / n
-        if not math.isfinite(train_loss):
-            raise ModelFitError(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate or raise the regularization")
+        check_finite(train_loss, epoch)
         rows.append({"epoch": epoch, "split": label, "loss": train_loss})
         message = f"epoch {epoch}/{epochs}: {label} loss {train_loss:.4f}"
         if validate is not None:
@@ -268,11 +273,20 @@ def _fit_mse(module: Recommender, optimizer: torch.optim.Optimizer, train: pl.Da
 
 
 def fit_dot_bias(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """The seeds' model with the top-level factors, epochs, batch_size, learning_rate, regularization, y_margin."""
+    """The seeds' model with the top-level factors, epochs, batch_size, learning_rate, regularization, y_margin,
+    trained by per-rating SGD (tasks/models/sgd.py)."""
     module = EmbeddingDotBias(n_users, n_items, config.factors, _y_range(train, config.y_margin)).to(device)
-    optimizer = adam(module, config.learning_rate)
-    return module, _fit_mse(module, optimizer, train, config.regularization, config.epochs, config.batch_size,
-                            config, validation, label)  # fmt: skip
+    valid = index_tensors(validation, device) if validation is not None and validation.height else None
+
+    def validate() -> float:
+        return float(nn.functional.mse_loss(module(valid[0], valid[1]), valid[2]))
+
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    batch_size = config.batch_size or auto_batch_size(train.height)
+    rows = sgd_fit_dot_bias(module, index_tensors(train, device), config.epochs, batch_size,
+                            config.learning_rate, config.regularization, generator, label,
+                            validate if valid is not None else None)  # fmt: skip
+    return module, rows
 
 
 def fit_dot(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201

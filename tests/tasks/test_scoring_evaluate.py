@@ -18,11 +18,11 @@ def _items(pairs: list[tuple[int, int]], n_users: int) -> UserItems:
     return UserItems.from_ratings(frame, n_users)
 
 
-def test_user_items_mask_and_contains():
+def test_user_items_block_positions_and_contains():
     seen = _items([(0, 2), (0, 0), (2, 1)], n_users=3)
     assert seen.counts().tolist() == [2, 0, 1]
-    mask = seen.mask(0, 3, 4, torch.device("cpu"))
-    assert mask.tolist() == [[True, False, True, False], [False] * 4, [False, True, False, False]]
+    assert seen.block_positions(0, 3, 4).tolist() == [0, 2, 9]  # rows 0 and 2 of a 3 x 4 block
+    assert seen.block_positions(1, 3, 4).tolist() == [5]  # user 2 is row 1 of the block of users 1..2
     assert seen.contains(np.array([0, 0, 1, 2]), np.array([2, 1, 2, 1]), 4).tolist() == [True, False, False, True]
 
 

@@ -11,7 +11,7 @@ from tasks.evaluate import evaluate
 from tasks.split import split_ratings
 from tasks.train import ModelFitError, fit, load_checkpoint, pick_device, save_checkpoint
 
-SMALL = PipelineConfig(factors=4, epochs=30, batch_size=4, learning_rate=0.05, regularization=0.0, device="cpu")
+SMALL = PipelineConfig(factors=4, epochs=60, batch_size=4, learning_rate=0.5, regularization=0.0, device="cpu")
 
 
 def test_fit_learns_and_is_seeded(small_ratings):

@@ -1,0 +1,119 @@
+"""Per-rating SGD for `dot_bias`, with hand-written gradients and sparse row updates.
+
+Why not autograd and Adam: both cost time in proportion to the whole model on every step (Adam moves every
+row; autograd's backward of a lookup fills a dense gradient of the table's size), which caps training at
+about half a million ratings per second on two cores when the tables are 138k users x 64. Funk's SGD, as
+Surprise and LibMF run it, touches only the rows a rating names. Here a batch of ratings is one vectorised
+step: look up the rows, compute each rating's gradient in closed form, scatter-add the updates into the
+tables. Ratings in one batch that share a row add their updates (Hogwild-style), which at a batch of a few
+thousand out of millions of ratings changes the result by less than the seed does.
+
+For one rating r of user u and item i, with s = sigmoid(u . v + b_u + b_i), prediction p = low + s (high - low)
+and e = p - r, the step with learning rate eta and regularization lam is
+
+    g   = e s (1 - s) (high - low)          (the gradient of e^2 / 2 with respect to the logit)
+    u  -= eta (g v + lam u)        v  -= eta (g u + lam v)
+    b_u -= eta (g + lam b_u)       b_i -= eta (g + lam b_i)
+
+and eta follows a cosine from `learning_rate` to 0 over the run's steps.
+
+Everything stays on the module's device: the ratings are index tensors there, each epoch's permutation is
+drawn there, batches are slices of the permuted tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from tasks.models.base import Recommender, check_finite
+
+log = logging.getLogger(__name__)
+
+
+def auto_batch_size(n_ratings: int) -> int:
+    """A thousandth of the ratings, as a power of two, at least 1024.
+
+    Why it grows with the data: the share of a batch that falls on the most popular item (whose summed update
+    is the largest) stays the same, so one learning rate serves ML-100k and 20M ratings; and a large batch
+    spreads the fixed cost of a step (about twenty tensor ops) over more ratings.
+    """
+    return max(1024, 2 ** round(math.log2(max(n_ratings, 1) / 1000)))
+
+
+def cosine_rate(peak: float, step: int, total_steps: int) -> float:
+    """The learning rate at `step` of `total_steps`: a half cosine from `peak` down to 0."""
+    return peak * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+@torch.no_grad()
+def sgd_fit_dot_bias(
+    module: Recommender,
+    ratings: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    regularization: float,
+    generator: torch.Generator,
+    label: str,
+    validate: Callable[[], float] | None = None,
+) -> list[dict]:
+    """Train an EmbeddingDotBias in place by per-rating SGD (see the module docstring).
+
+    Args:
+        module: an `EmbeddingDotBias`; its tables are updated in place.
+        ratings: (users, items, ratings) index tensors on the module's device.
+        validate: the validation loss after each epoch, recorded under split "validation".
+
+    Returns:
+        History rows: `epoch`, `split` (`label` or "validation"), `loss` (mean squared error of the epoch).
+
+    Raises:
+        ModelFitError: when the epoch's loss becomes NaN or infinite.
+    """
+    users, items, targets = ratings
+    n = len(targets)
+    user_vectors, item_vectors = module.user_factors.weight, module.item_factors.weight
+    user_bias, item_bias = module.user_bias.weight.view(-1), module.item_bias.weight.view(-1)
+    low, high = (float(x) for x in module.y_range)
+    width = high - low
+    steps_per_epoch = -(-n // batch_size)
+    total_steps, step = epochs * steps_per_epoch, 0
+    rows: list[dict] = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        order = torch.randperm(n, device=targets.device, generator=generator)
+        epoch_users, epoch_items, epoch_targets = users[order], items[order], targets[order]
+        squared_error = torch.zeros((), device=targets.device, dtype=torch.float64)
+        for start in range(0, n, batch_size):
+            eta = cosine_rate(learning_rate, step, total_steps)
+            step += 1
+            u, i = epoch_users[start : start + batch_size], epoch_items[start : start + batch_size]
+            a, b = user_vectors.index_select(0, u), item_vectors.index_select(0, i)
+            a_bias, b_bias = user_bias.index_select(0, u), item_bias.index_select(0, i)
+            s = torch.einsum("bf,bf->b", a, b).add_(a_bias).add_(b_bias).sigmoid_()
+            error = s * width + low - epoch_targets[start : start + batch_size]
+            squared_error += torch.dot(error, error)
+            step_size = error.mul_(s).mul_(1.0 - s).mul_(-eta * width)  # -eta g, per rating
+            decay = -eta * regularization
+            item_delta = b.mul(decay).addcmul_(a, step_size[:, None])
+            user_delta = a.mul_(decay).addcmul_(b, step_size[:, None])
+            # scatter_add_ with an expanded index: about 4x faster on CPU than index_add_ for 2-D rows.
+            user_vectors.scatter_add_(0, u[:, None].expand_as(user_delta), user_delta)
+            item_vectors.scatter_add_(0, i[:, None].expand_as(item_delta), item_delta)
+            user_bias.index_add_(0, u, a_bias.mul_(decay).add_(step_size))
+            item_bias.index_add_(0, i, b_bias.mul_(decay).add_(step_size))
+        loss = float(squared_error) / n
+        check_finite(loss, epoch)
+        rows.append({"epoch": epoch, "split": label, "loss": loss})
+        seconds = time.perf_counter() - started
+        message = f"epoch {epoch}/{epochs}: {label} loss {loss:.4f}"
+        if validate is not None:
+            rows.append({"epoch": epoch, "split": "validation", "loss": validate()})
+            message += f", validation loss {rows[-1]['loss']:.4f}"
+        log.info("%s (%.2fs, %.2fM ratings/s)", message, seconds, n / seconds / 1e6)
+    return rows
