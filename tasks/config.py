@@ -158,7 +158,7 @@ class PipelineConfig(BaseModel):
         None,
         ge=1,
         description="Ratings per vectorised SGD step (their updates are summed); unset: a thousandth of the "
-        "training ratings as a power of two, at least 1024 (1024 for ML-100k, 16384 for 20M).",
+        "training ratings as a power of two, at least 4096 (4096 for ML-100k, 16384 for 20M).",
     )
     learning_rate: float = Field(0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0).")
     regularization: float = Field(

@@ -36,6 +36,15 @@ def pick_device(requested: Device) -> torch.device:
     return torch.device(requested)
 
 
+def use_tf32_matmuls(device: torch.device) -> None:
+    """On CUDA (Ampere and later), run float32 matrix products in TF32: scoring's users x items products, several
+    times faster. Its 10-bit mantissa moves a logit by about 1e-3 relative, which can swap only near-ties in a
+    top-10. Training is unaffected: its SGD step has no matrix product (and no mixed precision: fp16 would
+    round the small per-rating updates away)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 @dataclass
 class TrainedModel:
     """A fitted model with what its training recorded."""
@@ -118,6 +127,7 @@ def fit(
     if train.height == 0:
         raise ValueError("no training ratings")
     device = pick_device(config.device)
+    use_tf32_matmuls(device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     module, rows = MODELS[name].fit(train, n_users, n_items, config, device, validation, history_label)
@@ -171,6 +181,7 @@ def load_checkpoint(path: Path) -> tuple[Recommender, IdMaps, PipelineConfig]:
 def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, str]:
     """The `TrainedModel` a checkpoint holds, moved to `device`, and the device it was trained on."""
     module, _, _ = load_checkpoint(path)
+    use_tf32_matmuls(device)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     training = checkpoint["training"]
     history = pl.DataFrame(training["history"], schema=HISTORY_SCHEMA)

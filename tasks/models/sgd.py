@@ -36,13 +36,14 @@ log = logging.getLogger(__name__)
 
 
 def auto_batch_size(n_ratings: int) -> int:
-    """A thousandth of the ratings, as a power of two, at least 1024.
+    """A thousandth of the ratings, as a power of two, at least 4096.
 
     Why it grows with the data: the share of a batch that falls on the most popular item (whose summed update
-    is the largest) stays the same, so one learning rate serves ML-100k and 20M ratings; and a large batch
-    spreads the fixed cost of a step (about twenty tensor ops) over more ratings.
+    is the largest) stays bounded, so one learning rate serves ML-100k and 20M ratings; and a large batch
+    spreads the fixed cost of a step (about twenty tensor ops) over more ratings. On ML-100k, 1024, 4096 and
+    8192 give the same test RMSE (0.9076-0.9081); 16384 there is 5 steps an epoch, and worse (0.9109).
     """
-    return max(1024, 2 ** round(math.log2(max(n_ratings, 1) / 1000)))
+    return max(4096, 2 ** round(math.log2(max(n_ratings, 1) / 1000)))
 
 
 def cosine_rate(peak: float, step: int, total_steps: int) -> float:
@@ -87,7 +88,8 @@ def sgd_fit_dot_bias(
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         order = torch.randperm(n, device=targets.device, generator=generator)
-        epoch_users, epoch_items, epoch_targets = users[order], items[order], targets[order]
+        # index_select, not users[order]: the same gather, several times faster on CPU for 1-D tensors.
+        epoch_users, epoch_items, epoch_targets = (x.index_select(0, order) for x in (users, items, targets))
         squared_error = torch.zeros((), device=targets.device, dtype=torch.float64)
         for start in range(0, n, batch_size):
             eta = cosine_rate(learning_rate, step, total_steps)

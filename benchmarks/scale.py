@@ -1,0 +1,120 @@
+"""The nightly run at three sizes: real ML-100k, a 1M and a 20M synthetic archive (`recs synth`).
+
+Each size is one `recs run` on its defaults in a child process (its own warehouse and data folder), so the
+peak resident memory is that run's alone (os.wait4). Stage timings and the training rate come from the
+run's row in `runs`; scoring users/s is users over the `recommend` stage (seen-item sets, scoring, top-n).
+
+    python benchmarks/scale.py [--sizes ml-100k,1m,20m] [--json OUT] [--work DIR] [-- extra recs run options]
+
+Synthetic archives are generated once into --work and reused; their generation time is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tasks.synth import SynthSpec, synth  # noqa: E402
+
+SYNTHETIC = {
+    "1m": SynthSpec(users=6_040, items=3_700, ratings=1_000_000, seed=1),  # ML-1M's shape
+    "20m": SynthSpec(users=138_000, items=27_000, ratings=20_000_000, seed=20),  # ML-20M's shape
+}
+STAGES = ("ingest", "reindex", "split", "train", "evaluate", "inspect", "refit", "recommend", "publish")
+
+
+def _archive(size: str, ml100k: Path, work: Path) -> tuple[Path, float | None]:
+    """The archive of `size` and the seconds it took to generate (None when real or already there)."""
+    if size == "ml-100k":
+        return ml100k, None
+    path = work / f"synthetic-{size}.zip"
+    if path.exists():
+        return path, None
+    made = synth(SYNTHETIC[size], path)
+    return path, made["generate_seconds"] + made["write_seconds"]
+
+
+def run_once(size: str, archive: Path, work: Path, extra: list[str]) -> dict:
+    """One `recs run` on `archive` in a child process: wall seconds, peak RSS and the run's row in `runs`."""
+    folder = work / f"run-{size}"
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    folder.mkdir(parents=True)
+    warehouse = folder / "warehouse.duckdb"
+    command = [sys.executable, "-m", "flows.cli", "run", "--source", str(archive), "--warehouse", str(warehouse),
+               "--data-dir", str(folder / "data"), *extra]  # fmt: skip
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with open(folder / "run.log", "w") as log:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"recs run on {archive} failed; see {folder / 'run.log'}")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        row = con.execute(
+            "SELECT n_ratings, n_users, n_items, model, device, train_ratings_per_second, stage_seconds, "
+            "(SELECT count(*) FROM recommendations) FROM runs ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()  # fmt: skip
+    n_ratings, n_users, n_items, model, device, rate, stages, n_recommendations = row
+    stages = json.loads(stages)
+    return {
+        "dataset": size, "n_ratings": n_ratings, "n_users": n_users, "n_items": n_items, "model": model,
+        "device": device, "wall_seconds": wall, "peak_rss_gb": usage.ru_maxrss / 1024**2,  # ru_maxrss is in KiB
+        "stage_seconds": stages, "train_ratings_per_second": rate,
+        "scoring_users_per_second": n_users / stages["recommend"], "n_recommendations": n_recommendations,
+    }  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["dataset", "ratings", "users", "items", "wall s", *[f"{s} s" for s in STAGES], "train M ratings/s",
+              "scoring users/s", "peak RSS GB"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["dataset"], f"{r['n_ratings']:,}", f"{r['n_users']:,}", f"{r['n_items']:,}", f"{r['wall_seconds']:.1f}",
+                 *[f"{r['stage_seconds'].get(s, 0):.1f}" for s in STAGES], f"{r['train_ratings_per_second'] / 1e6:.2f}",
+                 f"{r['scoring_users_per_second']:,.0f}", f"{r['peak_rss_gb']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="ml-100k,1m,20m", help="comma-separated: ml-100k, 1m, 20m")
+    parser.add_argument("--ml100k", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k.zip")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/recs-scale"), help="archives, warehouses, logs")
+    parser.add_argument("--json", type=Path, help="write the rows and the machine here")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options for every `recs run`")
+    args = parser.parse_args()
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in args.sizes.split(","):
+        archive, generated = _archive(size, args.ml100k, args.work)
+        if generated is not None:
+            print(f"generated {archive} in {generated:.1f}s", flush=True)
+        rows.append({**run_once(size, archive, args.work, extra), "generate_seconds": generated})
+        print(f"{size}: {rows[-1]['wall_seconds']:.1f}s wall, {rows[-1]['peak_rss_gb']:.2f} GB peak", flush=True)
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+               "recs_run_options": extra}  # fmt: skip
+    print(f"\nmachine: {machine}\n")
+    print(markdown(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
