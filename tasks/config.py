@@ -144,7 +144,7 @@ class PipelineConfig(BaseModel):
         min_length=1,
         description="Models to train and evaluate in the run (comma-separated on the command line); each one's "
         "metrics go to run_metrics. Naming only `model` trains that one alone. The default is the seeds' model, "
-        "which scales to 20M ratings on two cores; ease and the kNNs grow with items x items (see README).",
+        "which scales to 20M ratings on two cores; ease and the kNNs grow with items x items (README, Scale).",
     )
     model: ModelName | None = Field(
         None, description="Model whose lists are published; unset publishes the best of `models` by nDCG@k."

@@ -49,7 +49,9 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
     server = serve(site)
     warehouse_path = tmp_path / "W.duckdb"
 
-    status = main(["run", "--source", f"{server.url}/ml-100k.zip", "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")])
+    # Every model, as the scheduled nightly deployment runs them (the default trains dot_bias alone).
+    status = main(["run", "--source", f"{server.url}/ml-100k.zip", "--warehouse", str(warehouse_path), "--data-dir",
+                   str(tmp_path / "D"), "--models", ",".join(MODEL_NAMES)])  # fmt: skip
 
     assert status == 0
     run_id = _check_published(warehouse_path, ml100k_dataset.ratings(), n_users=943)

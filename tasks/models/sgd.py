@@ -3,10 +3,11 @@
 Why not autograd and Adam: both cost time in proportion to the whole model on every step (Adam moves every
 row; autograd's backward of a lookup fills a dense gradient of the table's size), which caps training at
 about half a million ratings per second on two cores when the tables are 138k users x 64. Funk's SGD, as
-Surprise and LibMF run it, touches only the rows a rating names. Here a batch of ratings is one vectorised
+Surprise runs it, touches only the rows a rating names. Here a batch of ratings is one vectorised
 step: look up the rows, compute each rating's gradient in closed form, scatter-add the updates into the
-tables. Ratings in one batch that share a row add their updates (Hogwild-style), which at a batch of a few
-thousand out of millions of ratings changes the result by less than the seed does.
+tables. Ratings in one batch that share a row add their updates (Hogwild-style); on ML-100k batches of 1024
+to 8192 give the same test RMSE within 0.0005. A row that takes a large share of a batch (an item in several
+percent of all ratings) can overshoot; the loss check then fails the run rather than publish it.
 
 For one rating r of user u and item i, with s = sigmoid(u . v + b_u + b_i), prediction p = low + s (high - low)
 and e = p - r, the step with learning rate eta and regularization lam is
@@ -17,8 +18,8 @@ and e = p - r, the step with learning rate eta and regularization lam is
 
 and eta follows a cosine from `learning_rate` to 0 over the run's steps.
 
-Everything stays on the module's device: the ratings are index tensors there, each epoch's permutation is
-drawn there, batches are slices of the permuted tensors.
+Everything stays on the module's device: the ratings are index tensors there, shuffled once in full and then
+each epoch by blocks (`block_shuffle`), with the permutations drawn there; batches are slices of the result.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from tasks.models.base import Recommender, check_finite
 
 log = logging.getLogger(__name__)
 
+SHUFFLE_BLOCK = 256  # ratings that stay together when an epoch reorders the (once fully shuffled) data
+
 
 def auto_batch_size(n_ratings: int) -> int:
     """A thousandth of the ratings, as a power of two, at least 4096.
@@ -44,6 +47,23 @@ def auto_batch_size(n_ratings: int) -> int:
     8192 give the same test RMSE (0.9076-0.9081); 16384 there is 5 steps an epoch, and worse (0.9109).
     """
     return max(4096, 2 ** round(math.log2(max(n_ratings, 1) / 1000)))
+
+
+def block_shuffle(columns: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The columns' rows in a new random order of blocks of SHUFFLE_BLOCK consecutive rows (the tail block last).
+
+    On rows already shuffled once, this gives every epoch new batches (each batch gathers blocks from all over
+    the data) for the price of copying contiguous blocks: a full permutation of 15M ratings and its random
+    gathers took 1.5 s an epoch on two cores, 30% of the epoch; this takes a few hundredths.
+    """
+    n = len(columns[0])
+    n_blocks = n // SHUFFLE_BLOCK
+    order = torch.randperm(n_blocks, device=columns[0].device, generator=generator)
+    whole = n_blocks * SHUFFLE_BLOCK
+    return tuple(
+        torch.cat([column[:whole].view(n_blocks, SHUFFLE_BLOCK).index_select(0, order).view(-1), column[whole:]])
+        for column in columns
+    )
 
 
 def cosine_rate(peak: float, step: int, total_steps: int) -> float:
@@ -76,7 +96,9 @@ def sgd_fit_dot_bias(
     Raises:
         ModelFitError: when the epoch's loss becomes NaN or infinite.
     """
-    users, items, targets = ratings
+    # One full shuffle here; each epoch then reorders blocks of SHUFFLE_BLOCK ratings (see block_shuffle).
+    order = torch.randperm(len(ratings[2]), device=ratings[2].device, generator=generator)
+    users, items, targets = (x.index_select(0, order) for x in ratings)
     n = len(targets)
     user_vectors, item_vectors = module.user_factors.weight, module.item_factors.weight
     user_bias, item_bias = module.user_bias.weight.view(-1), module.item_bias.weight.view(-1)
@@ -87,9 +109,7 @@ def sgd_fit_dot_bias(
     rows: list[dict] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        order = torch.randperm(n, device=targets.device, generator=generator)
-        # index_select, not users[order]: the same gather, several times faster on CPU for 1-D tensors.
-        epoch_users, epoch_items, epoch_targets = (x.index_select(0, order) for x in (users, items, targets))
+        epoch_users, epoch_items, epoch_targets = block_shuffle((users, items, targets), generator)
         squared_error = torch.zeros((), device=targets.device, dtype=torch.float64)
         for start in range(0, n, batch_size):
             eta = cosine_rate(learning_rate, step, total_steps)
