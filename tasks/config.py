@@ -149,9 +149,9 @@ class PipelineConfig(BaseModel):
     model: ModelName | None = Field(
         None, description="Model whose lists are published; unset publishes the best of `models` by nDCG@k."
     )
-    # dot_bias: chosen by benchmarks/tune.py as above over factors 64/128, epochs 5/10, regularization
-    # 0.05/0.1/0.15 and learning rate 0.003/0.01/0.03 (one-cycle schedule): 64, 5, 0.1, 0.01 had validation
-    # RMSE 0.9315, within 0.001 of the best (0.9307, 10 epochs at regularization 0.15) at half the epochs.
+    # dot_bias (per-rating SGD, tasks/models/sgd.py): chosen by benchmarks/tune.py as above over factors 32/64,
+    # epochs 10/20, regularization 0.05/0.1/0.15 and learning rate 0.02/0.05/0.1: 64, 20, 0.1, 0.05 is the
+    # best, validation RMSE 0.9284 (Adam with a one-cycle schedule, before issue 5: 0.9315).
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
     epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
     batch_size: int | None = Field(
