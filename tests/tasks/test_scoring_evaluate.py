@@ -19,21 +19,24 @@ def _items(pairs: list[tuple[int, int]], n_users: int) -> UserItems:
 
 
 def test_user_items_block_positions_and_contains():
-    seen = _items([(0, 2), (0, 0), (2, 1)], n_users=3)
-    assert seen.counts().tolist() == [2, 0, 1]
+    seen = _items([(0, 2), (0, 0), (2, 1), (0, 2)], n_users=3)  # (0, 2) twice: kept once
+    assert seen.counts().tolist() == [2, 0, 1] and seen.indices.tolist() == [0, 2, 1]
     assert seen.block_positions(0, 3, 4).tolist() == [0, 2, 9]  # rows 0 and 2 of a 3 x 4 block
     assert seen.block_positions(1, 3, 4).tolist() == [5]  # user 2 is row 1 of the block of users 1..2
     assert seen.contains(np.array([0, 0, 1, 2]), np.array([2, 1, 2, 1]), 4).tolist() == [True, False, False, True]
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_top_k_unseen_matches_brute_force(chunk):
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_top_k_unseen_matches_brute_force(chunk, layout):
     rng = np.random.default_rng(0)
     n_users, n_items, k = 17, 11, 4
     scores = torch.from_numpy(rng.normal(size=(n_users, n_items)).astype(np.float32))
     pairs = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.3]
     seen = _items(pairs, n_users)
-    items, values = top_k_unseen(lambda users: scores[users], n_users, n_items, seen, k, torch.device("cpu"), chunk)
+    by_item = scores.T.contiguous()  # some models' products come back as a transposed (non-contiguous) view
+    score = (lambda users: scores[users]) if layout == "contiguous" else (lambda users: by_item[:, users].T)
+    items, values = top_k_unseen(score, n_users, n_items, seen, k, torch.device("cpu"), chunk)
     for user in range(n_users):
         allowed = [i for i in range(n_items) if (user, i) not in set(pairs)]
         expected = sorted(allowed, key=lambda i: -scores[user, i].item())[:k]

@@ -7,7 +7,7 @@ import torch
 from torch.profiler import profile
 
 from tasks.models.embedding import EmbeddingDotBias
-from tasks.models.sgd import cosine_rate, sgd_fit_dot_bias
+from tasks.models.sgd import SHUFFLE_BLOCK, auto_batch_size, block_shuffle, cosine_rate, sgd_fit_dot_bias
 
 
 def _model(seed: int = 0) -> EmbeddingDotBias:
@@ -81,3 +81,20 @@ def test_no_per_batch_copies_or_host_syncs():
     # No .to(device) / .cpu() of data inside training: the only conversions are of Python scalars (0-dim).
     copied = [event.input_shapes for event in trace.events() if event.name == "aten::_to_copy"]
     assert all(shapes[0] == [] for shapes in copied), [s for s in copied if s[0] != []][:3]
+
+
+def test_block_shuffle_reorders_whole_blocks_and_keeps_rows_aligned():
+    n = 5 * SHUFFLE_BLOCK + 7
+    rows = torch.arange(n)
+    shuffled, doubled = block_shuffle((rows, rows * 2), torch.Generator().manual_seed(0))
+    assert sorted(shuffled.tolist()) == list(range(n)) and torch.equal(doubled, shuffled * 2)
+    blocks = shuffled[: 5 * SHUFFLE_BLOCK].view(5, SHUFFLE_BLOCK)
+    assert torch.equal(blocks - blocks[:, :1], torch.arange(SHUFFLE_BLOCK).expand(5, -1))  # blocks stay whole
+    assert blocks[:, 0].tolist() != [0, SHUFFLE_BLOCK, 2 * SHUFFLE_BLOCK, 3 * SHUFFLE_BLOCK, 4 * SHUFFLE_BLOCK]
+    assert shuffled[-7:].tolist() == list(range(5 * SHUFFLE_BLOCK, n))  # the short tail block last
+
+
+def test_auto_batch_size_grows_with_the_data():
+    assert auto_batch_size(75_000) == 4096  # ML-100k's training split
+    assert auto_batch_size(15_000_000) == 16384 and auto_batch_size(20_000_000) == 16384
+    assert auto_batch_size(100_000_000) == 131072
