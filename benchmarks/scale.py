@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def _archive(size: str, ml100k: Path, work: Path) -> tuple[Path, float | None]:
 def run_once(size: str, archive: Path, work: Path, extra: list[str]) -> dict:
     """One `recs run` on `archive` in a child process: wall seconds, peak RSS and the run's row in `runs`."""
     folder = work / f"run-{size}"
-    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     warehouse = folder / "warehouse.duckdb"
     command = [sys.executable, "-m", "flows.cli", "run", "--source", str(archive), "--warehouse", str(warehouse),

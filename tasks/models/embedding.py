@@ -241,12 +241,20 @@ def _y_range(train: pl.DataFrame, margin: float) -> tuple[float, float]:
     return float(train["rating"].min()) - margin, float(train["rating"].max()) + margin
 
 
+def _validation_loss(module: Recommender, validation: pl.DataFrame | None,
+                     device: torch.device) -> Callable[[], float] | None:  # fmt: skip
+    """The held-out ratings' MSE under the module as it is, for the loops to record per epoch (None without any)."""
+    if validation is None or validation.height == 0:
+        return None
+    users, items, ratings = index_tensors(validation, device)
+    return lambda: float(nn.functional.mse_loss(module(users, items), ratings))
+
+
 def _fit_mse(module: Recommender, optimizer: torch.optim.Optimizer, train: pl.DataFrame, regularization: float,
              epochs: int, batch_size: int, config: PipelineConfig, validation: pl.DataFrame | None,
              label: str) -> list[dict]:  # fmt: skip
     device = next(module.parameters()).device
     users, items, ratings = index_tensors(train, device)
-    valid = index_tensors(validation, device) if validation is not None and validation.height else None
     terms = getattr(module, "terms", None)  # prediction and L2 penalty in one pass, where the model has them
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,28 +266,19 @@ def _fit_mse(module: Recommender, optimizer: torch.optim.Optimizer, train: pl.Da
         mse = nn.functional.mse_loss(module(u, i), r)
         return mse, mse * len(idx)
 
-    def validate() -> float:
-        return float(nn.functional.mse_loss(module(valid[0], valid[1]), valid[2]))
-
     generator = torch.Generator(device=device).manual_seed(config.seed)
     return minibatch_fit(optimizer, module, len(ratings), batch_loss, epochs, batch_size, generator, label,
-                         validate if valid is not None else None)  # fmt: skip
+                         _validation_loss(module, validation, device))  # fmt: skip
 
 
 def fit_dot_bias(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
     """The seeds' model with the top-level factors, epochs, batch_size, learning_rate, regularization, y_margin,
     trained by per-rating SGD (tasks/models/sgd.py)."""
     module = EmbeddingDotBias(n_users, n_items, config.factors, _y_range(train, config.y_margin)).to(device)
-    valid = index_tensors(validation, device) if validation is not None and validation.height else None
-
-    def validate() -> float:
-        return float(nn.functional.mse_loss(module(valid[0], valid[1]), valid[2]))
-
     generator = torch.Generator(device=device).manual_seed(config.seed)
     batch_size = config.batch_size or auto_batch_size(train.height)
-    rows = sgd_fit_dot_bias(module, index_tensors(train, device), config.epochs, batch_size,
-                            config.learning_rate, config.regularization, generator, label,
-                            validate if valid is not None else None)  # fmt: skip
+    rows = sgd_fit_dot_bias(module, index_tensors(train, device), config.epochs, batch_size, config.learning_rate,
+                            config.regularization, generator, label, _validation_loss(module, validation, device))  # fmt: skip
     return module, rows
 
 
