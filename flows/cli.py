@@ -22,7 +22,7 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 import warehouse
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, redact
 from tasks.synth import SynthSpec
 
 _DEFAULTS = PipelineConfig()
@@ -158,7 +158,9 @@ def _config(command: str, options: dict) -> PipelineConfig | None:
     except ValidationError as exc:
         for error in exc.errors():
             where = _flag("_".join(str(part) for part in error["loc"][:2])) if error["loc"] else "options"
-            print(f"recs {command}: {where}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
+            given = error.get("input")
+            shown = redact(given) if error["loc"] == ("source",) and isinstance(given, str) else given
+            print(f"recs {command}: {where}: {error['msg']} (got {shown!r})", file=sys.stderr)
         return None
 
 

@@ -16,7 +16,7 @@ from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_task, published_model, with_fit_seconds
 from tasks.gate import gate_task
-from tasks.ingest import fetch_archive_task, load_dataset_task
+from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.lock import run_lock
 from tasks.publish import publish_task, record_facts_task, record_history_task, record_metrics_task, reject_task
@@ -72,9 +72,10 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
     try:
         run.note(protocol=config.protocol, as_of=config.as_of)
         with run.stage("ingest"):
-            archive = fetch_archive_task.with_options(retries=config.download_retries)(config)
+            archive = fetch_with_retries(config)
             dataset = load_dataset_task(archive, config)
-        run.note(source=archive.source, source_sha256=archive.sha256, dataset_layout=dataset.layout)
+        run.note(source=archive.source, source_sha256=archive.sha256, dataset_layout=dataset.layout,
+                 n_bad_rows=dataset.n_bad_rows, n_duplicate_ratings=dataset.n_duplicate_ratings)
         with run.stage("reindex"):
             ratings, maps = reindex_task(dataset, run.directory, config.as_of)
         with run.stage("split"):

@@ -12,18 +12,46 @@ from pathlib import Path
 import typing
 from typing import Any, Literal
 
+from urllib.parse import urlsplit, urlunsplit
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+SOURCE_SCHEMES = ("http", "https", "file")
+# 8 GiB: ml-32m's ratings.csv, the largest MovieLens file, is 0.9 GB.
+MAX_EXTRACTED_BYTES = 8 << 30
 
 SplitMethod = Literal["stratified", "random", "temporal"]
 Device = Literal["auto", "cuda", "mps", "cpu"]
+BadRowPolicy = Literal["fail", "drop"]
 ModelName = Literal["dot_bias", "dot", "mlp", "user_knn", "item_knn", "bpr", "ease", "bias", "popularity"]
 MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
 
 # Test share each split method uses when `test_fraction` is not set: the Microsoft Recommenders
 # MovieLens protocol for the per-user splits, the seeds' global 80/20 for `random`.
 DEFAULT_TEST_FRACTION: dict[str, float] = {"stratified": 0.25, "random": 0.2, "temporal": 0.25}
+
+
+def redact(source: str) -> str:
+    """The source with any user:password in its URL replaced, safe to log and store."""
+    parts = urlsplit(source)
+    if parts.username is None and parts.password is None:
+        return source
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def source_scheme(source: str) -> str:
+    """The source's URL scheme, lower case: http, https or file; "" for a plain path.
+
+    Raises:
+        ValueError: any other scheme (ftp, s3, ...), naming it and the ones supported.
+    """
+    scheme = urlsplit(source).scheme.lower()
+    if scheme not in ("", *SOURCE_SCHEMES):
+        raise ValueError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
+    return scheme
 
 
 class _Params(BaseModel):
@@ -118,7 +146,22 @@ class PipelineConfig(BaseModel):
     )
     warehouse: Path = Field(Path("warehouse/recs.duckdb"), description="DuckDB file the run publishes to.")
     download_timeout_seconds: float = Field(60.0, gt=0, description="Connect/read timeout of the download.")
-    download_retries: int = Field(3, ge=0, le=10, description="Download retries (exponential backoff).")
+    download_retries: int = Field(3, ge=0, le=10, description="Download retries on network faults and HTTP 5xx.")
+    download_retry_delay_seconds: float = Field(
+        2.0, ge=0, description="Wait before the first download retry; it doubles with each retry (+/- 50% jitter)."
+    )
+    max_extracted_bytes: int = Field(
+        MAX_EXTRACTED_BYTES,
+        gt=0,
+        description="Refuse an archive whose ratings and items files expand past this many bytes (zip bombs); "
+        "the free disk space is checked too.",
+    )
+    on_bad_rows: BadRowPolicy = Field(
+        "fail",
+        description="A ratings row with the wrong number of fields, a non-numeric field or a rating that is NaN or "
+        "off the 0.5-5 scale: fail names its file, line and field; drop skips such rows and records their count "
+        "in runs.n_bad_rows.",
+    )
 
     # Split
     split: SplitMethod = Field(
@@ -238,6 +281,16 @@ class PipelineConfig(BaseModel):
         if isinstance(values, dict) and values.get("as_of") is not None and values.get("split") is None:
             return {**values, "split": "temporal"}
         return values
+
+    @field_validator("source")
+    @classmethod
+    def _supported_scheme(cls, value: str) -> str:
+        source_scheme(value)
+        return value
+
+    def redacted(self) -> PipelineConfig:
+        """This config with any credentials in `source` removed: what runs.config and the run folder keep."""
+        return self.model_copy(update={"source": redact(self.source)})
 
     @field_validator("as_of")
     @classmethod

@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import polars as pl
@@ -30,14 +31,14 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from tasks.config import PipelineConfig
-from tasks.movielens import detect_layout
+from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, PipelineConfig, redact, source_scheme
+from tasks.movielens import Layout, detect_layout, keep_latest_ratings
 
 log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 1 << 20
-# An archive may expand to at most this much on disk (the ratings and items files that are extracted).
-MAX_EXTRACTED_BYTES = 8 << 30
+# Bump when parsing changes what lands in datasets/<sha256>/, so archives parsed before are parsed again.
+PARSER_VERSION = 2
 
 
 class IngestError(RuntimeError):
@@ -66,6 +67,8 @@ class Dataset:
     sha256: str
     layout: str
     n_ratings: int
+    n_bad_rows: int = 0  # rows dropped under on_bad_rows=drop
+    n_duplicate_ratings: int = 0  # repeated (user, item) rows dropped, each pair's latest kept
 
     def ratings(self) -> pl.DataFrame:
         return pl.read_parquet(self.ratings_path)
@@ -74,26 +77,15 @@ class Dataset:
         return pl.read_parquet(self.items_path)
 
 
-def redact(source: str) -> str:
-    """The source with any user:password in its URL replaced, safe to log and store."""
-    parts = urlsplit(source)
-    if parts.username is None and parts.password is None:
-        return source
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _local_path(source: str) -> Path | None:
     """The file a `file://` URL or plain path names; None for http(s). Other schemes are refused."""
-    scheme = urlsplit(source).scheme.lower()
+    try:
+        scheme = source_scheme(source)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from exc
     if scheme in ("http", "https"):
         return None
-    if scheme == "file":
-        return Path(unquote(urlsplit(source).path))
-    if scheme == "" or (len(scheme) == 1 and sys.platform == "win32"):
-        return Path(source)
-    raise IngestError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
+    return Path(unquote(urlsplit(source).path)) if scheme == "file" else Path(source)
 
 
 def sha256_of(path: Path) -> str:
@@ -242,86 +234,161 @@ def fetch_archive(source: str, data_dir: Path, expected_sha256: str | None = Non
     return Archive(path, sha256, redact(source))
 
 
-def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int]) -> Path:
-    """Copy one member into `target_dir` (flat), refusing unsafe names, links and oversized output."""
-    info = archive.getinfo(name)
-    if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name.split("/")[0]:
-        raise IngestError(f"archive member {name!r}: unsafe path; refused")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise IngestError(f"archive member {name!r}: is a symbolic link; refused")
+def _unsafe_members(archive: zipfile.ZipFile) -> list[str]:
+    """Members whose path climbs out (`..`), is absolute, names a drive, or that are symbolic links."""
+    unsafe = []
+    for info in archive.infolist():
+        name = info.filename
+        climbs = name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or ":" in name.split("/")[0]
+        if climbs or stat.S_ISLNK(info.external_attr >> 16):
+            unsafe.append(name)
+    return unsafe
+
+
+def _check_size(archive: zipfile.ZipFile, members: list[str], out_dir: Path, limit: int, source: str) -> None:
+    """Refuse before extracting when the members declare more than `limit` bytes or than the disk has free."""
+    declared = sum(archive.getinfo(name).file_size for name in members)
+    if declared > limit:
+        raise IngestError(
+            f"archive {source!r}: {', '.join(members)} expand to {declared:,} bytes, over the "
+            f"{limit:,} byte limit (max_extracted_bytes); refused"
+        )
+    free = shutil.disk_usage(out_dir).free
+    if declared > free:
+        raise IngestError(f"archive {source!r}: {', '.join(members)} expand to {declared:,} bytes; {out_dir} has {free:,} free")
+
+
+def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int], limit: int) -> Path:
+    """Copy one member into `target_dir` (flat), stopping once more than the budget has come out.
+
+    The declared sizes were checked already; counting what is actually inflated catches a header that lies.
+    """
     target = target_dir / Path(name).name
-    with archive.open(info) as src, target.open("wb") as out:
+    with archive.open(name) as src, target.open("wb") as out:
         while chunk := src.read(_CHUNK_BYTES):
             budget[0] -= len(chunk)
             if budget[0] < 0:
-                raise IngestError(f"archive member {name!r}: expands past the {MAX_EXTRACTED_BYTES} byte limit; refused")
+                raise IngestError(f"archive member {name!r}: expands past the {limit:,} byte limit (max_extracted_bytes); refused")
             out.write(chunk)
     return target
 
 
-def load_dataset(archive: Archive, data_dir: Path, max_extracted_bytes: int = MAX_EXTRACTED_BYTES) -> Dataset:
+def _parse_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout, str, Path, Path | None]:
+    """Check the archive, find its layout and extract the ratings and items files into `raw_dir`.
+
+    Returns:
+        The layout, the ratings member's name, and the extracted ratings and items files.
+    """
+    try:
+        zf = zipfile.ZipFile(archive.path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise IngestError(f"archive {archive.source!r} is unreadable: {exc}") from exc
+    with zf:
+        unsafe = _unsafe_members(zf)
+        if unsafe:
+            raise IngestError(
+                f"archive {archive.source!r}: member(s) {', '.join(map(repr, unsafe[:5]))} are symbolic links or point "
+                "outside the archive's folder; refused, nothing extracted"
+            )
+        try:
+            layout, ratings_member, items_member = detect_layout(zf.namelist())
+        except ValueError as exc:
+            raise IngestError(f"archive {archive.source!r}: {exc}") from exc
+        members = [ratings_member, *([items_member] if items_member else [])]
+        genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
+        if layout.name == "ml-100k" and genre_member in zf.namelist():
+            members.append(genre_member)
+        _check_size(zf, members, raw_dir, limit, archive.source)
+        budget = [limit]
+        try:
+            files = [_extract_member(zf, name, raw_dir, budget, limit) for name in members]
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+            raise IngestError(f"archive {archive.source!r} is unreadable: {type(exc).__name__}: {exc}") from exc
+    return layout, ratings_member, files[0], files[1] if items_member else None
+
+
+def _apply_bad_row_policy(meta: dict, policy: BadRowPolicy, source: str) -> None:
+    n_bad = meta["n_bad_rows"]
+    if n_bad and policy == "fail":
+        examples = "; ".join(meta["bad_row_examples"][:3])
+        raise IngestError(
+            f"archive {source!r}: {n_bad:,} bad ratings row(s), first: {examples}. "
+            "Fix the file, or run with on_bad_rows=drop (--on-bad-rows drop) to skip them and record the count"
+        )
+    if n_bad:
+        log.warning("dropped %d bad ratings row(s) (on_bad_rows=drop), first: %s", n_bad, meta["bad_row_examples"][0])
+
+
+def load_dataset(
+    archive: Archive, data_dir: Path, on_bad_rows: BadRowPolicy = "fail", max_extracted_bytes: int = MAX_EXTRACTED_BYTES
+) -> Dataset:
     """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256.
+
+    Every ratings row is checked (tasks/movielens.py); bad rows are left out of the parquet and counted, and
+    repeated (user, item) ratings are reduced to each pair's latest. The parse is cached whatever the policy;
+    the policy is applied to the cached counts, so a failed run and a later `drop` run parse once.
 
     Args:
         archive: a verified local archive.
         data_dir: the pipeline's data directory.
+        on_bad_rows: `fail` refuses an archive with any bad ratings row, naming the first ones; `drop` skips them.
         max_extracted_bytes: refuse archives whose extracted files exceed this.
 
     Returns:
         The parsed dataset (cached under `data_dir/datasets/<sha256>/`).
 
     Raises:
-        IngestError: unreadable zip, unsafe member, size limit, unknown layout or malformed file.
+        IngestError: unreadable zip, unsafe member, size limit, unknown layout, empty or malformed file,
+            bad rows under `fail`.
     """
     out_dir = data_dir / "datasets" / archive.sha256
     meta_path = out_dir / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("parser") == PARSER_VERSION:
         log.info("archive %s already parsed (%s, %d ratings)", archive.sha256[:12], meta["layout"], meta["n_ratings"])
-        return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, meta["layout"], meta["n_ratings"])
+    else:
+        meta = _parse(archive, out_dir, max_extracted_bytes)
+    _apply_bad_row_policy(meta, on_bad_rows, archive.source)
+    return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, meta["layout"], meta["n_ratings"],
+                   meta["n_bad_rows"], meta["n_duplicate_ratings"])  # fmt: skip
 
+
+def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
+    """Parse the archive into `out_dir` (written whole or not at all) and return its meta."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{archive.sha256[:12]}-"))
     try:
+        raw_dir = work / "raw"
+        raw_dir.mkdir()
+        layout, ratings_member, ratings_file, items_file = _parse_members(archive, raw_dir, max_extracted_bytes)
         try:
-            zf = zipfile.ZipFile(archive.path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise IngestError(f"archive {archive.source!r} is unreadable: {exc}") from exc
-        with zf:
-            try:
-                layout, ratings_member, items_member = detect_layout(zf.namelist())
-            except ValueError as exc:
-                raise IngestError(f"archive {archive.source!r}: {exc}") from exc
-            raw_dir = work / "raw"
-            raw_dir.mkdir()
-            budget = [max_extracted_bytes]
-            try:
-                ratings_file = _extract_member(zf, ratings_member, raw_dir, budget)
-                items_file = _extract_member(zf, items_member, raw_dir, budget) if items_member else None
-                genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
-                if layout.name == "ml-100k" and genre_member in zf.namelist():
-                    _extract_member(zf, genre_member, raw_dir, budget)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-                raise IngestError(f"archive {archive.source!r} is unreadable: {exc}") from exc
-        try:
-            ratings = layout.read_ratings(ratings_file)
-            items = layout.read_items(items_file) if items_file else _untitled_items(ratings)
+            parsed = layout.read_ratings(ratings_file)
+            items = layout.read_items(items_file) if items_file else None
         except ValueError as exc:
             raise IngestError(f"archive {archive.source!r}, {exc}") from exc
-        if ratings.height == 0:
-            raise IngestError(f"archive {archive.source!r}, {ratings_member}: holds no ratings")
+        if parsed.ratings.height == 0:
+            dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {parsed.bad_row_examples[0]})" if parsed.n_bad_rows else ""
+            raise IngestError(f"archive {archive.source!r}, {ratings_member}: holds no ratings{dropped}")
+        ratings, n_duplicates = keep_latest_ratings(parsed.ratings)
+        if n_duplicates:
+            log.warning("%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates)
+        items = items if items is not None else _untitled_items(ratings)
         ratings.write_parquet(work / "ratings.parquet")
         items.write_parquet(work / "items.parquet")
         shutil.rmtree(raw_dir)
-        meta = {"layout": layout.name, "n_ratings": ratings.height, "source": archive.source}
+        meta = {
+            "parser": PARSER_VERSION, "layout": layout.name, "n_ratings": ratings.height, "source": archive.source,
+            "n_bad_rows": parsed.n_bad_rows, "bad_row_examples": parsed.bad_row_examples,
+            "n_duplicate_ratings": n_duplicates,
+        }  # fmt: skip
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():  # a concurrent parse of the same archive finished first
+        if out_dir.exists():  # parsed by an older version, or by a concurrent parse that finished first
             shutil.rmtree(out_dir)
         work.replace(out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height)
-    return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, layout.name, ratings.height)
+    return meta
 
 
 def _untitled_items(ratings: pl.DataFrame) -> pl.DataFrame:
@@ -342,19 +409,22 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
-@task(
-    name="fetch-archive",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient,
-)
+@task(name="fetch-archive", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient)
 def fetch_archive_task(config: PipelineConfig) -> Archive:
-    """Prefect wrapper of `fetch_archive`; retried with backoff on transient faults."""
+    """Prefect wrapper of `fetch_archive`; see `fetch_with_retries` for the retries."""
     return fetch_archive(config.source, config.data_dir, config.source_sha256, config.download_timeout_seconds)
+
+
+def fetch_with_retries(config: PipelineConfig) -> Archive:
+    """Run `fetch_archive_task` retrying transient faults `config.download_retries` times, the wait doubling
+    from `config.download_retry_delay_seconds` (+/- 50% jitter)."""
+    return fetch_archive_task.with_options(
+        retries=config.download_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=config.download_retry_delay_seconds),
+    )(config)
 
 
 @task(name="parse-archive")
 def load_dataset_task(archive: Archive, config: PipelineConfig) -> Dataset:
     """Prefect wrapper of `load_dataset` (cached on disk by the archive's sha256)."""
-    return load_dataset(archive, config.data_dir)
+    return load_dataset(archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes)

@@ -36,76 +36,125 @@ class Layout:
     name: str
     ratings_file: str
     items_file: str
-    read_ratings: Callable[[Path], pl.DataFrame]
+    read_ratings: Callable[[Path], ParsedRatings]
     read_items: Callable[[Path], pl.DataFrame]
     description: str
 
 
-def _checked_numeric(raw: pl.DataFrame, file: Path, first_line: int) -> pl.DataFrame:
-    """Cast the all-string columns of `raw` to RATINGS_SCHEMA, naming the first value that fails.
+# MovieLens ratings are whole stars 1-5 (100k, 1m) or half stars 0.5-5 (10m and later).
+RATING_SCALE = (0.5, 5.0)
 
-    Args:
-        raw: the four rating columns, read as strings.
-        file: the file they came from, for the error message.
-        first_line: the file's line number of `raw`'s first row (2 when there is a header).
+# A line is read whole (this byte never occurs in MovieLens text) and split by the layout's separator, so
+# a row with too many or too few fields is found and named by its line like any other bad row.
+_WHOLE_LINE = "\x1f"
+_RAW_FIELDS = [f"field_{i}" for i in range(len(RATINGS_SCHEMA))]
 
-    Returns:
-        The typed ratings.
+
+@dataclass(frozen=True)
+class ParsedRatings:
+    """A ratings file's valid rows, and where and why the other rows failed."""
+
+    ratings: pl.DataFrame  # RATINGS_SCHEMA
+    n_bad_rows: int
+    bad_row_examples: list[str]  # the first few, as "u.data line 7: field 'rating' is 'NaN', expected ..."
+
+
+def _problems(separator: str) -> pl.Expr:
+    """What is wrong with each row of `_checked_rows`, in words (evaluated on the few bad rows only)."""
+    width, raw = len(RATINGS_SCHEMA), _RAW_FIELDS
+    low, high = RATING_SCALE
+    n_fields = pl.col("text").str.count_matches(separator, literal=True) + 1
+    problem = pl.when(pl.col(f"field_{width - 1}").is_null() | pl.col(f"field_{width}").is_not_null()).then(
+        pl.format("has {} fields, expected {} separated by {}", n_fields, pl.lit(width), pl.lit(repr(separator)))
+    )
+    for name, field in zip(RATINGS_SCHEMA, raw):
+        expected = "a number" if name == "rating" else "a whole number"
+        problem = problem.when(pl.col(name).is_null()).then(pl.format(f"field '{name}' is '{{}}', expected {expected}", field))
+    return (
+        problem.when(~pl.col("rating").is_finite())
+        .then(pl.format("field 'rating' is '{}', expected a finite number", pl.col(raw[2])))
+        .when(~pl.col("rating").is_between(low, high))
+        .then(pl.format(f"field 'rating' is '{{}}', expected a rating from {low:g} to {high:g}", pl.col(raw[2])))
+        .otherwise(pl.lit("unreadable"))
+    )
+
+
+def _checked_rows(lines: pl.LazyFrame, separator: str, header_lines: int) -> pl.LazyFrame:
+    """Number the lines, skip the header and blank lines, split and type the fields, and flag each row `ok`."""
+    width, raw = len(RATINGS_SCHEMA), _RAW_FIELDS
+    low, high = RATING_SCALE
+    return (
+        lines.with_row_index("line", offset=1)
+        .filter((pl.col("line") > header_lines) & (pl.col("text").str.strip_chars() != ""))
+        .with_columns(pl.col("text").str.strip_chars_end("\r").str.splitn(separator, width + 1).alias("fields"))
+        .unnest("fields")
+        .with_columns(
+            pl.col(field).str.strip_chars().cast(pl.Float64 if name == "rating" else dtype, strict=False).alias(name)
+            for field, (name, dtype) in zip(raw, RATINGS_SCHEMA.items())
+        )
+        .with_columns(
+            ok=pl.col(f"field_{width}").is_null()
+            & pl.all_horizontal(pl.col(name).is_not_null() for name in RATINGS_SCHEMA)
+            & pl.col("rating").is_between(low, high)  # false for NaN and infinities too
+        )
+    )
+
+
+def _read_delimited_ratings(path: Path, separator: str, header_lines: int = 0) -> ParsedRatings:
+    """Read `user item rating timestamp` rows separated by `separator`, checking every row.
+
+    A row is bad when it has the wrong number of fields, a field that is not a number, or a rating that is
+    NaN, infinite or off RATING_SCALE. Blank lines are skipped; line numbers count every line of the file.
 
     Raises:
-        RatingsFormatError: naming file, line, field and value of the first unparsable or missing value.
+        RatingsFormatError: the file is empty.
     """
-    typed = raw.with_columns(pl.col(name).str.strip_chars().cast(dtype, strict=False) for name, dtype in RATINGS_SCHEMA.items())
-    bad_rows = typed.select(pl.any_horizontal(pl.all().is_null()).arg_true())
-    if bad_rows.height:
-        row = bad_rows.item(0, 0)
-        for name in RATINGS_SCHEMA:
-            if typed[name][row] is None:
-                raise RatingsFormatError(
-                    f"{file.name} line {row + first_line}: field {name!r} is {raw[name][row]!r}, expected a number"
-                )
-    return typed
+    if path.stat().st_size == 0:
+        raise RatingsFormatError(f"{path.name}: is empty, expected {separator!r}-separated ratings")
+    lines = pl.scan_csv(
+        path, has_header=False, separator=_WHOLE_LINE, quote_char=None, new_columns=["text"], infer_schema=False
+    )
+    # The streaming engine reads and checks the file in parallel batches, about four times faster than the
+    # in-memory one on 20M lines and at half its peak memory; only the typed columns are kept.
+    checked = (
+        _checked_rows(lines, separator, header_lines)
+        .select("line", "ok", *(pl.col(name).cast(dtype) for name, dtype in RATINGS_SCHEMA.items()))
+        .collect(engine="streaming")
+    )
+    good = checked.filter("ok").drop("line", "ok")
+    bad_lines = checked.filter(~pl.col("ok"))["line"]
+    if bad_lines.len() == 0:
+        return ParsedRatings(good, 0, [])
+    # The few bad rows are read again, whole, to say what is wrong with them.
+    examples = (
+        _checked_rows(lines, separator, header_lines)
+        .filter(pl.col("line").is_in(bad_lines.head(5).implode()))
+        .select(pl.format(f"{path.name} line {{}}: {{}}", "line", _problems(separator)))
+        .collect()
+    )
+    return ParsedRatings(good, bad_lines.len(), examples.to_series().to_list())
 
 
-def _read_delimited_ratings(path: Path, separator: str, has_header: bool, width: int, keep: list[int]) -> pl.DataFrame:
-    """Read a ratings file as strings, keep columns `keep` (of `width`), and type-check them."""
-    try:
-        raw = pl.read_csv(
-            path,
-            separator=separator,
-            has_header=has_header,
-            new_columns=[f"c{i}" for i in range(width)] if not has_header else None,
-            infer_schema=False,
-            quote_char=None,
-        )
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
-        raise RatingsFormatError(f"{path.name}: cannot be read as a {separator!r}-separated ratings file: {exc}") from exc
-    if raw.width != width:
-        raise RatingsFormatError(f"{path.name}: has {raw.width} columns, expected {width}")
-    raw = raw.select(pl.col(raw.columns[i]).alias(name) for i, name in zip(keep, RATINGS_SCHEMA))
-    return _checked_numeric(raw, path, first_line=2 if has_header else 1)
-
-
-def read_u_data(path: Path) -> pl.DataFrame:
+def read_u_data(path: Path) -> ParsedRatings:
     """ml-100k `u.data`: tab-separated `user item rating timestamp`, no header."""
-    return _read_delimited_ratings(path, "\t", has_header=False, width=4, keep=[0, 1, 2, 3])
+    return _read_delimited_ratings(path, "\t")
 
 
-def read_ratings_dat(path: Path) -> pl.DataFrame:
-    """ml-1m / ml-10m `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, no header.
-
-    polars only splits on single bytes, so `::` is read as `:` with an empty column between fields.
-    """
-    return _read_delimited_ratings(path, ":", has_header=False, width=7, keep=[0, 2, 4, 6])
+def read_ratings_dat(path: Path) -> ParsedRatings:
+    """ml-1m / ml-10m `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, no header."""
+    return _read_delimited_ratings(path, "::")
 
 
-def read_ratings_csv(path: Path) -> pl.DataFrame:
+def read_ratings_csv(path: Path) -> ParsedRatings:
     """ml-20m and later `ratings.csv`: header `userId,movieId,rating,timestamp`."""
     expected = ["userId", "movieId", "rating", "timestamp"]
-    header = pl.read_csv(path, n_rows=0).columns
+    try:
+        header = pl.read_csv(path, n_rows=0).columns
+    except pl.exceptions.NoDataError as exc:
+        raise RatingsFormatError(f"{path.name}: is empty, expected the header {','.join(expected)} and ratings") from exc
     if header != expected:
         raise RatingsFormatError(f"{path.name} line 1: header is {','.join(header)}, expected {','.join(expected)}")
-    return _read_delimited_ratings(path, ",", has_header=True, width=4, keep=[0, 1, 2, 3])
+    return _read_delimited_ratings(path, ",", header_lines=1)
 
 
 def _decode(path: Path) -> str:
@@ -200,3 +249,24 @@ def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
     shown = ", ".join(member_names[:20]) + (f", ... ({len(member_names)} files)" if len(member_names) > 20 else "")
     understood = "; ".join(f"{layout.name}: {layout.description}" for layout in LAYOUTS)
     raise RatingsFormatError(f"no ratings file of a known layout; the archive holds: {shown}. Layouts understood: {understood}")
+
+
+def keep_latest_ratings(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """One rating per (user, item): the latest by timestamp, the later line on a tie.
+
+    MovieLens releases hold one rating per pair, but an export that appends re-ratings does not; a model
+    trained on both copies would count that opinion twice.
+
+    Returns:
+        The ratings (in file order when there were no duplicates) and how many rows were dropped.
+    """
+    # Ids are packed into one int64 when they fit (always for MovieLens): hashing it is 4x faster than a struct.
+    ids = ratings.select(low=pl.min_horizontal(pl.col("user_id", "item_id").min()),
+                         high=pl.max_horizontal(pl.col("user_id", "item_id").max())).row(0)  # fmt: skip
+    packs = ratings.height == 0 or (ids[0] >= 0 and ids[1] < 2**31)
+    key = pl.col("user_id") * 2**32 + pl.col("item_id") if packs else pl.struct("user_id", "item_id")
+    n_duplicates = ratings.height - ratings.select(key.n_unique()).item()
+    if n_duplicates == 0:
+        return ratings, 0
+    latest = ratings.sort("timestamp", maintain_order=True).unique(["user_id", "item_id"], keep="last", maintain_order=True)
+    return latest, n_duplicates

@@ -30,7 +30,7 @@ RUN_COLUMNS = frozenset(
     {
         "source", "source_sha256", "dataset_layout", "n_ratings", "n_users", "n_items", "n_train", "n_test",
         "model", "device", "train_seconds", "train_ratings_per_second", "stage_seconds",
-        "as_of", "protocol", "gate_baseline_run_id", "gate_reason",
+        "as_of", "protocol", "gate_baseline_run_id", "gate_reason", "n_bad_rows", "n_duplicate_ratings",
     }
 )  # fmt: skip
 
@@ -41,9 +41,12 @@ def utc_now() -> datetime:
 
 @contextmanager
 def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse (creating it and its parent folder), apply the schema, close on exit."""
+    """Open the warehouse to write (creating it and its parent folder), apply the schema, close on exit.
+
+    Waits up to `warehouse.BUSY_TIMEOUT_SECONDS` for readers in other processes to close the file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
+    con = warehouse.connect(path, read_only=False)
     try:
         for script in warehouse.schema_scripts():
             con.execute(script)
@@ -74,13 +77,27 @@ def _set_run_fields(con: duckdb.DuckDBPyConnection, run_id: str, fields: dict[st
     con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values, run_id])
 
 
-def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str, started_at: datetime) -> None:
-    """Insert the run as `running`."""
-    with connect(path) as con:
+def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str, started_at: datetime) -> int:
+    """Insert the run as `running`, first marking runs left `running` by a dead process as failed.
+
+    Call it only while holding the run lock (tasks/lock.py): then no other run on this warehouse is alive,
+    and any `running` row is one whose process was killed or crashed before it could record an outcome.
+
+    Returns:
+        How many abandoned runs were marked failed.
+    """
+    with connect(path) as con, _transaction(con):
+        abandoned = con.execute(
+            "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE status = 'running' RETURNING run_id",
+            [started_at, f"abandoned: its process ended without recording an outcome (found by run {run_id})"],
+        ).fetchall()
+        if abandoned:
+            log.warning("marked %d abandoned run(s) failed: %s", len(abandoned), ", ".join(r for (r,) in abandoned))
         con.execute(
             "INSERT INTO runs (run_id, flow_run_id, started_at, status, config) VALUES (?, ?, ?, 'running', ?)",
             [run_id, flow_run_id, started_at, config_json],
         )
+    return len(abandoned)
 
 
 def record_facts(path: Path, run_id: str, facts: dict[str, Any]) -> None:

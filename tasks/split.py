@@ -6,7 +6,7 @@
 - `temporal`: within each user, their latest `test_fraction` by timestamp to test (ties broken by item).
 
 In the per-user splits a user keeps round(n * (1 - test_fraction)) ratings in train, at least one, so a
-user with a single rating is in train only.
+user with a single rating is in train only; the random split never draws such a user's rating for test either.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def split_ratings(
     keyed = _with_random_key(ratings, seed)
     if method == "random":
         n_test = round(keyed.height * test_fraction)
-        in_train = pl.col("_key").rank("ordinal") > n_test
+        # Keys are below 1: adding 1 ranks a single-rating user's rating after every other, so it stays in train.
+        single = (pl.len().over("user_idx") == 1).cast(pl.Float64)
+        in_train = (pl.col("_key") + single).rank("ordinal") > n_test
     else:
         order = pl.col("_key") if method == "stratified" else pl.struct("timestamp", "item_idx")
         rank = order.rank("ordinal").over("user_idx")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -58,6 +59,68 @@ def serve() -> Iterator[Callable[[Path], ServedDirectory]]:
 
     def start(directory: Path) -> ServedDirectory:
         servers.append(ServedDirectory(directory))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+class _FaultHandler(BaseHTTPRequestHandler):
+    """Serves `body` at any path, failing the first `failures` requests the way `fault` says."""
+
+    body: bytes
+    fault: str
+    failures: int
+    requests: list[int]
+
+    def do_GET(self) -> None:
+        self.requests.append(len(self.requests))
+        fault = self.fault if len(self.requests) <= self.failures else "none"
+        if fault == "503":
+            self.send_error(503, "Service Unavailable")
+            return
+        if fault == "slow":
+            time.sleep(5)  # past any test's timeout: the client gives up first
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[: len(self.body) // 2] if fault == "short" else self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class FaultyServer:
+    """A loopback HTTP server whose first `failures` requests fail: `503`, `slow` (no answer in time),
+    `short` (half the promised body, then the connection closes) or `refused` (nothing listens)."""
+
+    def __init__(self, body: bytes, fault: str, failures: int) -> None:
+        self.requests: list[int] = []
+        handler = type("Handler", (_FaultHandler,), {"body": body, "fault": fault, "failures": failures, "requests": self.requests})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        port = self.server.server_address[1]
+        if fault == "refused":  # a port that was just free, with nothing listening on it
+            self.server.server_close()
+        else:
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{port}/ml-100k.zip"
+        self.fault = fault
+
+    def close(self) -> None:
+        if self.fault != "refused":
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def faulty_server() -> Iterator[Callable[..., FaultyServer]]:
+    """`faulty_server(body, fault, failures=10**6)`: see FaultyServer; closed after the test."""
+    servers: list[FaultyServer] = []
+
+    def start(body: bytes, fault: str, failures: int = 10**6) -> FaultyServer:
+        servers.append(FaultyServer(body, fault, failures))
         return servers[-1]
 
     yield start

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -150,30 +148,6 @@ def test_http_404_is_not_retryable(tmp_path, serve):
     with pytest.raises(IngestError, match="HTTP 404") as error:
         fetch_archive(f"{server.url}/missing.zip", tmp_path / "data")
     assert error.value.retryable is False
-
-
-class _CutShortHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "1000")
-        self.end_headers()
-        self.wfile.write(b"x" * 100)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def test_body_cut_short_is_retryable_and_leaves_no_file(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CutShortHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(IngestError) as error:
-            fetch_archive(f"http://127.0.0.1:{server.server_address[1]}/a.zip", tmp_path, timeout=5)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert error.value.retryable is True
-    assert list((tmp_path / "archives").iterdir()) == []
 
 
 @pytest.mark.parametrize("source", ["ftp://example.com/ml-100k.zip", "s3://bucket/ml-100k.zip"])

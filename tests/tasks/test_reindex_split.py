@@ -56,10 +56,11 @@ def test_temporal_holds_out_each_users_latest(ml100k_ratings):
     assert (both["last_train"] <= both["first_test"]).all()
 
 
-def test_single_rating_user_stays_in_train(small_ratings):
-    for method in ("stratified", "temporal"):
-        train, test = split_ratings(small_ratings, method, 0.25, seed=1)
-        assert 3 in train["user_idx"].to_list() and 3 not in test["user_idx"].to_list()
+@pytest.mark.parametrize("method", ["stratified", "temporal", "random"])
+def test_single_rating_user_stays_in_train(small_ratings, method):
+    for seed in range(20):  # a random split would put user 3's one rating in test for some seeds
+        train, test = split_ratings(small_ratings, method, 0.25, seed=seed)
+        assert 3 in train["user_idx"].to_list() and 3 not in test["user_idx"].to_list(), seed
 
 
 def test_random_split_is_global_share(small_ratings):
