@@ -250,7 +250,7 @@ def _open_read_only(path: Path) -> duckdb.DuckDBPyConnection | None:
     if not path.exists():
         print(f"recs: warehouse {path} does not exist; run `recs run` first", file=sys.stderr)
         return None
-    return duckdb.connect(str(path), read_only=True)
+    return warehouse.connect(path)
 
 
 def _recommend(user_id: int, path: Path) -> int:

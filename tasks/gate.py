@@ -18,7 +18,6 @@ from prefect.cache_policies import NO_CACHE
 
 import warehouse
 from tasks.config import PipelineConfig
-from tasks.publish import connect
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
 
 def baseline_metrics(path: Path, run_id: str, source: str, protocol: str, model: str) -> pl.DataFrame:
     """The last published run's metrics on the same source and protocol (empty when there is none)."""
-    with connect(path) as con:
+    with warehouse.connect(path) as con:
         params = {"source": source, "protocol": protocol, "model": model, "run_id": run_id}
         return warehouse.fetch(con, "gate_baseline", params)
 

@@ -1,5 +1,6 @@
 """Publish to DuckDB: the run's lifecycle in `runs`, its metrics and loss history, and the lists.
 
+Every write goes to a staging copy that replaces the warehouse file in one rename (`connect`).
 Everything is written through Arrow (frames are registered as views and inserted with one statement) and
 every value is a bound parameter; the only names formatted into SQL are column names from `RUN_COLUMNS` and
 the inspection tables' fixed names and columns.
@@ -7,8 +8,11 @@ the inspection tables' fixed names and columns.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,20 +43,69 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _staging_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}.staging")
+
+
+@contextmanager
+def _write_lock(path: Path) -> Iterator[None]:
+    """One write at a time per warehouse, whatever writes it (runs already hold the run lock, tasks/lock.py)."""
+    with open(path.with_name(path.name + ".write-lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # writes are short: wait for the other one to finish
+        yield
+
+
+def _fold_wal(path: Path) -> None:
+    """Checkpoint a WAL left beside the warehouse (by a writer of the in-place era killed mid-write), so that
+    copying the file alone copies everything committed."""
+    if path.with_name(path.name + ".wal").exists():
+        with warehouse.connect(path, read_only=False) as con:
+            con.execute("CHECKPOINT")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse to write (creating it and its parent folder), apply the schema, close on exit.
+    """Write to the warehouse by copy and replace: readers never wait and never see a half-written state.
 
-    Waits up to `warehouse.BUSY_TIMEOUT_SECONDS` for readers in other processes to close the file.
+    The block writes to a staging copy of the file (schema applied). When it ends without error, the copy is
+    checkpointed, synced and renamed over the warehouse in one step: a reader has the old file open or opens
+    the new one, and a process killed at any moment leaves the old file or the new one, never a mix. When
+    the block fails, the copy is deleted and the warehouse is as it was.
+
+    Only the pipeline writes the file; readers open it read-only (README, "Reading it from other processes").
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = warehouse.connect(path, read_only=False)
-    try:
-        for script in warehouse.schema_scripts():
-            con.execute(script)
-        yield con
-    finally:
+    with _write_lock(path):
+        for leftover in path.parent.glob(f"{path.name}.*.staging*"):  # from a writer killed mid-write
+            leftover.unlink()
+        staging = _staging_path(path)
+        if path.exists():
+            _fold_wal(path)
+            with warehouse.connect(path, read_only=True):  # a shared lock: no one writes it in place meanwhile
+                shutil.copyfile(path, staging)
+        con = duckdb.connect(str(staging))
+        try:
+            for script in warehouse.schema_scripts():
+                con.execute(script)
+            yield con
+            con.execute("CHECKPOINT")
+        except BaseException:
+            con.close()
+            staging.unlink(missing_ok=True)
+            staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
+            raise
         con.close()
+        _fsync(staging)
+        os.replace(staging, path)
+        _fsync(path.parent)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.publish import connect
+import warehouse
 from tasks.trend import metric_trend, plot_loss, plot_trend, series
 
 
@@ -91,7 +91,7 @@ def write_report(
     Returns:
         (markdown summary, this run's metrics with deltas, loss-curve PNG, trend PNG).
     """
-    with connect(warehouse_path) as con:
+    with warehouse.connect(warehouse_path) as con:
         trend = metric_trend(con, trend_runs)
     runs = series(trend, facts.get("source"), facts.get("protocol"), model)
     metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")

@@ -10,6 +10,7 @@ from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate
 from tasks.split import split_ratings
 from tasks.train import ModelFitError, fit, load_checkpoint, pick_device, save_checkpoint
+from tasks.models.base import check_finite
 
 SMALL = PipelineConfig(factors=4, epochs=60, batch_size=4, learning_rate=0.5, regularization=0.0, device="cpu")
 
@@ -43,6 +44,13 @@ def test_non_finite_loss_raises(small_ratings):
     broken = small_ratings.with_columns(rating=pl.when(pl.col("item_idx") == 2).then(float("nan")).otherwise("rating"))
     with pytest.raises(ModelFitError, match="nan in epoch 1"):
         fit(broken, 4, 5, SMALL)
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_refuses_nan_and_infinities(loss):
+    with pytest.raises(ModelFitError, match=f"training loss became {loss} in epoch 3"):
+        check_finite(loss, 3)
+    check_finite(1e30, 3)  # large but finite is the gate's business, not a fit error
 
 
 def test_device_selection():

@@ -1,0 +1,134 @@
+"""Processes for the warehouse fault tests: a publisher that SIGKILLs itself at a chosen point, a publisher
+that publishes again and again, and a SQL reader that checks every answer it gets.
+
+Run as `python -m tests.warehouse_worker <command> ...` from the repository root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+
+import tasks.publish as publish
+import warehouse
+
+TOP_N = 10
+ITEMS = pl.DataFrame({"item_id": list(range(1, 101)), "title": [f"Film {i}" for i in range(1, 101)],
+                      "genres": [["Drama"]] * 100, "year": [1990] * 100})  # fmt: skip
+
+
+def lists(n_users: int, seed: int) -> pl.DataFrame:
+    """Every user's top-10, different for each seed."""
+    users = pl.int_range(1, n_users + 1, eager=True).repeat_by(TOP_N).explode()
+    ranks = pl.Series([*range(1, TOP_N + 1)] * n_users)
+    return pl.DataFrame({"user_id": users, "item_id": (users * 7 + ranks * 13 + seed) % 100 + 1, "rank": ranks,
+                         "score": (5.0 - ranks * 0.1).cast(pl.Float32)})  # fmt: skip
+
+
+class _KillingConnection:
+    """A DuckDB connection that SIGKILLs its own process just before running the statement named `point`."""
+
+    def __init__(self, con, point: str) -> None:
+        self._con, self._point = con, point
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def execute(self, sql: str, *args):
+        if sql.startswith(self._point):
+            _die()
+        return self._con.execute(sql, *args)
+
+    def commit(self):
+        if self._point == "COMMIT":
+            _die()
+        return self._con.commit()
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def publish_and_die(path: Path, run_id: str, n_users: int, point: str) -> None:
+    """Publish the lists of `run_id` (already started), SIGKILLed at `point`: while copying the warehouse to
+    its staging file (COPY), before a statement that starts with `point`, before COMMIT, after the block
+    (CLOSE: before the checkpoint), just before the staging file replaces the warehouse (REPLACE) or just
+    after (REPLACED)."""
+    real_connect, real_copy, real_replace = publish.connect, shutil.copyfile, os.replace
+
+    def copy_half_and_die(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[: Path(src).stat().st_size // 2])
+        _die()
+
+    def replace(src, dst):
+        if point == "REPLACE":
+            _die()
+        real_replace(src, dst)
+        if point == "REPLACED":
+            _die()
+
+    shutil.copyfile = copy_half_and_die if point == "COPY" else real_copy
+    os.replace = replace
+
+    @contextmanager
+    def connect(p: Path) -> Iterator:
+        with real_connect(p) as con:
+            yield _KillingConnection(con, point)
+            if point == "CLOSE":
+                _die()
+
+    publish.connect = connect
+    publish.publish(path, run_id, lists(n_users, seed=len(run_id)), ITEMS, {})
+
+
+def publish_repeatedly(path: Path, n_runs: int, n_users: int, report: Path) -> None:
+    """Publish `n_runs` runs one after another; write how long each took."""
+    seconds = []
+    for i in range(n_runs):
+        started = time.perf_counter()
+        run_id = f"run-{i:03d}"
+        publish.start_run(path, run_id, None, "{}", publish.utc_now())
+        publish.publish(path, run_id, lists(n_users, seed=i), ITEMS, {})
+        seconds.append(time.perf_counter() - started)
+    report.write_text(json.dumps({"publish_seconds": seconds}))
+
+
+def read_until(path: Path, stop_file: Path, n_users: int, report: Path) -> None:
+    """Query the published lists until `stop_file` appears, the way the README tells readers to."""
+    seen, waits, errors = [], [], []
+    while not stop_file.exists():
+        started = time.perf_counter()
+        with warehouse.connect(path, read_only=True) as con:
+            waits.append(time.perf_counter() - started)
+            rows = con.execute(
+                "SELECT r.run_id, any_value(s.status), count(*), count(DISTINCT r.user_id), min(r.rank), max(r.rank), "
+                "count(t.title) FROM recommendations r JOIN runs s USING (run_id) LEFT JOIN items t USING (item_id) "
+                "GROUP BY r.run_id"
+            ).fetchall()
+        if len(rows) != 1 or rows[0][1:] != ("succeeded", n_users * TOP_N, n_users, 1, TOP_N, n_users * TOP_N):
+            errors.append(repr(rows))
+        else:
+            seen.append(rows[0][0])
+        time.sleep(0.01)
+    report.write_text(json.dumps({"seen": seen, "waits": waits, "errors": errors}))
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "publish-and-die":
+        publish_and_die(Path(args[0]), args[1], int(args[2]), args[3])
+    elif command == "publish-repeatedly":
+        publish_repeatedly(Path(args[0]), int(args[1]), int(args[2]), Path(args[3]))
+    elif command == "read-until":
+        read_until(Path(args[0]), Path(args[1]), int(args[2]), Path(args[3]))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
