@@ -273,7 +273,7 @@ def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budge
     return target
 
 
-def _parse_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout, str, Path, Path | None]:
+def _extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout, str, Path, Path | None]:
     """Check the archive, find its layout and extract the ratings and items files into `raw_dir`.
 
     Returns:
@@ -360,7 +360,7 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
     try:
         raw_dir = work / "raw"
         raw_dir.mkdir()
-        layout, ratings_member, ratings_file, items_file = _parse_members(archive, raw_dir, max_extracted_bytes)
+        layout, ratings_member, ratings_file, items_file = _extract_members(archive, raw_dir, max_extracted_bytes)
         try:
             parsed = layout.read_ratings(ratings_file)
             items = layout.read_items(items_file) if items_file else None

@@ -103,20 +103,11 @@ def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
             raise
         con.close()
+        if staging.with_name(staging.name + ".wal").exists():  # the rename would leave its contents behind
+            raise RuntimeError(f"DuckDB left a WAL beside {staging} after CHECKPOINT; {path} was not replaced")
         _fsync(staging)
         os.replace(staging, path)
         _fsync(path.parent)
-
-
-@contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.begin()
-    try:
-        yield
-    except BaseException:
-        con.rollback()
-        raise
-    con.commit()
 
 
 def _set_run_fields(con: duckdb.DuckDBPyConnection, run_id: str, fields: dict[str, Any]) -> None:
@@ -139,7 +130,7 @@ def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str
     Returns:
         How many abandoned runs were marked failed.
     """
-    with connect(path) as con, _transaction(con):
+    with connect(path) as con:
         abandoned = con.execute(
             "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE status = 'running' RETURNING run_id",
             [started_at, f"abandoned: its process ended without recording an outcome (found by run {run_id})"],
@@ -165,7 +156,7 @@ def record_metrics(path: Path, run_id: str, model: str, metrics: pl.DataFrame) -
     Written as soon as evaluation ends, so a run that fails or is held back later still has them.
     """
     rows = metrics.select(pl.lit(run_id).alias("run_id"), pl.lit(model).alias("model"), "metric", "k", "value")
-    with connect(path) as con, _transaction(con):
+    with connect(path) as con:
         con.register("new_metrics", rows.to_arrow())
         con.execute("DELETE FROM run_metrics WHERE run_id = ? AND model = ?", [run_id, model])
         con.execute("INSERT INTO run_metrics SELECT run_id, model, metric, k, value FROM new_metrics")
@@ -185,7 +176,7 @@ def record_inspection(
     path: Path, run_id: str, model: str, item_biases: pl.DataFrame | None, similar_items: pl.DataFrame | None
 ) -> None:
     """Store a model's inspection tables for the run (tasks/inspect.py), replacing any it stored before."""
-    with connect(path) as con, _transaction(con):
+    with connect(path) as con:
         for table, frame, columns in (
             ("item_biases", item_biases, "item_id, bias, mean_rating, n_ratings"),
             ("similar_items", similar_items, "item_id, rank, similar_item_id, score"),
@@ -201,7 +192,7 @@ def record_inspection(
 def publish(
     path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame, facts: dict[str, Any]
 ) -> datetime:
-    """Replace the published lists and the catalogue and mark the run succeeded, in one transaction.
+    """Replace the published lists and the catalogue and mark the run succeeded, in one write (`connect`).
 
     Args:
         path: the warehouse file.
@@ -214,7 +205,7 @@ def publish(
         The `generated_at` stamped on the rows.
     """
     generated_at = utc_now()
-    with connect(path) as con, _transaction(con):
+    with connect(path) as con:
         con.register("new_recommendations", recommendations.select("user_id", "item_id", "rank", "score").to_arrow())
         con.register("new_items", items.select("item_id", "title", "genres", "year").to_arrow())
         con.execute("DELETE FROM recommendations")

@@ -48,11 +48,6 @@ class _KillingConnection:
             _die()
         return self._con.execute(sql, *args)
 
-    def commit(self):
-        if self._point == "COMMIT":
-            _die()
-        return self._con.commit()
-
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
@@ -60,9 +55,8 @@ def _die() -> None:
 
 def publish_and_die(path: Path, run_id: str, n_users: int, point: str) -> None:
     """Publish the lists of `run_id` (already started), SIGKILLed at `point`: while copying the warehouse to
-    its staging file (COPY), before a statement that starts with `point`, before COMMIT, after the block
-    (CLOSE: before the checkpoint), just before the staging file replaces the warehouse (REPLACE) or just
-    after (REPLACED)."""
+    its staging file (COPY), before a statement that starts with `point`, after the block (CLOSE: before the
+    checkpoint), just before the staging file replaces the warehouse (REPLACE) or just after (REPLACED)."""
     real_connect, real_copy, real_replace = publish.connect, shutil.copyfile, os.replace
 
     def copy_half_and_die(src, dst):

@@ -80,6 +80,7 @@ def test_publish_failure_rolls_back(tmp_path):
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("good",)]
         assert con.execute("SELECT status FROM runs WHERE run_id = 'broken'").fetchall()[0] == ("running",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.write-lock"]  # no staging copy left
 
 
 def test_metrics_and_history_in_long_form(tmp_path):

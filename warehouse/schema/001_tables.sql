@@ -2,7 +2,7 @@
 -- Names and columns here are a contract that users' SQL relies on: add columns, never rename or drop.
 
 -- The currently published lists: each user's top-n, rank 1 = best, in the dataset's own ids.
--- Replaced atomically by a publishing run (one transaction): readers see the old lists or the new ones.
+-- Replaced whole by a publishing run, which swaps in a new warehouse file: readers see the old lists or the new.
 CREATE TABLE IF NOT EXISTS recommendations (
     user_id      BIGINT      NOT NULL,
     item_id      BIGINT      NOT NULL,
