@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 import typing
 from typing import Any, Literal
-
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.config import PipelineConfig
-from tasks.ingest import fetch_archive, redact
+from tasks.config import PipelineConfig, redact
+from tasks.ingest import fetch_archive
 
 RATINGS_UPDATED = "recs.ratings.updated"  # the event the nightly deployment's trigger expects
 

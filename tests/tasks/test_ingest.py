@@ -7,7 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.ingest import IngestError, fetch_archive, load_dataset, redact
+from tasks.config import redact
+from tasks.ingest import IngestError, fetch_archive, load_dataset
 from tests.conftest import write_zip
 
 RATINGS_COLUMNS = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64}
