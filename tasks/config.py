@@ -147,7 +147,7 @@ class PipelineConfig(BaseModel):
     download_timeout_seconds: float = Field(60.0, gt=0, description="Connect/read timeout of the download.")
     download_retries: int = Field(3, ge=0, le=10, description="Download retries on network faults and HTTP 5xx.")
     download_retry_delay_seconds: float = Field(
-        2.0, ge=0, description="Wait before the first download retry; it doubles with each retry (+/- 50% jitter)."
+        2.0, ge=0, description="Wait before the first download retry; it doubles with each retry (randomised to 0.6-1.5x, same average)."
     )
     max_extracted_bytes: int = Field(
         MAX_EXTRACTED_BYTES,

@@ -416,8 +416,11 @@ def fetch_archive_task(config: PipelineConfig) -> Archive:
 
 
 def fetch_with_retries(config: PipelineConfig) -> Archive:
-    """Run `fetch_archive_task` retrying transient faults `config.download_retries` times, the wait doubling
-    from `config.download_retry_delay_seconds` (+/- 50% jitter)."""
+    """Run `fetch_archive_task`, retrying transient faults `config.download_retries` times.
+
+    The wait doubles from `config.download_retry_delay_seconds`; Prefect's jitter draws each wait between
+    0.63 and 1.5 times its value, keeping the average.
+    """
     return fetch_archive_task.with_options(
         retries=config.download_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=config.download_retry_delay_seconds),
