@@ -43,10 +43,6 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _staging_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.staging")
-
-
 @contextmanager
 def _write_lock(path: Path) -> Iterator[None]:
     """One write at a time per warehouse, whatever writes it (runs already hold the run lock, tasks/lock.py)."""
@@ -86,7 +82,7 @@ def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     with _write_lock(path):
         for leftover in path.parent.glob(f"{path.name}.*.staging*"):  # from a writer killed mid-write
             leftover.unlink()
-        staging = _staging_path(path)
+        staging = path.with_name(f"{path.name}.{os.getpid()}.staging")
         if path.exists():
             _fold_wal(path)
             with warehouse.connect(path, read_only=True):  # a shared lock: no one writes it in place meanwhile

@@ -137,6 +137,14 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+def query_rows(warehouse_path: Path, sql: str, params=()) -> list[tuple]:
+    """Run one query on the warehouse, read-only, as a SQL consumer would."""
+    import duckdb
+
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
 def write_zip(path: Path, files: dict[str, bytes | str], encoding: str = "utf-8") -> Path:
     """A zip archive holding `files` (member name -> content)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:

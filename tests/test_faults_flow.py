@@ -19,7 +19,7 @@ import pytest
 
 from flows.nightly import nightly
 from tasks.config import PipelineConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, query_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -33,17 +33,12 @@ def published(ml100k_zip, tmp_path):
     return config, nightly(config).run_id
 
 
-def _rows(config: PipelineConfig, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(config.warehouse), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
-
-
 def _last_run(config: PipelineConfig) -> tuple:
-    return _rows(config, "SELECT status, error, n_bad_rows, n_duplicate_ratings FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+    return query_rows(config.warehouse, "SELECT status, error, n_bad_rows, n_duplicate_ratings FROM runs ORDER BY started_at DESC LIMIT 1")[0]
 
 
 def _lists_untouched(config: PipelineConfig, good_run: str) -> None:
-    assert _rows(config, "SELECT run_id, count(*) FROM recommendations GROUP BY run_id") == [(good_run, 9430)]
+    assert query_rows(config.warehouse, "SELECT run_id, count(*) FROM recommendations GROUP BY run_id") == [(good_run, 9430)]
 
 
 def test_download_faults_are_retried_with_backoff_then_the_run_fails_naming_the_source(published, faulty_server):
@@ -102,7 +97,7 @@ def test_bad_rows_fail_the_run_by_default_and_drop_records_the_counts(published,
     result = nightly(config.model_copy(update={"source": str(archive), "on_bad_rows": "drop"}))
     assert result.status == "succeeded"
     assert _last_run(config) == ("succeeded", None, 3, 2)
-    assert _rows(config, "SELECT n_ratings FROM runs WHERE run_id = ?", [result.run_id]) == [(100_000,)]  # 2 pairs re-rated
+    assert query_rows(config.warehouse, "SELECT n_ratings FROM runs WHERE run_id = ?", [result.run_id]) == [(100_000,)]  # 2 pairs re-rated
 
 
 def test_a_diverging_model_fails_the_run_and_publishes_nothing(published):

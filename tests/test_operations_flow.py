@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timezone
 
-import duckdb
 import pytest
 from prefect.artifacts import Artifact
 
@@ -15,13 +14,9 @@ from flows.nightly import nightly
 from flows.refresh import refresh
 from tasks.config import PipelineConfig
 from tasks.lock import RunLockedError, run_lock
+from tests.conftest import query_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
-
-
-def _rows(path, sql, params=()):
-    with duckdb.connect(str(path), read_only=True) as con:
-        return con.execute(sql, list(params)).fetchall()
 
 
 def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_path, capsys):
@@ -30,8 +25,8 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
               "--model", "dot_bias"]
 
     assert main(["run", *common]) == 0
-    (good,) = _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
-    good_lists = _rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL")
+    (good,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
+    good_lists = query_rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL")
 
     # One epoch at learning rate 0: the untrained model.
     state = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
@@ -39,11 +34,11 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
     bad = state.result()
     assert state.is_completed() and state.name == "Rejected" and "rmse rose" in state.message
     assert bad.status == "rejected" and bad.n_recommendations == 0
-    status, reason, baseline = _rows(warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id])[0]
+    status, reason, baseline = query_rows(warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id])[0]
     assert status == "rejected" and "rmse rose from 0.9" in reason and "ndcg@10 fell" in reason and baseline == good
-    assert _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations") == [(good,)]
-    assert _rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == good_lists
-    assert _rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(9,)]  # 8 + fit_seconds
+    assert query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations") == [(good,)]
+    assert query_rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == good_lists
+    assert query_rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(9,)]  # 8 + fit_seconds
 
     # The summary artifact carries the deltas; the table and the two charts are there too.
     summary = Artifact.get("nightly-run-summary")
@@ -59,9 +54,9 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--refit-on-all", "--no-refit-on-all"]) == 3
     assert "rejected by the quality gate" in capsys.readouterr().out
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--no-refit-on-all", "--force"]) == 0
-    (forced,) = _rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
+    (forced,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
     assert forced != good
-    assert "overridden by force" in _rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
+    assert "overridden by force" in query_rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
 
 
 def test_a_second_run_on_the_same_warehouse_is_refused_clearly(ml100k_zip, tmp_path):
@@ -79,9 +74,9 @@ def test_as_of_run_sees_only_older_ratings(ml100k_zip, tmp_path):
     cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
     result = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
                                     as_of=cutoff, models=["dot_bias", "item_knn"], epochs=2))  # fmt: skip
-    n_ratings, as_of, protocol = _rows(warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id])[0]
+    n_ratings, as_of, protocol = query_rows(warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id])[0]
     assert 40_000 < n_ratings < 70_000 and as_of == cutoff and protocol.startswith("temporal ")
-    users = _rows(warehouse_path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]
+    users = query_rows(warehouse_path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]
     assert users == result.facts["n_users"] < 943
 
 
