@@ -2,75 +2,34 @@
 
 `recs run` runs the nightly flow once, `recs backfill` replays it over past dates, `recs serve` serves the
 deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse;
-`recs synth` writes a synthetic MovieLens archive for scale tests.
+`recs synth` writes a synthetic MovieLens archive for scale tests; `recs sql` runs a read-only query.
 
-The options of `recs run` are generated from `PipelineConfig`'s fields, so each default and description
-is written once, in `tasks/config.py`.
+The options of `recs run` are generated from `PipelineConfig`'s fields (flows/options.py), so each default
+and description is written once, in `tasks/config.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import types
-import typing
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
 import polars as pl
-from pydantic import BaseModel, ValidationError
 
 import warehouse
-from tasks.config import PipelineConfig, redact
+from flows.console import show, terminal_width, text_table
+from flows.options import Parser, add_config_options, config_from_options, nested, unknown_arguments
+from tasks.config import PipelineConfig
 from tasks.synth import SynthSpec
 
 _DEFAULTS = PipelineConfig()
 
 
-def _flag(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def _option_type(annotation: object) -> object:
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    return annotation
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per config field (per field of a model's own group: `--mlp-epochs`): type, choices, description
-    and default. Lists are comma-separated (`--models ease,bpr`)."""
-    for name, field in PipelineConfig.model_fields.items():
-        annotation = _option_type(field.annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            group = getattr(_DEFAULTS, name)
-            for sub, sub_field in annotation.model_fields.items():
-                _add_option(parser, f"{name}.{sub}", _option_type(sub_field.annotation), sub_field.description,
-                            getattr(group, sub))  # fmt: skip
-        else:
-            _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
-
-
-def _add_option(parser: argparse.ArgumentParser, dest: str, annotation: object, description: str | None,
-                default: object) -> None:  # fmt: skip
-    flag = _flag(dest.replace(".", "_"))
-    help_text = f"{description} (default: {default})".replace("%", "%%")
-    if annotation is bool:
-        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                            help=help_text)  # fmt: skip
-    elif typing.get_origin(annotation) is typing.Literal:
-        parser.add_argument(flag, dest=dest, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=help_text)
-    elif typing.get_origin(annotation) is list:
-        parser.add_argument(flag, dest=dest, type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
-                            metavar="A,B", default=argparse.SUPPRESS, help=help_text)  # fmt: skip
-    else:
-        metavar = "PATH" if annotation is Path else getattr(annotation, "__name__", "VALUE").upper()
-        parser.add_argument(flag, dest=dest, type=str, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recs", description="Nightly MovieLens recommendation pipeline.")
+    parser = Parser(prog="recs", description="Nightly MovieLens recommendation pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -78,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the nightly flow once: ingest, train, evaluate, publish top-n to DuckDB",
         description="Run the nightly flow once on Prefect's local (ephemeral) API. Options override the defaults shown.",
     )
-    _add_config_options(run)
+    add_config_options(run)
 
     backfill = commands.add_parser(
         "backfill",
@@ -89,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--start", type=date.fromisoformat, required=True, metavar="DATE", help="first date, YYYY-MM-DD")
     backfill.add_argument("--end", type=date.fromisoformat, required=True, metavar="DATE", help="last date, YYYY-MM-DD")
     backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
-    _add_config_options(backfill)
+    add_config_options(backfill)
 
     serve = commands.add_parser(
         "serve",
@@ -117,7 +76,28 @@ def _parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="print one user's published list with titles")
     recommend.add_argument("user_id", type=int, help="the dataset's own user id")
-    runs = commands.add_parser("runs", help="print the latest runs with their status and headline metrics")
+    runs = commands.add_parser(
+        "runs",
+        help="print the latest runs with their status and headline metrics",
+        description="The latest 20 runs, newest first, fitted to the terminal; --wide prints every column whole.",
+    )
+    sql = commands.add_parser(
+        "sql",
+        help="run a read-only SQL query on the warehouse and print the result",
+        description="Run SQL on the warehouse through a read-only connection (as applications should read it) "
+        "and print the result. Several statements may be given; the last one's result is printed.",
+    )
+    sql_text = sql.add_mutually_exclusive_group(required=True)
+    sql_text.add_argument("query", nargs="?", help="the SQL, e.g. \"SELECT count(*) FROM recommendations\"")
+    sql_text.add_argument("--file", type=Path, metavar="FILE.sql", help="read the SQL from a file, e.g. warehouse/queries/*.sql")
+    sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="bind $NAME in the SQL to VALUE (a number when it reads as one); repeatable")  # fmt: skip
+    for reader in (runs, sql):
+        form = reader.add_mutually_exclusive_group()
+        form.add_argument("--wide", action="store_const", dest="output", const="wide",
+                          help="a table with every cell whole, however wide")  # fmt: skip
+        form.add_argument("--csv", action="store_const", dest="output", const="csv", help="CSV with a header line")
+        form.add_argument("--json", action="store_const", dest="output", const="json", help="a JSON array of objects")
     trend = commands.add_parser(
         "trend",
         help="print each run's headline metrics with deltas, and write a PNG chart of them",
@@ -128,69 +108,59 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})")  # fmt: skip
     trend.add_argument("--chart", type=Path, default=None, metavar="PNG",
                        help="where to write the chart (default: trend.png beside the warehouse)")  # fmt: skip
-    for reader in (recommend, runs, trend):
+    for reader in (recommend, runs, trend, sql):
         reader.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
                             help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
     return parser
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
-        print(frame)
+    print(text_table(frame.with_columns(pl.selectors.float().round(4)), terminal_width()))
 
 
 # Exit statuses of `recs run`: 0 published, 1 failed, 2 bad option, 3 rejected by the quality gate.
 EXIT_REJECTED = 3
 
 
-def _nested(options: dict) -> dict:
-    """`{"mlp.epochs": 3}` -> `{"mlp": {"epochs": 3}}` (the config's model groups)."""
-    out: dict = {}
-    for key, value in options.items():
-        group, _, field = key.rpartition(".")
-        (out.setdefault(group, {}) if group else out)[field] = value
-    return out
-
-
-def _config(command: str, options: dict) -> PipelineConfig | None:
-    try:
-        return PipelineConfig(**_nested(options))
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = _flag("_".join(str(part) for part in error["loc"][:2])) if error["loc"] else "options"
-            given = error.get("input")
-            shown = redact(given) if error["loc"] == ("source",) and isinstance(given, str) else given
-            print(f"recs {command}: {where}: {error['msg']} (got {shown!r})", file=sys.stderr)
-        return None
+def _log_path(config: PipelineConfig, command: str) -> Path:
+    """Where this command's full log goes (tracebacks included): `data_dir/logs/recs-<command>-<UTC time>-<pid>.log`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return config.data_dir / "logs" / f"recs-{command}-{stamp}-{os.getpid()}.log"
 
 
 def _run(options: dict) -> int:
-    config = _config("run", options)
+    config = config_from_options("run", options)
     if config is None:
         return 2
+    from flows.logs import log_to_file
     from flows.nightly import nightly  # imported here: Prefect's import is slow and `--help` should not wait
 
+    log_path = _log_path(config, "run")
     try:
-        result = nightly(config, return_state=True).result()
-    except Exception as exc:  # the flow already recorded the failure and logged the traceback
+        with log_to_file(log_path):
+            result = nightly(config, return_state=True).result()
+    except Exception as exc:  # the flow already recorded the failure; the traceback is in the log file
         print(f"recs run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"recs run: the full log, tracebacks included, is {log_path}", file=sys.stderr)
         return 1
     print()
     if result.status == "rejected":
         print(f"run {result.run_id} rejected by the quality gate: {result.gate}")
         print(f"the previously published recommendations in {config.warehouse} are unchanged (--force publishes anyway)")
+        print(f"metrics of the candidate model, {result.model}, on the test split (not published):")
     else:
         print(f"run {result.run_id} succeeded: {result.n_recommendations} recommendations published to {config.warehouse}")
         print(f"quality gate: {result.gate}")
-    print(f"metrics of the published model, {result.model}, on the test split:")
+        print(f"metrics of the published model, {result.model}, on the test split:")
     _print_frame(result.metrics)
     if result.comparison["model"].n_unique() > 1:
         print("every model on the test split:")
         from tasks.report import comparison_wide
 
-        _print_frame(comparison_wide(result.comparison).with_columns(pl.exclude("model").round(4)))
+        _print_frame(comparison_wide(result.comparison))
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.facts["stage_seconds"].items())
     print(f"seconds per stage: {stages}")
+    print(f"log: {log_path}")
     return EXIT_REJECTED if result.status == "rejected" else 0
 
 
@@ -203,18 +173,22 @@ def _backfill(options: dict) -> int:
     except ValueError as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
-    config = _config("backfill", {**options, "as_of": cutoffs[0]})
+    config = config_from_options("backfill", {**options, "as_of": cutoffs[0]})
     if config is None:
         return 2
+    from flows.logs import log_to_file
+
     failed = 0
-    for i, outcome in enumerate(backfill(_nested(options), cutoffs), start=1):
-        failed += outcome.status == "failed"
-        print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} ({outcome.detail})",
-              flush=True)  # fmt: skip
+    log_path = _log_path(config, "backfill")
+    with log_to_file(log_path):
+        for i, outcome in enumerate(backfill(nested(options), cutoffs), start=1):
+            failed += outcome.status == "failed"
+            print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
+                  f"({outcome.detail})", flush=True)  # fmt: skip
     print()
     _trend(config.warehouse, config.trend_runs, None)
     if failed:
-        print(f"recs backfill: {failed} of {len(cutoffs)} runs failed; see `recs runs`", file=sys.stderr)
+        print(f"recs backfill: {failed} of {len(cutoffs)} runs failed; see `recs runs` and the log {log_path}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -269,12 +243,62 @@ def _recommend(user_id: int, path: Path) -> int:
     return 0
 
 
-def _runs(path: Path) -> int:
+# What `recs runs` shows by default: enough to fit 120 columns, the reason cut to the space left.
+_RUNS_COLUMNS = ["run_id", "status", "started_at", "as_of", "seconds", "model", "rmse", "ndcg", "reason"]
+
+
+def _runs(path: Path, output: str | None) -> int:
     con = _open_read_only(path)
     if con is None:
         return 1
     with con:
-        _print_frame(warehouse.fetch(con, "latest_runs"))
+        runs = warehouse.fetch(con, "latest_runs")
+    if output is None:
+        runs = runs.select(_RUNS_COLUMNS).with_columns(pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M"))
+        if runs["as_of"].null_count() == runs.height:
+            runs = runs.drop("as_of")
+    show(runs, output or "table", wide=output == "wide")
+    return 0
+
+
+def _bind(params: list[str]) -> dict[str, object]:
+    """`["user_id=42", "title=Heat (1995)"]` -> `{"user_id": 42, "title": "Heat (1995)"}`."""
+    bound: dict[str, object] = {}
+    for param in params:
+        name, sep, value = param.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param {param!r}: expected NAME=VALUE")
+        try:
+            bound[name] = int(value)
+        except ValueError:
+            try:
+                bound[name] = float(value)
+            except ValueError:
+                bound[name] = value
+    return bound
+
+
+def _sql(args: dict) -> int:
+    try:
+        text = args["file"].read_text() if args["file"] else args["query"]
+        params = _bind(args["param"])
+    except (OSError, ValueError) as exc:
+        print(f"recs sql: {exc}", file=sys.stderr)
+        return 2
+    con = _open_read_only(args["warehouse"])
+    if con is None:
+        return 1
+    with con:
+        try:
+            relation = con.sql(text, params=params or None)
+            result = pl.from_arrow(relation.to_arrow_table()) if relation is not None else None
+        except duckdb.Error as exc:
+            print(f"recs sql: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    if result is None:
+        print("recs sql: the statement returned no rows (the warehouse is read-only here)")
+        return 0
+    show(result, args["output"] or "table", wide=args["output"] == "wide")
     return 0
 
 
@@ -297,7 +321,17 @@ def _synth(options: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `recs` console script; returns the exit status."""
-    args = vars(_parser().parse_args(argv))
+    # The temporary Prefect API `recs run` starts needs no telemetry (its heartbeat also logged lock errors).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    parser = _parser()
+    try:
+        namespace, extras = parser.parse_known_args(argv)
+        if extras:
+            subparser = parser._subparsers._group_actions[0].choices[namespace.command]  # noqa: SLF001
+            subparser.error(unknown_arguments(subparser, extras))
+    except SystemExit as exc:  # a bad option (2) or --help (0): argparse has printed why
+        return int(exc.code or 0)
+    args = vars(namespace)
     command = args.pop("command")
     if command == "run":
         return _run(args)
@@ -314,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         return _recommend(args["user_id"], args["warehouse"])
     if command == "trend":
         return _trend(args["warehouse"], args["runs"], args["chart"])
-    return _runs(args["warehouse"])
+    if command == "sql":
+        return _sql(args)
+    return _runs(args["warehouse"], args["output"])
 
 
 if __name__ == "__main__":

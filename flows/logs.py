@@ -2,6 +2,9 @@
 functions reach the run's logs in the Prefect UI."""
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import prefect  # noqa: F401  (configures Prefect's logging on import)
 from prefect.context import FlowRunContext, TaskRunContext
@@ -32,3 +35,45 @@ def _route_task_logs_to_prefect() -> None:
 
 
 _route_task_logs_to_prefect()
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as `inner` does, leaving out its traceback: the console gets one line per record,
+    the run's log file keeps the whole record."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info = bare.exc_text = bare.stack_info = None
+        return self.inner.format(bare)
+
+
+@contextmanager
+def log_to_file(path: Path) -> Iterator[Path]:
+    """Within the block, send every log record of this process to `path`, tracebacks included, and keep
+    tracebacks off the console, where each record stays one line. For `recs run` and `recs backfill`: a
+    failed run prints its reason and this path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+    logging.getLogger().addHandler(to_file)
+    _one_line_consoles()
+    try:
+        yield path
+    finally:
+        logging.getLogger().removeHandler(to_file)
+        to_file.close()
+
+
+def _one_line_consoles() -> None:
+    loggers = [entry for entry in logging.root.manager.loggerDict.values() if isinstance(entry, logging.Logger)]
+    for logger in [logging.getLogger(), *loggers]:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if not isinstance(handler.formatter, _WithoutTraceback):
+                    handler.setFormatter(_WithoutTraceback(handler.formatter))

@@ -3,8 +3,10 @@ publish -> gate -> (refit) -> recommend -> publish."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prefect import flow
@@ -13,7 +15,7 @@ from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 from flows.train import Phase, train_on_deployment
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, redact
 from tasks.evaluate import evaluate_task, published_model, with_fit_seconds
 from tasks.gate import gate_task
 from tasks.ingest import fetch_with_retries, load_dataset_task
@@ -53,16 +55,24 @@ def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir:
 
 
 @flow(name="nightly", log_prints=True)
-def nightly(config: PipelineConfig = PipelineConfig(), source: str | None = None) -> RunResult | State:
+def nightly(
+    config: PipelineConfig = PipelineConfig(), source: str | None = None, overrides: dict[str, Any] | None = None
+) -> RunResult | State:
     """Train the configured models, evaluate them, and publish the chosen model's top-n if the gate passes.
 
+    Prefect merges a run's parameters into the deployment's at the top level only: a run that passes
+    `config` replaces the deployment's whole config. `source` and `overrides` change part of it instead.
+
     Args:
-        config: every parameter of the run.
-        source: overrides `config.source`. Event triggers set this one: Prefect merges a run's parameters
-            into the deployment's at the top level, so a trigger setting `config` would drop its other fields.
+        config: every parameter of the run (in a deployment: the deployment's config).
+        source: replaces `config.source`; event triggers set this one.
+        overrides: config fields to change, the others kept as `config` has them, e.g. `{"top_n": 20}` or
+            `{"mlp": {"epochs": 8}}`; the result is validated as a whole.
     """
-    if source:
-        config = PipelineConfig.model_validate({**config.model_dump(), "source": source})
+    config = config.with_overrides({**(overrides or {}), **({"source": source} if source else {})})
+    if overrides:
+        shown = {**overrides, **({"source": redact(overrides["source"])} if "source" in overrides else {})}
+        print(f"config fields overridden for this run: {json.dumps(shown, default=str)}")
     with run_lock(config.warehouse, owner=flow_run.name or "nightly", timeout_seconds=config.lock_timeout_seconds):
         return _nightly_run(config)
 

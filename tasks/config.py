@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 import typing
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -51,6 +51,40 @@ def source_scheme(source: str) -> str:
     if scheme not in ("", *SOURCE_SCHEMES):
         raise ValueError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
     return scheme
+
+
+def local_path(source: str) -> Path | None:
+    """The file a `file://` URL or plain path names; None for http(s).
+
+    Raises:
+        ValueError: an unsupported scheme (see `source_scheme`).
+    """
+    scheme = source_scheme(source)
+    if scheme in ("http", "https"):
+        return None
+    return Path(unquote(urlsplit(source).path)) if scheme == "file" else Path(source)
+
+
+def flag(setting: str) -> str:
+    """The `recs run` option of a config field: `top_n` -> `--top-n`, `mlp.epochs` -> `--mlp-epochs`."""
+    return "--" + setting.replace(".", "-").replace("_", "-")
+
+
+def setting(name: str) -> str:
+    """A config field as messages name it, with its option: `lock_timeout_seconds (--lock-timeout-seconds)`.
+
+    Messages reach people who set the field in a deployment's parameters and people who pass the flag."""
+    return f"{name} ({flag(name)})"
+
+
+def _deep_merge(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 class _Params(BaseModel):
@@ -268,9 +302,12 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _published_model_is_trained(self) -> PipelineConfig:
         if self.model is not None and self.model not in self.models:
-            raise ValueError(f"model {self.model!r} is to be published but is not among models {self.models}")
+            raise ValueError(
+                f"{setting('model')} is {self.model!r}, to be published, but it is not among the models trained, "
+                f"{setting('models')} {','.join(self.models)}"
+            )
         if len(set(self.models)) != len(self.models):
-            raise ValueError(f"models lists a model twice: {self.models}")
+            raise ValueError(f"{setting('models')} names a model twice: {','.join(self.models)}")
         return self
 
     @model_validator(mode="before")
@@ -286,6 +323,20 @@ class PipelineConfig(BaseModel):
     def _supported_scheme(cls, value: str) -> str:
         source_scheme(value)
         return value
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
+        """This config with some fields changed and the rest kept, validated as a whole.
+
+        The fields this config was given explicitly are the base (so `as_of` alone still defaults the split
+        to temporal), `overrides` are merged over them (a model group such as `{"mlp": {"epochs": 8}}`
+        changes that field of the group only), and the result is validated like any config.
+
+        Raises:
+            pydantic.ValidationError: an unknown field or a bad value, named by its path.
+        """
+        if not overrides:
+            return self
+        return PipelineConfig.model_validate(_deep_merge(self.model_dump(exclude_unset=True), overrides))
 
     def redacted(self) -> PipelineConfig:
         """This config with any credentials in `source` removed: what runs.config and the run folder keep."""

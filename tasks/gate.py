@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import warehouse
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, setting
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,10 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
         if worse * change > tolerance:
             failures.append(f"{name} {'rose' if worse > 0 else 'fell'} from {old:.4f} to {new:.4f} ({change:+.1%})")
     if failures:
-        reason = f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance against run {baseline_run_id}"
+        reason = (
+            f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance ({setting('gate_tolerance')}) "
+            f"against run {baseline_run_id}"
+        )
         return GateVerdict(False, reason, baseline_run_id)
     return GateVerdict(True, f"within {tolerance:.1%} of run {baseline_run_id}: {', '.join(compared)}", baseline_run_id)
 
@@ -83,7 +86,7 @@ def gate_task(
     if verdict.passed:
         log.info("quality gate passed: %s", verdict.reason)
     elif config.force:
-        log.warning("quality gate failed but --force publishes anyway: %s", verdict.reason)
+        log.warning("quality gate failed but %s publishes anyway: %s", setting("force"), verdict.reason)
     else:
         log.warning("quality gate rejected the run: %s", verdict.reason)
     return verdict

@@ -23,7 +23,6 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import httpx
 import polars as pl
@@ -31,12 +30,17 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, PipelineConfig, redact, source_scheme
+from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, PipelineConfig, local_path, redact, setting
 from tasks.movielens import Layout, detect_layout, keep_latest_ratings
 
 log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 1 << 20
+# The first run on a machine without internet access meets this: the default source is GroupLens's URL.
+_OFFLINE_HINT = (
+    f"If this machine has no internet access, set {setting('source')} to a local copy of the archive, "
+    "e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
+)
 # Bump when parsing changes what lands in datasets/<sha256>/, so archives parsed before are parsed again.
 PARSER_VERSION = 2
 
@@ -44,9 +48,10 @@ PARSER_VERSION = 2
 class IngestError(RuntimeError):
     """The source could not be fetched or is not a usable MovieLens archive."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.unreachable = unreachable  # no connection to the source's host could be made (offline, DNS)
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,9 @@ class Dataset:
 def _local_path(source: str) -> Path | None:
     """The file a `file://` URL or plain path names; None for http(s). Other schemes are refused."""
     try:
-        scheme = source_scheme(source)
+        return local_path(source)
     except ValueError as exc:
         raise IngestError(str(exc)) from exc
-    if scheme in ("http", "https"):
-        return None
-    return Path(unquote(urlsplit(source).path)) if scheme == "file" else Path(source)
 
 
 def sha256_of(path: Path) -> str:
@@ -98,7 +100,10 @@ def sha256_of(path: Path) -> str:
 
 def _check_expected(sha256: str, expected: str | None, source: str) -> None:
     if expected is not None and sha256 != expected.lower():
-        raise IngestError(f"source {redact(source)!r}: sha256 is {sha256}, expected {expected.lower()}; refused")
+        raise IngestError(
+            f"source {redact(source)!r}: sha256 is {sha256}, expected {expected.lower()}; refused "
+            f"(the expected sha256 is set by {setting('source_sha256')})"
+        )
 
 
 class _SourceIndex:
@@ -164,6 +169,8 @@ def _download(source: str, archive_dir: Path, timeout: float, index: _SourceInde
                 tmp.unlink(missing_ok=True)
             index.remember(source, sha256, response)
             return final, sha256
+    except httpx.ConnectError as exc:
+        raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True, unreachable=True) from exc
     except httpx.TransportError as exc:
         raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True) from exc
 
@@ -251,7 +258,7 @@ def _check_size(archive: zipfile.ZipFile, members: list[str], out_dir: Path, lim
     if declared > limit:
         raise IngestError(
             f"archive {source!r}: {', '.join(members)} expand to {declared:,} bytes, over the "
-            f"{limit:,} byte limit (max_extracted_bytes); refused"
+            f"{limit:,} byte limit ({setting('max_extracted_bytes')}); refused"
         )
     free = shutil.disk_usage(out_dir).free
     if declared > free:
@@ -268,7 +275,9 @@ def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budge
         while chunk := src.read(_CHUNK_BYTES):
             budget[0] -= len(chunk)
             if budget[0] < 0:
-                raise IngestError(f"archive member {name!r}: expands past the {limit:,} byte limit (max_extracted_bytes); refused")
+                raise IngestError(
+                    f"archive member {name!r}: expands past the {limit:,} byte limit ({setting('max_extracted_bytes')}); refused"
+                )
             out.write(chunk)
     return target
 
@@ -421,10 +430,16 @@ def fetch_with_retries(config: PipelineConfig) -> Archive:
     The wait doubles from `config.download_retry_delay_seconds`; Prefect's jitter draws each wait between
     0.63 and 1.5 times its value, keeping the average.
     """
-    return fetch_archive_task.with_options(
+    fetch = fetch_archive_task.with_options(
         retries=config.download_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=config.download_retry_delay_seconds),
-    )(config)
+    )
+    try:
+        return fetch(config)
+    except IngestError as exc:
+        if exc.unreachable:  # said once, when the retries are spent, not in every retry's log line
+            raise IngestError(f"{exc}. {_OFFLINE_HINT}") from exc
+        raise
 
 
 @task(name="parse-archive")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tasks.config import setting
 from tasks.publish import utc_now
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def run_lock(warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, pol
                     waited_for = f"gave up after waiting {timeout_seconds:g}s" if timeout_seconds else "not waiting"
                     raise RunLockedError(
                         f"another nightly run holds {path}: {_holder(path)}; {waited_for} "
-                        "(lock_timeout_seconds sets the wait). Nothing was changed."
+                        f"({setting('lock_timeout_seconds')} sets the wait). Nothing was changed."
                     ) from None
                 if not waited:
                     log.info("waiting up to %gs for %s to finish (%s)", timeout_seconds, _holder(path), path)

@@ -1,14 +1,18 @@
-"""End to end against a real Prefect server on 127.0.0.1: work pools, `prefect deploy` of deploy/prefect.yaml,
-workers, (a) a deployment run that trains through the training deployment, (b) the ratings-updated event
-triggering a run. Every process the test starts is stopped by its pid (and its process group) at the end.
+"""End to end against a real Prefect server on 127.0.0.1, set up by the README's own commands ("From an
+empty machine to a scheduled run", run line by line): the server, the work pools, `prefect deploy --all` of
+deploy/prefect.yaml and a worker. Then: the server's scheduler creating the nightly's 03:00 runs and a
+short interval schedule's run completing on the worker; a deployment run that trains through the training
+deployment; the ratings-updated event triggering a run; a run that overrides one setting; two runs at once.
+Every process the test starts is stopped by its pid (and its process group) at the end.
 
-Select it with `pytest -m e2e`; it takes one to three minutes.
+Select it with `pytest -m e2e`; it takes three to four minutes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,8 +30,19 @@ from tests.conftest import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+BIN = Path(sys.executable).parent
+PREFECT = str(BIN / "prefect")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+README_SETUP = "### From an empty machine to a scheduled run"
+NIGHTLY_MODELS = ["dot_bias", "dot", "mlp", "user_knn", "item_knn", "bpr", "ease", "bias", "popularity"]
+
+
+def readme_setup_commands() -> list[str]:
+    """The command lines of the README's first block under README_SETUP, comments dropped."""
+    section = (REPO / "README.md").read_text().split(README_SETUP, 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split(" #", 1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _api(method: str, url: str, **kwargs) -> httpx.Response:
@@ -61,7 +76,8 @@ class Stack:
             "PREFECT_HOME": str(root / "prefect-home"),
             "PREFECT_API_URL": self.api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no 03:00 runs during the test
+            # The scheduler is on, as on a user's server; it looks for new schedules every 5 s, not 60.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_LOGGING_LEVEL": "INFO",
         }
@@ -75,9 +91,26 @@ class Stack:
         return process
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([PREFECT, *args], cwd=self.checkout, env=self.env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        return self.command(PREFECT, *args)
+
+    def command(self, *args: str) -> str:
+        done = subprocess.run(args, cwd=self.checkout, env=self.env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
+
+    def readme_line(self, line: str) -> None:
+        """One line of the README's set-up block, as a user types it: `export` sets the environment, a
+        trailing `&` starts a background process, anything else must exit 0. `.venv/bin/` is this Python's
+        folder and port 4200 the test's free port."""
+        line = line.replace(".venv/bin/", f"{BIN}/").replace("4200", str(self.port))
+        if line.startswith("export "):
+            name, value = line.removeprefix("export ").split("=", 1)
+            self.env[name] = value
+        elif line.endswith("&"):
+            args = shlex.split(line.removesuffix("&"))
+            self.start("-".join(arg for arg in args[1:4] if not arg.startswith("-")), *args)
+        else:
+            self.command(*shlex.split(line))
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -112,20 +145,12 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     for folder in ("flows", "tasks", "warehouse", "deploy"):
         shutil.copytree(REPO / folder, stack.checkout / folder, ignore=shutil.ignore_patterns("__pycache__", "*.duckdb*", "*.png"))
     try:
-        stack.start("server", PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(stack.port))
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{stack.api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"prefect server did not come up\n{stack.logs()}"
-            time.sleep(1)
-        stack.cli("work-pool", "create", "recs-cpu", "--type", "process")
-        stack.cli("work-pool", "create", "recs-gpu", "--type", "process")  # stands in for the GPU host's pool
-        stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
-        stack.start("worker-cpu", PREFECT, "worker", "start", "--pool", "recs-cpu")
+        for line in readme_setup_commands():
+            if " deployment run " in line:  # the tests below start their runs with a loopback source instead
+                continue
+            stack.readme_line(line)
+        assert stack.env["PREFECT_API_URL"] == stack.api, "the README's set-up no longer exports the API's URL"
+        # The GPU host's worker, on the pool the README created for it.
         stack.start("worker-gpu", PREFECT, "worker", "start", "--pool", "recs-gpu")
         yield stack
     finally:
@@ -185,6 +210,38 @@ def test_prefect_deploy_registered_the_schedule_limit_and_trigger(stack):
     assert gpu["work_pool_name"] == "recs-gpu"
 
 
+def _wait_for(what: str, stack: Stack, probe, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"{what} after {timeout}s\n{stack.logs()}"
+        time.sleep(1)
+    return found
+
+
+def test_the_servers_scheduler_creates_runs_and_a_worker_completes_one(stack, source_url):
+    # The nightly's cron: the scheduler service (not the test, not `prefect deploy`) creates its next runs.
+    nightly_id = _deployment_id(stack, "nightly/nightly")
+    upcoming = _wait_for("the scheduler created no nightly run", stack, lambda: [
+        r for r in _flow_runs(stack, nightly_id) if r["auto_scheduled"] and r["state"]["type"] == "SCHEDULED"
+    ])  # fmt: skip
+    assert all(r["expected_start_time"][11:19] == "03:00:00" for r in upcoming), [r["expected_start_time"] for r in upcoming]
+
+    # A short interval schedule made for the test: the scheduler creates its runs, the README's worker runs one.
+    config = {"source": source_url, "models": ["popularity"], "refit_on_all": False,
+              "warehouse": "warehouse/scheduled.duckdb", "lock_timeout_seconds": 120}  # fmt: skip
+    stack.cli("--no-prompt", "deploy", "flows/nightly.py:nightly", "--name", "every-30s", "--pool", "recs-cpu",
+              "--interval", "30", "--concurrency-limit", "1", "--params", json.dumps({"config": config}))  # fmt: skip
+    every_30s = _deployment_id(stack, "nightly/every-30s")
+    (completed, *_) = _wait_for("no scheduled run completed", stack, lambda: [
+        r for r in _flow_runs(stack, every_30s) if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"
+    ], timeout=240)  # fmt: skip
+    stack.cli("deployment", "delete", "nightly/every-30s")  # no more runs of it during the other tests
+    with duckdb.connect(str(stack.checkout / "warehouse" / "scheduled.duckdb"), read_only=True) as con:
+        runs = con.execute("SELECT status FROM runs WHERE flow_run_id = ?", [completed["id"]]).fetchall()
+        n_users = con.execute("SELECT count(DISTINCT user_id) FROM recommendations").fetchone()[0]
+    assert runs == [("succeeded",)] and n_users == 943
+
+
 def test_a_deployment_run_trains_on_the_training_deployment_and_publishes(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
     parameters = {"config": {"source": source_url, "train_deployment": "train/gpu", "models": ["dot_bias", "ease"]}}
@@ -219,10 +276,12 @@ def test_the_ratings_updated_event_triggers_a_nightly_run(stack, source_url):
     assert n_users == 943 and runs[-1][1:3] == (triggered["id"], "succeeded")
 
 
-def test_two_nightly_runs_at_once_run_one_after_the_other(stack, source_url):
+def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deployments_config(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
+    # One setting changed for these runs; the deployment's nine models and everything else stay.
+    parameters = {"source": source_url, "overrides": {"top_n": 5}}
     ids = [
-        _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": {"source": source_url}}).json()["id"]
+        _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters}).json()["id"]
         for _ in range(2)
     ]
     runs = [stack.wait_for_run(run_id) for run_id in ids]
@@ -230,5 +289,10 @@ def test_two_nightly_runs_at_once_run_one_after_the_other(stack, source_url):
     first, second = sorted(runs, key=lambda r: r["start_time"])
     assert first["end_time"] <= second["start_time"], "the deployment's concurrency limit let two runs overlap"
     with duckdb.connect(str(stack.checkout / "warehouse" / "recs.duckdb"), read_only=True) as con:
-        statuses = con.execute("SELECT status FROM runs WHERE flow_run_id IN (?, ?)", ids).fetchall()
-    assert sorted(statuses) == [("succeeded",), ("succeeded",)]
+        rows = con.execute("SELECT status, config FROM runs WHERE flow_run_id IN (?, ?)", ids).fetchall()
+        list_lengths = con.execute("SELECT DISTINCT count(*) FROM recommendations GROUP BY user_id").fetchall()
+    assert sorted(status for status, _ in rows) == ["succeeded", "succeeded"]
+    for _, config in rows:
+        config = json.loads(config)
+        assert (config["top_n"], config["models"], config["gate_tolerance"]) == (5, NIGHTLY_MODELS, 0.1)
+    assert list_lengths == [(5,)]

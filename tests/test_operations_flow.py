@@ -52,7 +52,9 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
     # --force publishes it anyway, and says so; `recs run` exits 3 on a rejection.
     capsys.readouterr()
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--refit-on-all", "--no-refit-on-all"]) == 3
-    assert "rejected by the quality gate" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rejected by the quality gate" in out and "--gate-tolerance" in out
+    assert "metrics of the candidate model, dot_bias, on the test split (not published)" in out and "published model" not in out
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--no-refit-on-all", "--force"]) == 0
     (forced,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
     assert forced != good

@@ -94,7 +94,7 @@ def test_archive_expanding_past_the_limit_is_refused_before_extracting(tmp_path)
     rows = "1\t10\t4\t881250949\n" * 500_000  # 8.5 MB that deflates to a few KB: a small zip bomb
     archive = _ml100k(tmp_path, rows)
     assert archive.stat().st_size < 100_000
-    with pytest.raises(IngestError, match=r"expand to 8,500,\d+ bytes, over the 1,000,000 byte limit \(max_extracted_bytes\)"):
+    with pytest.raises(IngestError, match=r"expand to 8,500,\d+ bytes, over the 1,000,000 byte limit \(max_extracted_bytes \(--max-extracted-bytes\)\)"):
         _load(archive, tmp_path / "data", max_extracted_bytes=1_000_000)
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.name != "ml-100k.zip"]
     assert _load(archive, tmp_path / "data").n_ratings == 1  # under the default limit it parses (one pair, repeated)

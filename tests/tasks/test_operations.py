@@ -22,7 +22,7 @@ from tests.conftest import REPO, write_zip
 def test_second_holder_is_refused_with_the_holders_name(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
     with run_lock(warehouse_path, owner="first-run"):
-        with pytest.raises(RunLockedError, match=r"first-run.*not waiting.*Nothing was changed"):
+        with pytest.raises(RunLockedError, match=r"first-run.*not waiting \(lock_timeout_seconds \(--lock-timeout-seconds\) sets the wait\)\. Nothing was changed"):
             with run_lock(warehouse_path, owner="second-run"):
                 pass
     with run_lock(warehouse_path, owner="third-run"):  # released on exit

@@ -1,0 +1,68 @@
+"""How the command line prints query results: plain columns that fit the terminal, or CSV, or JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, datetime
+
+import polars as pl
+
+# Narrowest a column is cut to when a table must fit the terminal.
+_MIN_COLUMN = 8
+
+
+def terminal_width() -> int:
+    """The terminal's width; 120 when the output is not a terminal (a pipe, a file, a test)."""
+    return shutil.get_terminal_size(fallback=(120, 24)).columns
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return str(round(value, 4)).removesuffix(".0")
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def text_table(frame: pl.DataFrame, width: int | None = None) -> str:
+    """The frame as left-aligned columns two spaces apart. With a `width`, the widest columns are cut
+    (ending in `…`) until each line fits; None prints every cell whole."""
+    header = frame.columns
+    rows = [[_cell(value) for value in row] for row in frame.iter_rows()]
+    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
+    while width is not None and sum(widths) + 2 * (len(widths) - 1) > width:
+        widest = max(range(len(widths)), key=widths.__getitem__)
+        if widths[widest] <= _MIN_COLUMN:
+            break
+        widths[widest] -= 1
+
+    def line(cells: list[str]) -> str:
+        cut = [cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(cells, widths)]
+        return "  ".join(cell.ljust(w) for cell, w in zip(cut, widths)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+
+
+def as_json(frame: pl.DataFrame) -> str:
+    """The rows as a JSON array of objects; times in ISO 8601."""
+    return json.dumps(frame.to_dicts(), default=lambda value: value.isoformat() if isinstance(value, date) else str(value),
+                      indent=1)  # fmt: skip
+
+
+def show(frame: pl.DataFrame, output: str = "table", wide: bool = False) -> None:
+    """Print the frame: `table` (fitted to the terminal unless `wide`), `csv` or `json`."""
+    if output == "csv":
+        lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)]
+        flat = frame.with_columns(pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(", ") for name in lists)
+        print(flat.write_csv(), end="")
+    elif output == "json":
+        print(as_json(frame))
+    else:
+        print(text_table(frame, None if wide else terminal_width()))

@@ -1,0 +1,157 @@
+"""The command line's options and its messages about them.
+
+`recs run` and `recs backfill` get one option per `PipelineConfig` field (per field of a model's group:
+`--mlp-epochs`), so each default and description is written once, in `tasks/config.py`. Whatever is wrong
+with an option is said in terms of flags: an unknown flag gets the closest known one, a bad element of a
+list option is named with its flag, and a local source that does not exist is refused here, before Prefect
+starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import types
+import typing
+from typing import NoReturn
+
+from pydantic import BaseModel, ValidationError
+
+from tasks.config import PipelineConfig, flag, local_path, redact
+
+_DEFAULTS = PipelineConfig()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with one-line errors: `recs run: <what is wrong>` and where the options are listed, not
+    the 60-option usage line argparse prints by default."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def unknown_arguments(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """What to say about arguments no option took: each unknown flag with the closest known one."""
+    options = sorted({option for action in parser._actions for option in action.option_strings})  # noqa: SLF001
+    unknown = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")]
+    if not unknown:
+        return f"unexpected argument(s) {' '.join(map(repr, extras))}"
+    said = []
+    for option in unknown:
+        close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+        said.append(f"unknown option {option}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return "; ".join(said)
+
+
+def _option_type(annotation: object) -> object:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per config field: type, choices, description and default. Lists are comma-separated
+    (`--models ease,bpr`)."""
+    for name, field in PipelineConfig.model_fields.items():
+        annotation = _option_type(field.annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            group = getattr(_DEFAULTS, name)
+            for sub, sub_field in annotation.model_fields.items():
+                _add_option(parser, f"{name}.{sub}", _option_type(sub_field.annotation), sub_field.description,
+                            getattr(group, sub))  # fmt: skip
+        else:
+            _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _add_option(parser: argparse.ArgumentParser, dest: str, annotation: object, description: str | None,
+                default: object) -> None:  # fmt: skip
+    help_text = f"{description} (default: {default})".replace("%", "%%")
+    if annotation is bool:
+        parser.add_argument(flag(dest), dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help=help_text)  # fmt: skip
+    elif typing.get_origin(annotation) is typing.Literal:
+        parser.add_argument(flag(dest), dest=dest, choices=typing.get_args(annotation), default=argparse.SUPPRESS,
+                            help=help_text)  # fmt: skip
+    elif typing.get_origin(annotation) is list:
+        parser.add_argument(flag(dest), dest=dest, type=_split_list, metavar="A,B", default=argparse.SUPPRESS, help=help_text)
+    else:
+        metavar = "PATH" if getattr(annotation, "__name__", "") == "Path" else getattr(annotation, "__name__", "VALUE").upper()
+        parser.add_argument(flag(dest), dest=dest, type=str, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
+
+
+def nested(options: dict) -> dict:
+    """`{"mlp.epochs": 3}` -> `{"mlp": {"epochs": 3}}` (the config's model groups)."""
+    out: dict = {}
+    for key, value in options.items():
+        group, _, field = key.rpartition(".")
+        (out.setdefault(group, {}) if group else out)[field] = value
+    return out
+
+
+def _choices(path: list[str]) -> tuple[str, ...]:
+    """The allowed values of a Literal field (or of a list of them) at `path` in the config."""
+    model: type[BaseModel] = PipelineConfig
+    annotation: object = None
+    for part in path:
+        annotation = _option_type(model.model_fields[part].annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """A config's validation errors in flags: `--models: 'bpr2' is not one of dot_bias, dot, ... (did you mean bpr?)`."""
+    said = []
+    for error in exc.errors():
+        path = [part for part in error["loc"] if isinstance(part, str)]
+        given = error.get("input")
+        if path == ["source"] and isinstance(given, str):
+            given = redact(given)
+        if not path:  # a rule across fields: its message names the fields and their flags already
+            said.append(error["msg"].removeprefix("Value error, "))
+            continue
+        where = flag(".".join(path))
+        if error["type"] == "extra_forbidden":
+            said.append(f"{where}: no such setting")
+        elif error["type"] == "literal_error" and (choices := _choices(path)):
+            close = difflib.get_close_matches(str(given), choices, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            said.append(f"{where}: {given!r} is not one of {', '.join(choices)}{hint}")
+        else:
+            element = " in the list" if any(isinstance(part, int) for part in error["loc"]) else ""
+            said.append(f"{where}: {given!r}{element}: {error['msg'].removeprefix('Value error, ')}")
+    return said
+
+
+def config_from_options(command: str, options: dict) -> PipelineConfig | None:
+    """The config the options describe, or None after printing what is wrong (`recs <command>: ...`)."""
+    try:
+        config = PipelineConfig(**nested(options))
+    except ValidationError as exc:
+        for message in describe_errors(exc):
+            print(f"recs {command}: {message}", file=sys.stderr)
+        return None
+    problem = local_source_problem(config.source)
+    if problem:
+        print(f"recs {command}: --source: {problem}", file=sys.stderr)
+        return None
+    return config
+
+
+def local_source_problem(source: str) -> str | None:
+    """Why a local source cannot be read (no such file, a directory), or None; URLs are checked when fetched."""
+    path = local_path(source)
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"{str(path)!r} is a directory; expected a MovieLens .zip archive"
+    if not path.exists():
+        return f"no such file {str(path)!r}"
+    return None

@@ -1,0 +1,129 @@
+"""The `recs` command line speaks in flags: unknown flags get the closest one, bad list elements and cross-field
+rules name their flags, a missing local source is refused before Prefect starts, a failed run prints one
+line and where its log is, and the reader commands fit a 120-column terminal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+
+from flows.cli import main
+from flows.console import text_table
+from tasks.config import PipelineConfig
+from tests.conftest import REPO
+
+
+def _err(capsys, argv: list[str], status: int = 2) -> str:
+    assert main(argv) == status
+    return capsys.readouterr().err
+
+
+def test_an_unknown_flag_suggests_the_closest_one(capsys):
+    err = _err(capsys, ["run", "--modles", "ease"])
+    assert err.startswith("recs run: unknown option --modles (did you mean --models?)")
+    assert "usage:" not in err  # one line, not the 60-option usage
+    assert "did you mean --top-n?" in _err(capsys, ["run", "--top_n", "5"])
+    assert "unknown option --warehose (did you mean --warehouse?)" in _err(capsys, ["runs", "--warehose", "x.duckdb"])
+
+
+def test_a_bad_list_element_is_named_with_its_flag(capsys):
+    err = _err(capsys, ["run", "--models", "ease,bpr2"])
+    assert err.strip() == ("recs run: --models: 'bpr2' is not one of dot_bias, dot, mlp, user_knn, item_knn, bpr, ease, "
+                           "bias, popularity (did you mean bpr?)")  # fmt: skip
+    assert "recs run: --mlp-hidden: 'abc' in the list: Input should be a valid integer" in _err(
+        capsys, ["run", "--mlp-hidden", "128,abc"]
+    )
+    assert "recs run: --top-n: 'x': Input should be a valid integer" in _err(capsys, ["run", "--top-n", "x"])
+
+
+def test_rules_across_settings_name_their_flags(capsys):
+    err = _err(capsys, ["run", "--model", "ease", "--models", "dot_bias,bpr"])
+    assert "model (--model) is 'ease'" in err and "models (--models) dot_bias,bpr" in err
+    assert "models (--models) names a model twice" in _err(capsys, ["run", "--models", "ease,ease"])
+
+
+def test_a_missing_local_source_is_refused_before_prefect_starts(tmp_path):
+    for source, said in ((str(tmp_path / "ml-100k.zp"), "no such file"), (str(tmp_path), "is a directory")):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--source", source], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"recs run: --source: ") and said in done.stderr
+        assert "prefect" not in (done.stdout + done.stderr).lower()  # no temporary API was started
+        assert time.monotonic() - started < 20
+
+
+def test_overrides_change_some_fields_and_keep_the_rest():
+    deployment = PipelineConfig.model_validate({"models": ["ease", "bpr"], "mlp": {"epochs": 3}, "top_n": 7})
+    run = deployment.with_overrides({"top_n": 20, "mlp": {"dropout": 0.3}})
+    assert (run.models, run.top_n, run.mlp.epochs, run.mlp.dropout) == (["ease", "bpr"], 20, 3, 0.3)
+    assert deployment.with_overrides(None) is deployment
+    assert deployment.with_overrides({"as_of": "1998-01-01"}).split == "temporal"  # as for any as_of run
+    with pytest.raises(ValueError, match="top_nn"):
+        deployment.with_overrides({"top_nn": 20})
+    with pytest.raises(ValueError, match="not among the models trained"):
+        deployment.with_overrides({"model": "dot"})  # the deployment's models stay: dot is not trained
+
+
+def test_text_tables_fit_the_width_by_cutting_the_widest_column():
+    frame = pl.DataFrame({"run_id": ["20261123T152730Z-f0e9fd"], "rmse": [0.9079712], "reason": ["x" * 200]})
+    fitted = text_table(frame, 60).splitlines()
+    assert max(map(len, fitted)) <= 60 and fitted[2].endswith("…") and "0.908" in fitted[2]
+    assert max(map(len, text_table(frame, None).splitlines())) > 200  # --wide: every cell whole
+
+
+@pytest.mark.slow
+def test_a_failed_run_prints_one_line_and_where_the_log_is(tmp_path, faulty_server):
+    unreachable = faulty_server(b"", "refused").url
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--source", unreachable, "--download-retries", "0",
+         "--data-dir", str(tmp_path / "data"), "--warehouse", str(tmp_path / "W.duckdb")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    console = done.stdout + done.stderr
+    assert "Traceback" not in console
+    reason = [line for line in done.stderr.splitlines() if line.startswith("recs run: the run failed: ")]
+    assert len(reason) == 1 and "ConnectError" in reason[0]
+    assert "set source (--source) to a local copy of the archive" in reason[0]
+    (log_line,) = [line for line in done.stderr.splitlines() if "the full log, tracebacks included, is" in line]
+    log_file = REPO / log_line.rsplit(" is ", 1)[1]
+    assert log_file.parent == tmp_path / "data" / "logs"
+    assert "Traceback" in log_file.read_text() and "ConnectError" in log_file.read_text()
+
+
+@pytest.mark.slow
+def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_path, capsys, prefect_harness):
+    warehouse_path = tmp_path / "W.duckdb"
+    common = ["--source", str(ml100k_zip), "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D")]
+    assert main(["run", *common, "--model", "popularity", "--no-refit-on-all"]) == 0
+    assert main(["run", *common, "--model", "bias", "--top-n", "0"]) == 2  # a bad option: nothing runs
+    capsys.readouterr()
+
+    assert main(["runs", "--warehouse", str(warehouse_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and max(map(len, table)) <= 120 and table[2].split()[1] == "succeeded"
+    assert main(["runs", "--json", "--warehouse", str(warehouse_path)]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["status"] == "succeeded" and run["model"] == "popularity" and "first run" in run["reason"]
+
+    query = "SELECT count(*) AS n, count(DISTINCT user_id) AS users FROM recommendations"
+    assert main(["sql", query, "--warehouse", str(warehouse_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split() == ["9430", "943"]
+    assert main(["sql", query, "--csv", "--warehouse", str(warehouse_path)]) == 0
+    assert capsys.readouterr().out == "n,users\n9430,943\n"
+    assert main(["sql", "SELECT title, genres FROM items WHERE item_id = $id", "--param", "id=50", "--json",
+                 "--warehouse", str(warehouse_path)]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == [{"title": "Star Wars (1977)", "genres": ["Action", "Adventure", "Romance", "Sci-Fi", "War"]}]
+    assert main(["sql", "--file", str(REPO / "warehouse/queries/latest_runs.sql"), "--warehouse", str(warehouse_path)]) == 0
+    capsys.readouterr()
+
+    assert main(["sql", "DELETE FROM recommendations", "--warehouse", str(warehouse_path)]) == 1
+    assert "read-only mode" in capsys.readouterr().err
+    assert main(["sql", "SELECT count(*) FROM recommendations", "--csv", "--warehouse", str(warehouse_path)]) == 0
+    assert capsys.readouterr().out.endswith("\n9430\n")
