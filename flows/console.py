@@ -10,6 +10,10 @@ import polars as pl
 
 # Narrowest a column is cut to when a table must fit the terminal.
 _MIN_COLUMN = 8
+# Columns never cut: ids are for copying into the next command or query.
+_WHOLE = {"run_id", "flow_run_id", "user_id", "item_id"}
+# Most decimals a number is shown with.
+_DECIMALS = 4
 
 
 def terminal_width() -> int:
@@ -17,11 +21,17 @@ def terminal_width() -> int:
     return shutil.get_terminal_size(fallback=(120, 24)).columns
 
 
-def _cell(value: object) -> str:
+def _decimals(values: list[object]) -> int:
+    """Decimals that show every float of a column (at most _DECIMALS), so a column's numbers line up."""
+    shown = [f"{value:.{_DECIMALS}f}".rstrip("0") for value in values if isinstance(value, float)]
+    return max((len(text.partition(".")[2]) for text in shown), default=0)
+
+
+def _cell(value: object, decimals: int) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return str(round(value, 4)).removesuffix(".0")
+        return f"{value:.{decimals}f}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, date):
@@ -32,13 +42,16 @@ def _cell(value: object) -> str:
 
 
 def text_table(frame: pl.DataFrame, width: int | None = None) -> str:
-    """The frame as left-aligned columns two spaces apart. With a `width`, the widest columns are cut
-    (ending in `…`) until each line fits; None prints every cell whole."""
+    """The frame as left-aligned columns two spaces apart, each float column with the decimals its values
+    need (at most 4). With a `width`, the widest columns are cut (ending in `…`) until each line fits, ids
+    never; None prints every cell whole."""
     header = frame.columns
-    rows = [[_cell(value) for value in row] for row in frame.iter_rows()]
+    decimals = [_decimals(frame[name].to_list()) for name in header]
+    rows = [[_cell(value, decimals[i]) for i, value in enumerate(row)] for row in frame.iter_rows()]
     widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
-    while width is not None and sum(widths) + 2 * (len(widths) - 1) > width:
-        widest = max(range(len(widths)), key=widths.__getitem__)
+    cuttable = [i for i, name in enumerate(header) if name not in _WHOLE]
+    while width is not None and cuttable and sum(widths) + 2 * (len(widths) - 1) > width:
+        widest = max(cuttable, key=widths.__getitem__)
         if widths[widest] <= _MIN_COLUMN:
             break
         widths[widest] -= 1

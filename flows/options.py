@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 import types
 import typing
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from tasks.config import PipelineConfig, flag, local_path, redact
 
 _DEFAULTS = PipelineConfig()
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,6 +30,10 @@ class Parser(argparse.ArgumentParser):
     the 60-option usage line argparse prints by default."""
 
     def error(self, message: str) -> NoReturn:
+        if match := _INVALID_CHOICE.search(message):  # `recs rnu`, `--split stratifed`: the closest choice
+            choices = re.findall(r"'([^']*)'", match.group(2))
+            if close := difflib.get_close_matches(match.group(1), choices, n=1):
+                message += f" (did you mean {close[0]}?)"
         self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists the options)\n")
 
 

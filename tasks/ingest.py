@@ -325,7 +325,7 @@ def _apply_bad_row_policy(meta: dict, policy: BadRowPolicy, source: str) -> None
             "Fix the file, or run with on_bad_rows=drop (--on-bad-rows drop) to skip them and record the count"
         )
     if n_bad:
-        log.warning("dropped %d bad ratings row(s) (on_bad_rows=drop), first: %s", n_bad, meta["bad_row_examples"][0])
+        log.warning("dropped %d bad ratings row(s) (on_bad_rows=drop, --on-bad-rows drop), first: %s", n_bad, meta["bad_row_examples"][0])
 
 
 def load_dataset(

@@ -10,6 +10,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.config import setting
 from tasks.ingest import Dataset
 
 
@@ -86,7 +87,7 @@ def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     kept = ratings.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if kept.height == 0:
         first, last = (datetime.fromtimestamp(int(t), timezone.utc) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
-        raise ValueError(f"as_of {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+        raise ValueError(f"{setting('as_of')} {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first:%Y-%m-%d} to {last:%Y-%m-%d}")
     return kept
 
 

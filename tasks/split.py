@@ -18,7 +18,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import PipelineConfig, SplitMethod
+from tasks.config import PipelineConfig, SplitMethod, setting
 
 
 def _with_random_key(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -42,7 +42,7 @@ def split_ratings(
         (train, test), each with the input's columns, sorted by user then item.
     """
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction is {test_fraction}, expected a value between 0 and 1")
+        raise ValueError(f"{setting('test_fraction')} is {test_fraction}, expected a value between 0 and 1")
     keyed = _with_random_key(ratings, seed)
     if method == "random":
         n_test = round(keyed.height * test_fraction)

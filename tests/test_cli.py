@@ -29,6 +29,8 @@ def test_an_unknown_flag_suggests_the_closest_one(capsys):
     assert "usage:" not in err  # one line, not the 60-option usage
     assert "did you mean --top-n?" in _err(capsys, ["run", "--top_n", "5"])
     assert "unknown option --warehose (did you mean --warehouse?)" in _err(capsys, ["runs", "--warehose", "x.duckdb"])
+    assert "invalid choice: 'rnu'" in (err := _err(capsys, ["rnu"])) and "(did you mean run?)" in err
+    assert "(did you mean stratified?)" in _err(capsys, ["run", "--split", "stratifed"])
 
 
 def test_a_bad_list_element_is_named_with_its_flag(capsys):

@@ -129,9 +129,11 @@ def test_every_table_of_figures_names_the_command_that_regenerates_it():
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:
-    """A scratch folder laid out like a checkout: `.venv` is this Python's, `../shared/datasets` the real data."""
+    """A scratch folder laid out like a checkout: `.venv` is this Python's, `../shared/datasets` the real data,
+    `warehouse/queries` the repository's."""
     root = tmp_path_factory.mktemp("docs")
-    (root / "checkout").mkdir()
+    (root / "checkout" / "warehouse").mkdir(parents=True)
+    (root / "checkout" / "warehouse" / "queries").symlink_to(REPO / "warehouse" / "queries")
     (root / "checkout" / ".venv").symlink_to(Path(sys.prefix))
     (root / "shared").mkdir()
     (root / "shared" / "datasets").symlink_to(DATASETS.resolve())

@@ -89,7 +89,7 @@ def publish_repeatedly(path: Path, n_runs: int, n_users: int, report: Path) -> N
     seconds = []
     for i in range(n_runs):
         started = time.perf_counter()
-        run_id = f"run-{i:03d}"
+        run_id = f"run-{i + 1:03d}"  # after the test's own run-000
         publish.start_run(path, run_id, None, "{}", publish.utc_now())
         publish.publish(path, run_id, lists(n_users, seed=i), ITEMS, {})
         seconds.append(time.perf_counter() - started)

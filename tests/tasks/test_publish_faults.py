@@ -64,8 +64,10 @@ def test_sigkill_while_publishing_keeps_the_old_lists_or_completes_the_new(point
 @pytest.mark.parametrize("delay", [0.3, 0.6, 0.9, 1.2, 1.5])
 def test_sigkill_at_any_moment_of_repeated_publishes_leaves_one_complete_list(delay, tmp_path):
     path = tmp_path / "W.duckdb"
-    start_run(path, "run-old", None, "{}", utc_now())
-    publish(path, "run-old", lists(N_USERS, seed=99), ITEMS, {})
+    # The published run before the worker's run-001, run-002, ...: ids that sort in the order the runs start,
+    # which the last assertion relies on ("run-old" sorted after them and failed it whenever one had published).
+    start_run(path, "run-000", None, "{}", utc_now())
+    publish(path, "run-000", lists(N_USERS, seed=99), ITEMS, {})
     child = _worker("publish-repeatedly", path, 50, N_USERS, tmp_path / "report.json")
     time.sleep(delay)
     child.kill()
