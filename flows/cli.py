@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
-    print(text_table(frame.with_columns(pl.selectors.float().round(4)), terminal_width()))
+    print(text_table(frame, terminal_width()))
 
 
 # Exit statuses of `recs run`: 0 published, 1 failed, 2 bad option, 3 rejected by the quality gate.
@@ -296,7 +296,7 @@ def _sql(args: dict) -> int:
             print(f"recs sql: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     if result is None:
-        print("recs sql: the statement returned no rows (the warehouse is read-only here)")
+        print("recs sql: the last statement returns no result")
         return 0
     show(result, args["output"] or "table", wide=args["output"] == "wide")
     return 0

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import PipelineConfig, flag, local_path, redact
+from tasks.config import PipelineConfig, flag, local_source_problem, redact
 
 _DEFAULTS = PipelineConfig()
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
@@ -149,15 +149,3 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
         print(f"recs {command}: --source: {problem}", file=sys.stderr)
         return None
     return config
-
-
-def local_source_problem(source: str) -> str | None:
-    """Why a local source cannot be read (no such file, a directory), or None; URLs are checked when fetched."""
-    path = local_path(source)
-    if path is None:
-        return None
-    if path.is_dir():
-        return f"{str(path)!r} is a directory; expected a MovieLens .zip archive"
-    if not path.exists():
-        return f"no such file {str(path)!r}"
-    return None

@@ -65,6 +65,22 @@ def local_path(source: str) -> Path | None:
     return Path(unquote(urlsplit(source).path)) if scheme == "file" else Path(source)
 
 
+def local_source_problem(source: str) -> str | None:
+    """Why a local source cannot be read (no such file, a directory), or None; URLs are checked when fetched.
+
+    Raises:
+        ValueError: an unsupported scheme (see `source_scheme`).
+    """
+    path = local_path(source)
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"{str(path)!r} is a directory; expected a MovieLens .zip archive"
+    if not path.exists():
+        return f"no such file {str(path)!r}"
+    return None
+
+
 def flag(setting: str) -> str:
     """The `recs run` option of a config field: `top_n` -> `--top-n`, `mlp.epochs` -> `--mlp-epochs`."""
     return "--" + setting.replace(".", "-").replace("_", "-")

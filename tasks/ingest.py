@@ -30,7 +30,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, PipelineConfig, local_path, redact, setting
+from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, PipelineConfig, local_path, local_source_problem, redact, setting
 from tasks.movielens import Layout, detect_layout, keep_latest_ratings
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,8 @@ def fetch_archive(source: str, data_dir: Path, expected_sha256: str | None = Non
     """
     local = _local_path(source)
     if local is not None:
-        if not local.is_file():
-            raise IngestError(f"source {str(local)!r}: no such file")
+        if problem := local_source_problem(source):
+            raise IngestError(f"source: {problem}")
         sha256 = sha256_of(local)
         _check_expected(sha256, expected_sha256, source)
         return Archive(local, sha256, str(local))
