@@ -62,18 +62,20 @@ def log_to_file(path: Path) -> Iterator[Path]:
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
     logging.getLogger().addHandler(to_file)
-    _one_line_consoles()
+    consoles = [(handler, handler.formatter) for handler in _console_handlers()]
+    for handler, formatter in consoles:
+        handler.setFormatter(_WithoutTraceback(formatter))
     try:
         yield path
     finally:
+        for handler, formatter in consoles:  # as they were: tracebacks reach the console again outside the block
+            handler.setFormatter(formatter)
         logging.getLogger().removeHandler(to_file)
         to_file.close()
 
 
-def _one_line_consoles() -> None:
+def _console_handlers() -> list[logging.StreamHandler]:
+    """The stream handlers (not files) of every logger, each once."""
     loggers = [entry for entry in logging.root.manager.loggerDict.values() if isinstance(entry, logging.Logger)]
-    for logger in [logging.getLogger(), *loggers]:
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                if not isinstance(handler.formatter, _WithoutTraceback):
-                    handler.setFormatter(_WithoutTraceback(handler.formatter))
+    handlers = {id(h): h for logger in [logging.getLogger(), *loggers] for h in logger.handlers}.values()
+    return [h for h in handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
