@@ -26,8 +26,8 @@ from tasks.models import MODELS  # noqa: E402
 # Per model: the config fields searched (dotted for a model's own group) and the values tried.
 GRIDS: dict[str, dict[str, list]] = {
     # per-rating SGD (tasks/models/sgd.py) since issue 5; the Adam grid before it is in benchmarks/README.md
-    "dot_bias": {"factors": [32, 64], "epochs": [10, 20], "regularization": [0.05, 0.1, 0.15],
-                 "learning_rate": [0.02, 0.05, 0.1]},
+    "dot_bias": {"dot_bias.factors": [32, 64], "dot_bias.epochs": [10, 20],
+                 "dot_bias.regularization": [0.05, 0.1, 0.15], "dot_bias.learning_rate": [0.02, 0.05, 0.1]},
     "dot": {"dot.factors": [32, 64], "dot.epochs": [10, 20], "dot.regularization": [0.02, 0.05, 0.1, 0.2]},
     "mlp": {"mlp.epochs": [3, 5], "mlp.learning_rate": [0.001, 0.003, 0.01], "mlp.weight_decay": [0.01, 0.1, 0.3]},
     "user_knn": {"user_knn.neighbours": [50, 100, 200, 400, 900], "user_knn.shrinkage": [0.0, 25.0, 100.0]},
@@ -43,7 +43,7 @@ TIE = 0.001  # validation differences smaller than this are treated as ties
 
 
 def with_values(base: PipelineConfig, values: dict) -> PipelineConfig:
-    """`base` with dotted fields ("mlp.epochs") or top-level fields ("factors") set."""
+    """`base` with dotted fields ("mlp.epochs") or top-level fields ("seed") set."""
     data = base.model_dump()
     for key, value in values.items():
         group, _, field = key.rpartition(".")

@@ -15,11 +15,12 @@ import re
 import sys
 import types
 import typing
+import warnings
 from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import PipelineConfig, flag, local_source_problem, redact
+from tasks.config import LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
 
 _DEFAULTS = PipelineConfig()
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
@@ -68,6 +69,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                             getattr(group, sub))  # fmt: skip
         else:
             _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
+    for name in LEGACY_FIELDS:  # still accepted for a release; the config warns, naming the new flag
+        parser.add_argument(flag(name), dest=name, type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _split_list(text: str) -> list[str]:
@@ -139,7 +142,11 @@ def describe_errors(exc: ValidationError) -> list[str]:
 def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     """The config the options describe, or None after printing what is wrong (`recs <command>: ...`)."""
     try:
-        config = PipelineConfig(**nested(options))
+        with warnings.catch_warnings(record=True) as deprecations:
+            warnings.simplefilter("always", FutureWarning)
+            config = PipelineConfig(**nested(options))
+        for deprecation in deprecations:
+            print(f"recs {command}: warning: {deprecation.message}", file=sys.stderr)
     except ValidationError as exc:
         for message in describe_errors(exc):
             print(f"recs {command}: {message}", file=sys.stderr)

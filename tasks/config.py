@@ -7,13 +7,20 @@ as JSON with each run in `runs.config` and in the run's checkpoint.
 
 from __future__ import annotations
 
+import json
+import typing
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-import typing
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.models import ModelParams
+from tasks.models.closed_form import BiasParams, EaseParams, PopularityParams
+from tasks.models.embedding import BprParams, DotBiasParams, DotParams, MlpParams
+from tasks.models.knn import ItemKnnParams, UserKnnParams
 
 ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 SOURCE_SCHEMES = ("http", "https", "file")
@@ -103,75 +110,38 @@ def _deep_merge(base: dict, changes: dict) -> dict:
     return merged
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Top-level fields of the config before the models owned their settings (issue 14): they were `dot_bias`'s,
+# except `y_margin`, which `mlp` read too. Accepted for one more release, with a warning naming the new field.
+LEGACY_FIELDS: dict[str, tuple[str, ...]] = {
+    "factors": ("dot_bias.factors",),
+    "epochs": ("dot_bias.epochs",),
+    "batch_size": ("dot_bias.batch_size",),
+    "learning_rate": ("dot_bias.learning_rate",),
+    "regularization": ("dot_bias.regularization",),
+    "y_margin": ("dot_bias.y_margin", "mlp.y_margin"),
+}
 
 
-# Hyperparameters of the models other than `dot_bias` (whose own are the top-level factors, epochs, ...).
-# Each searched default was chosen by `benchmarks/tune.py`: a grid per model on ML-100k, scored on a
-# validation split carved from the stratified training split (per user 75/25 of the training ratings, seed
-# 43), RMSE for rating models and nDCG@10 for ranking models, the cheapest point within 0.001 of the best;
-# the test split was never used. The grids and scores are in benchmarks/README.md.
-
-
-class DotParams(_Params):
-    """`dot`: plain dot product of user and item embeddings, trained on squared error."""
-
-    factors: int = Field(32, ge=1, le=4096, description="Embedding size.")
-    epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
-    batch_size: int = Field(1024, ge=1, description="Ratings per optimiser step.")
-    learning_rate: float = Field(0.01, ge=0, description="Adam learning rate (peak of the one-cycle schedule).")
-    regularization: float = Field(0.1, ge=0, description="L2 penalty on the embeddings looked up in each batch.")
-
-
-class MlpParams(_Params):
-    """`mlp`: fastai's EmbeddingNN, the concatenated embeddings through an MLP, sigmoid range out."""
-
-    factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and of items (not searched).")
-    hidden: list[int] = Field([128], min_length=1, description="Sizes of the hidden layers ([256, 64] was no better).")
-    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout after each hidden layer (not searched).")
-    epochs: int = Field(5, ge=1, description="Passes over the training ratings.")
-    batch_size: int = Field(1024, ge=1, description="Ratings per optimiser step.")
-    learning_rate: float = Field(0.003, ge=0, description="AdamW learning rate (peak of the one-cycle schedule).")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-
-
-class KnnParams(_Params):
-    """`user_knn` / `item_knn`: mean-centred cosine similarity, k nearest neighbours, weighted average."""
-
-    neighbours: int = Field(320, ge=1, description="Neighbours kept per user (user_knn) or item (item_knn).")
-    shrinkage: float = Field(25.0, ge=0, description="Similarity shrunk by n / (n + shrinkage), n = co-ratings.")
-    chunk: int = Field(1024, ge=1, description="Rows whose similarities are computed at once.")
-
-
-class BprParams(_Params):
-    """`bpr`: Bayesian personalised ranking on implicit feedback (every rating is a positive)."""
-
-    factors: int = Field(64, ge=1, le=4096, description="Embedding size.")
-    epochs: int = Field(30, ge=1, description="Passes over the training interactions.")
-    batch_size: int = Field(1024, ge=1, description="Positives per optimiser step (one sampled negative each).")
-    learning_rate: float = Field(0.003, ge=0, description="Adam learning rate (peak of the one-cycle schedule).")
-    regularization: float = Field(0.01, ge=0, description="L2 penalty on the vectors and biases in each batch.")
-
-
-class EaseParams(_Params):
-    """`ease`: Steck's EASE, a closed-form item-item model on implicit feedback."""
-
-    l2: float = Field(100.0, gt=0, description="Ridge penalty added to the Gram matrix's diagonal.")
-    dropout: float = Field(
-        0.67,
-        ge=0,
-        lt=1,
-        description="Emphasised-denoising penalty (Steck 2020, EDLAE): each item's diagonal also gets "
-        "dropout / (1 - dropout) times its own count, so popular items are penalised more; 0 is plain EASE.",
-    )
-
-
-class BiasParams(_Params):
-    """`bias`: global mean plus damped user and item biases (no personalisation beyond the user's offset)."""
-
-    item_damping: float = Field(5.0, ge=0, description="Item bias = sum of residuals / (count + this).")
-    user_damping: float = Field(0.0, ge=0, description="User bias = sum of residuals / (count + this).")
+def _move_legacy_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the legacy top-level fields moved into their model groups (a group's own value wins)."""
+    values = dict(values)
+    for name, targets in LEGACY_FIELDS.items():
+        if name not in values:
+            continue
+        value = values.pop(name)
+        for target in targets:
+            group, _, field = target.partition(".")
+            current = values.get(group)
+            current = current.model_dump(exclude_unset=True) if isinstance(current, BaseModel) else dict(current or {})
+            values[group] = {field: value, **current}
+        if value is not None:
+            warnings.warn(
+                f"{setting(name)} is deprecated and will be removed in the next release; use "
+                + " and ".join(setting(target) for target in targets),
+                FutureWarning,
+                stacklevel=2,
+            )
+    return values
 
 
 class PipelineConfig(BaseModel):
@@ -241,31 +211,16 @@ class PipelineConfig(BaseModel):
     model: ModelName | None = Field(
         None, description="Model whose lists are published; unset publishes the best of `models` by nDCG@k."
     )
-    # dot_bias (per-rating SGD, tasks/models/sgd.py): chosen by benchmarks/tune.py as above over factors 32/64,
-    # epochs 10/20, regularization 0.05/0.1/0.15 and learning rate 0.02/0.05/0.1: 64, 20, 0.1, 0.05 is the
-    # best, validation RMSE 0.9284 (Adam with a one-cycle schedule, before issue 5: 0.9315).
-    factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
-    epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
-    batch_size: int | None = Field(
-        None,
-        ge=1,
-        description="Ratings per vectorised SGD step (their updates are summed); unset: a thousandth of the "
-        "training ratings as a power of two, at least 4096 (4096 for ML-100k, 16384 for 20M).",
-    )
-    learning_rate: float = Field(0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0).")
-    regularization: float = Field(
-        0.1, ge=0, description="L2 weight decay per rating on the vectors and biases it updates."
-    )
-    y_margin: float = Field(
-        0.5, ge=0, description="The sigmoid spans the rating scale widened by this much on each side (fastai y_range)."
-    )
+    # Each model's own settings (tasks/models): the group of the same name as the model.
+    dot_bias: DotBiasParams = Field(DotBiasParams(), description=DotBiasParams.__doc__)
     dot: DotParams = Field(DotParams(), description=DotParams.__doc__)
     mlp: MlpParams = Field(MlpParams(), description=MlpParams.__doc__)
-    user_knn: KnnParams = Field(KnnParams(neighbours=400, shrinkage=25.0), description="`user_knn`: " + KnnParams.__doc__)
-    item_knn: KnnParams = Field(KnnParams(neighbours=320, shrinkage=25.0), description="`item_knn`: " + KnnParams.__doc__)
+    user_knn: UserKnnParams = Field(UserKnnParams(), description=UserKnnParams.__doc__)
+    item_knn: ItemKnnParams = Field(ItemKnnParams(), description=ItemKnnParams.__doc__)
     bpr: BprParams = Field(BprParams(), description=BprParams.__doc__)
     ease: EaseParams = Field(EaseParams(), description=EaseParams.__doc__)
     bias: BiasParams = Field(BiasParams(), description=BiasParams.__doc__)
+    popularity: PopularityParams = Field(PopularityParams(), description=PopularityParams.__doc__)
     device: Device = Field("auto", description="Training and scoring device; auto picks cuda, then mps, then cpu.")
     train_deployment: str | None = Field(
         None,
@@ -306,6 +261,13 @@ class PipelineConfig(BaseModel):
     similar_items: int = Field(
         10, ge=1, description="Inspection: most similar items (embedding cosine) stored per item and model."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_fields(cls, values: Any) -> Any:
+        if isinstance(values, dict) and any(name in values for name in LEGACY_FIELDS):
+            return _move_legacy_fields(values)
+        return values
 
     @model_validator(mode="before")
     @classmethod
@@ -353,6 +315,19 @@ class PipelineConfig(BaseModel):
         if not overrides:
             return self
         return PipelineConfig.model_validate(_deep_merge(self.model_dump(exclude_unset=True), overrides))
+
+    def params_for(self, model: str) -> ModelParams:
+        """The parameter group of `model` (a name of tasks.models.MODELS)."""
+        return getattr(self, model)
+
+    @classmethod
+    def from_stored(cls, stored: str | dict[str, Any]) -> PipelineConfig:
+        """A config as a run stored it (runs.config, a checkpoint, a run folder's config.json), from any release:
+        legacy fields are moved to their groups without a warning, since no one can change a stored config."""
+        data = json.loads(stored) if isinstance(stored, str) else stored
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return cls.model_validate(data)
 
     def redacted(self) -> PipelineConfig:
         """This config with any credentials in `source` removed: what runs.config and the run folder keep."""

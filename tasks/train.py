@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
-from tasks.models import MODELS, ModelFitError, Recommender
+from tasks.models import MODELS, Interactions, ModelFitError, Recommender
 from tasks.reindex import IdMaps
 from tasks.split import holdout
 
@@ -130,7 +130,8 @@ def fit(
     use_tf32_matmuls(device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    module, rows = MODELS[name].fit(train, n_users, n_items, config, device, validation, history_label)
+    module, rows = MODELS[name].fit(Interactions(train, n_users, n_items), config.params_for(name), device, validation,
+                                    seed=config.seed, label=history_label)  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -169,7 +170,7 @@ def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, p
 def load_checkpoint(path: Path) -> tuple[Recommender, IdMaps, PipelineConfig]:
     """Rebuild the model, id maps and config that `save_checkpoint` wrote."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config = PipelineConfig.model_validate(checkpoint["config"])
+    config = PipelineConfig.from_stored(checkpoint["config"])
     module = MODELS[checkpoint["model"]].module(**checkpoint["init_args"])
     module.load_state_dict(checkpoint["state_dict"])
     user_ids, item_ids = checkpoint["user_ids"].numpy(), checkpoint["item_ids"].numpy()

@@ -103,7 +103,7 @@ def test_bad_rows_fail_the_run_by_default_and_drop_records_the_counts(published,
 def test_a_diverging_model_fails_the_run_and_publishes_nothing(published):
     config, good_run = published
     with pytest.raises(Exception, match="training loss became nan in epoch 1"):
-        nightly(config.model_copy(update={"model": "dot_bias", "models": ["dot_bias"], "learning_rate": 1000.0}))
+        nightly(config.with_overrides({"model": "dot_bias", "models": ["dot_bias"], "dot_bias": {"learning_rate": 1000.0}}))
     status, error, *_ = _last_run(config)
     assert status == "failed" and error.startswith("ModelFitError: training loss became nan")
     _lists_untouched(config, good_run)

@@ -30,7 +30,7 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
 
     # One epoch at learning rate 0: the untrained model.
     state = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
-                                   model="dot_bias", epochs=1, learning_rate=0.0), return_state=True)  # fmt: skip
+                                   model="dot_bias", dot_bias={"epochs": 1, "learning_rate": 0.0}), return_state=True)  # fmt: skip
     bad = state.result()
     assert state.is_completed() and state.name == "Rejected" and "rmse rose" in state.message
     assert bad.status == "rejected" and bad.n_recommendations == 0
@@ -51,11 +51,15 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
 
     # --force publishes it anyway, and says so; `recs run` exits 3 on a rejection.
     capsys.readouterr()
-    assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--refit-on-all", "--no-refit-on-all"]) == 3
+    assert main(["run", *common, "--dot-bias-epochs", "1", "--dot-bias-learning-rate", "0", "--refit-on-all", "--no-refit-on-all"]) == 3
     out = capsys.readouterr().out
     assert "rejected by the quality gate" in out and "--gate-tolerance" in out
     assert "metrics of the candidate model, dot_bias, on the test split (not published)" in out and "published model" not in out
+    # The flags of before issue 14 still work for a release, each with a warning naming its new flag.
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--no-refit-on-all", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "epochs (--epochs) is deprecated" in err and "use dot_bias.epochs (--dot-bias-epochs)" in err
+    assert "use dot_bias.learning_rate (--dot-bias-learning-rate)" in err
     (forced,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
     assert forced != good
     assert "overridden by force" in query_rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
@@ -75,7 +79,7 @@ def test_as_of_run_sees_only_older_ratings(ml100k_zip, tmp_path):
     warehouse_path = tmp_path / "W.duckdb"
     cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
     result = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
-                                    as_of=cutoff, models=["dot_bias", "item_knn"], epochs=2))  # fmt: skip
+                                    as_of=cutoff, models=["dot_bias", "item_knn"], dot_bias={"epochs": 2}))  # fmt: skip
     n_ratings, as_of, protocol = query_rows(warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id])[0]
     assert 40_000 < n_ratings < 70_000 and as_of == cutoff and protocol.startswith("temporal ")
     users = query_rows(warehouse_path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]

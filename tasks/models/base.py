@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import polars as pl
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 
@@ -21,6 +24,59 @@ from torch import nn
 # and the matrices are built by `RatingMatrix.build`, which coalesces them.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+class ModelParams(BaseModel):
+    """Base of each model's parameter group: frozen, and a misspelt setting is an error, not a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """What a model is fitted on: indexed ratings and the sizes of the vocabularies they index into."""
+
+    ratings: pl.DataFrame  # user_idx, item_idx (indices < n_users, n_items), rating
+    n_users: int
+    n_items: int
+
+    @property
+    def rating_range(self) -> tuple[float, float]:
+        """The lowest and highest rating."""
+        return float(self.ratings["rating"].min()), float(self.ratings["rating"].max())
+
+
+P = TypeVar("P", bound=ModelParams)
+
+
+class Fit(Protocol[P]):
+    """The one signature every model's fit has.
+
+    Args:
+        interactions: the ratings to fit and the vocabulary sizes.
+        params: the model's own parameter group.
+        device: where to train; the module returned lives there.
+        validation: held-out ratings whose loss gradient-trained models record per epoch (others ignore it).
+        seed: seeds the initialisation, the batch order and any sampling.
+        label: the `split` the training loss is recorded under ("train", or "refit").
+
+    Returns:
+        The fitted module and its history rows (`epoch`, `split`, `loss`; none for closed-form models).
+    """
+
+    def __call__(self, interactions: Interactions, params: P, device: torch.device,
+                 validation: pl.DataFrame | None = None, *, seed: int = 0,
+                 label: str = "train") -> tuple[Recommender, list[dict]]: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSpec(Generic[P]):
+    """A registered model: the module class a checkpoint rebuilds, its parameter group and its fit."""
+
+    module: type[Recommender]
+    params: type[P]
+    fit: Fit[P] | Callable[..., tuple[Recommender, list[dict]]]
+    description: str
 
 
 class ModelFitError(RuntimeError):

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import polars as pl
 import torch
+from pydantic import Field
 
-from tasks.models.base import Recommender, RatingMatrix, index_tensors
+from tasks.models.base import Interactions, ModelParams, Recommender, RatingMatrix, index_tensors
 
 
 class Ease(Recommender):
@@ -62,17 +64,35 @@ class Popularity(Recommender):
         return self.counts.expand(len(users), -1).clone()
 
 
+class EaseParams(ModelParams):
+    """`ease`: Steck's EASE, a closed-form item-item model on implicit feedback."""
+
+    l2: float = Field(100.0, gt=0, description="Ridge penalty added to the Gram matrix's diagonal.")
+    dropout: float = Field(
+        0.67,
+        ge=0,
+        lt=1,
+        description="Emphasised-denoising penalty (Steck 2020, EDLAE): each item's diagonal also gets "
+        "dropout / (1 - dropout) times its own count, so popular items are penalised more; 0 is plain EASE.",
+    )
+    chunk_users: int = Field(
+        2048, ge=1, description="Users whose rows are added to the Gram matrix at once (a chunk x items block)."
+    )
+
+
 @torch.no_grad()
-def fit_ease(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`ease` with `config.ease`; the Gram matrix is accumulated `score_chunk_users` users at a time."""
-    users, items, _ = index_tensors(train, device)
+def fit_ease(interactions: Interactions, params: EaseParams, device: torch.device,
+             validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train") -> tuple[Ease, list[dict]]:  # fmt: skip
+    """`ease`; the Gram matrix is accumulated `chunk_users` users at a time."""
+    n_users, n_items = interactions.n_users, interactions.n_items
+    users, items, _ = index_tensors(interactions.ratings, device)
     history = RatingMatrix.build(users, items, torch.ones(len(users), device=device), (n_users, n_items))
     gram = torch.zeros((n_items, n_items), device=device)
-    for start in range(0, n_users, config.score_chunk_users):
-        rows = history.rows(torch.arange(start, min(start + config.score_chunk_users, n_users), device=device), binary=True)
+    for start in range(0, n_users, params.chunk_users):
+        rows = history.rows(torch.arange(start, min(start + params.chunk_users, n_users), device=device), binary=True)
         gram += rows.T @ rows
-    p = config.ease.dropout
-    gram.diagonal().add_(config.ease.l2 + p / (1 - p) * gram.diagonal())
+    p = params.dropout
+    gram.diagonal().add_(params.l2 + p / (1 - p) * gram.diagonal())
     inverse = torch.linalg.inv(gram.double() if device.type == "cpu" else gram)
     weights = (inverse / -inverse.diagonal()).float()
     weights.fill_diagonal_(0.0)
@@ -82,15 +102,27 @@ def fit_ease(train, n_users, n_items, config, device, validation=None, label="tr
     return module, []
 
 
+class BiasParams(ModelParams):
+    """`bias`: global mean plus damped user and item biases (no personalisation beyond the user's offset)."""
+
+    item_damping: float = Field(5.0, ge=0, description="Item bias = sum of residuals / (count + this).")
+    user_damping: float = Field(0.0, ge=0, description="User bias = sum of residuals / (count + this).")
+
+
 @torch.no_grad()
-def fit_bias(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`bias` with `config.bias`."""
-    users, items, ratings = index_tensors(train, device)
+def fit_bias(interactions: Interactions, params: BiasParams, device: torch.device,
+             validation: pl.DataFrame | None = None, *, seed: int = 0,
+             label: str = "train") -> tuple[BiasModel, list[dict]]:  # fmt: skip
+    """`bias`: the damped means of the residuals, items first, then users."""
+    n_users, n_items = interactions.n_users, interactions.n_items
+    users, items, ratings = index_tensors(interactions.ratings, device)
     mu = ratings.mean()
     zeros_i, zeros_u = torch.zeros(n_items, device=device), torch.zeros(n_users, device=device)
-    item_bias = zeros_i.index_add(0, items, ratings - mu) / (torch.bincount(items, minlength=n_items) + config.bias.item_damping).clamp(min=1e-12)
+    item_counts = torch.bincount(items, minlength=n_items) + params.item_damping
+    item_bias = zeros_i.index_add(0, items, ratings - mu) / item_counts.clamp(min=1e-12)
     residual = ratings - mu - item_bias[items]
-    user_bias = zeros_u.index_add(0, users, residual) / (torch.bincount(users, minlength=n_users) + config.bias.user_damping).clamp(min=1e-12)
+    user_counts = torch.bincount(users, minlength=n_users) + params.user_damping
+    user_bias = zeros_u.index_add(0, users, residual) / user_counts.clamp(min=1e-12)
     module = BiasModel(n_users, n_items).to(device)
     module.global_mean.copy_(mu)
     module.user_bias.copy_(user_bias)
@@ -98,10 +130,16 @@ def fit_bias(train, n_users, n_items, config, device, validation=None, label="tr
     return module, []
 
 
+class PopularityParams(ModelParams):
+    """`popularity`: no settings; the same list for everyone, most-rated first."""
+
+
 @torch.no_grad()
-def fit_popularity(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
+def fit_popularity(interactions: Interactions, params: PopularityParams, device: torch.device,
+                   validation: pl.DataFrame | None = None, *, seed: int = 0,
+                   label: str = "train") -> tuple[Popularity, list[dict]]:  # fmt: skip
     """`popularity`: counts of training ratings per item."""
-    _, items, _ = index_tensors(train, device)
-    module = Popularity(n_users, n_items).to(device)
-    module.counts.copy_(torch.bincount(items, minlength=n_items).float())
+    _, items, _ = index_tensors(interactions.ratings, device)
+    module = Popularity(interactions.n_users, interactions.n_items).to(device)
+    module.counts.copy_(torch.bincount(items, minlength=interactions.n_items).float())
     return module, []

@@ -5,25 +5,25 @@
 - `mlp` (EmbeddingNN): [u, v] through an MLP, sigmoid range out; MSE (fastai's EmbeddingNN).
 - `bpr` (BprModel): u . v + b_i ranked by Bayesian personalised ranking on implicit feedback.
 
-Training keeps the whole training set as index tensors on the device, shuffles a permutation per epoch and
-slices batches from it: no per-sample Dataset, no DataLoader, no host-to-device copy per batch.
+Each model's parameter group sits beside its class and its fit. `dot_bias` trains by per-rating SGD
+(tasks/models/sgd.py), the others by the minibatch loop of tasks/models/training.py.
+
+The searched defaults were chosen by `benchmarks/tune.py`: a grid per model on ML-100k, scored on a
+validation split carved from the stratified training split (per user 75/25 of the training ratings, seed
+43), RMSE for rating models and nDCG@10 for ranking models, the cheapest point within 0.001 of the best;
+the test split was never used. The grids and scores are in benchmarks/README.md.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
-
 import polars as pl
 import torch
+from pydantic import Field
 from torch import nn
 
-from tasks.config import PipelineConfig
-from tasks.models.base import Recommender, check_finite, index_tensors
+from tasks.models.base import Interactions, ModelParams, Recommender, index_tensors
 from tasks.models.sgd import auto_batch_size, sgd_fit_dot_bias
-
-log = logging.getLogger(__name__)
+from tasks.models.training import adam, fit_mse, minibatch_fit, validation_loss
 
 
 def _embedding(n: int, dim: int, std: float = 0.01) -> nn.Embedding:
@@ -168,143 +168,111 @@ class BprModel(Recommender):
         return self.item_bias.weight.squeeze(1)
 
 
-BatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+def _y_range(interactions: Interactions, margin: float) -> tuple[float, float]:
+    low, high = interactions.rating_range
+    return low - margin, high + margin
 
 
-def minibatch_fit(
-    optimizer: torch.optim.Optimizer,
-    module: nn.Module,
-    n: int,
-    batch_loss: BatchLoss,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-    label: str,
-    validate: Callable[[], float] | None = None,
-) -> list[dict]:
-    """Epochs of shuffled minibatches over examples 0..n-1.
+class DotBiasParams(ModelParams):
+    """`dot_bias`: the seeds' model, sigmoid(u . v + b_u + b_i) scaled to the rating range, per-rating SGD.
 
-    Args:
-        batch_loss: maps a batch's example indices to (loss to minimise, reported loss summed over the batch).
-        validate: the validation loss after each epoch, recorded under split "validation".
+    Searched over factors 32/64, epochs 10/20, regularization 0.05/0.1/0.15 and learning rate 0.02/0.05/0.1:
+    64, 20, 0.1, 0.05 is the best, validation RMSE 0.9284."""
 
-    Returns:
-        History rows: `epoch`, `split` (`label` or "validation"), `loss` (reported loss per example).
-
-    Raises:
-        ModelFitError: when the reported loss becomes NaN or infinite.
-    """
-    rows: list[dict] = []
-    device = next(module.parameters()).device
-    # fastai's fit_one_cycle: the learning rate warms up over the first quarter, then anneals (cosine) to ~0.
-    steps_per_epoch = -(-n // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=epochs * steps_per_epoch,
-        pct_start=0.25,
-    )  # fmt: skip
-    for epoch in range(1, epochs + 1):
-        module.train()
-        started = time.perf_counter()
-        order = torch.randperm(n, device=device, generator=generator)
-        total = torch.zeros((), device=device)
-        for batch in order.split(batch_size):
-            loss, reported = batch_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += reported.detach()
-        train_loss = float(total) / n
-        check_finite(train_loss, epoch)
-        rows.append({"epoch": epoch, "split": label, "loss": train_loss})
-        message = f"epoch {epoch}/{epochs}: {label} loss {train_loss:.4f}"
-        if validate is not None:
-            module.eval()
-            with torch.no_grad():
-                rows.append({"epoch": epoch, "split": "validation", "loss": validate()})
-            message += f", validation loss {rows[-1]['loss']:.4f}"
-        log.info("%s (%.2fs)", message, time.perf_counter() - started)
-    return rows
+    factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
+    epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Ratings per vectorised SGD step (their updates are summed); unset: a thousandth of the "
+        "training ratings as a power of two, at least 4096 (4096 for ML-100k, 16384 for 20M).",
+    )
+    learning_rate: float = Field(0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0).")
+    regularization: float = Field(0.1, ge=0, description="L2 weight decay per rating on the vectors and biases it updates.")
+    y_margin: float = Field(
+        0.5, ge=0, description="The sigmoid spans the rating scale widened by this much on each side (fastai y_range)."
+    )
 
 
-def adam(module: nn.Module, lr: float, decoupled_weight_decay: float | None = None) -> torch.optim.Optimizer:
-    """Adam (AdamW when a decoupled weight decay is given), fused into one kernel where torch supports it."""
-    cls = torch.optim.AdamW if decoupled_weight_decay is not None else torch.optim.Adam
-    options = {"weight_decay": decoupled_weight_decay} if decoupled_weight_decay is not None else {}
-    try:  # fused: one kernel for all parameters (CPU since torch 2.4, CUDA), a third less time per step here
-        return cls(module.parameters(), lr=lr, fused=True, **options)
-    except (RuntimeError, TypeError):
-        return cls(module.parameters(), lr=lr, **options)
-
-
-def _y_range(train: pl.DataFrame, margin: float) -> tuple[float, float]:
-    return float(train["rating"].min()) - margin, float(train["rating"].max()) + margin
-
-
-def _validation_loss(module: Recommender, validation: pl.DataFrame | None,
-                     device: torch.device) -> Callable[[], float] | None:  # fmt: skip
-    """The held-out ratings' MSE under the module as it is, for the loops to record per epoch (None without any)."""
-    if validation is None or validation.height == 0:
-        return None
-    users, items, ratings = index_tensors(validation, device)
-    return lambda: float(nn.functional.mse_loss(module(users, items), ratings))
-
-
-def _fit_mse(module: Recommender, optimizer: torch.optim.Optimizer, train: pl.DataFrame, regularization: float,
-             epochs: int, batch_size: int, config: PipelineConfig, validation: pl.DataFrame | None,
-             label: str) -> list[dict]:  # fmt: skip
-    device = next(module.parameters()).device
-    users, items, ratings = index_tensors(train, device)
-    terms = getattr(module, "terms", None)  # prediction and L2 penalty in one pass, where the model has them
-
-    def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u, i, r = users[idx], items[idx], ratings[idx]
-        if terms is not None:
-            prediction, penalty = terms(u, i)
-            mse = nn.functional.mse_loss(prediction, r)
-            return mse + regularization * penalty, mse * len(idx)
-        mse = nn.functional.mse_loss(module(u, i), r)
-        return mse, mse * len(idx)
-
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    return minibatch_fit(optimizer, module, len(ratings), batch_loss, epochs, batch_size, generator, label,
-                         _validation_loss(module, validation, device))  # fmt: skip
-
-
-def fit_dot_bias(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """The seeds' model with the top-level factors, epochs, batch_size, learning_rate, regularization, y_margin,
-    trained by per-rating SGD (tasks/models/sgd.py)."""
-    module = EmbeddingDotBias(n_users, n_items, config.factors, _y_range(train, config.y_margin)).to(device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    batch_size = config.batch_size or auto_batch_size(train.height)
-    rows = sgd_fit_dot_bias(module, index_tensors(train, device), config.epochs, batch_size, config.learning_rate,
-                            config.regularization, generator, label, _validation_loss(module, validation, device))  # fmt: skip
+def fit_dot_bias(interactions: Interactions, params: DotBiasParams, device: torch.device,
+                 validation: pl.DataFrame | None = None, *, seed: int = 0,
+                 label: str = "train") -> tuple[EmbeddingDotBias, list[dict]]:  # fmt: skip
+    """`dot_bias` by per-rating SGD (tasks/models/sgd.py)."""
+    train = interactions.ratings
+    module = EmbeddingDotBias(interactions.n_users, interactions.n_items, params.factors,
+                              _y_range(interactions, params.y_margin)).to(device)  # fmt: skip
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batch_size = params.batch_size or auto_batch_size(train.height)
+    rows = sgd_fit_dot_bias(module, index_tensors(train, device), params.epochs, batch_size, params.learning_rate,
+                            params.regularization, generator, label, validation_loss(module, validation, device))  # fmt: skip
     return module, rows
 
 
-def fit_dot(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`dot` with `config.dot`."""
-    p = config.dot
-    module = EmbeddingDot(n_users, n_items, p.factors).to(device)
-    optimizer = adam(module, p.learning_rate)
-    return module, _fit_mse(module, optimizer, train, p.regularization, p.epochs, p.batch_size, config, validation, label)
+class DotParams(ModelParams):
+    """`dot`: plain dot product of user and item embeddings, trained on squared error."""
+
+    factors: int = Field(32, ge=1, le=4096, description="Embedding size.")
+    epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
+    batch_size: int = Field(1024, ge=1, description="Ratings per optimiser step.")
+    learning_rate: float = Field(0.01, ge=0, description="Adam learning rate (peak of the one-cycle schedule).")
+    regularization: float = Field(0.1, ge=0, description="L2 penalty on the embeddings looked up in each batch.")
 
 
-def fit_mlp(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`mlp` with `config.mlp` (AdamW: decoupled weight decay, as fastai trains it)."""
-    p = config.mlp
-    module = EmbeddingNN(n_users, n_items, p.factors, p.hidden, p.dropout, _y_range(train, config.y_margin)).to(device)
-    optimizer = adam(module, p.learning_rate, decoupled_weight_decay=p.weight_decay)
-    return module, _fit_mse(module, optimizer, train, 0.0, p.epochs, p.batch_size, config, validation, label)
+def fit_dot(interactions: Interactions, params: DotParams, device: torch.device,
+            validation: pl.DataFrame | None = None, *, seed: int = 0,
+            label: str = "train") -> tuple[EmbeddingDot, list[dict]]:  # fmt: skip
+    """`dot` by Adam on squared error plus the L2 penalty."""
+    module = EmbeddingDot(interactions.n_users, interactions.n_items, params.factors).to(device)
+    optimizer = adam(module, params.learning_rate)
+    return module, fit_mse(module, optimizer, interactions.ratings, params.regularization, params.epochs,
+                           params.batch_size, seed, validation, label)  # fmt: skip
 
 
-def fit_bpr(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`bpr` with `config.bpr`: each rating is a positive; one uniformly sampled item per positive is the negative."""
-    p = config.bpr
-    module = BprModel(n_users, n_items, p.factors).to(device)
-    optimizer = adam(module, p.learning_rate)
-    users, items, _ = index_tensors(train, device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+class MlpParams(ModelParams):
+    """`mlp`: fastai's EmbeddingNN, the concatenated embeddings through an MLP, sigmoid range out."""
+
+    factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and of items (not searched).")
+    hidden: list[int] = Field([128], min_length=1, description="Sizes of the hidden layers ([256, 64] was no better).")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout after each hidden layer (not searched).")
+    epochs: int = Field(5, ge=1, description="Passes over the training ratings.")
+    batch_size: int = Field(1024, ge=1, description="Ratings per optimiser step.")
+    learning_rate: float = Field(0.003, ge=0, description="AdamW learning rate (peak of the one-cycle schedule).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    y_margin: float = Field(
+        0.5, ge=0, description="The sigmoid spans the rating scale widened by this much on each side (fastai y_range)."
+    )
+
+
+def fit_mlp(interactions: Interactions, params: MlpParams, device: torch.device,
+            validation: pl.DataFrame | None = None, *, seed: int = 0,
+            label: str = "train") -> tuple[EmbeddingNN, list[dict]]:  # fmt: skip
+    """`mlp` by AdamW (decoupled weight decay, as fastai trains it) on squared error."""
+    module = EmbeddingNN(interactions.n_users, interactions.n_items, params.factors, params.hidden, params.dropout,
+                         _y_range(interactions, params.y_margin)).to(device)  # fmt: skip
+    optimizer = adam(module, params.learning_rate, decoupled_weight_decay=params.weight_decay)
+    return module, fit_mse(module, optimizer, interactions.ratings, 0.0, params.epochs, params.batch_size, seed,
+                           validation, label)  # fmt: skip
+
+
+class BprParams(ModelParams):
+    """`bpr`: Bayesian personalised ranking on implicit feedback (every rating is a positive)."""
+
+    factors: int = Field(64, ge=1, le=4096, description="Embedding size.")
+    epochs: int = Field(30, ge=1, description="Passes over the training interactions.")
+    batch_size: int = Field(1024, ge=1, description="Positives per optimiser step (one sampled negative each).")
+    learning_rate: float = Field(0.003, ge=0, description="Adam learning rate (peak of the one-cycle schedule).")
+    regularization: float = Field(0.01, ge=0, description="L2 penalty on the vectors and biases in each batch.")
+
+
+def fit_bpr(interactions: Interactions, params: BprParams, device: torch.device,
+            validation: pl.DataFrame | None = None, *, seed: int = 0,
+            label: str = "train") -> tuple[BprModel, list[dict]]:  # fmt: skip
+    """`bpr`: each rating is a positive; one uniformly sampled item per positive is the negative."""
+    n_items = interactions.n_items
+    module = BprModel(interactions.n_users, n_items, params.factors).to(device)
+    optimizer = adam(module, params.learning_rate)
+    users, items, _ = index_tensors(interactions.ratings, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, i = users[idx], items[idx]
@@ -313,6 +281,7 @@ def fit_bpr(train, n_users, n_items, config, device, validation=None, label="tra
         vectors = (module.user_factors(u).pow(2).sum(1) + module.item_factors(i).pow(2).sum(1)
                    + module.item_factors(j).pow(2).sum(1) + module.item_bias(i).squeeze(1).pow(2)
                    + module.item_bias(j).squeeze(1).pow(2))  # fmt: skip
-        return -log_likelihood.mean() + p.regularization * vectors.mean(), -log_likelihood.sum()
+        return -log_likelihood.mean() + params.regularization * vectors.mean(), -log_likelihood.sum()
 
-    return module, minibatch_fit(optimizer, module, len(users), batch_loss, p.epochs, p.batch_size, generator, label)
+    return module, minibatch_fit(optimizer, module, len(users), batch_loss, params.epochs, params.batch_size,
+                                 generator, label)  # fmt: skip

@@ -13,9 +13,11 @@ and mean_i when u rated none of i's neighbours. Scores for ranking are these pre
 
 from __future__ import annotations
 
+import polars as pl
 import torch
+from pydantic import Field
 
-from tasks.models.base import Recommender, RatingMatrix, index_tensors, pair_scores
+from tasks.models.base import Interactions, ModelParams, Recommender, RatingMatrix, index_tensors, pair_scores
 
 
 def centred(matrix: RatingMatrix) -> tuple[RatingMatrix, torch.Tensor]:
@@ -103,8 +105,30 @@ class UserKnn(_Neighbourhood):
         return self._average(self.means[users, None], numerator, denominator)
 
 
-def _fit_knn(cls: type[_Neighbourhood], train, n_users, n_items, device, params):  # noqa: ANN001, ANN202
-    users, items, ratings = index_tensors(train, device)
+class KnnParams(ModelParams):
+    """Mean-centred cosine similarity, k nearest neighbours, weighted average."""
+
+    neighbours: int = Field(320, ge=1, description="Neighbours kept per user (user_knn) or item (item_knn).")
+    shrinkage: float = Field(25.0, ge=0, description="Similarity shrunk by n / (n + shrinkage), n = co-ratings.")
+    chunk: int = Field(1024, ge=1, description="Rows whose similarities are computed at once.")
+
+
+class UserKnnParams(KnnParams):
+    """`user_knn`: mean-centred cosine similarity of users, k nearest neighbours, weighted average."""
+
+    neighbours: int = Field(400, ge=1, description="Neighbours kept per user.")
+
+
+class ItemKnnParams(KnnParams):
+    """`item_knn`: mean-centred cosine similarity of items, k nearest neighbours, weighted average."""
+
+    neighbours: int = Field(320, ge=1, description="Neighbours kept per item.")
+
+
+def _fit_knn(cls: type[_Neighbourhood], interactions: Interactions, device: torch.device,
+             params: KnnParams) -> tuple[_Neighbourhood, list[dict]]:  # fmt: skip
+    n_users, n_items = interactions.n_users, interactions.n_items
+    users, items, ratings = index_tensors(interactions.ratings, device)
     if cls.neighbours_are_items:
         by_neighbour, means = centred(RatingMatrix.build(items, users, ratings, (n_items, n_users)))
     else:
@@ -119,11 +143,15 @@ def _fit_knn(cls: type[_Neighbourhood], train, n_users, n_items, device, params)
     return module, []
 
 
-def fit_item_knn(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`item_knn` with `config.item_knn`."""
-    return _fit_knn(ItemKnn, train, n_users, n_items, device, config.item_knn)
+def fit_item_knn(interactions: Interactions, params: ItemKnnParams, device: torch.device,
+                 validation: pl.DataFrame | None = None, *, seed: int = 0,
+                 label: str = "train") -> tuple[_Neighbourhood, list[dict]]:  # fmt: skip
+    """`item_knn`: each item's neighbours among the items."""
+    return _fit_knn(ItemKnn, interactions, device, params)
 
 
-def fit_user_knn(train, n_users, n_items, config, device, validation=None, label="train"):  # noqa: ANN001, ANN201
-    """`user_knn` with `config.user_knn`."""
-    return _fit_knn(UserKnn, train, n_users, n_items, device, config.user_knn)
+def fit_user_knn(interactions: Interactions, params: UserKnnParams, device: torch.device,
+                 validation: pl.DataFrame | None = None, *, seed: int = 0,
+                 label: str = "train") -> tuple[_Neighbourhood, list[dict]]:  # fmt: skip
+    """`user_knn`: each user's neighbours among the users."""
+    return _fit_knn(UserKnn, interactions, device, params)

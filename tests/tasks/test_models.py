@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from pydantic import ValidationError
 
-from tasks.config import PipelineConfig
+from tasks.config import MODEL_NAMES, PipelineConfig
 from tasks.models import MODELS
+from tasks.models.closed_form import EaseParams
+from tasks.models.embedding import DotBiasParams
 from tasks.reindex import IdMaps
 from tasks.train import fit, load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Small and quick: a handful of epochs, few factors, CPU.
 TINY = PipelineConfig.model_validate(
     {
-        "device": "cpu", "factors": 4, "epochs": 60, "batch_size": 4, "learning_rate": 0.5, "regularization": 0.0,
+        "device": "cpu",
+        "dot_bias": {"factors": 4, "epochs": 60, "batch_size": 4, "learning_rate": 0.5, "regularization": 0.0},
         "dot": {"factors": 4, "epochs": 20, "batch_size": 4, "learning_rate": 0.05, "regularization": 0.0},
         "mlp": {"factors": 4, "hidden": [8], "dropout": 0.0, "epochs": 60, "batch_size": 4, "learning_rate": 0.03,
                 "weight_decay": 0.0},
@@ -182,3 +191,32 @@ def test_inspection_tables_match_numpy_and_reach_duckdb(small_ratings, tmp_path)
     with connect(path) as con:
         assert con.execute("SELECT count(*) FROM similar_items WHERE run_id = 'run-1'").fetchall() == [(10,)]
         assert con.execute("SELECT count(*), sum(n_ratings) FROM item_biases").fetchall() == [(5, 13)]
+
+
+def test_each_model_owns_its_settings_and_none_reads_the_pipeline_config():
+    assert set(MODEL_NAMES) == set(MODELS)
+    for name, spec in MODELS.items():
+        assert PipelineConfig.model_fields[name].annotation is spec.params, name
+        assert PipelineConfig().params_for(name) == spec.params()  # the group's defaults are the model's own
+    for module in (REPO / "tasks" / "models").glob("*.py"):
+        assert "tasks.config" not in module.read_text(), module
+    with pytest.raises(ValidationError, match="no_such"):
+        PipelineConfig(ease={"no_such": 1})  # extra="forbid": a misspelt setting is an error
+
+
+def test_the_old_top_level_settings_load_with_a_warning_and_stored_configs_silently():
+    with pytest.warns(FutureWarning) as caught:
+        config = PipelineConfig(factors=8, y_margin=0.25)
+    said = [str(warning.message) for warning in caught]
+    assert "factors (--factors) is deprecated and will be removed in the next release; use dot_bias.factors (--dot-bias-factors)" in said
+    assert any("use dot_bias.y_margin (--dot-bias-y-margin) and mlp.y_margin (--mlp-y-margin)" in s for s in said)
+    assert config.dot_bias.factors == 8 and config.dot_bias.y_margin == config.mlp.y_margin == 0.25
+    # What `runs.config` held before the models owned their settings (abridged: the rest are defaults).
+    stored = ('{"source": "ml-100k.zip", "factors": 32, "epochs": 5, "batch_size": null, "learning_rate": 0.02, '
+              '"regularization": 0.05, "y_margin": 0.5, "ease": {"l2": 50.0, "dropout": 0.5}, '
+              '"user_knn": {"neighbours": 400, "shrinkage": 25.0, "chunk": 1024}}')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = PipelineConfig.from_stored(stored)
+    assert old.dot_bias == DotBiasParams(factors=32, epochs=5, learning_rate=0.02, regularization=0.05)
+    assert old.ease.l2 == 50.0 and old.ease.chunk_users == EaseParams().chunk_users
