@@ -21,13 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.synth import SynthSpec, synth  # noqa: E402
+import warehouse  # noqa: E402
+from benchmarks.synth import SynthSpec, synth  # noqa: E402
 
 SYNTHETIC = {
     "1m": SynthSpec(users=6_040, items=3_700, ratings=1_000_000, seed=1),  # ML-1M's shape
@@ -52,8 +52,8 @@ def run_once(size: str, archive: Path, work: Path, extra: list[str]) -> dict:
     folder = work / f"run-{size}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    warehouse = folder / "warehouse.duckdb"
-    command = [sys.executable, "-m", "flows.cli", "run", "--source", str(archive), "--warehouse", str(warehouse),
+    warehouse_path = folder / "warehouse.duckdb"
+    command = [sys.executable, "-m", "flows.cli", "run", "--source", str(archive), "--warehouse", str(warehouse_path),
                "--data-dir", str(folder / "data"), *extra]  # fmt: skip
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with open(folder / "run.log", "w") as log:
@@ -63,11 +63,8 @@ def run_once(size: str, archive: Path, work: Path, extra: list[str]) -> dict:
         wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"recs run on {archive} failed; see {folder / 'run.log'}")
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        row = con.execute(
-            "SELECT n_ratings, n_users, n_items, model, device, train_ratings_per_second, stage_seconds, "
-            "(SELECT count(*) FROM recommendations) FROM runs ORDER BY started_at DESC LIMIT 1"
-        ).fetchone()  # fmt: skip
+    with warehouse.open_reader(warehouse_path) as con:
+        row = warehouse.fetch(con, "latest_run_facts").row(0)
     n_ratings, n_users, n_items, model, device, rate, stages, n_recommendations = row
     stages = json.loads(stages)
     return {

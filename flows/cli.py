@@ -4,114 +4,25 @@
 deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse;
 `recs synth` writes a synthetic MovieLens archive for scale tests; `recs sql` runs a read-only query.
 
-The options of `recs run` are generated from `PipelineConfig`'s fields (flows/options.py), so each default
-and description is written once, in `tasks/config.py`.
+The commands' options, those of `recs run` generated from `PipelineConfig`'s fields, are in flows/options.py;
+this module runs the commands.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 import warehouse
+from benchmarks.synth import SynthSpec
 from flows.console import show, terminal_width, text_table
-from flows.options import Parser, add_config_options, config_from_options, nested, unknown_arguments
+from flows.options import command_parser, config_from_options, nested, unknown_arguments
 from tasks.config import PipelineConfig
-from tasks.synth import SynthSpec
-
-_DEFAULTS = PipelineConfig()
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="recs", description="Nightly MovieLens recommendation pipeline.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser(
-        "run",
-        help="run the nightly flow once: ingest, train, evaluate, publish top-n to DuckDB",
-        description="Run the nightly flow once on Prefect's local (ephemeral) API. Options override the defaults shown.",
-    )
-    add_config_options(run)
-
-    backfill = commands.add_parser(
-        "backfill",
-        help="replay the nightly flow at past dates (as_of), oldest first, then print the trend",
-        description="Run the nightly flow once per date from --start to --end, each on the ratings up to the end "
-        "of that day (UTC), with a temporal split unless --split says otherwise. Other options as for `recs run`.",
-    )
-    backfill.add_argument("--start", type=date.fromisoformat, required=True, metavar="DATE", help="first date, YYYY-MM-DD")
-    backfill.add_argument("--end", type=date.fromisoformat, required=True, metavar="DATE", help="last date, YYYY-MM-DD")
-    backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
-    add_config_options(backfill)
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve the nightly and refresh deployments from this process, schedules and trigger included",
-        description="Serve the deployments of deploy/prefect.yaml (nightly at 03:00 UTC, refresh, the "
-        "recs.ratings.updated trigger) from this process until interrupted; needs a Prefect API "
-        "(`prefect server start` or Prefect Cloud).",
-    )
-    serve.add_argument("--with-training", action="store_true",
-                       help="also serve the training deployment (train/gpu) that config.train_deployment can name")  # fmt: skip
-
-    synth = commands.add_parser(
-        "synth",
-        help="write a synthetic MovieLens archive in the ml-20m layout (for scale tests)",
-        description="Write ratings.csv and movies.csv in the ml-20m layout: heavy-tailed user activity (at least "
-        "20 ratings each) and item popularity, latent-factor ratings on the half-star scale with ML-20M's "
-        "histogram, timestamps over 1995-2015. The same arguments give the same archive.",
-    )
-    spec = SynthSpec()
-    synth.add_argument("--users", type=int, default=spec.users, help=f"users (default: {spec.users})")
-    synth.add_argument("--items", type=int, default=spec.items, help=f"movies (default: {spec.items})")
-    synth.add_argument("--ratings", type=int, default=spec.ratings, help=f"ratings (default: {spec.ratings})")
-    synth.add_argument("--seed", type=int, default=spec.seed, help=f"random seed (default: {spec.seed})")
-    synth.add_argument("--out", type=Path, required=True, metavar="FILE.zip", help="archive to write")
-
-    recommend = commands.add_parser("recommend", help="print one user's published list with titles")
-    recommend.add_argument("user_id", type=int, help="the dataset's own user id")
-    runs = commands.add_parser(
-        "runs",
-        help="print the latest runs with their status and headline metrics",
-        description="The latest 20 runs, newest first, fitted to the terminal; --wide prints every column whole.",
-    )
-    sql = commands.add_parser(
-        "sql",
-        help="run a read-only SQL query on the warehouse and print the result",
-        description="Run SQL on the warehouse through a read-only connection (as applications should read it) "
-        "and print the result. Several statements may be given; the last one's result is printed.",
-    )
-    sql_text = sql.add_mutually_exclusive_group(required=True)
-    sql_text.add_argument("query", nargs="?", help="the SQL, e.g. \"SELECT count(*) FROM recommendations\"")
-    sql_text.add_argument("--file", type=Path, metavar="FILE.sql", help="read the SQL from a file, e.g. warehouse/queries/*.sql")
-    sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="bind $NAME in the SQL to VALUE (a number when it reads as one); repeatable")  # fmt: skip
-    for reader in (runs, sql):
-        form = reader.add_mutually_exclusive_group()
-        form.add_argument("--wide", action="store_const", dest="output", const="wide",
-                          help="a table with every cell whole, however wide")  # fmt: skip
-        form.add_argument("--csv", action="store_const", dest="output", const="csv", help="CSV with a header line")
-        form.add_argument("--json", action="store_const", dest="output", const="json", help="a JSON array of objects")
-    trend = commands.add_parser(
-        "trend",
-        help="print each run's headline metrics with deltas, and write a PNG chart of them",
-        description="The metric series of the newest run's source, protocol and model: each run's value, its "
-        "delta from the run before and from the median of the last N published runs.",
-    )
-    trend.add_argument("--runs", type=int, default=_DEFAULTS.trend_runs, metavar="N",
-                       help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})")  # fmt: skip
-    trend.add_argument("--chart", type=Path, default=None, metavar="PNG",
-                       help="where to write the chart (default: trend.png beside the warehouse)")  # fmt: skip
-    for reader in (recommend, runs, trend, sql):
-        reader.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
-                            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
-    return parser
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -209,7 +120,7 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
             return 1
         newest = trend.sort("started_at").row(-1, named=True)
         # A run has a series per model it trained: follow the one it published (or, rejected, would have).
-        (newest["model"],) = con.execute("SELECT model FROM runs WHERE run_id = ?", [newest["run_id"]]).fetchone()
+        newest["model"] = warehouse.fetch_value(con, "run_model", {"run_id": newest["run_id"]})
     newest_series = series(trend, newest["source"], newest["protocol"], newest["model"])
     print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
     print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")
@@ -224,7 +135,7 @@ def _open_read_only(path: Path) -> duckdb.DuckDBPyConnection | None:
     if not path.exists():
         print(f"recs: warehouse {path} does not exist; run `recs run` first", file=sys.stderr)
         return None
-    return warehouse.connect(path)
+    return warehouse.open_reader(path)
 
 
 def _recommend(user_id: int, path: Path) -> int:
@@ -234,7 +145,7 @@ def _recommend(user_id: int, path: Path) -> int:
     with con:
         rows = warehouse.fetch(con, "user_recommendations", {"user_id": user_id})
         if rows.height == 0:
-            n_users = con.execute("SELECT count(DISTINCT user_id) FROM recommendations").fetchone()[0]
+            n_users = warehouse.fetch_value(con, "users_with_lists")
             print(f"recs: user {user_id} has no published recommendations in {path} ({n_users} users have lists)",
                   file=sys.stderr)  # fmt: skip
             return 1
@@ -303,7 +214,7 @@ def _sql(args: dict) -> int:
 
 
 def _synth(options: dict) -> int:
-    from tasks.synth import synth
+    from benchmarks.synth import synth
 
     out = options.pop("out")
     spec = SynthSpec(**options)
@@ -323,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `recs` console script; returns the exit status."""
     # The temporary Prefect API `recs run` starts needs no telemetry (its heartbeat also logged lock errors).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    parser = _parser()
+    parser = command_parser()
     try:
         namespace, extras = parser.parse_known_args(argv)
         if extras:

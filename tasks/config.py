@@ -144,6 +144,12 @@ def _move_legacy_fields(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def describe_overrides(overrides: dict[str, Any]) -> str:
+    """What a run's `overrides` changed, for its log, with any credentials in a source removed."""
+    shown = {**overrides, **({"source": redact(overrides["source"])} if "source" in overrides else {})}
+    return f"config fields overridden for this run: {json.dumps(shown, default=str)}"
+
+
 class PipelineConfig(BaseModel):
     """Parameters of one nightly run, from source archive to published recommendations."""
 
@@ -206,7 +212,7 @@ class PipelineConfig(BaseModel):
         min_length=1,
         description="Models to train and evaluate in the run (comma-separated on the command line); each one's "
         "metrics go to run_metrics. Naming only `model` trains that one alone. The default is the seeds' model, "
-        "which scales to 20M ratings on two cores; ease and the kNNs grow with items x items (README, Scale).",
+        "which scales to 20M ratings on two cores; ease and the kNNs grow with items x items (docs/scale.md).",
     )
     model: ModelName | None = Field(
         None, description="Model whose lists are published; unset publishes the best of `models` by nDCG@k."

@@ -107,6 +107,11 @@ def with_fit_seconds(metrics: pl.DataFrame, seconds: float) -> pl.DataFrame:
     return pl.concat([metrics, row])
 
 
+def comparison_table(metrics: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Every trained model's metrics in one long frame: `model`, `metric`, `k`, `value`."""
+    return pl.concat([frame.select(pl.lit(name).alias("model"), pl.all()) for name, frame in metrics.items()])
+
+
 def published_model(metrics: dict[str, pl.DataFrame], config: PipelineConfig) -> tuple[str, str]:
     """The model whose lists a run publishes, and why: the config's `model`, else the best nDCG@k.
 
@@ -132,5 +137,5 @@ def evaluate_task(
     n_items: int,
     config: PipelineConfig,
 ) -> pl.DataFrame:
-    """Prefect wrapper of `evaluate`."""
-    return evaluate(model, train, test, n_items, config)
+    """Prefect wrapper of `evaluate`, with the model's fit seconds added (`with_fit_seconds`)."""
+    return with_fit_seconds(evaluate(model, train, test, n_items, config), model.seconds)

@@ -29,6 +29,15 @@ class GateVerdict:
     passed: bool
     reason: str
     baseline_run_id: str | None = None
+    forced: bool = False  # failed, but `force` publishes anyway
+
+    @property
+    def publishes(self) -> bool:
+        return self.passed or self.forced
+
+    def overridden(self) -> GateVerdict:
+        """This failed verdict overridden by `force`: the run publishes, and its reason says so."""
+        return GateVerdict(False, f"overridden by force: {self.reason}", self.baseline_run_id, forced=True)
 
 
 def _value(metrics: pl.DataFrame, metric: str, k: int | None) -> float | None:
@@ -71,7 +80,7 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
 
 def baseline_metrics(path: Path, run_id: str, source: str, protocol: str, model: str) -> pl.DataFrame:
     """The last published run's metrics on the same source and protocol (empty when there is none)."""
-    with warehouse.connect(path) as con:
+    with warehouse.open_reader(path) as con:
         params = {"source": source, "protocol": protocol, "model": model, "run_id": run_id}
         return warehouse.fetch(con, "gate_baseline", params)
 
@@ -80,13 +89,16 @@ def baseline_metrics(path: Path, run_id: str, source: str, protocol: str, model:
 def gate_task(
     path: Path, run_id: str, source: str, model: str, metrics: pl.DataFrame, config: PipelineConfig
 ) -> GateVerdict:
-    """Judge the run's model to publish against the same model in the baseline run; logs the verdict."""
+    """Judge the run's model to publish against the same model in the baseline run; logs the verdict.
+
+    With `force`, a failed verdict comes back overridden: `publishes` is true and the reason says why."""
     baseline = baseline_metrics(path, run_id, source, config.protocol, model)
     verdict = judge(metrics, baseline, config.k, config.gate_tolerance)
     if verdict.passed:
         log.info("quality gate passed: %s", verdict.reason)
     elif config.force:
         log.warning("quality gate failed but %s publishes anyway: %s", setting("force"), verdict.reason)
+        return verdict.overridden()
     else:
         log.warning("quality gate rejected the run: %s", verdict.reason)
     return verdict

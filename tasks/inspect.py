@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import torch
@@ -15,10 +13,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
-from tasks.publish import record_inspection
 from tasks.reindex import IdMaps
 from tasks.scoring import UserItems, top_k_unseen
 from tasks.train import TrainedModel
+from warehouse.runs import ModelRecord
 
 
 def item_bias_table(model: TrainedModel, train: pl.DataFrame, maps: IdMaps) -> pl.DataFrame | None:
@@ -55,11 +53,10 @@ def similar_items_table(model: TrainedModel, maps: IdMaps, n: int, chunk: int) -
 
 
 @task(name="inspect", cache_policy=NO_CACHE, task_run_name="inspect-{model.name}")
-def inspect_task(
-    warehouse_path: Path, run_id: str, model: TrainedModel, train: pl.DataFrame, maps: IdMaps, config: PipelineConfig
-) -> None:
-    """Write the model's item biases and similar items (whichever it has) to the warehouse."""
+def inspect_task(model: TrainedModel, metrics: pl.DataFrame, train: pl.DataFrame, maps: IdMaps,
+                 config: PipelineConfig) -> ModelRecord:  # fmt: skip
+    """What the run keeps of a trained model: its metrics and loss history with its item biases and similar
+    items (whichever it has), ready for one write (warehouse/runs.py, `record_model`)."""
     biases = item_bias_table(model, train, maps)
     similar = similar_items_table(model, maps, config.similar_items, config.score_chunk_users)
-    if biases is not None or similar is not None:
-        record_inspection(warehouse_path, run_id, model.name, biases, similar)
+    return ModelRecord(metrics, model.history, biases, similar)

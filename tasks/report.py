@@ -91,7 +91,7 @@ def write_report(
     Returns:
         (markdown summary, this run's metrics with deltas, loss-curve PNG, trend PNG).
     """
-    with warehouse.connect(warehouse_path) as con:
+    with warehouse.open_reader(warehouse_path) as con:
         trend = metric_trend(con, trend_runs)
     runs = series(trend, facts.get("source"), facts.get("protocol"), model)
     metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import zipfile
 
@@ -42,7 +43,7 @@ def _check_published(warehouse_path, ratings: pl.DataFrame, n_users: int) -> str
     return run_id
 
 
-def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_dataset, tmp_path, serve, capsys):
+def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_dataset, tmp_path, serve, capsys, caplog):
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(ml100k_zip, site / "ml-100k.zip")
@@ -50,10 +51,15 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
     warehouse_path = tmp_path / "W.duckdb"
 
     # Every model, as the scheduled nightly deployment runs them (the default trains dot_bias alone).
+    caplog.set_level(logging.DEBUG, logger="warehouse.writer")
     status = main(["run", "--source", f"{server.url}/ml-100k.zip", "--warehouse", str(warehouse_path), "--data-dir",
                    str(tmp_path / "D"), "--models", ",".join(MODEL_NAMES)])  # fmt: skip
 
     assert status == 0
+    # Whole-file rewrites of the warehouse: the start, one per model (metrics, history, inspection together),
+    # the publish (lists, refit history, final facts together).
+    rewrites = [record for record in caplog.records if record.name == "warehouse.writer" and "rewrote" in record.message]
+    assert len(rewrites) == 1 + len(MODEL_NAMES) + 1
     run_id = _check_published(warehouse_path, ml100k_dataset.ratings(), n_users=943)
     out = capsys.readouterr().out
     assert f"run {run_id} succeeded: 9430 recommendations" in out and "ndcg" in out

@@ -13,8 +13,8 @@ from flows.cli import main
 from flows.nightly import nightly
 from flows.refresh import refresh
 from tasks.config import PipelineConfig
-from tasks.lock import RunLockedError, run_lock
-from tests.conftest import query_rows
+from flows.lock import RunLockedError, run_lock
+from tests.helpers import query_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
-import tasks.publish as publish
 import warehouse
+import warehouse.runs as runs
 
 TOP_N = 10
 ITEMS = pl.DataFrame({"item_id": list(range(1, 101)), "title": [f"Film {i}" for i in range(1, 101)],
@@ -57,7 +57,7 @@ def publish_and_die(path: Path, run_id: str, n_users: int, point: str) -> None:
     """Publish the lists of `run_id` (already started), SIGKILLed at `point`: while copying the warehouse to
     its staging file (COPY), before a statement that starts with `point`, after the block (CLOSE: before the
     checkpoint), just before the staging file replaces the warehouse (REPLACE) or just after (REPLACED)."""
-    real_connect, real_copy, real_replace = publish.connect, shutil.copyfile, os.replace
+    real_writer, real_copy, real_replace = runs.open_writer, shutil.copyfile, os.replace
 
     def copy_half_and_die(src, dst):
         Path(dst).write_bytes(Path(src).read_bytes()[: Path(src).stat().st_size // 2])
@@ -74,14 +74,14 @@ def publish_and_die(path: Path, run_id: str, n_users: int, point: str) -> None:
     os.replace = replace
 
     @contextmanager
-    def connect(p: Path) -> Iterator:
-        with real_connect(p) as con:
+    def open_writer(p: Path) -> Iterator:
+        with real_writer(p) as con:
             yield _KillingConnection(con, point)
             if point == "CLOSE":
                 _die()
 
-    publish.connect = connect
-    publish.publish(path, run_id, lists(n_users, seed=len(run_id)), ITEMS, {})
+    runs.open_writer = open_writer
+    runs.publish(path, run_id, lists(n_users, seed=len(run_id)), ITEMS, {})
 
 
 def publish_repeatedly(path: Path, n_runs: int, n_users: int, report: Path) -> None:
@@ -90,8 +90,8 @@ def publish_repeatedly(path: Path, n_runs: int, n_users: int, report: Path) -> N
     for i in range(n_runs):
         started = time.perf_counter()
         run_id = f"run-{i + 1:03d}"  # after the test's own run-000
-        publish.start_run(path, run_id, None, "{}", publish.utc_now())
-        publish.publish(path, run_id, lists(n_users, seed=i), ITEMS, {})
+        runs.start_run(path, run_id, None, "{}", runs.utc_now())
+        runs.publish(path, run_id, lists(n_users, seed=i), ITEMS, {})
         seconds.append(time.perf_counter() - started)
     report.write_text(json.dumps({"publish_seconds": seconds}))
 
@@ -101,7 +101,7 @@ def read_until(path: Path, stop_file: Path, n_users: int, report: Path) -> None:
     seen, waits, errors = [], [], []
     while not stop_file.exists():
         started = time.perf_counter()
-        with warehouse.connect(path, read_only=True) as con:
+        with warehouse.open_reader(path) as con:
             waits.append(time.perf_counter() - started)
             rows = con.execute(
                 "SELECT r.run_id, any_value(s.status), count(*), count(DISTINCT r.user_id), min(r.rank), max(r.rank), "

@@ -9,8 +9,10 @@ import duckdb
 import polars as pl
 import pytest
 
+import warehouse
+
 from tasks.gate import baseline_metrics, judge
-from tasks.publish import connect, mark_failed, mark_rejected, publish, record_metrics, start_run
+from warehouse.runs import ModelRecord, mark_failed, mark_rejected, publish, record_model, start_run
 from tasks.trend import headline, metric_trend, plot_loss, plot_trend
 
 PROTOCOL = "stratified test=0.25 seed=42 k=10"
@@ -54,7 +56,7 @@ def test_tolerance_is_configurable():
 
 def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL):
     start_run(path, run_id, None, json.dumps({}), started)
-    record_metrics(path, run_id, "dot_bias", _metrics(rmse, ndcg))
+    record_model(path, run_id, "dot_bias", ModelRecord(_metrics(rmse, ndcg)))
     facts = {"source": source, "protocol": protocol, "model": "dot_bias"}
     if status == "succeeded":
         recs = pl.DataFrame({"user_id": [1], "item_id": [2], "rank": [1], "score": [4.0]})
@@ -80,7 +82,7 @@ def history_warehouse(tmp_path):
 
 
 def test_trend_deltas_from_previous_run_and_median_of_published(history_warehouse):
-    with connect(history_warehouse) as con:
+    with warehouse.open_reader(history_warehouse) as con:
         trend = metric_trend(con, n_runs=2).filter((pl.col("metric") == "rmse") & (pl.col("protocol") == PROTOCOL))
     rows = {r["run_id"]: r for r in trend.iter_rows(named=True)}
     assert list(rows) == ["r0", "r1", "r2", "r3", "r4", "r5"]
@@ -101,7 +103,7 @@ def test_gate_baseline_is_the_last_published_run_on_the_same_source_and_protocol
 
 
 def test_headline_table_and_charts(history_warehouse, tmp_path):
-    with connect(history_warehouse) as con:
+    with warehouse.open_reader(history_warehouse) as con:
         trend = metric_trend(con, n_runs=5).filter(pl.col("protocol") == PROTOCOL)
     table = headline(trend)
     assert table["run_id"].to_list() == ["r0", "r1", "r2", "r3", "r4", "r5"]

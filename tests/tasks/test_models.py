@@ -167,7 +167,8 @@ def test_bpr_ranks_a_users_items_first():
 
 def test_inspection_tables_match_numpy_and_reach_duckdb(small_ratings, tmp_path):
     from tasks.inspect import item_bias_table, similar_items_table
-    from tasks.publish import connect, record_inspection
+    import warehouse
+    from warehouse.runs import ModelRecord, record_model
 
     model = fit(small_ratings, 4, 5, TINY, name="dot_bias")
     maps = _maps(4, 5)
@@ -187,8 +188,8 @@ def test_inspection_tables_match_numpy_and_reach_duckdb(small_ratings, tmp_path)
 
     path = tmp_path / "W.duckdb"
     for _ in range(2):  # storing again replaces, never duplicates
-        record_inspection(path, "run-1", "dot_bias", biases, similar)
-    with connect(path) as con:
+        record_model(path, "run-1", "dot_bias", ModelRecord(None, model.history, biases, similar))
+    with warehouse.open_reader(path) as con:
         assert con.execute("SELECT count(*) FROM similar_items WHERE run_id = 'run-1'").fetchall() == [(10,)]
         assert con.execute("SELECT count(*), sum(n_ratings) FROM item_biases").fetchall() == [(5, 13)]
 

@@ -13,10 +13,10 @@ import pytest
 
 from flows.backfill import parse_every, replay_dates
 from tasks.config import PipelineConfig
-from tasks.lock import RunLockedError, lock_path, run_lock
+from flows.lock import RunLockedError, lock_path, run_lock
 from tasks.refresh import check_source, remember_announced
 from tasks.reindex import ratings_as_of
-from tests.conftest import REPO, write_zip
+from tests.helpers import REPO, write_zip
 
 
 def test_second_holder_is_refused_with_the_holders_name(tmp_path):
@@ -29,6 +29,7 @@ def test_second_holder_is_refused_with_the_holders_name(tmp_path):
         assert "third-run" in lock_path(warehouse_path).read_text()
 
 
+@pytest.mark.slow  # waits on another process's lock
 def test_waiting_holder_gets_the_lock_once_released(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
     order = []
@@ -48,10 +49,11 @@ def test_waiting_holder_gets_the_lock_once_released(tmp_path):
     assert order == ["first in", "first out", "second in"]
 
 
+@pytest.mark.slow  # SIGKILLs a process
 def test_lock_of_a_killed_process_is_released(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tasks.lock import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.lock import run_lock\n"
          f"with run_lock(Path({str(warehouse_path)!r}), 'doomed'):\n    print('held', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 import warehouse
-from tasks.publish import connect, mark_failed, publish, record_history, record_metrics, start_run
+from warehouse import open_writer
+from warehouse.runs import ModelRecord, mark_failed, publish, record_model, start_run
 
 
 def _recs(user_ids, run_offset=0) -> pl.DataFrame:
@@ -37,7 +38,7 @@ def _start(path, run_id):
 def test_schema_is_idempotent(tmp_path):
     path = tmp_path / "w.duckdb"
     for _ in range(2):
-        with connect(path):
+        with open_writer(path):
             pass
     with duckdb.connect(str(path)) as con:
         tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -75,7 +76,7 @@ def test_publish_failure_rolls_back(tmp_path):
     _start(path, "good")
     publish(path, "good", _recs([1]), ITEMS, {})
     _start(path, "broken")
-    with pytest.raises(ValueError, match="no column"):
+    with pytest.raises(ValueError, match="no settable column"):
         publish(path, "broken", _recs([9]), ITEMS, {"not_a_column": 1})
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("good",)]
@@ -87,9 +88,9 @@ def test_metrics_and_history_in_long_form(tmp_path):
     path = tmp_path / "w.duckdb"
     _start(path, "r")
     metrics = pl.DataFrame({"metric": ["rmse", "ndcg"], "k": [None, 10], "value": [0.9, 0.1]}, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
-    record_metrics(path, "r", "dot_bias", metrics)
-    record_metrics(path, "r", "dot_bias", metrics)  # re-recording replaces, never duplicates
-    record_history(path, "r", "dot_bias", pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.8]}))
+    history = pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.8]})
+    record_model(path, "r", "dot_bias", ModelRecord(metrics, history))
+    record_model(path, "r", "dot_bias", ModelRecord(metrics, history))  # re-recording replaces, never duplicates
     with duckdb.connect(str(path), read_only=True) as con:
         assert warehouse.fetch(con, "run_metrics", {"run_id": "r"}).rows() == [("dot_bias", "rmse", None, 0.9), ("dot_bias", "ndcg", 10, 0.1)]
         assert con.execute("SELECT count(*) FROM training_history WHERE run_id = 'r'").fetchall()[0] == (2,)

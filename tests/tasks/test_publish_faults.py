@@ -11,11 +11,14 @@ import time
 import duckdb
 import pytest
 
-from tasks.publish import publish, start_run, utc_now
-from tests.conftest import REPO
+from warehouse.runs import publish, start_run, utc_now
+from tests.helpers import REPO
 from tests.warehouse_worker import ITEMS, TOP_N, lists
 
 N_USERS = 20_000
+
+# Every test here kills processes or polls other processes for seconds: the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def _worker(*args: object) -> subprocess.Popen:

@@ -1,4 +1,4 @@
--- What ingest left out of a run's ratings (tasks/movielens.py).
+-- What ingest left out of a run's ratings (tasks/ingest/movielens.py).
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS n_bad_rows BIGINT;           -- malformed rows dropped (on_bad_rows = 'drop')
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS n_duplicate_ratings BIGINT;  -- repeated (user, item) rows dropped, the latest kept
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.config import setting
-from tasks.publish import utc_now
+from warehouse.runs import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""Bookkeeping of one run: its id, its folder, what it learnt about itself, and how long each stage took."""
+"""Bookkeeping of one nightly run: its id, its folder, what it learnt about itself, and how long each stage took.
+
+It serves the flow only; what it writes to the warehouse goes through warehouse/runs.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
-from tasks.publish import mark_failed, start_run, utc_now
+from warehouse.runs import mark_failed, start_run, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class RunLog:
     config: PipelineConfig
     facts: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    _running: tuple[str, float] | None = None  # the stage in progress and when it started
 
     @property
     def directory(self) -> Path:
@@ -44,14 +47,24 @@ class RunLog:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        self._running = (name, time.perf_counter())
         try:
             yield
         finally:
-            self.stage_seconds[name] = round(self.stage_seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+            self.stage_seconds = self._seconds()
+            self._running = None
+
+    def _seconds(self) -> dict[str, float]:
+        seconds = dict(self.stage_seconds)
+        if self._running is not None:
+            name, started = self._running
+            seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+        return seconds
 
     def final_facts(self) -> dict[str, Any]:
-        return {**self.facts, "stage_seconds": self.stage_seconds}
+        """Every fact noted so far, with the stage seconds up to now (the stage in progress included: the
+        publishing write takes them at its last statement)."""
+        return {**self.facts, "stage_seconds": self._seconds()}
 
     def fail(self, error: BaseException) -> None:
         """Record the run as failed with the error's type and message.

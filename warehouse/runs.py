@@ -1,0 +1,157 @@
+"""What a nightly run writes to the warehouse, each call one write (`open_writer`: a whole-file copy).
+
+A run writes at its start (`start_run`), once per trained model (`record_model`: metrics, loss history and
+inspection tables together) and once at its end: `publish`, `mark_rejected` or `mark_failed`. Everything
+goes through Arrow frames registered for the statements in `statements/` to select from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from warehouse.sql import run_statement
+from warehouse.writer import open_writer
+
+log = logging.getLogger(__name__)
+
+# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005), with their types.
+UTC = pl.Datetime("us", "UTC")
+RUN_FIELDS: dict[str, pl.DataType] = {
+    "status": pl.String, "error": pl.String, "finished_at": UTC, "source": pl.String, "source_sha256": pl.String,
+    "dataset_layout": pl.String, "n_ratings": pl.Int64, "n_users": pl.Int64, "n_items": pl.Int64,
+    "n_train": pl.Int64, "n_test": pl.Int64, "model": pl.String, "device": pl.String, "train_seconds": pl.Float64,
+    "train_ratings_per_second": pl.Float64, "stage_seconds": pl.String, "as_of": UTC, "protocol": pl.String,
+    "gate_baseline_run_id": pl.String, "gate_reason": pl.String, "n_bad_rows": pl.Int64,
+    "n_duplicate_ratings": pl.Int64,
+}  # fmt: skip
+
+ITEM_BIASES_SCHEMA = {"item_id": pl.Int64, "bias": pl.Float64, "mean_rating": pl.Float64, "n_ratings": pl.Int64}
+SIMILAR_ITEMS_SCHEMA = {"item_id": pl.Int64, "rank": pl.Int16, "similar_item_id": pl.Int64, "score": pl.Float32}
+HISTORY_SCHEMA = {"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One trained model's results in a run, written together by `record_model`."""
+
+    metrics: pl.DataFrame | None  # metric, k, value
+    history: pl.DataFrame | None = None  # epoch, split, loss; none for closed-form models
+    item_biases: pl.DataFrame | None = None  # item_id, bias, mean_rating, n_ratings; None: the model has none
+    similar_items: pl.DataFrame | None = None  # item_id, rank, similar_item_id, score; None: no embeddings
+
+
+def _keyed(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str, model: str) -> pl.DataFrame:
+    """`frame` (or an empty one of `schema`) with `run_id` and `model` columns in front."""
+    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(schema)
+    return frame.select(pl.lit(run_id).alias("run_id"), pl.lit(model).alias("model"), pl.all())
+
+
+def _run_update(run_id: str, fields: dict[str, Any]) -> pl.DataFrame:
+    unknown = set(fields) - set(RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"runs has no settable column(s) {sorted(unknown)}")
+    row = {name: [fields.get(name)] for name in RUN_FIELDS}
+    if row["stage_seconds"][0] is not None:
+        row["stage_seconds"] = [json.dumps(row["stage_seconds"][0])]
+    return pl.DataFrame({"run_id": [run_id], **row}, schema={"run_id": pl.String, **RUN_FIELDS})
+
+
+def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str, started_at: datetime) -> int:
+    """Insert the run as `running`, first marking runs left `running` by a dead process as failed.
+
+    Call it only while holding the run lock (flows/lock.py): then no other run on this warehouse is alive,
+    and any `running` row is one whose process was killed or crashed before it could record an outcome.
+
+    Returns:
+        How many abandoned runs were marked failed.
+    """
+    new_run = pl.DataFrame(
+        {"run_id": [run_id], "flow_run_id": [flow_run_id], "started_at": [started_at], "config": [config_json]},
+        schema={"run_id": pl.String, "flow_run_id": pl.String, "started_at": UTC, "config": pl.String},
+    )
+    with open_writer(path) as con:
+        abandoned = run_statement(con, "mark_abandoned", {"new_run": new_run})
+        run_statement(con, "insert_run", {"new_run": new_run})
+    if abandoned:
+        log.warning("marked %d abandoned run(s) failed: %s", len(abandoned), ", ".join(r for (r,) in abandoned))
+    return len(abandoned)
+
+
+def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> None:
+    """Store one model's metrics, loss history and inspection tables for the run, replacing any it stored before.
+
+    Written as soon as the model is evaluated, so a run that fails or is held back later still has them.
+    """
+    frames = {
+        "model_key": pl.DataFrame({"run_id": [run_id], "model": [model]}),
+        "new_metrics": _keyed(record.metrics, {"metric": pl.String, "k": pl.Int32, "value": pl.Float64}, run_id, model),
+        "new_history": _keyed(record.history, HISTORY_SCHEMA, run_id, model),
+        "new_item_biases": _keyed(record.item_biases, ITEM_BIASES_SCHEMA, run_id, model),
+        "new_similar_items": _keyed(record.similar_items, SIMILAR_ITEMS_SCHEMA, run_id, model),
+    }
+    with open_writer(path) as con:
+        run_statement(con, "record_model", frames)
+
+
+def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame,
+            facts: dict[str, Any] | Callable[[], dict[str, Any]], refit_history: pl.DataFrame | None = None,
+            model: str | None = None) -> datetime:  # fmt: skip
+    """Replace the published lists and the catalogue and mark the run succeeded, in one write.
+
+    Args:
+        path: the warehouse file.
+        run_id: the publishing run.
+        recommendations: `user_id`, `item_id`, `rank`, `score`.
+        items: `item_id`, `title`, `genres`, `year`.
+        facts: last `runs` fields to set (stage timings...), or a function returning them, called after the
+            lists are inserted (so timings include the write's work).
+        refit_history: the loss per epoch of the model refitted on all ratings, kept as split 'refit'.
+        model: the published model (names the refit history's rows).
+
+    Returns:
+        The `generated_at` stamped on the rows.
+    """
+    generated_at = utc_now()
+    frames = {
+        "new_recommendations": recommendations.select(
+            "user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
+            pl.lit(generated_at).cast(UTC).alias("generated_at"),
+        ),  # fmt: skip
+        "new_items": items.select("item_id", "title", "genres", "year"),
+        "new_history": _keyed(refit_history, HISTORY_SCHEMA, run_id, model or ""),
+    }
+    with open_writer(path) as con:
+        run_statement(con, "publish", frames)
+        final = facts() if callable(facts) else facts
+        update = _run_update(run_id, {**final, "status": "succeeded", "finished_at": utc_now()})
+        run_statement(con, "update_run", {"run_update": update})
+    log.info("published %d recommendations for run %s", recommendations.height, run_id)
+    return generated_at
+
+
+def record_facts(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+    """Set what the run has learnt about itself (dataset size, device, timings...), in a write of its own."""
+    with open_writer(path) as con:
+        run_statement(con, "update_run", {"run_update": _run_update(run_id, facts)})
+
+
+def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> None:
+    """Record the run as failed with its error; the published lists are not touched."""
+    record_facts(path, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
+
+
+def mark_rejected(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+    """Record the run as rejected by the quality gate (`facts` carries `gate_reason`); the lists are not touched."""
+    record_facts(path, run_id, {**facts, "status": "rejected", "finished_at": utc_now()})

@@ -1,0 +1,68 @@
+"""The SQL the product runs, kept as files: `schema/` (DDL, applied in name order, idempotent), `queries/`
+(reads: the product's and ones users can copy) and `statements/` (the pipeline's writes).
+
+Values reach SQL only as bound parameters or as registered Arrow frames that the statements select from.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import duckdb
+import polars as pl
+
+
+def _read(folder: str, name: str) -> str:
+    return resources.files(__package__).joinpath(folder, name).read_text(encoding="utf-8")
+
+
+def schema_scripts() -> list[str]:
+    """The DDL scripts, in the order they are applied."""
+    folder = resources.files(__package__).joinpath("schema")
+    return [_read("schema", entry.name) for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".sql")]
+
+
+def query(name: str) -> str:
+    """The text of `queries/<name>.sql`."""
+    return _read("queries", f"{name}.sql")
+
+
+def statement(name: str) -> str:
+    """The text of `statements/<name>.sql`."""
+    return _read("statements", f"{name}.sql")
+
+
+def statements(name: str) -> list[str]:
+    """The statements of `statements/<name>.sql`, comments removed, one per `;` that ends a line."""
+    lines = [line for line in statement(name).splitlines() if not line.lstrip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";\n") if part.strip().rstrip(";")]
+
+
+def fetch(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> pl.DataFrame:
+    """Run `queries/<name>.sql` with bound `params` and return the result as polars (through Arrow)."""
+    return pl.from_arrow(con.sql(query(name), params=params or {}).to_arrow_table())
+
+
+def fetch_value(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> object:
+    """The single value `queries/<name>.sql` returns (None when it returns no row)."""
+    row = con.execute(query(name), params or {}).fetchone()
+    return row[0] if row else None
+
+
+def run_statement(con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pl.DataFrame] | None = None,
+                  params: dict | None = None) -> list[tuple]:  # fmt: skip
+    """Run the statements of `statements/<name>.sql` in order, with `frames` registered under their names (and
+    unregistered after) and bound `params`; returns the rows the last one returns (a RETURNING clause), if any.
+    """
+    frames = frames or {}
+    for view, frame in frames.items():
+        con.register(view, frame.to_arrow())
+    try:
+        rows: list[tuple] = []
+        for sql in statements(name):
+            cursor = con.execute(sql, params) if params else con.execute(sql)
+            rows = cursor.fetchall() if cursor.description else []
+        return rows
+    finally:
+        for view in frames:
+            con.unregister(view)
