@@ -9,7 +9,7 @@ import pytest
 
 from tasks.config import redact
 from tasks.ingest import IngestError, fetch_archive, load_dataset
-from tests.conftest import write_zip
+from tests.helpers import write_zip
 
 RATINGS_COLUMNS = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64}
 ITEMS_COLUMNS = {"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32}

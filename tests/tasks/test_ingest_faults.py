@@ -1,6 +1,6 @@
 """Ingest under faults: broken downloads, hostile or broken archives, malformed and repeated rows.
 
-Each test here is a row of the README's "When things go wrong" table.
+Each test here is a row of the table in docs/failure-modes.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.ingest import IngestError, fetch_archive, load_dataset
-from tests.conftest import write_zip
+from tests.helpers import write_zip
 
 U_ITEM = "10|A (1990)|||" + "|0" * 19 + "\n20|B (1991)|||" + "|0" * 19 + "\n"
 
@@ -25,7 +25,7 @@ def _ml100k(tmp_path: Path, u_data: str) -> Path:
     return write_zip(tmp_path / "ml-100k.zip", {"ml-100k/u.data": u_data, "ml-100k/u.item": U_ITEM})
 
 
-@pytest.mark.parametrize("fault", ["refused", "503", "slow", "short"])
+@pytest.mark.parametrize("fault", ["refused", "503", pytest.param("slow", marks=pytest.mark.slow), "short"])
 def test_transient_download_faults_are_retryable_name_the_source_and_leave_no_file(fault, faulty_server, tmp_path):
     server = faulty_server(b"PK" * 5000, fault)
     with pytest.raises(IngestError) as error:

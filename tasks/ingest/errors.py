@@ -1,0 +1,12 @@
+"""The one error ingest raises, with whether trying again may help."""
+
+from __future__ import annotations
+
+
+class IngestError(RuntimeError):
+    """The source could not be fetched or is not a usable MovieLens archive."""
+
+    def __init__(self, message: str, *, retryable: bool = False, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.unreachable = unreachable  # no connection to the source's host could be made (offline, DNS)

@@ -1,0 +1,134 @@
+"""Parse: an archive's ratings and items to parquet under `data_dir/datasets/<sha256>/` (with `meta.json`),
+once per archive; every ratings row checked, bad rows counted, repeated ratings reduced to the latest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy
+from tasks.ingest.errors import IngestError
+from tasks.ingest.fetch import Archive
+from tasks.ingest.movielens import keep_latest_ratings
+from tasks.ingest.unzip import extract_members
+
+log = logging.getLogger(__name__)
+
+# Bump when parsing changes what lands in datasets/<sha256>/, so archives parsed before are parsed again.
+PARSER_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A parsed archive: where its parquet lives and what it holds."""
+
+    ratings_path: Path
+    items_path: Path
+    sha256: str
+    layout: str
+    n_ratings: int
+    n_bad_rows: int = 0  # rows dropped under on_bad_rows=drop
+    n_duplicate_ratings: int = 0  # repeated (user, item) rows dropped, each pair's latest kept
+
+    def ratings(self) -> pl.DataFrame:
+        return pl.read_parquet(self.ratings_path)
+
+    def items(self) -> pl.DataFrame:
+        return pl.read_parquet(self.items_path)
+
+
+def _apply_bad_row_policy(meta: dict, policy: BadRowPolicy, source: str) -> None:
+    n_bad = meta["n_bad_rows"]
+    if n_bad and policy == "fail":
+        examples = "; ".join(meta["bad_row_examples"][:3])
+        raise IngestError(
+            f"archive {source!r}: {n_bad:,} bad ratings row(s), first: {examples}. "
+            "Fix the file, or run with on_bad_rows=drop (--on-bad-rows drop) to skip them and record the count"
+        )
+    if n_bad:
+        log.warning("dropped %d bad ratings row(s) (on_bad_rows=drop, --on-bad-rows drop), first: %s", n_bad, meta["bad_row_examples"][0])
+
+
+def load_dataset(
+    archive: Archive, data_dir: Path, on_bad_rows: BadRowPolicy = "fail", max_extracted_bytes: int = MAX_EXTRACTED_BYTES
+) -> Dataset:
+    """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256.
+
+    Every ratings row is checked (tasks/ingest/movielens.py); bad rows are left out of the parquet and counted, and
+    repeated (user, item) ratings are reduced to each pair's latest. The parse is cached whatever the policy;
+    the policy is applied to the cached counts, so a failed run and a later `drop` run parse once.
+
+    Args:
+        archive: a verified local archive.
+        data_dir: the pipeline's data directory.
+        on_bad_rows: `fail` refuses an archive with any bad ratings row, naming the first ones; `drop` skips them.
+        max_extracted_bytes: refuse archives whose extracted files exceed this.
+
+    Returns:
+        The parsed dataset (cached under `data_dir/datasets/<sha256>/`).
+
+    Raises:
+        IngestError: unreadable zip, unsafe member, size limit, unknown layout, empty or malformed file,
+            bad rows under `fail`.
+    """
+    out_dir = data_dir / "datasets" / archive.sha256
+    meta_path = out_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("parser") == PARSER_VERSION:
+        log.info("archive %s already parsed (%s, %d ratings)", archive.sha256[:12], meta["layout"], meta["n_ratings"])
+    else:
+        meta = _parse(archive, out_dir, max_extracted_bytes)
+    _apply_bad_row_policy(meta, on_bad_rows, archive.source)
+    return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, meta["layout"], meta["n_ratings"],
+                   meta["n_bad_rows"], meta["n_duplicate_ratings"])  # fmt: skip
+
+
+def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
+    """Parse the archive into `out_dir` (written whole or not at all) and return its meta."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{archive.sha256[:12]}-"))
+    try:
+        raw_dir = work / "raw"
+        raw_dir.mkdir()
+        layout, ratings_member, ratings_file, items_file = extract_members(archive, raw_dir, max_extracted_bytes)
+        try:
+            parsed = layout.read_ratings(ratings_file)
+            items = layout.read_items(items_file) if items_file else None
+        except ValueError as exc:
+            raise IngestError(f"archive {archive.source!r}, {exc}") from exc
+        if parsed.ratings.height == 0:
+            dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {parsed.bad_row_examples[0]})" if parsed.n_bad_rows else ""
+            raise IngestError(f"archive {archive.source!r}, {ratings_member}: holds no ratings{dropped}")
+        ratings, n_duplicates = keep_latest_ratings(parsed.ratings)
+        if n_duplicates:
+            log.warning("%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates)
+        items = items if items is not None else _untitled_items(ratings)
+        ratings.write_parquet(work / "ratings.parquet")
+        items.write_parquet(work / "items.parquet")
+        shutil.rmtree(raw_dir)
+        meta = {
+            "parser": PARSER_VERSION, "layout": layout.name, "n_ratings": ratings.height, "source": archive.source,
+            "n_bad_rows": parsed.n_bad_rows, "bad_row_examples": parsed.bad_row_examples,
+            "n_duplicate_ratings": n_duplicates,
+        }  # fmt: skip
+        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():  # parsed by an older version, or by a concurrent parse that finished first
+            shutil.rmtree(out_dir)
+        work.replace(out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height)
+    return meta
+
+
+def _untitled_items(ratings: pl.DataFrame) -> pl.DataFrame:
+    """Items with no titles, for archives that ship ratings alone."""
+    return ratings.select(pl.col("item_id").unique().sort()).with_columns(
+        title=pl.lit(None, pl.String), genres=pl.lit([], pl.List(pl.String)), year=pl.lit(None, pl.Int32)
+    )
