@@ -6,7 +6,7 @@ The archive is split as the accuracy benchmark splits it (stratified 75/25, seed
 part is used here, split again per user 75/25 with seed 43 into fit and validation. The test split is never
 read. Rating models (they predict ratings) are chosen by validation RMSE, ranking models by nDCG@10; of the
 points within 0.001 of the best, the first (cheapest) in grid order is chosen. The winners are the defaults
-in tasks/config.py; benchmarks/README.md has the last search's results.
+of the parameter groups in tasks/models/; benchmarks/README.md has the last search's results.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tasks.models import MODELS  # noqa: E402
 
 # Per model: the config fields searched (dotted for a model's own group) and the values tried.
 GRIDS: dict[str, dict[str, list]] = {
-    # per-rating SGD (tasks/models/sgd.py) since issue 5; the Adam grid before it is in benchmarks/README.md
+    # per-rating SGD (tasks/models/sgd.py); CHANGELOG.md tells of the Adam grid searched before it
     "dot_bias": {"dot_bias.factors": [32, 64], "dot_bias.epochs": [10, 20],
                  "dot_bias.regularization": [0.05, 0.1, 0.15], "dot_bias.learning_rate": [0.02, 0.05, 0.1]},
     "dot": {"dot.factors": [32, 64], "dot.epochs": [10, 20], "dot.regularization": [0.02, 0.05, 0.1, 0.2]},

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from datetime import date
+from pathlib import Path
 import re
 import sys
 import types
@@ -20,6 +22,7 @@ from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
+from benchmarks.synth import SynthSpec
 from tasks.config import LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
 
 _DEFAULTS = PipelineConfig()
@@ -156,3 +159,90 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
         print(f"recs {command}: --source: {problem}", file=sys.stderr)
         return None
     return config
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """`recs` and its commands, each with its options (`recs run`'s and `recs backfill`'s from the config)."""
+    parser = Parser(prog="recs", description="Nightly MovieLens recommendation pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the nightly flow once: ingest, train, evaluate, publish top-n to DuckDB",
+        description="Run the nightly flow once on Prefect's local (ephemeral) API. Options override the defaults shown.",
+    )
+    add_config_options(run)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="replay the nightly flow at past dates (as_of), oldest first, then print the trend",
+        description="Run the nightly flow once per date from --start to --end, each on the ratings up to the end "
+        "of that day (UTC), with a temporal split unless --split says otherwise. Other options as for `recs run`.",
+    )
+    backfill.add_argument("--start", type=date.fromisoformat, required=True, metavar="DATE", help="first date, YYYY-MM-DD")
+    backfill.add_argument("--end", type=date.fromisoformat, required=True, metavar="DATE", help="last date, YYYY-MM-DD")
+    backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
+    add_config_options(backfill)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the nightly and refresh deployments from this process, schedules and trigger included",
+        description="Serve the deployments of deploy/prefect.yaml (nightly at 03:00 UTC, refresh, the "
+        "recs.ratings.updated trigger) from this process until interrupted; needs a Prefect API "
+        "(`prefect server start` or Prefect Cloud).",
+    )
+    serve.add_argument("--with-training", action="store_true",
+                       help="also serve the training deployment (train/gpu) that config.train_deployment can name")  # fmt: skip
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a synthetic MovieLens archive in the ml-20m layout (for scale tests)",
+        description="Write ratings.csv and movies.csv in the ml-20m layout: heavy-tailed user activity (at least "
+        "20 ratings each) and item popularity, latent-factor ratings on the half-star scale with ML-20M's "
+        "histogram, timestamps over 1995-2015. The same arguments give the same archive.",
+    )
+    spec = SynthSpec()
+    synth.add_argument("--users", type=int, default=spec.users, help=f"users (default: {spec.users})")
+    synth.add_argument("--items", type=int, default=spec.items, help=f"movies (default: {spec.items})")
+    synth.add_argument("--ratings", type=int, default=spec.ratings, help=f"ratings (default: {spec.ratings})")
+    synth.add_argument("--seed", type=int, default=spec.seed, help=f"random seed (default: {spec.seed})")
+    synth.add_argument("--out", type=Path, required=True, metavar="FILE.zip", help="archive to write")
+
+    recommend = commands.add_parser("recommend", help="print one user's published list with titles")
+    recommend.add_argument("user_id", type=int, help="the dataset's own user id")
+    runs = commands.add_parser(
+        "runs",
+        help="print the latest runs with their status and headline metrics",
+        description="The latest 20 runs, newest first, fitted to the terminal; --wide prints every column whole.",
+    )
+    sql = commands.add_parser(
+        "sql",
+        help="run a read-only SQL query on the warehouse and print the result",
+        description="Run SQL on the warehouse through a read-only connection (as applications should read it) "
+        "and print the result. Several statements may be given; the last one's result is printed.",
+    )
+    sql_text = sql.add_mutually_exclusive_group(required=True)
+    sql_text.add_argument("query", nargs="?", help="the SQL, e.g. \"SELECT count(*) FROM recommendations\"")
+    sql_text.add_argument("--file", type=Path, metavar="FILE.sql", help="read the SQL from a file, e.g. warehouse/queries/*.sql")
+    sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="bind $NAME in the SQL to VALUE (a number when it reads as one); repeatable")  # fmt: skip
+    for reader in (runs, sql):
+        form = reader.add_mutually_exclusive_group()
+        form.add_argument("--wide", action="store_const", dest="output", const="wide",
+                          help="a table with every cell whole, however wide")  # fmt: skip
+        form.add_argument("--csv", action="store_const", dest="output", const="csv", help="CSV with a header line")
+        form.add_argument("--json", action="store_const", dest="output", const="json", help="a JSON array of objects")
+    trend = commands.add_parser(
+        "trend",
+        help="print each run's headline metrics with deltas, and write a PNG chart of them",
+        description="The metric series of the newest run's source, protocol and model: each run's value, its "
+        "delta from the run before and from the median of the last N published runs.",
+    )
+    trend.add_argument("--runs", type=int, default=_DEFAULTS.trend_runs, metavar="N",
+                       help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})")  # fmt: skip
+    trend.add_argument("--chart", type=Path, default=None, metavar="PNG",
+                       help="where to write the chart (default: trend.png beside the warehouse)")  # fmt: skip
+    for reader in (recommend, runs, trend, sql):
+        reader.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
+                            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
+    return parser
