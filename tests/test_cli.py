@@ -15,7 +15,7 @@ import pytest
 from flows.cli import main
 from flows.console import text_table
 from tasks.config import PipelineConfig
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _err(capsys, argv: list[str], status: int = 2) -> str:

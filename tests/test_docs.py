@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,14 +21,14 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tests.conftest import DATASETS, REPO
+from tests.helpers import DATASETS, REPO
 
 DOCS = [REPO / "README.md", REPO / "deploy" / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 # Examples not run here, each with why; every entry must still match an example (so the list cannot rot).
 NOT_RUN = {
     "recs serve": "serves the deployments until interrupted; tests/tasks/test_operations.py checks what it serves",
-    "recs synth --users 138000": "writes the 20M-rating archive (a minute, 1.5 GB); tests/tasks/test_synth.py runs `recs synth` small",
+    "recs synth --users 138000": "writes the 20M-rating archive (a minute, 1.5 GB); tests/benchmarks/test_synth.py runs `recs synth` small",
     "https://": "downloads from the internet",
 }
 
@@ -162,3 +163,18 @@ def test_every_recs_and_sql_example_runs_as_written(checkout, capsys):
     with capsys.disabled():
         print(f"\ndocs: ran {len(ran)} recs examples and {len(statements)} SQL statements as written; not run:")
         print("\n".join(f"  {line}" for line in skipped))
+
+
+def test_the_config_reference_is_what_the_script_writes_from_the_code():
+    render = runpy.run_path(str(REPO / "docs" / "make_config_md.py"))["render"]
+    assert (REPO / "docs" / "config.md").read_text() == render(), (
+        "docs/config.md differs from the config in the code: run `python docs/make_config_md.py`"
+    )
+
+
+def test_the_readme_is_a_first_run_guide_and_user_docs_hold_no_history():
+    assert len((REPO / "README.md").read_bytes()) <= 12_500
+    history = re.compile(r"\bissue \d+|\bat commit\b|\bcommit `[0-9a-f]{7}`|\bsince issue\b")
+    for doc in DOCS:
+        found = history.search(doc.read_text())
+        assert found is None, f"{doc.relative_to(REPO)}: history ({found.group(0)!r}) belongs in CHANGELOG.md"

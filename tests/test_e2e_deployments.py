@@ -1,4 +1,4 @@
-"""End to end against a real Prefect server on 127.0.0.1, set up by the README's own commands ("From an
+"""End to end against a real Prefect server on 127.0.0.1, set up by the docs' own commands ("From an
 empty machine to a scheduled run", run line by line): the server, the work pools, `prefect deploy --all` of
 deploy/prefect.yaml and a worker. Then: the server's scheduler creating the nightly's 03:00 runs and a
 short interval schedule's run completing on the worker; a deployment run that trains through the training
@@ -26,20 +26,21 @@ import duckdb
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-README_SETUP = "### From an empty machine to a scheduled run"
+SETUP_DOC = REPO / "docs" / "operations.md"
+SETUP_HEADING = "## From an empty machine to a scheduled run"
 NIGHTLY_MODELS = ["dot_bias", "dot", "mlp", "user_knn", "item_knn", "bpr", "ease", "bias", "popularity"]
 
 
 def readme_setup_commands() -> list[str]:
-    """The command lines of the README's first block under README_SETUP, comments dropped."""
-    section = (REPO / "README.md").read_text().split(README_SETUP, 1)[1]
+    """The command lines of the first block under SETUP_HEADING in SETUP_DOC, comments dropped."""
+    section = SETUP_DOC.read_text().split(SETUP_HEADING, 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     lines = [line.split(" #", 1)[0].strip() for line in block.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
@@ -99,7 +100,7 @@ class Stack:
         return done.stdout
 
     def readme_line(self, line: str) -> None:
-        """One line of the README's set-up block, as a user types it: `export` sets the environment, a
+        """One line of the docs' set-up block, as a user types it: `export` sets the environment, a
         trailing `&` starts a background process, anything else must exit 0. `.venv/bin/` is this Python's
         folder and port 4200 the test's free port."""
         line = line.replace(".venv/bin/", f"{BIN}/").replace("4200", str(self.port))
@@ -149,8 +150,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             if " deployment run " in line:  # the tests below start their runs with a loopback source instead
                 continue
             stack.readme_line(line)
-        assert stack.env["PREFECT_API_URL"] == stack.api, "the README's set-up no longer exports the API's URL"
-        # The GPU host's worker, on the pool the README created for it.
+        assert stack.env["PREFECT_API_URL"] == stack.api, "the docs' set-up no longer exports the API's URL"
+        # The GPU host's worker, on the pool the docs created for it.
         stack.start("worker-gpu", PREFECT, "worker", "start", "--pool", "recs-gpu")
         yield stack
     finally:
@@ -226,7 +227,7 @@ def test_the_servers_scheduler_creates_runs_and_a_worker_completes_one(stack, so
     ])  # fmt: skip
     assert all(r["expected_start_time"][11:19] == "03:00:00" for r in upcoming), [r["expected_start_time"] for r in upcoming]
 
-    # A short interval schedule made for the test: the scheduler creates its runs, the README's worker runs one.
+    # A short interval schedule made for the test: the scheduler creates its runs, the docs' worker runs one.
     config = {"source": source_url, "models": ["popularity"], "refit_on_all": False,
               "warehouse": "warehouse/scheduled.duckdb", "lock_timeout_seconds": 120}  # fmt: skip
     stack.cli("--no-prompt", "deploy", "flows/nightly.py:nightly", "--name", "every-30s", "--pool", "recs-cpu",

@@ -19,7 +19,7 @@ import pytest
 
 from flows.nightly import nightly
 from tasks.config import PipelineConfig
-from tests.conftest import REPO, query_rows
+from tests.helpers import REPO, query_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -80,7 +80,7 @@ def test_checkpoint_round_trip(small_ratings, tmp_path):
 
 @pytest.mark.slow
 def test_default_config_accuracy_on_ml100k(ml100k_indexed):
-    """Sane bounds for the defaults on the real data (the README's benchmark has the exact figures)."""
+    """Sane bounds for the defaults on the real data (docs/models.md has the benchmark's exact figures)."""
     ratings, maps = ml100k_indexed
     config = PipelineConfig()
     train, test = split_ratings(ratings, "stratified", 0.25, config.seed)
