@@ -2,7 +2,7 @@
 
 Its deployment runs on a schedule (deploy/prefect.yaml); the nightly deployment's trigger turns the event
 into a nightly run on the announced source. An outside system can announce a change the same way; see
-the README, "Running it every night".
+docs/operations.md, "Triggers".
 """
 
 from __future__ import annotations
