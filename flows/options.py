@@ -144,15 +144,18 @@ def describe_errors(exc: ValidationError) -> list[str]:
 
 def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     """The config the options describe, or None after printing what is wrong (`recs <command>: ...`)."""
-    try:
-        with warnings.catch_warnings(record=True) as deprecations:
-            warnings.simplefilter("always", FutureWarning)
+    config, errors = None, []
+    with warnings.catch_warnings(record=True) as deprecations:  # old flags: said whether or not the rest is valid
+        warnings.simplefilter("always", FutureWarning)
+        try:
             config = PipelineConfig(**nested(options))
-        for deprecation in deprecations:
-            print(f"recs {command}: warning: {deprecation.message}", file=sys.stderr)
-    except ValidationError as exc:
-        for message in describe_errors(exc):
-            print(f"recs {command}: {message}", file=sys.stderr)
+        except ValidationError as exc:
+            errors = describe_errors(exc)
+    for deprecation in deprecations:
+        print(f"recs {command}: warning: {deprecation.message}", file=sys.stderr)
+    for message in errors:
+        print(f"recs {command}: {message}", file=sys.stderr)
+    if config is None:
         return None
     problem = local_source_problem(config.source)
     if problem:

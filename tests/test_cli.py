@@ -33,6 +33,19 @@ def test_an_unknown_flag_suggests_the_closest_one(capsys):
     assert "(did you mean stratified?)" in _err(capsys, ["run", "--split", "stratifed"])
 
 
+def test_a_model_setting_has_its_models_flag_and_the_old_flags_say_what_replaced_them(capsys):
+    assert "recs run: --dot-bias-factors: '0': Input should be greater than or equal to 1" in _err(
+        capsys, ["run", "--dot-bias-factors", "0"]
+    )
+    assert "did you mean --ease-chunk-users?" in _err(capsys, ["run", "--ease-chunk-usres", "64"])
+    err = _err(capsys, ["run", "--factors", "abc"])  # deprecated, and a bad value: both said
+    assert err.splitlines() == [
+        "recs run: warning: factors (--factors) is deprecated and will be removed in the next release; use "
+        "dot_bias.factors (--dot-bias-factors)",
+        "recs run: --dot-bias-factors: 'abc': Input should be a valid integer, unable to parse string as an integer",
+    ]
+
+
 def test_a_bad_list_element_is_named_with_its_flag(capsys):
     err = _err(capsys, ["run", "--models", "ease,bpr2"])
     assert err.strip() == ("recs run: --models: 'bpr2' is not one of dot_bias, dot, mlp, user_knn, item_knn, bpr, ease, "
