@@ -16,6 +16,7 @@ from tasks.config import Device, PipelineConfig
 from tasks.models import MODELS, Interactions, ModelFitError, Recommender
 from tasks.reindex import IdMaps
 from tasks.split import holdout
+from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
 
 __all__ = ["ModelFitError", "TrainedModel", "fit", "load_checkpoint", "pick_device"]  # ModelFitError: re-exported
 
@@ -96,9 +97,6 @@ class TrainedModel:
 
     def rank_to_score(self, values: torch.Tensor) -> torch.Tensor:
         return self.module.rank_to_score(values)
-
-
-HISTORY_SCHEMA = {"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64}
 
 
 def fit(

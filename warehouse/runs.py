@@ -35,7 +35,7 @@ RUN_FIELDS: dict[str, pl.DataType] = {
 
 ITEM_BIASES_SCHEMA = {"item_id": pl.Int64, "bias": pl.Float64, "mean_rating": pl.Float64, "n_ratings": pl.Int64}
 SIMILAR_ITEMS_SCHEMA = {"item_id": pl.Int64, "rank": pl.Int16, "similar_item_id": pl.Int64, "score": pl.Float32}
-HISTORY_SCHEMA = {"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64}
+HISTORY_SCHEMA = {"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64}  # also what tasks/train.py records
 
 
 def utc_now() -> datetime:
