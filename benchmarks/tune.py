@@ -33,6 +33,8 @@ GRIDS: dict[str, dict[str, list]] = {
     "user_knn": {"user_knn.neighbours": [50, 100, 200, 400, 900], "user_knn.shrinkage": [0.0, 25.0, 100.0]},
     "item_knn": {"item_knn.neighbours": [40, 80, 160, 320, 640], "item_knn.shrinkage": [0.0, 25.0, 100.0]},
     "bpr": {"bpr.epochs": [15, 30], "bpr.learning_rate": [0.001, 0.003], "bpr.regularization": [1e-4, 1e-3, 1e-2]},
+    "ials": {"ials.epochs": [8, 16], "ials.regularization": [0.01, 0.02, 0.03, 0.05],
+             "ials.unobserved_weight": [0.05, 0.1, 0.2, 0.3], "ials.confidence": [0.0, 0.5]},
     "ease": {"ease.l2": [50.0, 100.0, 200.0, 300.0, 500.0, 800.0], "ease.dropout": [0.0, 0.1, 0.2, 0.33, 0.5, 0.67, 0.8]},
     "bias": {"bias.item_damping": [0.0, 5.0, 10.0, 25.0], "bias.user_damping": [0.0, 5.0, 10.0, 25.0]},
     "popularity": {},

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tasks.models import ModelParams
 from tasks.models.closed_form import BiasParams, EaseParams, PopularityParams
 from tasks.models.embedding import BprParams, DotBiasParams, DotParams, MlpParams
+from tasks.models.ials import IalsParams
 from tasks.models.knn import ItemKnnParams, UserKnnParams
 
 ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -30,7 +31,7 @@ MAX_EXTRACTED_BYTES = 8 << 30
 SplitMethod = Literal["stratified", "random", "temporal"]
 Device = Literal["auto", "cuda", "mps", "cpu"]
 BadRowPolicy = Literal["fail", "drop"]
-ModelName = Literal["dot_bias", "dot", "mlp", "user_knn", "item_knn", "bpr", "ease", "bias", "popularity"]
+ModelName = Literal["dot_bias", "dot", "mlp", "user_knn", "item_knn", "bpr", "ials", "ease", "bias", "popularity"]
 MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
 
 # Test share each split method uses when `test_fraction` is not set: the Microsoft Recommenders
@@ -224,6 +225,7 @@ class PipelineConfig(BaseModel):
     user_knn: UserKnnParams = Field(UserKnnParams(), description=UserKnnParams.__doc__)
     item_knn: ItemKnnParams = Field(ItemKnnParams(), description=ItemKnnParams.__doc__)
     bpr: BprParams = Field(BprParams(), description=BprParams.__doc__)
+    ials: IalsParams = Field(IalsParams(), description=IalsParams.__doc__)
     ease: EaseParams = Field(EaseParams(), description=EaseParams.__doc__)
     bias: BiasParams = Field(BiasParams(), description=BiasParams.__doc__)
     popularity: PopularityParams = Field(PopularityParams(), description=PopularityParams.__doc__)

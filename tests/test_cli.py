@@ -48,7 +48,7 @@ def test_a_model_setting_has_its_models_flag_and_the_old_flags_say_what_replaced
 
 def test_a_bad_list_element_is_named_with_its_flag(capsys):
     err = _err(capsys, ["run", "--models", "ease,bpr2"])
-    assert err.strip() == ("recs run: --models: 'bpr2' is not one of dot_bias, dot, mlp, user_knn, item_knn, bpr, ease, "
+    assert err.strip() == ("recs run: --models: 'bpr2' is not one of dot_bias, dot, mlp, user_knn, item_knn, bpr, ials, ease, "
                            "bias, popularity (did you mean bpr?)")  # fmt: skip
     assert "recs run: --mlp-hidden: 'abc' in the list: Input should be a valid integer" in _err(
         capsys, ["run", "--mlp-hidden", "128,abc"]

@@ -16,6 +16,7 @@ from tasks.models.embedding import (
     BprModel, BprParams, DotBiasParams, DotParams, EmbeddingDot, EmbeddingDotBias, EmbeddingNN, MlpParams, fit_bpr,
     fit_dot, fit_dot_bias, fit_mlp,
 )  # fmt: skip
+from tasks.models.ials import Ials, IalsParams, fit_ials
 from tasks.models.knn import ItemKnn, ItemKnnParams, UserKnn, UserKnnParams, fit_item_knn, fit_user_knn
 
 __all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Recommender"]
@@ -27,6 +28,7 @@ MODELS: dict[str, ModelSpec] = {
     "user_knn": ModelSpec(UserKnn, UserKnnParams, fit_user_knn, "user-user kNN, mean-centred cosine"),
     "item_knn": ModelSpec(ItemKnn, ItemKnnParams, fit_item_knn, "item-item kNN, mean-centred cosine"),
     "bpr": ModelSpec(BprModel, BprParams, fit_bpr, "embeddings ranked by BPR on implicit feedback"),
+    "ials": ModelSpec(Ials, IalsParams, fit_ials, "implicit ALS (Rendle et al.'s recipe), every rating a positive"),
     "ease": ModelSpec(Ease, EaseParams, fit_ease, "EASE closed-form item-item model on implicit feedback"),
     "bias": ModelSpec(BiasModel, BiasParams, fit_bias, "global mean + damped user and item biases"),
     "popularity": ModelSpec(Popularity, PopularityParams, fit_popularity, "most-rated items first"),

@@ -1,0 +1,73 @@
+"""`ials`: one half-step equals the closed-form solve of the same objective; seeded; fails loudly on divergence."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tasks.models.base import Interactions, ModelFitError, RatingMatrix
+from tasks.models.ials import IalsParams, fit_ials, row_chunks, solve_side
+
+CPU = torch.device("cpu")
+
+
+def _ratings(n_users: int = 6, n_items: int = 5, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 18), rng.integers(0, n_items, 18), strict=True)}
+    pairs |= {(n_users - 1, 0)}  # the last user has (at least) this rating
+    users, items = zip(*sorted(pairs), strict=True)
+    return pl.DataFrame({"user_idx": users, "item_idx": items, "rating": rng.integers(1, 6, len(users)).astype(float)},
+                        schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32})  # fmt: skip
+
+
+@pytest.mark.parametrize("max_ratings", [1, 4, 1000])  # a row per chunk, a few rows, all rows
+def test_a_half_step_is_the_closed_form_solve(max_ratings):
+    n_users, n_items, f, a0, reg = 6, 5, 3, 0.2, 0.05
+    ratings = _ratings(n_users, n_items)
+    users, items, r = (torch.tensor(ratings[c].to_numpy()) for c in ("user_idx", "item_idx", "rating"))
+    c = 1.0 + 0.5 * r
+    matrix = RatingMatrix.build(users.long(), items.long(), c.float(), (n_users, n_items))
+    generator = torch.Generator().manual_seed(1)
+    h = torch.randn((n_items, f), generator=generator, dtype=torch.float64).float()
+    w = torch.randn((n_users, f), generator=generator).float()
+    penalty = reg * (matrix.indptr.diff().float() + a0 * n_items)
+    solve_side(w, h, matrix, matrix.values, a0, penalty, steps=12, max_ratings=max_ratings)
+
+    dense_c = np.zeros((n_users, n_items))
+    dense_c[users.numpy(), items.numpy()] = c.numpy()
+    hh = h.double().numpy()
+    for u in range(n_users):
+        rated = dense_c[u] > 0
+        a = (hh[rated].T * dense_c[u, rated]) @ hh[rated] + a0 * hh.T @ hh + float(penalty[u]) * np.eye(f)
+        b = (hh[rated].T * dense_c[u, rated]).sum(1)
+        assert w[u].double().numpy() == pytest.approx(np.linalg.solve(a, b), abs=1e-4), u
+
+
+def test_row_chunks_cover_every_row_once_within_the_budget():
+    indptr = torch.tensor([0, 3, 3, 10, 11, 15])  # rows of 3, 0, 7, 1 and 4 ratings
+    chunks = row_chunks(indptr, 4)
+    assert [row for start, stop in chunks for row in range(start, stop)] == [0, 1, 2, 3, 4]
+    assert all(int(indptr[stop] - indptr[start]) <= 4 or stop == start + 1 for start, stop in chunks)
+
+
+def test_seeded_deterministic_and_a_single_rating_user_gets_a_finite_vector():
+    ratings = _ratings()
+    params = IalsParams(factors=4, epochs=5)
+    first, history = fit_ials(Interactions(ratings, 6, 5), params, CPU, seed=3)
+    again, _ = fit_ials(Interactions(ratings, 6, 5), params, CPU, seed=3)
+    assert torch.equal(first.user_factors, again.user_factors) and torch.equal(first.item_factors, again.item_factors)
+    assert torch.isfinite(first.score_users(torch.arange(6))).all()
+    losses = [row["loss"] for row in history]
+    assert len(losses) == 5 and losses[-1] <= losses[0]  # alternating exact-ish solves do not raise the loss
+    one = pl.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "rating": [5.0, 4.0, 3.0]},
+                       schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32})  # fmt: skip
+    module, _ = fit_ials(Interactions(one, 2, 3), params, CPU)
+    assert torch.isfinite(module.user_factors[1]).all() and module.user_factors[1].abs().sum() > 0
+
+
+def test_non_finite_factors_fail_the_fit():
+    ratings = _ratings()
+    with pytest.raises(ModelFitError, match="non-finite in epoch 1"):
+        fit_ials(Interactions(ratings, 6, 5), IalsParams(factors=4, epochs=2, confidence=float("inf")), CPU)
