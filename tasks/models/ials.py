@@ -14,9 +14,10 @@ solves the linear system
     (sum_{i rated by u} c_ui h_i h_i'  +  a0 H'H  +  reg_u I) w_u  =  sum_{i rated by u} c_ui h_i
 
 and the same with users and items swapped. All rows of a chunk are solved at once by conjugate gradient,
-warm-started from the current vectors (as implicit's CPU ALS does): each step costs one pass over the chunk's
-ratings (ratings x factors) and one chunk x factors^2 product, so memory is O(ratings in a chunk x factors)
-and there is no per-row Python loop; it runs unchanged on CUDA.
+warm-started from the current vectors (as implicit's CPU ALS does). A step's sum over a row's ratings is two
+sparse products: x_u . h_i at each rating (a sampled dense product, `torch.sparse.sampled_addmm`) and the
+weighted sum of the h_i (CSR times dense). No ratings x factors block is gathered, so memory is a few floats
+per rating plus the vectors; there is no per-row Python loop, and it runs unchanged on CUDA.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class IalsParams(ModelParams):
     cg_steps: int = Field(3, ge=1, description="Conjugate-gradient steps per row and half-step (warm-started).")
     init_std: float = Field(0.1, gt=0, description="Initial vectors ~ N(0, init_std / sqrt(factors)).")
     chunk_ratings: int = Field(
-        1 << 20, ge=1, description="Ratings whose rows are solved at once (a chunk's ratings x factors floats are held)."
+        1 << 22, ge=1, description="Ratings whose rows are solved at once (a few floats per rating and the rows' vectors are held)."
     )
 
 
@@ -91,6 +92,18 @@ def row_chunks(indptr: torch.Tensor, max_ratings: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def _chunk_csr(matrix: RatingMatrix, start: int, stop: int, values: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """Rows [start, stop) of `matrix` as a torch CSR tensor holding `values` (no copy of the indices)."""
+    crow = matrix.indptr[start : stop + 1] - matrix.indptr[start]
+    first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
+    return torch.sparse_csr_tensor(crow, matrix.indices[first:last], values, (stop - start, n_cols))
+
+
+def _at_ratings(pattern: torch.Tensor, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """x_u . h_i at each stored (u, i) of `pattern`, without gathering a ratings x factors block (SDDMM)."""
+    return torch.sparse.sampled_addmm(pattern, x, other.T, beta=0.0).values()
+
+
 @torch.no_grad()
 def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix, weights: torch.Tensor,
                unobserved_weight: float, penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
@@ -103,19 +116,19 @@ def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix,
         penalty: (n,) each row's regularization.
     """
     gram = unobserved_weight * (other.T @ other)
+    n_cols = other.shape[0]
     for start, stop in row_chunks(matrix.indptr, max_ratings):
         first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
-        local = torch.repeat_interleave(torch.arange(stop - start, device=vectors.device), matrix.indptr[start : stop + 1].diff())
-        rated = other.index_select(0, matrix.indices[first:last])  # (ratings, f)
         c = weights[first:last]
+        pattern = _chunk_csr(matrix, start, stop, torch.zeros_like(c), n_cols)
         lam = penalty[start:stop, None]
 
         def times_a(x: torch.Tensor) -> torch.Tensor:
             """A x for every row of the chunk: sum_i c_ui (h_i . x) h_i + a0 H'H x + reg_u x."""
-            along = (rated * x.index_select(0, local)).sum(1).mul_(c)
-            return torch.zeros_like(x).index_add_(0, local, rated * along[:, None]).add_(x @ gram).add_(x * lam)
+            weighted = _chunk_csr(matrix, start, stop, _at_ratings(pattern, x, other).mul_(c), n_cols)
+            return (weighted @ other).add_(x @ gram).add_(x * lam)
 
-        b = torch.zeros((stop - start, vectors.shape[1]), device=vectors.device).index_add_(0, local, rated * c[:, None])
+        b = _chunk_csr(matrix, start, stop, c, n_cols) @ other
         x = vectors[start:stop].clone()
         r = b - times_a(x)
         p = r.clone()
@@ -131,14 +144,18 @@ def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix,
         vectors[start:stop] = x
 
 
-def ials_loss(users: torch.Tensor, items: torch.Tensor, c: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
-              unobserved_weight: float, user_penalty: torch.Tensor, item_penalty: torch.Tensor) -> float:  # fmt: skip
-    """The objective in the module docstring, per rating."""
-    predicted = (w.index_select(0, users) * h.index_select(0, items)).sum(1)
-    observed = (c * (predicted - 1.0).pow(2)).sum()
-    unobserved = unobserved_weight * ((w.T @ w) * (h.T @ h)).sum()  # sum over all pairs of y_ui^2
+def ials_loss(matrix: RatingMatrix, w: torch.Tensor, h: torch.Tensor, unobserved_weight: float,
+              user_penalty: torch.Tensor, item_penalty: torch.Tensor, max_ratings: int) -> float:  # fmt: skip
+    """The objective in the module docstring, per rating (`matrix`: users x items holding c_ui)."""
+    observed = torch.zeros((), dtype=torch.float64, device=w.device)
+    for start, stop in row_chunks(matrix.indptr, max_ratings):
+        first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
+        c = matrix.values[first:last]
+        predicted = _at_ratings(_chunk_csr(matrix, start, stop, torch.zeros_like(c), h.shape[0]), w[start:stop], h)
+        observed += (c * (predicted - 1.0).pow(2)).sum()
+    unobserved = unobserved_weight * ((w.T @ w) * (h.T @ h)).sum()  # the sum over all pairs of y_ui^2
     penalty = (user_penalty * w.pow(2).sum(1)).sum() + (item_penalty * h.pow(2).sum(1)).sum()
-    return float((observed + unobserved + penalty) / len(users))
+    return float((observed + unobserved + penalty) / max(len(matrix.values), 1))
 
 
 @torch.no_grad()
@@ -159,8 +176,6 @@ def fit_ials(interactions: Interactions, params: IalsParams, device: torch.devic
     w, h = module.user_factors, module.item_factors
     w.copy_(torch.randn((n_users, f), generator=generator, device=device) * std)
     h.copy_(torch.randn((n_items, f), generator=generator, device=device) * std)
-    # The loss below reads the ratings in by_user's order; coalescing summed any repeated pair's weights.
-    loss_users = by_user.row_of_values()
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
@@ -168,7 +183,7 @@ def fit_ials(interactions: Interactions, params: IalsParams, device: torch.devic
         solve_side(h, w, by_item, by_item.values, a0, item_penalty, params.cg_steps, params.chunk_ratings)
         if not (torch.isfinite(w).all() and torch.isfinite(h).all()):
             raise ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")
-        loss = ials_loss(loss_users, by_user.indices, by_user.values, w, h, a0, user_penalty, item_penalty)
+        loss = ials_loss(by_user, w, h, a0, user_penalty, item_penalty, params.chunk_ratings)
         rows.append({"epoch": epoch, "split": label, "loss": loss})
         log.info("epoch %d/%d: %s loss %.4f (%.2fs)", epoch, params.epochs, label, loss, time.perf_counter() - started)
     return module, rows
