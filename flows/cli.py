@@ -143,14 +143,18 @@ def _recommend(user_id: int, path: Path) -> int:
     if con is None:
         return 1
     with con:
-        rows = warehouse.fetch(con, "user_recommendations", {"user_id": user_id})
+        try:
+            rows = warehouse.fetch(con, "user_recommendations", {"user_id": user_id})
+        except duckdb.BinderException:
+            print(f"recs recommend: {path} predates the predicted_rating column; any new `recs run` adds it", file=sys.stderr)
+            return 1
         if rows.height == 0:
             n_users = warehouse.fetch_value(con, "users_with_lists")
             print(f"recs: user {user_id} has no published recommendations in {path} ({n_users} users have lists)",
                   file=sys.stderr)  # fmt: skip
             return 1
     print(f"recommendations for user {user_id}:")
-    _print_frame(rows.with_columns(pl.col("score").round(3)))
+    _print_frame(rows.with_columns(pl.col("score").round(3), pl.col("predicted_rating").round(1)))
     return 0
 
 

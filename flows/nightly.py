@@ -1,5 +1,6 @@
 """The nightly flow: ingest -> reindex -> split -> for each model: train, evaluate, inspect, record -> pick the
-model to publish -> gate -> (refit) -> recommend -> publish (README, the pipeline diagram).
+model to publish (and the rating model behind its stars) -> gate -> (refit) -> recommend -> publish (README,
+the pipeline diagram).
 
 It wires stages together and does nothing else: each stage is a task in tasks/, each write to the
 warehouse goes through warehouse/runs.py, and the run's bookkeeping (lock, run log) sits beside this file.
@@ -21,7 +22,7 @@ from flows.lock import run_lock
 from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
-from tasks.evaluate import comparison_table, evaluate_task, published_model
+from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model
 from tasks.gate import gate_task
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
@@ -90,8 +91,9 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
             models[name], devices[name], metrics[name] = _train_evaluate_record(run, name, train, test, maps, config)
 
         chosen, why = published_model(metrics, config)
-        model, refit_history = models[chosen], None
-        run.note(model=chosen, device=devices[chosen], train_seconds=model.seconds,
+        stars = rating_model(metrics)  # the model whose predicted ratings go beside the lists
+        model, rater, refit_histories = models[chosen], models.get(stars), {}
+        run.note(model=chosen, rating_model=stars, device=devices[chosen], train_seconds=model.seconds,
                  train_ratings_per_second=model.ratings_per_second)  # fmt: skip
         print(f"publishing model {chosen}: {why}")
         with run.stage("gate"):
@@ -101,13 +103,12 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         if verdict.publishes:
             if config.refit_on_all:
                 with run.stage("refit"):
-                    model, _ = _train(ratings, maps, config, run.directory, "refit", chosen)
-                    refit_history = model.history
+                    model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars)
             with run.stage("recommend"):
-                recommendations = recommend_task(model, ratings, maps, config)
+                recommendations = recommend_task(model, ratings, maps, config, rater)
                 save_checkpoint_task(model, maps, config, run.directory / "model.pt")
             with run.stage("publish"):
-                publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, chosen, refit_history)
+                publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories)
             status, n_published = "succeeded", recommendations.height
         else:
             reject_task(config.warehouse, run.run_id, run.final_facts())
@@ -117,7 +118,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         raise
 
     comparison = comparison_table(metrics)
-    history = pl.concat([models[chosen].history, *([refit_history] if refit_history is not None else [])])
+    history = pl.concat([models[chosen].history, *([refit_histories[chosen]] if chosen in refit_histories else [])])
     summary = report_task(run.run_id, status, verdict.reason, chosen, run.final_facts(), history, run.directory,
                           config.warehouse, config.trend_runs, comparison)  # fmt: skip
     result = RunResult(run.run_id, status, verdict.reason, chosen, metrics[chosen], comparison, n_published,
@@ -139,6 +140,17 @@ def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl
         record = inspect_task(model, metrics, train, maps, config)
         record_model_task(config.warehouse, run.run_id, name, record)
     return model, device, metrics
+
+
+def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str,
+           stars: str | None) -> tuple[TrainedModel, TrainedModel | None, dict[str, pl.DataFrame]]:  # fmt: skip
+    """The published model and the one behind the stars (once when they are the same), refitted on all ratings,
+    with their loss histories."""
+    model, _ = _train(ratings, maps, config, run_dir, "refit", chosen)
+    if stars is None or stars == chosen:
+        return model, model if stars else None, {chosen: model.history}
+    rater, _ = _train(ratings, maps, config, run_dir, "refit", stars)
+    return model, rater, {chosen: model.history, stars: rater.history}
 
 
 def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase,

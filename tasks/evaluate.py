@@ -112,6 +112,17 @@ def comparison_table(metrics: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([frame.select(pl.lit(name).alias("model"), pl.all()) for name, frame in metrics.items()])
 
 
+def rating_model(metrics: dict[str, pl.DataFrame]) -> str | None:
+    """The trained model with the lowest RMSE, whose predicted ratings go beside the published lists; None when
+    no trained model predicts ratings (only rating models have an `rmse` row)."""
+    rmse = {
+        name: float(rows["value"][0])
+        for name, frame in metrics.items()
+        if (rows := frame.filter(pl.col("metric") == "rmse")).height
+    }
+    return min(rmse, key=lambda name: rmse[name]) if rmse else None
+
+
 def published_model(metrics: dict[str, pl.DataFrame], config: PipelineConfig) -> tuple[str, str]:
     """The model whose lists a run publishes, and why: the config's `model`, else the best nDCG@k.
 

@@ -33,8 +33,8 @@ def reject_task(path: Path, run_id: str, facts: dict[str, Any]) -> None:
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(path: Path, run_id: str, recommendations: pl.DataFrame, dataset: Dataset,
-                 facts: Callable[[], dict[str, Any]], model: str, refit_history: pl.DataFrame | None) -> datetime:  # fmt: skip
+                 facts: Callable[[], dict[str, Any]], refit_histories: dict[str, pl.DataFrame]) -> datetime:  # fmt: skip
     """Publish the lists with the parsed dataset's catalogue, in one write (`publish`).
 
     `facts` is called when the write is ready, so the publish stage's own seconds are in what it stores."""
-    return publish(path, run_id, recommendations, dataset.items(), facts, refit_history, model)
+    return publish(path, run_id, recommendations, dataset.items(), facts, refit_histories)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,18 +14,20 @@ from tasks.scoring import UserItems, top_k_unseen
 from tasks.train import TrainedModel
 
 
-def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig) -> pl.DataFrame:
-    """Top-n per user, in the dataset's own ids.
+def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
+              rater: TrainedModel | None = None) -> pl.DataFrame:  # fmt: skip
+    """Top-n per user, in the dataset's own ids, with the stars a rating model predicts for each item.
 
     Args:
         model: the model that scores the lists.
         ratings: all indexed ratings; none of a user's rated items is recommended to them.
         maps: index to id maps.
         config: `top_n` and `score_chunk_users`.
+        rater: a rating model whose predictions, clipped to its rating scale, fill `predicted_rating`.
 
     Returns:
-        `user_id`, `item_id`, `rank` (1 = best), `score` (the predicted rating), by user then rank. A user
-        who has rated all but m < n items gets m rows.
+        `user_id`, `item_id`, `rank` (1 = best), `score` (the model's score), `predicted_rating` (null
+        without a rater), by user then rank. A user who has rated all but m < n items gets m rows.
     """
     top_items, top_scores = top_k_unseen(
         model.rank_users, maps.n_users, maps.n_items, UserItems.from_ratings(ratings, maps.n_users), config.top_n,
@@ -39,10 +42,16 @@ def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: 
             "score": top_scores.ravel(),
         }
     ).filter(pl.col("item_idx") >= 0)
-    return maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score")
+    stars = None
+    if rater is not None:
+        pairs = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+        stars = rater.predict(*pairs).numpy()
+    lists = lists.with_columns(predicted_rating=pl.Series(stars, dtype=pl.Float32) if stars is not None else pl.lit(None, pl.Float32))
+    return maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating")
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
-def recommend_task(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig) -> pl.DataFrame:
+def recommend_task(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
+                   rater: TrainedModel | None = None) -> pl.DataFrame:  # fmt: skip
     """Prefect wrapper of `recommend`."""
-    return recommend(model, ratings, maps, config)
+    return recommend(model, ratings, maps, config, rater)

@@ -135,3 +135,22 @@ def test_failed_run_is_recorded_and_keeps_previous_lists(ml100k_zip, tmp_path, s
         assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [(good_run,)]
         status, error = con.execute("SELECT status, error FROM runs WHERE run_id <> ?", [good_run]).fetchall()[0]
     assert status == "failed" and "HTTP 404" in error and "missing.zip" in error
+
+
+def test_the_default_run_publishes_ials_with_dot_bias_stars_beside_each_item(ml100k_zip, tmp_path, capsys):
+    warehouse_path = tmp_path / "W.duckdb"
+    result = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D"))
+    assert (result.status, result.model) == ("succeeded", "ials")
+    ndcg = float(result.metrics.filter(pl.col("metric") == "ndcg")["value"][0])
+    assert ndcg >= 0.47  # the published lists rank (dot_bias alone: 0.066)
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        model, rating_model = con.execute("SELECT model, rating_model FROM runs").fetchone()
+        stars = con.execute("SELECT count(*), count(predicted_rating), min(predicted_rating), max(predicted_rating), "
+                            "count(DISTINCT item_id) FROM recommendations_with_titles").fetchone()  # fmt: skip
+        refits = con.execute("SELECT DISTINCT model FROM training_history WHERE split = 'refit' ORDER BY 1").fetchall()
+    assert (model, rating_model) == ("ials", "dot_bias")
+    assert stars[0] == stars[1] == 9430 and 1.0 <= stars[2] <= stars[3] <= 5.0
+    assert stars[4] > 300  # lists a movie fan would recognise: far more than a few niche items for everyone
+    assert refits == [("dot_bias",), ("ials",)]  # both refitted on all ratings
+    assert main(["recommend", "1", "--warehouse", str(warehouse_path)]) == 0
+    assert "predicted_rating" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from warehouse.writer import open_writer
 
 log = logging.getLogger(__name__)
 
-# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005), with their types.
+# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006), with their types.
 UTC = pl.Datetime("us", "UTC")
 RUN_FIELDS: dict[str, pl.DataType] = {
     "status": pl.String, "error": pl.String, "finished_at": UTC, "source": pl.String, "source_sha256": pl.String,
@@ -30,7 +30,7 @@ RUN_FIELDS: dict[str, pl.DataType] = {
     "n_train": pl.Int64, "n_test": pl.Int64, "model": pl.String, "device": pl.String, "train_seconds": pl.Float64,
     "train_ratings_per_second": pl.Float64, "stage_seconds": pl.String, "as_of": UTC, "protocol": pl.String,
     "gate_baseline_run_id": pl.String, "gate_reason": pl.String, "n_bad_rows": pl.Int64,
-    "n_duplicate_ratings": pl.Int64,
+    "n_duplicate_ratings": pl.Int64, "rating_model": pl.String,
 }  # fmt: skip
 
 ITEM_BIASES_SCHEMA = {"item_id": pl.Int64, "bias": pl.Float64, "mean_rating": pl.Float64, "n_ratings": pl.Int64}
@@ -106,19 +106,20 @@ def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> No
 
 
 def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame,
-            facts: dict[str, Any] | Callable[[], dict[str, Any]], refit_history: pl.DataFrame | None = None,
-            model: str | None = None) -> datetime:  # fmt: skip
+            facts: dict[str, Any] | Callable[[], dict[str, Any]],
+            refit_histories: dict[str, pl.DataFrame] | None = None) -> datetime:  # fmt: skip
     """Replace the published lists and the catalogue and mark the run succeeded, in one write.
 
     Args:
         path: the warehouse file.
         run_id: the publishing run.
-        recommendations: `user_id`, `item_id`, `rank`, `score`.
+        recommendations: `user_id`, `item_id`, `rank`, `score`, and `predicted_rating` when a rating model
+            predicted the stars (NULL without one).
         items: `item_id`, `title`, `genres`, `year`.
         facts: last `runs` fields to set (stage timings...), or a function returning them, called after the
             lists are inserted (so timings include the write's work).
-        refit_history: the loss per epoch of the model refitted on all ratings, kept as split 'refit'.
-        model: the published model (names the refit history's rows).
+        refit_histories: per model refitted on all ratings (the published one, the one behind the stars),
+            its loss per epoch, kept as split 'refit'.
 
     Returns:
         The `generated_at` stamped on the rows.
@@ -128,9 +129,12 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
         "new_recommendations": recommendations.select(
             "user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
             pl.lit(generated_at).cast(UTC).alias("generated_at"),
+            (pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None))
+            .cast(pl.Float32).alias("predicted_rating"),
         ),  # fmt: skip
         "new_items": items.select("item_id", "title", "genres", "year"),
-        "new_history": _keyed(refit_history, HISTORY_SCHEMA, run_id, model or ""),
+        "new_history": pl.concat([_keyed(None, HISTORY_SCHEMA, run_id, "")]
+                                 + [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]),
     }
     with open_writer(path) as con:
         run_statement(con, "publish", frames)

@@ -76,3 +76,22 @@ def test_ranking_metrics_ignore_padding():
     relevant = _items([(0, 2)], n_users=1)
     m = ranking_metrics(np.array([[2, -1, -1]]), relevant, n_items=3, k=3)
     assert m["ndcg"] == pytest.approx(1.0) and m["precision"] == pytest.approx(1 / 3) and m["coverage"] == pytest.approx(1 / 3)
+
+
+def test_the_stars_beside_a_list_are_the_rating_models_predictions_within_the_scale(small_ratings):
+    from tasks.config import PipelineConfig
+    from tasks.recommend import recommend
+    from tasks.reindex import IdMaps
+    from tasks.train import fit
+
+    config = PipelineConfig(device="cpu", top_n=2, dot_bias={"factors": 4, "epochs": 5, "batch_size": 4},
+                            ials={"factors": 4, "epochs": 3})  # fmt: skip
+    maps = IdMaps(pl.DataFrame({"user_idx": pl.Series(range(4), dtype=pl.Int32), "user_id": [10, 11, 12, 13]}),
+                  pl.DataFrame({"item_idx": pl.Series(range(5), dtype=pl.Int32), "item_id": [100, 101, 102, 103, 104]}))  # fmt: skip
+    ranker, rater = fit(small_ratings, 4, 5, config, name="ials"), fit(small_ratings, 4, 5, config, name="dot_bias")
+    lists = recommend(ranker, small_ratings, maps, config, rater)
+    users = torch.tensor(lists["user_id"].to_numpy() - 10)
+    items = torch.tensor(lists["item_id"].to_numpy() - 100)
+    assert lists["predicted_rating"].to_numpy() == pytest.approx(rater.predict(users, items).numpy())
+    assert lists["predicted_rating"].is_between(1.0, 5.0).all()
+    assert recommend(ranker, small_ratings, maps, config)["predicted_rating"].null_count() == lists.height  # no rater

@@ -22,6 +22,7 @@ UPDATE runs SET
     gate_baseline_run_id     = coalesce(u.gate_baseline_run_id, runs.gate_baseline_run_id),
     gate_reason              = coalesce(u.gate_reason, runs.gate_reason),
     n_bad_rows               = coalesce(u.n_bad_rows, runs.n_bad_rows),
-    n_duplicate_ratings      = coalesce(u.n_duplicate_ratings, runs.n_duplicate_ratings)
+    n_duplicate_ratings      = coalesce(u.n_duplicate_ratings, runs.n_duplicate_ratings),
+    rating_model             = coalesce(u.rating_model, runs.rating_model)
 FROM run_update AS u
 WHERE runs.run_id = u.run_id;
