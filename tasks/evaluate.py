@@ -112,14 +112,16 @@ def comparison_table(metrics: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([frame.select(pl.lit(name).alias("model"), pl.all()) for name, frame in metrics.items()])
 
 
+def metric_value(metrics: pl.DataFrame, metric: str, k: int | None = None) -> float | None:
+    """One metric's value from a long-form frame (`metric`, `k`, `value`); None when it has no such row."""
+    rows = metrics.filter((pl.col("metric") == metric) & (pl.col("k").is_null() if k is None else pl.col("k") == k))
+    return float(rows["value"][0]) if rows.height else None
+
+
 def rating_model(metrics: dict[str, pl.DataFrame]) -> str | None:
     """The trained model with the lowest RMSE, whose predicted ratings go beside the published lists; None when
     no trained model predicts ratings (only rating models have an `rmse` row)."""
-    rmse = {
-        name: float(rows["value"][0])
-        for name, frame in metrics.items()
-        if (rows := frame.filter(pl.col("metric") == "rmse")).height
-    }
+    rmse = {name: value for name, frame in metrics.items() if (value := metric_value(frame, "rmse")) is not None}
     return min(rmse, key=lambda name: rmse[name]) if rmse else None
 
 
@@ -132,10 +134,7 @@ def published_model(metrics: dict[str, pl.DataFrame], config: PipelineConfig) ->
     """
     if config.model is not None:
         return config.model, "named in the config"
-    ndcg = {
-        name: float(frame.filter((pl.col("metric") == "ndcg") & (pl.col("k") == config.k))["value"][0])
-        for name, frame in metrics.items()
-    }
+    ndcg = {name: metric_value(frame, "ndcg", config.k) for name, frame in metrics.items()}
     best = max(ndcg, key=lambda name: ndcg[name])
     return best, f"best nDCG@{config.k} of {len(ndcg)} models ({ndcg[best]:.4f})"
 

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 import warehouse
 from tasks.config import PipelineConfig, setting
+from tasks.evaluate import metric_value
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ class GateVerdict:
         return GateVerdict(False, f"overridden by force: {self.reason}", self.baseline_run_id, forced=True)
 
 
-def _value(metrics: pl.DataFrame, metric: str, k: int | None) -> float | None:
-    rows = metrics.filter((pl.col("metric") == metric) & (pl.col("k").is_null() if k is None else pl.col("k") == k))
-    return float(rows["value"][0]) if rows.height else None
-
-
 def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolerance: float) -> GateVerdict:
     """Compare a candidate's metrics with the baseline's (both long form: `metric`, `k`, `value`).
 
@@ -61,7 +57,7 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
     checks = [("rmse", None, 1), ("ndcg", k, -1)]
     failures, compared = [], []
     for metric, at, worse in checks:
-        new, old = _value(candidate, metric, at), _value(baseline, metric, at)
+        new, old = metric_value(candidate, metric, at), metric_value(baseline, metric, at)
         if new is None or old is None:
             continue
         name = metric if at is None else f"{metric}@{at}"

@@ -128,14 +128,14 @@ def fit(
     use_tf32_matmuls(device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    module, rows = MODELS[name].fit(Interactions(train, n_users, n_items), config.params_for(name), device, validation,
-                                    seed=config.seed, label=history_label)  # fmt: skip
+    interactions = Interactions(train, n_users, n_items)
+    module, rows = MODELS[name].fit(interactions, config.params_for(name), device, validation, seed=config.seed,
+                                    label=history_label)  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    rating_scale = (float(train["rating"].min()), float(train["rating"].max()))
     model = TrainedModel(name, module.eval(), device, pl.DataFrame(rows, schema=HISTORY_SCHEMA), seconds, train.height,
-                         rating_scale)  # fmt: skip
+                         interactions.rating_range)  # fmt: skip
     log.info("trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)", name, train.height, device, seconds,
              model.ratings_per_second)  # fmt: skip
     return model

@@ -133,8 +133,10 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
             .cast(pl.Float32).alias("predicted_rating"),
         ),  # fmt: skip
         "new_items": items.select("item_id", "title", "genres", "year"),
-        "new_history": pl.concat([_keyed(None, HISTORY_SCHEMA, run_id, "")]
-                                 + [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]),
+        "new_history": pl.concat(
+            [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
+            or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
+        ),
     }
     with open_writer(path) as con:
         run_statement(con, "publish", frames)

@@ -105,21 +105,21 @@ def _at_ratings(pattern: torch.Tensor, x: torch.Tensor, other: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix, weights: torch.Tensor,
-               unobserved_weight: float, penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
+def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix, unobserved_weight: float,
+               penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
     """One half-step: every row of `vectors` (in place) by `steps` of conjugate gradient on its normal equations.
 
     Args:
         vectors: (n, f) the side being solved, updated in place; its current values start the solve.
         other: (m, f) the fixed side.
-        matrix: the n x m ratings, CSR; `weights` holds c_ui per stored rating.
+        matrix: the n x m ratings, CSR, holding c_ui per stored rating.
         penalty: (n,) each row's regularization.
     """
     gram = unobserved_weight * (other.T @ other)
     n_cols = other.shape[0]
     for start, stop in row_chunks(matrix.indptr, max_ratings):
         first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
-        c = weights[first:last]
+        c = matrix.values[first:last]
         pattern = _chunk_csr(matrix, start, stop, torch.zeros_like(c), n_cols)
         lam = penalty[start:stop, None]
 
@@ -179,8 +179,8 @@ def fit_ials(interactions: Interactions, params: IalsParams, device: torch.devic
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
-        solve_side(w, h, by_user, by_user.values, a0, user_penalty, params.cg_steps, params.chunk_ratings)
-        solve_side(h, w, by_item, by_item.values, a0, item_penalty, params.cg_steps, params.chunk_ratings)
+        solve_side(w, h, by_user, a0, user_penalty, params.cg_steps, params.chunk_ratings)
+        solve_side(h, w, by_item, a0, item_penalty, params.cg_steps, params.chunk_ratings)
         if not (torch.isfinite(w).all() and torch.isfinite(h).all()):
             raise ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")
         loss = ials_loss(by_user, w, h, a0, user_penalty, item_penalty, params.chunk_ratings)

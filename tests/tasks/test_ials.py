@@ -33,7 +33,7 @@ def test_a_half_step_is_the_closed_form_solve(max_ratings):
     h = torch.randn((n_items, f), generator=generator, dtype=torch.float64).float()
     w = torch.randn((n_users, f), generator=generator).float()
     penalty = reg * (matrix.indptr.diff().float() + a0 * n_items)
-    solve_side(w, h, matrix, matrix.values, a0, penalty, steps=12, max_ratings=max_ratings)
+    solve_side(w, h, matrix, a0, penalty, steps=12, max_ratings=max_ratings)
 
     dense_c = np.zeros((n_users, n_items))
     dense_c[users.numpy(), items.numpy()] = c.numpy()
