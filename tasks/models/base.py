@@ -191,8 +191,14 @@ class RatingMatrix(nn.Module):
         return out
 
     def transpose(self) -> RatingMatrix:
-        """The n_cols x n_rows matrix."""
-        return RatingMatrix.build(self.indices, self.row_of_values(), self.values, (self.shape[1], self.shape[0]))
+        """The n_cols x n_rows matrix (a stable sort by column keeps each new row's columns in order)."""
+        order = torch.sort(self.indices, stable=True).indices
+        matrix = RatingMatrix(self.shape[1], self.shape[0], len(order)).to(self.indptr.device)
+        matrix.indptr.copy_(torch.cat([torch.zeros(1, dtype=torch.int64, device=order.device),
+                                       torch.bincount(self.indices, minlength=self.shape[1]).cumsum(0)]))  # fmt: skip
+        matrix.indices.copy_(self.row_of_values()[order])
+        matrix.values.copy_(self.values[order])
+        return matrix
 
     def row_means(self) -> torch.Tensor:
         """Mean of each row's stored values (0 for an empty row)."""

@@ -16,17 +16,21 @@ solves the linear system
 and the same with users and items swapped. All rows of a chunk are solved at once by conjugate gradient,
 warm-started from the current vectors (as implicit's CPU ALS does). A step's sum over a row's ratings is two
 sparse products: x_u . h_i at each rating (a sampled dense product, `torch.sparse.sampled_addmm`) and the
-weighted sum of the h_i (CSR times dense). No ratings x factors block is gathered, so memory is a few floats
-per rating plus the vectors; there is no per-row Python loop, and it runs unchanged on CUDA.
+weighted sum of the h_i (CSR times dense, as `embedding_bag`), taken tile by tile over the fixed side's
+vectors so that what they gather stays in the CPU's cache (`ColumnTiles`). No ratings x factors block is
+gathered, so memory is a few floats per rating plus the vectors; there is no per-row Python loop, and it runs
+unchanged on CUDA.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import polars as pl
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from tasks.models.base import Interactions, ModelFitError, ModelParams, RatingMatrix, Recommender, index_tensors
@@ -57,6 +61,10 @@ class IalsParams(ModelParams):
     )
     cg_steps: int = Field(3, ge=1, description="Conjugate-gradient steps per row and half-step (warm-started).")
     init_std: float = Field(0.1, gt=0, description="Initial vectors ~ N(0, init_std / sqrt(factors)).")
+    cache_bytes: int = Field(
+        2 << 20, ge=1, description="CPU only: the products read the fixed side's vectors in tiles of this many bytes, "
+        "so they stay in cache (2 MiB was fastest on the 2-core machine); on CUDA all at once."
+    )
     chunk_ratings: int = Field(
         1 << 22, ge=1, description="Ratings whose rows are solved at once (a few floats per rating and the rows' vectors are held)."
     )
@@ -92,49 +100,94 @@ def row_chunks(indptr: torch.Tensor, max_ratings: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _chunk_csr(matrix: RatingMatrix, start: int, stop: int, values: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """Rows [start, stop) of `matrix` as a torch CSR tensor holding `values` (no copy of the indices)."""
-    crow = matrix.indptr[start : stop + 1] - matrix.indptr[start]
-    first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
-    return torch.sparse_csr_tensor(crow, matrix.indices[first:last], values, (stop - start, n_cols))
+class ColumnTiles:
+    """A rows x cols ratings matrix cut into tiles of `width` columns, each a CSR over all the rows.
+
+    A sparse product of the ratings with the fixed side's vectors gathers one vector per rating, in no useful
+    order. Tile by tile it gathers only from `width` vectors, which stay in the CPU's cache: on two cores that
+    makes the item half-step (which gathers from all users' vectors) about four times faster. On CUDA the
+    ratings are one tile.
+    """
+
+    def __init__(self, matrix: RatingMatrix, width: int) -> None:
+        self.indptr = matrix.indptr
+        self.n_rows, self.n_cols = matrix.shape
+        self.width = max(1, min(width, self.n_cols))
+        rows = matrix.row_of_values()
+        tile_of = torch.div(matrix.indices, self.width, rounding_mode="floor")
+        order = torch.sort(tile_of, stable=True).indices  # each tile keeps the row-major order
+        ends = torch.bincount(tile_of, minlength=self.n_tiles).cumsum(0).tolist()
+        # 32-bit indices where they fit: half the index traffic of the products, which are bound by memory
+        index = torch.int32 if len(matrix.indices) < 2**31 else torch.int64
+        zero = torch.zeros(1, dtype=index, device=rows.device)
+        self.tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (indptr, local columns, values)
+        for tile, (first, last) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+            taken = order[first:last]
+            counts = torch.bincount(rows[taken], minlength=self.n_rows)
+            self.tiles.append((torch.cat([zero, counts.cumsum(0).to(index)]),
+                               (matrix.indices[taken] - tile * self.width).to(index), matrix.values[taken]))  # fmt: skip
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.n_cols // self.width)
+
+    def chunk(self, start: int, stop: int) -> list[tuple[torch.Tensor, slice]]:
+        """Rows [start, stop) of each tile, as CSR tensors holding c_ui, with the columns each tile covers."""
+        blocks = []
+        for tile, (indptr, columns, values) in enumerate(self.tiles):
+            first, last = int(indptr[start]), int(indptr[stop])
+            if last > first:
+                cols = slice(tile * self.width, min((tile + 1) * self.width, self.n_cols))
+                blocks.append((torch.sparse_csr_tensor(indptr[start : stop + 1] - first, columns[first:last],
+                                                       values[first:last], (stop - start, cols.stop - cols.start)), cols))  # fmt: skip
+        return blocks
 
 
-def _at_ratings(pattern: torch.Tensor, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """x_u . h_i at each stored (u, i) of `pattern`, without gathering a ratings x factors block (SDDMM)."""
-    return torch.sparse.sampled_addmm(pattern, x, other.T, beta=0.0).values()
+def tile_width(factors: int, cache_bytes: int, device: torch.device) -> int:
+    """Columns per tile: as many of the fixed side's vectors as fit in `cache_bytes` (all of them on CUDA)."""
+    return 1 << 62 if device.type == "cuda" else max(1, cache_bytes // (4 * factors))
+
+
+def _at_ratings(block: torch.Tensor, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """x_u . h_i at each stored (u, i) of `block`, without gathering a ratings x factors block (SDDMM)."""
+    return torch.sparse.sampled_addmm(block, x, other.T, beta=0.0).values()  # beta 0: the block's values unread
+
+
+def _weighted_sum(blocks: list[tuple[torch.Tensor, slice]], x: torch.Tensor, other: torch.Tensor,
+                  weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """Per row u: sum over its ratings of weight(c_ui, x_u . h_i) h_i, tile by tile."""
+    total = torch.zeros_like(x)
+    for block, cols in blocks:
+        values = weight(block.values(), _at_ratings(block, x, other[cols]))
+        # a CSR times dense product; embedding_bag's weighted sum runs it about three times faster on CPU
+        total.add_(F.embedding_bag(block.col_indices(), other[cols], block.crow_indices(), mode="sum",
+                                   per_sample_weights=values, include_last_offset=True))  # fmt: skip
+    return total
 
 
 @torch.no_grad()
-def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix, unobserved_weight: float,
+def solve_side(vectors: torch.Tensor, other: torch.Tensor, tiles: ColumnTiles, unobserved_weight: float,
                penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
     """One half-step: every row of `vectors` (in place) by `steps` of conjugate gradient on its normal equations.
 
     Args:
         vectors: (n, f) the side being solved, updated in place; its current values start the solve.
         other: (m, f) the fixed side.
-        matrix: the n x m ratings, CSR, holding c_ui per stored rating.
+        tiles: the n x m ratings holding c_ui per stored rating.
         penalty: (n,) each row's regularization.
     """
     gram = unobserved_weight * (other.T @ other)
-    n_cols = other.shape[0]
-    for start, stop in row_chunks(matrix.indptr, max_ratings):
-        first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
-        c = matrix.values[first:last]
-        pattern = _chunk_csr(matrix, start, stop, torch.zeros_like(c), n_cols)
+    for start, stop in row_chunks(tiles.indptr, max_ratings):
+        blocks = tiles.chunk(start, stop)
         lam = penalty[start:stop, None]
-
-        def times_a(x: torch.Tensor) -> torch.Tensor:
-            """A x for every row of the chunk: sum_i c_ui (h_i . x) h_i + a0 H'H x + reg_u x."""
-            weighted = _chunk_csr(matrix, start, stop, _at_ratings(pattern, x, other).mul_(c), n_cols)
-            return (weighted @ other).add_(x @ gram).add_(x * lam)
-
-        b = _chunk_csr(matrix, start, stop, c, n_cols) @ other
         x = vectors[start:stop].clone()
-        r = b - times_a(x)
+        # r = b - A x = sum_i c_ui (1 - h_i . x) h_i - a0 H'H x - reg_u x
+        r = _weighted_sum(blocks, x, other, lambda c, v: c * (1.0 - v)).sub_(x @ gram).sub_(x * lam)
         p = r.clone()
         rs = (r * r).sum(1)
         for _ in range(steps):
-            ap = times_a(p)
+            # A p = sum_i c_ui (h_i . p) h_i + a0 H'H p + reg_u p
+            ap = _weighted_sum(blocks, p, other, lambda c, v: v.mul_(c)).add_(p @ gram).add_(p * lam)
             alpha = rs / (p * ap).sum(1).clamp(min=1e-20)
             x.addcmul_(alpha[:, None], p)
             r.addcmul_(alpha[:, None], ap, value=-1.0)
@@ -144,18 +197,16 @@ def solve_side(vectors: torch.Tensor, other: torch.Tensor, matrix: RatingMatrix,
         vectors[start:stop] = x
 
 
-def ials_loss(matrix: RatingMatrix, w: torch.Tensor, h: torch.Tensor, unobserved_weight: float,
+def ials_loss(tiles: ColumnTiles, w: torch.Tensor, h: torch.Tensor, unobserved_weight: float,
               user_penalty: torch.Tensor, item_penalty: torch.Tensor, max_ratings: int) -> float:  # fmt: skip
-    """The objective in the module docstring, per rating (`matrix`: users x items holding c_ui)."""
+    """The objective in the module docstring, per rating (`tiles`: users x items holding c_ui)."""
     observed = torch.zeros((), dtype=torch.float64, device=w.device)
-    for start, stop in row_chunks(matrix.indptr, max_ratings):
-        first, last = int(matrix.indptr[start]), int(matrix.indptr[stop])
-        c = matrix.values[first:last]
-        predicted = _at_ratings(_chunk_csr(matrix, start, stop, torch.zeros_like(c), h.shape[0]), w[start:stop], h)
-        observed += (c * (predicted - 1.0).pow(2)).sum()
+    for start, stop in row_chunks(tiles.indptr, max_ratings):
+        for block, cols in tiles.chunk(start, stop):
+            observed += (block.values() * (_at_ratings(block, w[start:stop], h[cols]) - 1.0).pow(2)).sum()
     unobserved = unobserved_weight * ((w.T @ w) * (h.T @ h)).sum()  # the sum over all pairs of y_ui^2
     penalty = (user_penalty * w.pow(2).sum(1)).sum() + (item_penalty * h.pow(2).sum(1)).sum()
-    return float((observed + unobserved + penalty) / max(len(matrix.values), 1))
+    return float((observed + unobserved + penalty) / max(int(tiles.indptr[-1]), 1))
 
 
 @torch.no_grad()
@@ -170,6 +221,8 @@ def fit_ials(interactions: Interactions, params: IalsParams, device: torch.devic
     a0, nu = params.unobserved_weight, params.regularization_exponent
     user_penalty = params.regularization * (by_user.indptr.diff().float() + a0 * n_items).pow(nu)
     item_penalty = params.regularization * (by_item.indptr.diff().float() + a0 * n_users).pow(nu)
+    width = tile_width(f, params.cache_bytes, device)
+    by_user, by_item = ColumnTiles(by_user, width), ColumnTiles(by_item, width)
     generator = torch.Generator(device=device).manual_seed(seed)
     std = params.init_std / f**0.5
     module = Ials(n_users, n_items, f).to(device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tasks.models.base import Interactions, ModelFitError, RatingMatrix
-from tasks.models.ials import IalsParams, fit_ials, row_chunks, solve_side
+from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, row_chunks, solve_side
 
 CPU = torch.device("cpu")
 
@@ -23,7 +23,8 @@ def _ratings(n_users: int = 6, n_items: int = 5, seed: int = 0) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize("max_ratings", [1, 4, 1000])  # a row per chunk, a few rows, all rows
-def test_a_half_step_is_the_closed_form_solve(max_ratings):
+@pytest.mark.parametrize("width", [1, 2, 1000])  # a column per tile, a few columns, one tile
+def test_a_half_step_is_the_closed_form_solve(max_ratings, width):
     n_users, n_items, f, a0, reg = 6, 5, 3, 0.2, 0.05
     ratings = _ratings(n_users, n_items)
     users, items, r = (torch.tensor(ratings[c].to_numpy()) for c in ("user_idx", "item_idx", "rating"))
@@ -33,7 +34,7 @@ def test_a_half_step_is_the_closed_form_solve(max_ratings):
     h = torch.randn((n_items, f), generator=generator, dtype=torch.float64).float()
     w = torch.randn((n_users, f), generator=generator).float()
     penalty = reg * (matrix.indptr.diff().float() + a0 * n_items)
-    solve_side(w, h, matrix, a0, penalty, steps=12, max_ratings=max_ratings)
+    solve_side(w, h, ColumnTiles(matrix, width), a0, penalty, steps=12, max_ratings=max_ratings)
 
     dense_c = np.zeros((n_users, n_items))
     dense_c[users.numpy(), items.numpy()] = c.numpy()
@@ -50,6 +51,30 @@ def test_row_chunks_cover_every_row_once_within_the_budget():
     chunks = row_chunks(indptr, 4)
     assert [row for start, stop in chunks for row in range(start, stop)] == [0, 1, 2, 3, 4]
     assert all(int(indptr[stop] - indptr[start]) <= 4 or stop == start + 1 for start, stop in chunks)
+
+
+def test_column_tiles_hold_every_rating_once_in_its_tile():
+    ratings = _ratings()
+    users, items, r = (torch.tensor(ratings[c].to_numpy()) for c in ("user_idx", "item_idx", "rating"))
+    matrix = RatingMatrix.build(users.long(), items.long(), r.float(), (6, 5))
+    tiles = ColumnTiles(matrix, 2)
+    assert tiles.n_tiles == 3 == len(tiles.tiles)
+    dense = torch.zeros(6, 5)
+    for block, cols in tiles.chunk(0, 6):
+        assert block.shape[1] <= 2
+        dense[:, cols] += block.to_dense()
+    assert torch.equal(dense, matrix.rows(torch.arange(6)))
+
+
+def test_the_item_major_matrix_is_the_transpose_with_sorted_rows():
+    ratings = _ratings(9, 7, seed=4)
+    users, items, r = (torch.tensor(ratings[c].to_numpy()) for c in ("user_idx", "item_idx", "rating"))
+    matrix = RatingMatrix.build(users.long(), items.long(), r.float(), (9, 7))
+    by_item = matrix.transpose()
+    assert torch.equal(by_item.rows(torch.arange(7)), matrix.rows(torch.arange(9)).T)
+    for item in range(7):  # CSR invariant: each row's columns ascending
+        row = by_item.indices[by_item.indptr[item] : by_item.indptr[item + 1]]
+        assert torch.equal(row, row.sort().values)
 
 
 def test_seeded_deterministic_and_a_single_rating_user_gets_a_finite_vector():
