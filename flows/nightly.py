@@ -23,10 +23,11 @@ from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
 from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model
-from tasks.gate import gate_task
+from tasks.gate import candidate_metrics, gate_task
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.publish import publish_task, record_model_task, reject_task
+from tasks.publish_check import check_published_model_task
 from tasks.recommend import recommend_task
 from tasks.reindex import IdMaps, reindex_task
 from tasks.report import report_task
@@ -97,7 +98,8 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                  train_ratings_per_second=model.ratings_per_second)  # fmt: skip
         print(f"publishing model {chosen}: {why}")
         with run.stage("gate"):
-            verdict = gate_task(config.warehouse, run.run_id, archive.source, chosen, metrics[chosen], config)
+            candidate = candidate_metrics(metrics, chosen, stars)
+            verdict = gate_task(config.warehouse, run.run_id, archive.sha256, candidate, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 
         if verdict.publishes:
@@ -106,12 +108,15 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                     model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars)
             with run.stage("recommend"):
                 recommendations = recommend_task(model, ratings, maps, config, rater)
+                check_published_model_task(models[chosen], model, recommendations, metrics[chosen],
+                                           train["item_idx"].n_unique(), config)  # fmt: skip
                 save_checkpoint_task(model, maps, config, run.directory / "model.pt")
             with run.stage("publish"):
-                publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories)
+                publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories,
+                             config.keep_runs)  # fmt: skip
             status, n_published = "succeeded", recommendations.height
         else:
-            reject_task(config.warehouse, run.run_id, run.final_facts())
+            reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs)
             status, n_published = "rejected", 0
     except BaseException as error:
         run.fail(error)

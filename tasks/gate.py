@@ -1,14 +1,18 @@
 """The quality gate between evaluation and publishing.
 
-A candidate run is compared with the last published run on the same source and protocol (split, test
-share, seed, k). It is rejected when its RMSE rose, or its nDCG@k fell, by more than `gate_tolerance` of
-the baseline's value, the same model's metrics in both. The first run of a model on a source and protocol has
-nothing to compare with and passes.
+A candidate run is compared with the lists published now: the last published run on the same dataset (the
+archive's SHA-256, so a path and a file:// URL of one archive share a history) and protocol (split, test
+share, seed, k), whichever model made them. The candidate's published model is held to the baseline's nDCG@k,
+and its rating model (the stars beside the lists) to the baseline rating model's RMSE. It is rejected when
+its nDCG@k fell, or its RMSE rose, by more than `gate_tolerance` of the baseline's value, or when a metric
+it must be judged on is missing or not finite. Only a run on a dataset and protocol with nothing published
+yet passes unjudged.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,26 +49,31 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
     """Compare a candidate's metrics with the baseline's (both long form: `metric`, `k`, `value`).
 
     Args:
-        candidate: the run's metrics.
-        baseline: the last published run's metrics with its `run_id`, or None when there is none.
+        candidate: the run's metrics (nDCG from the model to publish, RMSE from its rating model).
+        baseline: the published run's metrics with its `run_id`, or None when nothing is published.
         k: the cut-off of the nDCG compared.
         tolerance: the largest allowed worsening, as a fraction of the baseline's value.
     """
     if baseline is None or baseline.height == 0:
-        return GateVerdict(True, "first run of this model on this source and protocol: nothing to compare with")
+        return GateVerdict(True, "nothing is published for this dataset and protocol yet: nothing to compare with")
     baseline_run_id = baseline["run_id"][0]
     # (metric, k, +1 when higher is worse / -1 when lower is worse)
     checks = [("rmse", None, 1), ("ndcg", k, -1)]
     failures, compared = [], []
     for metric, at, worse in checks:
         new, old = metric_value(candidate, metric, at), metric_value(baseline, metric, at)
-        if new is None or old is None:
-            continue
         name = metric if at is None else f"{metric}@{at}"
-        change = (new - old) / abs(old) if old else 0.0
-        compared.append(f"{name} {old:.4f} -> {new:.4f} ({change:+.1%})")
-        if worse * change > tolerance:
-            failures.append(f"{name} {'rose' if worse > 0 else 'fell'} from {old:.4f} to {new:.4f} ({change:+.1%})")
+        if old is None:
+            continue  # the published lists were not judged on it (no rating model behind them)
+        if not math.isfinite(old):
+            failures.append(f"the published run's {name} is {old}, so nothing can be compared with it")
+        elif new is None or not math.isfinite(new):
+            failures.append(f"{name} is {'missing' if new is None else new} (the published lists have {old:.4f})")
+        else:
+            change = (new - old) / abs(old) if old else (0.0 if new == old else math.copysign(math.inf, new - old))
+            compared.append(f"{name} {old:.4f} -> {new:.4f} ({change:+.1%})")
+            if worse * change > tolerance:
+                failures.append(f"{name} {'rose' if worse > 0 else 'fell'} from {old:.4f} to {new:.4f} ({change:+.1%})")
     if failures:
         reason = (
             f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance ({setting('gate_tolerance')}) "
@@ -74,22 +83,27 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
     return GateVerdict(True, f"within {tolerance:.1%} of run {baseline_run_id}: {', '.join(compared)}", baseline_run_id)
 
 
-def baseline_metrics(path: Path, run_id: str, source: str, protocol: str, model: str) -> pl.DataFrame:
-    """The last published run's metrics on the same source and protocol (empty when there is none)."""
+def baseline_metrics(path: Path, run_id: str, dataset: str, protocol: str) -> pl.DataFrame:
+    """The metrics of the lists published last on the same dataset and protocol (empty when there are none)."""
     with warehouse.open_reader(path) as con:
-        params = {"source": source, "protocol": protocol, "model": model, "run_id": run_id}
-        return warehouse.fetch(con, "gate_baseline", params)
+        return warehouse.fetch(con, "gate_baseline", {"dataset": dataset, "protocol": protocol, "run_id": run_id})
+
+
+def candidate_metrics(metrics: dict[str, pl.DataFrame], model: str, rating_model: str | None) -> pl.DataFrame:
+    """What the gate judges a run on: the published model's ranking metrics, the rating model's errors."""
+    ranking = metrics[model].filter(~pl.col("metric").is_in(["rmse", "mae"]))
+    errors = [metrics[rating_model].filter(pl.col("metric").is_in(["rmse", "mae"]))] if rating_model else []
+    return pl.concat([ranking, *errors], how="diagonal_relaxed")
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(
-    path: Path, run_id: str, source: str, model: str, metrics: pl.DataFrame, config: PipelineConfig
-) -> GateVerdict:
-    """Judge the run's model to publish against the same model in the baseline run; logs the verdict.
+def gate_task(path: Path, run_id: str, dataset: str, candidate: pl.DataFrame, config: PipelineConfig) -> GateVerdict:
+    """Judge the run's `candidate_metrics` against the lists published on the same dataset (`source_sha256`)
+    and protocol; logs the verdict.
 
     With `force`, a failed verdict comes back overridden: `publishes` is true and the reason says why."""
-    baseline = baseline_metrics(path, run_id, source, config.protocol, model)
-    verdict = judge(metrics, baseline, config.k, config.gate_tolerance)
+    baseline = baseline_metrics(path, run_id, dataset, config.protocol)
+    verdict = judge(candidate, baseline, config.k, config.gate_tolerance)
     if verdict.passed:
         log.info("quality gate passed: %s", verdict.reason)
     elif config.force:

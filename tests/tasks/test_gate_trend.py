@@ -31,7 +31,7 @@ def _baseline(rmse: float, ndcg: float) -> pl.DataFrame:
 
 def test_first_run_passes_with_nothing_to_compare():
     verdict = judge(_metrics(1.5, 0.01), None, k=10, tolerance=0.05)
-    assert verdict.passed and verdict.baseline_run_id is None and "first run" in verdict.reason
+    assert verdict.passed and verdict.baseline_run_id is None and "nothing is published" in verdict.reason
 
 
 def test_within_tolerance_passes_and_names_the_baseline():
@@ -57,7 +57,8 @@ def test_tolerance_is_configurable():
 def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL):
     start_run(path, run_id, None, json.dumps({}), started)
     record_model(path, run_id, "dot_bias", ModelRecord(_metrics(rmse, ndcg)))
-    facts = {"source": source, "protocol": protocol, "model": "dot_bias"}
+    facts = {"source": source, "source_sha256": f"sha-{source}", "protocol": protocol, "model": "dot_bias",
+             "rating_model": "dot_bias"}  # fmt: skip
     if status == "succeeded":
         recs = pl.DataFrame({"user_id": [1], "item_id": [2], "rank": [1], "score": [4.0]})
         items = pl.DataFrame({"item_id": [2], "title": ["B"], "genres": [[]], "year": [None]},
@@ -96,10 +97,32 @@ def test_trend_deltas_from_previous_run_and_median_of_published(history_warehous
     assert view == [(pytest.approx(0.9),)]
 
 
-def test_gate_baseline_is_the_last_published_run_on_the_same_source_and_protocol(history_warehouse):
-    baseline = baseline_metrics(history_warehouse, "new", "src", PROTOCOL, "dot_bias")
+def test_gate_baseline_is_the_last_published_run_on_the_same_dataset_and_protocol(history_warehouse):
+    baseline = baseline_metrics(history_warehouse, "new", "sha-src", PROTOCOL)
     assert baseline["run_id"].unique().to_list() == ["r5"]
-    assert baseline_metrics(history_warehouse, "new", "elsewhere", PROTOCOL, "dot_bias").height == 0
+    assert baseline_metrics(history_warehouse, "new", "sha-elsewhere", PROTOCOL).height == 0
+
+
+@pytest.mark.parametrize(
+    ("candidate", "says"),
+    [
+        (_metrics(0.9, float("nan")), "ndcg@10 is nan"),
+        (_metrics(float("nan"), 0.11), "rmse is nan"),
+        (_metrics(0.9, 0.11).filter(pl.col("metric") != "ndcg"), "ndcg@10 is missing"),
+        (_metrics(0.9, float("inf")), "ndcg@10 is inf"),
+    ],
+)
+def test_a_missing_or_non_finite_candidate_metric_is_rejected(candidate, says):
+    verdict = judge(candidate, _baseline(0.90, 0.11), k=10, tolerance=0.05)
+    assert not verdict.passed and says in verdict.reason
+
+
+def test_a_non_finite_baseline_is_rejected_and_a_zero_one_compares_absolutely():
+    nan_baseline = judge(_metrics(0.9, 0.11), _baseline(0.90, float("nan")), k=10, tolerance=0.05)
+    assert not nan_baseline.passed and "published run's ndcg@10 is nan" in nan_baseline.reason
+    assert judge(_metrics(0.9, 0.0), _baseline(0.90, 0.0), k=10, tolerance=0.05).passed  # no change
+    worse = judge(_metrics(0.9, 0.11), _baseline(0.0, 0.11), k=10, tolerance=0.05)  # any RMSE above a perfect 0
+    assert not worse.passed and "rmse rose from 0.0000 to 0.9000" in worse.reason
 
 
 def test_headline_table_and_charts(history_warehouse, tmp_path):
