@@ -12,7 +12,9 @@ item at rank j (1-based) is relevant, and hits = sum of hit_j for j <= k:
 - ndcg@k = DCG / IDCG with DCG = sum_j hit_j / log2(j + 1) and IDCG the DCG of min(|R_u|, k) hits at the top.
 - map@k = (1 / min(|R_u|, k)) * sum_j hit_j * precision@j  (average precision at k, then the mean over users).
 - hit_rate@k = share of users with hits >= 1.
-- coverage@k = distinct items in all evaluated users' top-k / number of items in the catalogue.
+- coverage@k = distinct items in all evaluated users' top-k / number of distinct items in the training split:
+  the catalogue a model could recommend (as Recommenders' `catalog_coverage`); an item rated only in the test
+  split cannot be recommended, so it does not count.
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ def rating_errors(predictions: np.ndarray, truth: np.ndarray) -> dict[str, float
     return {"rmse": math.sqrt(float(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors)))}
 
 
-def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int) -> dict[str, float]:
+def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
+                    catalogue: int | None = None) -> dict[str, float]:  # fmt: skip
     """Precision, recall, nDCG, MAP, hit rate and coverage at k (definitions in the module docstring).
 
     Args:
         top_items: (n_users, >= k) ranked item indices per user, -1 for padding.
         relevant: each user's relevant (test) items; users with none are not evaluated.
-        n_items: catalogue size, for coverage.
+        n_items: number of item indices.
         k: cut-off.
+        catalogue: the items that could be recommended, for coverage (default: all `n_items`).
     """
     n_relevant = relevant.counts()
     users = np.flatnonzero(n_relevant > 0)
@@ -68,7 +72,7 @@ def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k:
         "ndcg": float(np.mean((hits * discounts).sum(1) / ideal)),
         "map": float(np.mean((hits * precision_at_j).sum(1) / np.minimum(n_rel, k))),
         "hit_rate": float(np.mean(n_hits > 0)),
-        "coverage": len(shown) / n_items,
+        "coverage": len(shown) / (catalogue or n_items),
     }
 
 
@@ -95,7 +99,8 @@ def evaluate(
         model.rank_users, n_users, n_items, UserItems.from_ratings(train, n_users), config.k, model.device,
         config.score_chunk_users,
     )  # fmt: skip
-    ranking = ranking_metrics(top_items, UserItems.from_ratings(test, n_users), n_items, config.k)
+    catalogue = train["item_idx"].n_unique()
+    ranking = ranking_metrics(top_items, UserItems.from_ratings(test, n_users), n_items, config.k, catalogue)
     rows = [{"metric": m, "k": None, "value": v} for m, v in errors.items()]
     rows += [{"metric": m, "k": config.k, "value": ranking[m]} for m in RANKING_METRICS]
     return pl.DataFrame(rows, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})

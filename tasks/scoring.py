@@ -63,6 +63,33 @@ class UserItems:
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class NonFiniteScoreError(ValueError):
+    """A model gave a NaN or infinite score: ranking it would put that item first (NaN sorts highest)."""
+
+
+def top_k_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k highest scores and their columns, equal scores in column order (the lower item index
+    first), so that a list does not depend on how `torch.topk` happens to break ties.
+
+    `torch.topk` picks the k best; only the rows where the k-th value is tied with an item it left out are
+    picked again, exactly: every item above that value, then the tied ones in column order."""
+    values, indices = torch.topk(scores, k, dim=1)
+    kth = values[:, -1:]
+    tied_out = (scores == kth).sum(1) > (values == kth).sum(1)
+    if tied_out.any():
+        rows = scores[tied_out]
+        above, at = rows > kth[tied_out], rows == kth[tied_out]
+        wanted = (k - above.sum(1, keepdim=True))
+        chosen = above | (at & (at.cumsum(1) <= wanted))
+        columns = torch.nonzero(chosen)[:, 1].view(-1, k)  # row-major: k columns per row, ascending
+        indices[tied_out], values[tied_out] = columns, rows.gather(1, columns)
+    # order by value, then by column: a stable sort by value of the columns sorted ascending
+    by_column = torch.sort(indices, dim=1).indices
+    indices, values = indices.gather(1, by_column), values.gather(1, by_column)
+    by_value = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return values.gather(1, by_value), indices.gather(1, by_value)
+
+
 @torch.no_grad()
 def top_k_unseen(
     score_users: ScoreFn,
@@ -100,9 +127,13 @@ def top_k_unseen(
         stop = min(start + chunk_users, n_users)
         # contiguous: the seen items are blanked through a flat view (a no-op for most models' products)
         scores = score_users(torch.arange(start, stop, device=device)).float().contiguous()
+        if not torch.isfinite(scores).all():
+            bad = int(start + torch.nonzero(~torch.isfinite(scores))[0, 0])
+            raise NonFiniteScoreError(f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
+                                      "nothing is ranked or published from it")  # fmt: skip
         seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
         scores.view(-1).index_fill_(0, seen, float("-inf"))
-        values, indices = torch.topk(scores, k, dim=1)
+        values, indices = top_k_stable(scores, k)
         padding = torch.isinf(values)
         indices[padding] = -1
         if to_score is not None:

@@ -45,10 +45,12 @@ def split_ratings(
         raise ValueError(f"{setting('test_fraction')} is {test_fraction}, expected a value between 0 and 1")
     keyed = _with_random_key(ratings, seed)
     if method == "random":
-        n_test = round(keyed.height * test_fraction)
-        # Keys are below 1: adding 1 ranks a single-rating user's rating after every other, so it stays in train.
-        single = (pl.len().over("user_idx") == 1).cast(pl.Float64)
-        in_train = (pl.col("_key") + single).rank("ordinal") > n_test
+        n_users = keyed["user_idx"].n_unique()
+        n_test = min(round(keyed.height * test_fraction), keyed.height - n_users)
+        # Keys are below 1: adding 1 to each user's lowest-keyed rating ranks it after every other rating, so
+        # it stays in train and no user loses all their training ratings.
+        anchor = (pl.col("_key").rank("ordinal").over("user_idx") == 1).cast(pl.Float64)
+        in_train = (pl.col("_key") + anchor).rank("ordinal") > n_test
     else:
         order = pl.col("_key") if method == "stratified" else pl.struct("timestamp", "item_idx")
         rank = order.rank("ordinal").over("user_idx")

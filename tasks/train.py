@@ -85,9 +85,11 @@ class TrainedModel:
 
     @torch.no_grad()
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of `users` (indices, on the model's device) against every item."""
+        """Scores of `users` (indices, on the model's device) against every item; a rating model's are its
+        predicted ratings, clipped to the scale."""
         self.module.eval()
-        return self.module.score_users(users)
+        scores = self.module.score_users(users)
+        return scores.clamp(*self.rating_scale) if self.predicts_ratings else scores
 
     @torch.no_grad()
     def rank_users(self, users: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,10 @@ class TrainedModel:
         return self.module.rank_users(users)
 
     def rank_to_score(self, values: torch.Tensor) -> torch.Tensor:
-        return self.module.rank_to_score(values)
+        """Scores of the values `rank_users` gave; a rating model's are predicted ratings, clipped to the scale
+        as `predict` clips them (a neighbour average or a bias sum can run past 5 stars)."""
+        scores = self.module.rank_to_score(values)
+        return scores.clamp(*self.rating_scale) if self.predicts_ratings else scores
 
 
 def fit(

@@ -63,6 +63,16 @@ def test_single_rating_user_stays_in_train(small_ratings, method):
         assert 3 in train["user_idx"].to_list() and 3 not in test["user_idx"].to_list(), seed
 
 
+@pytest.mark.parametrize("method", ["stratified", "temporal", "random"])
+def test_no_user_loses_all_training_ratings(method):
+    # 200 users with two ratings each, half held out: a plain random draw puts both of ~50 users' in test
+    two_each = pl.DataFrame({"user_idx": [u for u in range(200) for _ in (0, 1)], "item_idx": [0, 1] * 200,
+                             "rating": [4.0] * 400, "timestamp": list(range(400))})  # fmt: skip
+    for seed in range(5):
+        train, test = split_ratings(two_each, method, 0.5, seed)
+        assert train["user_idx"].n_unique() == 200 and train.height + test.height == 400
+
+
 def test_random_split_is_global_share(small_ratings):
     train, test = split_ratings(small_ratings, "random", 0.2, seed=3)
     assert test.height == round(small_ratings.height * 0.2)

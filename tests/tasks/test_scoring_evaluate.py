@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tasks.evaluate import rating_errors, ranking_metrics
-from tasks.scoring import UserItems, top_k_unseen
+from tasks.scoring import NonFiniteScoreError, UserItems, top_k_stable, top_k_unseen
 
 
 def _items(pairs: list[tuple[int, int]], n_users: int) -> UserItems:
@@ -44,6 +44,27 @@ def test_top_k_unseen_matches_brute_force(chunk, layout):
         assert np.allclose(values[user], scores[user, expected].numpy())
 
 
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_equal_scores_rank_in_item_order_whatever_topk_picks(k):
+    rng = np.random.default_rng(1)
+    scores = torch.from_numpy(rng.integers(0, 3, size=(40, 12)).astype(np.float32))  # ties everywhere
+    values, items = top_k_stable(scores, k)
+    for row in range(40):
+        expected = sorted(range(12), key=lambda i: (-scores[row, i].item(), i))[:k]
+        assert items[row].tolist() == expected and values[row].tolist() == scores[row, expected].tolist()
+    # the same scores with the items' columns reversed rank the same items, in the reversed order's terms
+    again, _ = top_k_stable(scores.flip(1), k)
+    assert again.tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_score_fails_before_anything_is_ranked(bad):
+    scores = torch.zeros(5, 4)
+    scores[3, 2] = bad
+    with pytest.raises(NonFiniteScoreError, match="user index 3"):
+        top_k_unseen(lambda users: scores[users], 5, 4, _items([], 5), 2, torch.device("cpu"), 2)
+
+
 def test_top_k_pads_when_too_few_unseen_items():
     seen = _items([(0, 0), (0, 1)], n_users=1)
     items, values = top_k_unseen(lambda u: torch.ones(len(u), 3), 1, 3, seen, 3, torch.device("cpu"))
@@ -70,6 +91,24 @@ def test_ranking_metrics_hand_computed():
     assert m["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 0) / 2)
     assert m["hit_rate"] == pytest.approx(0.5)
     assert m["coverage"] == pytest.approx(len({1, 2, 5, 3, 4}) / 8)  # user 2's list is not evaluated
+    with_catalogue = ranking_metrics(top, relevant, n_items=8, k=3, catalogue=6)  # items 6, 7 never trained on
+    assert with_catalogue["coverage"] == pytest.approx(5 / 6)
+
+
+def test_coverage_is_over_the_items_of_the_training_split():
+    from tasks.config import PipelineConfig
+    from tasks.evaluate import evaluate, metric_value
+    from tasks.train import fit
+
+    frame = lambda pairs: pl.DataFrame({"user_idx": [u for u, _ in pairs], "item_idx": [i for _, i in pairs],  # noqa: E731
+                                        "rating": [4.0] * len(pairs)},
+                                       schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32})  # fmt: skip
+    train = frame([(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)])  # item 3 is rated only in test
+    test = frame([(0, 3), (1, 2), (2, 3)])
+    config = PipelineConfig(device="cpu", k=2)
+    metrics = evaluate(fit(train, 3, 4, config, name="popularity"), train, test, 4, config)
+    # the lists [1, 2], [2, 3], [3]: three distinct items over the three trained on, not over all four
+    assert metric_value(metrics, "coverage", 2) == pytest.approx(3 / 3)
 
 
 def test_ranking_metrics_ignore_padding():

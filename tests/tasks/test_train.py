@@ -36,6 +36,18 @@ def test_predictions_stay_on_the_rating_scale(small_ratings):
     assert scores.shape == (4, 5) and scores.min() > 0.5 and scores.max() < 5.5  # y_range with the margin
 
 
+@pytest.mark.parametrize("name", ["item_knn", "bias"])
+def test_a_rating_models_published_scores_stay_on_the_scale(ml100k_indexed, name):
+    from tasks.recommend import recommend
+
+    ratings, maps = ml100k_indexed
+    model = fit(ratings, maps.n_users, maps.n_items, PipelineConfig(device="cpu"), name=name)
+    raw = model.rank_users(torch.arange(maps.n_users)).max()
+    lists = recommend(model, ratings, maps, PipelineConfig(device="cpu"))
+    assert raw > 5.0  # the neighbour average / the bias sum does run past 5 stars here
+    assert lists["score"].max() <= 5.0 and lists["score"].min() >= 1.0
+
+
 def test_validation_loss_is_recorded(small_ratings):
     model = fit(small_ratings, 4, 5, SMALL.with_overrides({"dot_bias": {"epochs": 3}}), validation=small_ratings.head(3))
     assert model.history.filter(pl.col("split") == "validation")["epoch"].to_list() == [1, 2, 3]
@@ -75,7 +87,7 @@ def test_checkpoint_round_trip(small_ratings, tmp_path):
     module, loaded_maps, config = load_checkpoint(tmp_path / "model.pt")
     assert config == SMALL and loaded_maps.users.equals(maps.users) and loaded_maps.items.equals(maps.items)
     users = torch.arange(4)
-    assert torch.allclose(module.score_users(users), model.score_users(users))
+    assert torch.allclose(module.score_users(users), model.module.score_users(users))
 
 
 @pytest.mark.slow
