@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import warehouse
 from tasks.config import setting
-from warehouse.runs import utc_now
+from warehouse.runs import mark_abandoned, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +80,19 @@ def run_lock(warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, pol
         yield
     finally:
         handle.close()  # releases the lock if held
+
+
+def settle_dead_runs(warehouse_path: Path, found_by: str) -> list[str]:
+    """Runs whose row says `running` while no process holds the run lock died (SIGKILL, a crash) before
+    recording an outcome: mark them failed, as abandoned, so that readers tell a dead run from a live one.
+    Returns their ids; none when a run holds the lock (its row is right) or none reads `running`."""
+    if not warehouse_path.exists():
+        return []
+    with warehouse.open_reader(warehouse_path) as con:
+        if warehouse.fetch(con, "running_runs").height == 0:
+            return []  # the common case: no write, no lock
+    try:
+        with run_lock(warehouse_path, owner=found_by):
+            return mark_abandoned(warehouse_path, found_by)
+    except RunLockedError:
+        return []

@@ -26,15 +26,17 @@ def record_model_task(path: Path, run_id: str, model: str, record: ModelRecord) 
 
 
 @task(name="reject", cache_policy=NO_CACHE)
-def reject_task(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+def reject_task(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0) -> None:
     """Record the run as rejected by the quality gate (`mark_rejected`); the published lists stay."""
-    mark_rejected(path, run_id, facts)
+    mark_rejected(path, run_id, facts, keep_runs)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(path: Path, run_id: str, recommendations: pl.DataFrame, dataset: Dataset,
-                 facts: Callable[[], dict[str, Any]], refit_histories: dict[str, pl.DataFrame]) -> datetime:  # fmt: skip
-    """Publish the lists with the parsed dataset's catalogue, in one write (`publish`).
+                 facts: Callable[[], dict[str, Any]], refit_histories: dict[str, pl.DataFrame],
+                 keep_runs: int = 0) -> datetime:  # fmt: skip
+    """Publish the lists with the parsed dataset's catalogue, in one write (`publish`), pruning the detail
+    tables to the last `keep_runs` published runs.
 
     `facts` is called when the write is ready, so the publish stage's own seconds are in what it stores."""
-    return publish(path, run_id, recommendations, dataset.items(), facts, refit_histories)
+    return publish(path, run_id, recommendations, dataset.items(), facts, refit_histories, keep_runs)

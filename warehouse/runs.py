@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from warehouse.sql import run_statement
@@ -82,11 +83,24 @@ def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str
         schema={"run_id": pl.String, "flow_run_id": pl.String, "started_at": UTC, "config": pl.String},
     )
     with open_writer(path) as con:
-        abandoned = run_statement(con, "mark_abandoned", {"new_run": new_run})
+        abandoned = _mark_abandoned(con, f"run {run_id}", started_at)
         run_statement(con, "insert_run", {"new_run": new_run})
-    if abandoned:
-        log.warning("marked %d abandoned run(s) failed: %s", len(abandoned), ", ".join(r for (r,) in abandoned))
     return len(abandoned)
+
+
+def mark_abandoned(path: Path, found_by: str) -> list[str]:
+    """Mark every run still `running` failed, as abandoned by its dead process; returns their ids.
+
+    Call it only while holding the run lock (flows/lock.py: `settle_dead_runs`), as for `start_run`."""
+    with open_writer(path) as con:
+        return _mark_abandoned(con, found_by, utc_now())
+
+
+def _mark_abandoned(con: duckdb.DuckDBPyConnection, found_by: str, now: datetime) -> list[str]:
+    abandoned = [run_id for (run_id,) in run_statement(con, "mark_abandoned", params={"found_by": found_by, "now": now})]
+    if abandoned:
+        log.warning("marked %d abandoned run(s) failed: %s", len(abandoned), ", ".join(abandoned))
+    return abandoned
 
 
 def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> None:
@@ -107,7 +121,7 @@ def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> No
 
 def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame,
             facts: dict[str, Any] | Callable[[], dict[str, Any]],
-            refit_histories: dict[str, pl.DataFrame] | None = None) -> datetime:  # fmt: skip
+            refit_histories: dict[str, pl.DataFrame] | None = None, keep_runs: int = 0) -> datetime:  # fmt: skip
     """Replace the published lists and the catalogue and mark the run succeeded, in one write.
 
     Args:
@@ -120,6 +134,8 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
             lists are inserted (so timings include the write's work).
         refit_histories: per model refitted on all ratings (the published one, the one behind the stars),
             its loss per epoch, kept as split 'refit'.
+        keep_runs: retention of the per-run detail tables: the runs since the last `keep_runs` published
+            runs keep theirs (statements/prune_details.sql); 0 keeps all.
 
     Returns:
         The `generated_at` stamped on the rows.
@@ -143,14 +159,18 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
         final = facts() if callable(facts) else facts
         update = _run_update(run_id, {**final, "status": "succeeded", "finished_at": utc_now()})
         run_statement(con, "update_run", {"run_update": update})
+        run_statement(con, "prune_details", params={"keep_runs": keep_runs})
     log.info("published %d recommendations for run %s", recommendations.height, run_id)
     return generated_at
 
 
-def record_facts(path: Path, run_id: str, facts: dict[str, Any]) -> None:
-    """Set what the run has learnt about itself (dataset size, device, timings...), in a write of its own."""
+def record_facts(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0) -> None:
+    """Set what the run has learnt about itself (dataset size, device, timings...), in a write of its own
+    (which applies the detail tables' retention when `keep_runs` is set)."""
     with open_writer(path) as con:
         run_statement(con, "update_run", {"run_update": _run_update(run_id, facts)})
+        if keep_runs:
+            run_statement(con, "prune_details", params={"keep_runs": keep_runs})
 
 
 def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> None:
@@ -158,6 +178,6 @@ def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> N
     record_facts(path, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
 
 
-def mark_rejected(path: Path, run_id: str, facts: dict[str, Any]) -> None:
+def mark_rejected(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0) -> None:
     """Record the run as rejected by the quality gate (`facts` carries `gate_reason`); the lists are not touched."""
-    record_facts(path, run_id, {**facts, "status": "rejected", "finished_at": utc_now()})
+    record_facts(path, run_id, {**facts, "status": "rejected", "finished_at": utc_now()}, keep_runs)

@@ -60,7 +60,8 @@ def run_statement(con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, p
     try:
         rows: list[tuple] = []
         for sql in statements(name):
-            cursor = con.execute(sql, params) if params else con.execute(sql)
+            bound = {key: value for key, value in (params or {}).items() if f"${key}" in sql}  # each its own
+            cursor = con.execute(sql, bound) if bound else con.execute(sql)
             rows = cursor.fetchall() if cursor.description else []
         return rows
     finally:

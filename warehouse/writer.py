@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,31 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+class WarehouseSpaceError(OSError):
+    """Too little free space beside the warehouse for the staging copy a write makes."""
+
+
+def _check_free_space(path: Path, size: int) -> None:
+    """A write copies the whole file and grows the copy: refuse before copying, not half-way through."""
+    needed = size + size // 4 + (16 << 20)  # the copy, a quarter for what the write adds, and some slack
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise WarehouseSpaceError(
+            f"not enough free space to write {path}: each write copies the file ({size / 1e6:.1f} MB) and needs "
+            f"about {needed / 1e6:.1f} MB free in {path.parent}, which has {free / 1e6:.1f} MB; free some space "
+            "or move the warehouse (--warehouse). The warehouse was not changed."
+        )
+
+
+def _keep_mode_and_owner(staging: Path, original: os.stat_result) -> None:
+    """The file that replaces the warehouse keeps its permissions, and its owner where this process may set it."""
+    os.chmod(staging, stat.S_IMODE(original.st_mode))
+    try:
+        os.chown(staging, original.st_uid, original.st_gid)
+    except PermissionError:  # only root may give a file away; the mode is what guards the data
+        pass
+
+
 @contextmanager
 def open_writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Write to the warehouse by copy and replace: readers never wait and never see a half-written state.
@@ -62,25 +88,32 @@ def open_writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         for leftover in path.parent.glob(f"{path.name}.*.staging*"):  # from a writer killed mid-write
             leftover.unlink()
         staging = path.with_name(f"{path.name}.{os.getpid()}.staging")
-        if path.exists():
-            _fold_wal(path)
-            with open_waiting(path, read_only=True):  # a shared lock: no one writes it in place meanwhile
-                shutil.copyfile(path, staging)
-        con = duckdb.connect(str(staging))
+        original = path.stat() if path.exists() else None
+        if original is not None:
+            _check_free_space(path, original.st_size)
+        con = None
         try:
+            if original is not None:
+                _fold_wal(path)
+                with open_waiting(path, read_only=True):  # a shared lock: no one writes it in place meanwhile
+                    shutil.copyfile(path, staging)
+            con = duckdb.connect(str(staging))
             for script in schema_scripts():
                 con.execute(script)
             yield con
             con.execute("CHECKPOINT")
-        except BaseException:
             con.close()
+            if staging.with_name(staging.name + ".wal").exists():  # the rename would leave its contents behind
+                raise RuntimeError(f"DuckDB left a WAL beside {staging} after CHECKPOINT; {path} was not replaced")
+            if original is not None:
+                _keep_mode_and_owner(staging, original)
+            _fsync(staging)
+        except BaseException:
+            if con is not None:
+                con.close()
             staging.unlink(missing_ok=True)
             staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
             raise
-        con.close()
-        if staging.with_name(staging.name + ".wal").exists():  # the rename would leave its contents behind
-            raise RuntimeError(f"DuckDB left a WAL beside {staging} after CHECKPOINT; {path} was not replaced")
-        _fsync(staging)
         os.replace(staging, path)
         _fsync(path.parent)
     log.debug("rewrote %s (%.1f MB) in %.2fs", path, path.stat().st_size / 1e6, time.perf_counter() - started)

@@ -11,6 +11,7 @@ import pytest
 
 import warehouse
 from warehouse import open_writer
+from tests.helpers import query_rows
 from warehouse.runs import ModelRecord, mark_failed, publish, record_model, start_run
 
 
@@ -94,3 +95,81 @@ def test_metrics_and_history_in_long_form(tmp_path):
     with duckdb.connect(str(path), read_only=True) as con:
         assert warehouse.fetch(con, "run_metrics", {"run_id": "r"}).rows() == [("dot_bias", "rmse", None, 0.9), ("dot_bias", "ndcg", 10, 0.1)]
         assert con.execute("SELECT count(*) FROM training_history WHERE run_id = 'r'").fetchall()[0] == (2,)
+
+
+def test_a_write_keeps_the_warehouses_permissions(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with open_writer(path):
+        pass
+    path.chmod(0o640)
+    with open_writer(path) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert query_rows(path, "SELECT x FROM t") == [(1,)]
+
+
+def test_too_little_free_space_is_refused_before_copying(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    path = tmp_path / "w.duckdb"
+    with open_writer(path) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    before = path.read_bytes()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 10**6, 10**6))  # 1 MB free
+    with pytest.raises(warehouse.WarehouseSpaceError, match=r"not enough free space to write .*w\.duckdb"):
+        with open_writer(path):
+            pass
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.write-lock"]
+
+
+def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    path = tmp_path / "w.duckdb"
+    with open_writer(path) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    before = path.read_bytes()
+
+    def disk_full(source, target):  # the device fills up after half the file
+        with open(target, "wb") as out:
+            out.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        with open_writer(path):
+            pass
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.write-lock"]
+
+
+def test_retention_keeps_the_detail_tables_of_the_last_published_runs_and_every_metric(tmp_path):
+    from warehouse.runs import mark_rejected
+
+    path = tmp_path / "w.duckdb"
+    record = ModelRecord(
+        pl.DataFrame({"metric": ["ndcg"], "k": [10], "value": [0.1]}, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64}),
+        pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.9]}),
+        pl.DataFrame({"item_id": [1, 2], "bias": [0.1, -0.1], "mean_rating": [4.0, 3.0], "n_ratings": [3, 2]}),
+        pl.DataFrame({"item_id": [1, 2], "rank": [1, 1], "similar_item_id": [2, 1], "score": [0.5, 0.5]}),
+    )  # fmt: skip
+    outcomes = ["succeeded", "rejected", "succeeded", "succeeded", "rejected", "succeeded"]
+    for night, outcome in enumerate(outcomes):
+        run_id = f"r{night}"
+        start_run(path, run_id, None, "{}", datetime(2026, 1, 1 + night, tzinfo=timezone.utc))
+        record_model(path, run_id, "ials", record)
+        if outcome == "succeeded":
+            publish(path, run_id, _recs([1]), ITEMS, {"model": "ials"}, keep_runs=2)
+        else:
+            mark_rejected(path, run_id, {"gate_reason": "worse"}, keep_runs=2)
+    # the last two published runs are r3 and r5: details are kept from r3 on (the rejected r4 included)
+    for table in ("similar_items", "item_biases", "training_history"):
+        kept = query_rows(path, f"SELECT DISTINCT run_id FROM {table} ORDER BY run_id")  # noqa: S608 - a fixed name
+        assert kept == [("r3",), ("r4",), ("r5",)], table
+    assert query_rows(path, "SELECT count(DISTINCT run_id) FROM run_metrics") == [(6,)]
+    assert query_rows(path, "SELECT count(*) FROM runs") == [(6,)]
+
+    publish(path, "r5", _recs([1]), ITEMS, {"model": "ials"}, keep_runs=0)  # 0 keeps all: nothing more goes
+    assert query_rows(path, "SELECT count(DISTINCT run_id) FROM similar_items") == [(3,)]

@@ -1,10 +1,9 @@
--- A run starts: runs still 'running' belong to processes that died (the caller holds the run lock, so no
--- other run is alive) and are marked failed; the new run is inserted as 'running'. Frames: `new_run`
--- (run_id, flow_run_id, started_at, config). Returns the abandoned runs' ids.
+-- Runs still 'running' while the caller holds the run lock belong to processes that died (no other run is
+-- alive): they are marked failed. Run when a run starts, and when `recs runs` finds such rows.
+-- Parameters: $found_by (who found them, for the error), $now. Returns the abandoned runs' ids.
 UPDATE runs
 SET status = 'failed',
-    finished_at = n.started_at,
-    error = 'abandoned: its process ended without recording an outcome (found by run ' || n.run_id || ')'
-FROM new_run AS n
+    finished_at = $now,
+    error = 'abandoned: its process ended without recording an outcome (found by ' || $found_by || ')'
 WHERE runs.status = 'running'
 RETURNING runs.run_id;
