@@ -2,6 +2,10 @@
 
 MovieLens is a static file; replaying it at `as_of` dates shows how a nightly pipeline's metrics move as
 the data grows, and fills the trend views the way a season of real nights would.
+
+A replay publishes each date's lists like a real night, so it never runs on the warehouse that applications
+read: it writes to `warehouse/replay.duckdb` unless told otherwise, and refuses a warehouse that holds lists
+published by a live (not replayed) run.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
+from pathlib import Path
+
+import warehouse
 from tasks.config import PipelineConfig
 
+REPLAY_WAREHOUSE = Path("warehouse/replay.duckdb")  # where `recs backfill` writes unless --warehouse says
 _EVERY = re.compile(r"^(\d+)([dw])$")
 
 
@@ -44,15 +52,45 @@ class ReplayOutcome:
     detail: str
 
 
+class LiveWarehouseError(RuntimeError):
+    """A replay was pointed at a warehouse whose lists live runs published."""
+
+
+def replay_options(options: dict) -> dict:
+    """The user's options with the replay's own warehouse unless they named one."""
+    return {"warehouse": REPLAY_WAREHOUSE, **options}
+
+
+def refuse_live_warehouse(path: Path) -> None:
+    """Raise when `path` holds lists published by a live run: a replay would replace them with its last date's."""
+    if not path.exists():
+        return
+    with warehouse.open_reader(path) as con:
+        live = warehouse.fetch_value(con, "live_published_run")
+    if live is not None:
+        raise LiveWarehouseError(
+            f"{path} holds lists published by live runs (the last: run {live}); a replay publishes each date's "
+            f"lists and would leave the last replayed date's in their place. Replay into a warehouse of its own: "
+            f"--warehouse {REPLAY_WAREHOUSE} (the default for recs backfill) or any new file. "
+            "Nothing was run."
+        )
+
+
 def backfill(options: dict, cutoffs: list[datetime]) -> Iterator[ReplayOutcome]:
     """Run the nightly flow at each cutoff in turn, yielding each outcome; a failed date does not stop the rest.
 
     Args:
-        options: the config fields the user set (the split defaults to temporal, as for any `as_of` run).
+        options: the config fields the user set (the split defaults to temporal, as for any `as_of` run;
+            the warehouse to `REPLAY_WAREHOUSE`).
         cutoffs: the `as_of` of each run, oldest first.
+
+    Raises:
+        LiveWarehouseError: before any run, when the warehouse holds lists that live runs published.
     """
     from flows.nightly import nightly  # Prefect's import is slow; `recs backfill --help` should not wait
 
+    options = replay_options(options)
+    refuse_live_warehouse(Path(options["warehouse"]))
     for as_of in cutoffs:
         run_config = PipelineConfig(**{**options, "as_of": as_of})
         try:

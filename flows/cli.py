@@ -76,7 +76,7 @@ def _run(options: dict) -> int:
 
 
 def _backfill(options: dict) -> int:
-    from flows.backfill import backfill, parse_every, replay_dates
+    from flows.backfill import LiveWarehouseError, backfill, parse_every, refuse_live_warehouse, replay_dates, replay_options
 
     start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
     try:
@@ -84,9 +84,15 @@ def _backfill(options: dict) -> int:
     except ValueError as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
-    config = config_from_options("backfill", {**options, "as_of": cutoffs[0]})
+    config = config_from_options("backfill", replay_options({**options, "as_of": cutoffs[0]}))
     if config is None:
         return 2
+    try:
+        refuse_live_warehouse(config.warehouse)
+    except LiveWarehouseError as exc:
+        print(f"recs backfill: {exc}", file=sys.stderr)
+        return 2
+    print(f"replaying {len(cutoffs)} dates into {config.warehouse}", flush=True)
     from flows.logs import log_to_file
 
     failed = 0
@@ -163,6 +169,10 @@ _RUNS_COLUMNS = ["run_id", "status", "started_at", "as_of", "seconds", "model", 
 
 
 def _runs(path: Path, output: str | None) -> int:
+    from flows.lock import settle_dead_runs
+
+    if path.exists():
+        settle_dead_runs(path, found_by="recs runs")  # a `running` row with no live process is a dead run
     con = _open_read_only(path)
     if con is None:
         return 1

@@ -254,8 +254,14 @@ class PipelineConfig(BaseModel):
     gate_tolerance: float = Field(
         0.10,
         ge=0,
-        description="Quality gate: reject the run if its RMSE rose, or its nDCG@k fell, by more than this fraction "
-        "of the last published run's value on the same source and protocol.",
+        description="Quality gate: reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than "
+        "this fraction of the published lists' values on the same dataset and protocol.",
+    )
+    refit_loss_tolerance: float = Field(
+        0.5,
+        ge=0,
+        description="The refitted model (what is published) fails the run when its last training loss exceeds the "
+        "split fit's by more than this fraction.",
     )
     force: bool = Field(False, description="Publish even when the quality gate rejects the run.")
     trend_runs: int = Field(
@@ -267,6 +273,12 @@ class PipelineConfig(BaseModel):
         description="How long a run waits for another run on the same warehouse to finish; 0 refuses at once.",
     )
 
+    keep_runs: int = Field(
+        30,
+        ge=0,
+        description="Retention: the per-run detail tables (similar_items, item_biases, training_history) keep the "
+        "runs since the last N published runs; runs and run_metrics are kept whole. 0 keeps everything.",
+    )
     similar_items: int = Field(
         10, ge=1, description="Inspection: most similar items (embedding cosine) stored per item and model."
     )

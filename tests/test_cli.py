@@ -125,7 +125,7 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
     assert len(table) == 3 and max(map(len, table)) <= 120 and table[2].split()[1] == "succeeded"
     assert main(["runs", "--json", "--warehouse", str(warehouse_path)]) == 0
     (run,) = json.loads(capsys.readouterr().out)
-    assert run["status"] == "succeeded" and run["model"] == "popularity" and "first run" in run["reason"]
+    assert run["status"] == "succeeded" and run["model"] == "popularity" and "nothing is published" in run["reason"]
 
     query = "SELECT count(*) AS n, count(DISTINCT user_id) AS users FROM recommendations"
     assert main(["sql", query, "--warehouse", str(warehouse_path)]) == 0
@@ -142,3 +142,22 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
     assert "read-only mode" in capsys.readouterr().err
     assert main(["sql", "SELECT count(*) FROM recommendations", "--csv", "--warehouse", str(warehouse_path)]) == 0
     assert capsys.readouterr().out.endswith("\n9430\n")
+
+
+def test_recs_runs_tells_a_dead_run_from_a_live_one(tmp_path, capsys):
+    from datetime import datetime, timezone
+
+    from flows.lock import run_lock
+    from warehouse.runs import start_run
+
+    path = tmp_path / "w.duckdb"
+    start_run(path, "killed", None, "{}", datetime(2026, 1, 1, tzinfo=timezone.utc))  # its process is gone
+    assert main(["runs", "--json", "--warehouse", str(path)]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["status"] == "failed" and "abandoned: its process ended" in run["reason"] and "recs runs" in run["reason"]
+
+    with run_lock(path, owner="live"):  # a live run holds the lock: its `running` row is the truth
+        start_run(path, "live", None, "{}", datetime(2026, 1, 2, tzinfo=timezone.utc))
+        assert main(["runs", "--json", "--warehouse", str(path)]) == 0
+        statuses = {r["run_id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
+    assert statuses == {"live": "running", "killed": "failed"}

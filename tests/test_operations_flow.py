@@ -65,6 +65,47 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
     assert "overridden by force" in query_rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
 
 
+def test_the_gate_holds_every_run_to_the_published_lists_whichever_model_and_spelling(ml100k_zip, tmp_path):
+    where = {"warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
+    first = nightly(PipelineConfig(source=str(ml100k_zip), models=["ials", "item_knn"], **where))
+    assert first.status == "succeeded" and first.model == "ials"
+
+    # popularity and bias only, the same archive as a file:// URL: one dataset, one history, and worse lists
+    url = ml100k_zip.resolve().as_uri()
+    second = nightly(PipelineConfig(source=url, models=["popularity", "bias"], **where), return_state=True).result()
+    assert second.status == "rejected" and second.model == "popularity"
+    assert "ndcg@10 fell from 0.48" in second.gate and f"against run {first.run_id}" in second.gate
+
+    # item_knn was trained by the first run, but it is the published ials lists that it must match
+    third = nightly(PipelineConfig(source=str(ml100k_zip), model="item_knn", **where), return_state=True).result()
+    assert third.status == "rejected" and "ndcg@10 fell from 0.48" in third.gate
+    rows = query_rows(where["warehouse"], "SELECT status, gate_baseline_run_id FROM runs ORDER BY started_at")
+    assert rows == [("succeeded", None), ("rejected", first.run_id), ("rejected", first.run_id)]
+    assert query_rows(where["warehouse"], "SELECT DISTINCT run_id FROM recommendations") == [(first.run_id,)]
+
+
+def test_a_replay_never_replaces_the_live_lists(ml100k_zip, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "live.duckdb"
+    common = ["--source", str(ml100k_zip), "--data-dir", str(tmp_path / "D"), "--model", "popularity"]
+    assert main(["run", *common, "--warehouse", str(live)]) == 0
+    lists = query_rows(live, "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL")
+    replay = ["backfill", "--start", "1998-01-01", "--end", "1998-01-15", "--every", "14d", *common]
+    capsys.readouterr()
+
+    assert main([*replay, "--warehouse", str(live)]) == 2
+    err = capsys.readouterr().err
+    assert f"{live} holds lists published by live runs" in err and "--warehouse warehouse/replay.duckdb" in err
+    assert query_rows(live, "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL") == lists
+    assert query_rows(live, "SELECT count(*) FROM runs") == [(1,)]
+
+    assert main(replay) == 0  # into its own warehouse
+    assert "replaying 2 dates into warehouse/replay.duckdb" in capsys.readouterr().out
+    replayed = tmp_path / "warehouse" / "replay.duckdb"
+    assert query_rows(replayed, "SELECT count(*) FROM runs WHERE as_of IS NOT NULL") == [(2,)]
+    assert query_rows(live, "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL") == lists
+
+
 def test_a_second_run_on_the_same_warehouse_is_refused_clearly(ml100k_zip, tmp_path):
     warehouse_path = tmp_path / "W.duckdb"
     config = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D", model="ease")
