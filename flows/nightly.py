@@ -23,7 +23,7 @@ from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
 from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model
-from tasks.gate import candidate_metrics, gate_task
+from tasks.gate import candidate_metrics, candidate_user_metrics, gate_task
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.publish import publish_task, record_model_task, reject_task
@@ -87,9 +87,9 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
             train, test = split_task(ratings, config, run.directory)
         run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height, n_test=test.height)
 
-        models, devices, metrics = {}, {}, {}
+        models, devices, metrics, per_user = {}, {}, {}, {}
         for name in config.models:
-            models[name], devices[name], metrics[name] = _train_evaluate_record(run, name, train, test, maps, config)
+            models[name], devices[name], metrics[name], per_user[name] = _train_evaluate_record(run, name, train, test, maps, config)
 
         chosen, why = published_model(metrics, config)
         stars = rating_model(metrics)  # the model whose predicted ratings go beside the lists
@@ -98,8 +98,8 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                  train_ratings_per_second=model.ratings_per_second)  # fmt: skip
         print(f"publishing model {chosen}: {why}")
         with run.stage("gate"):
-            candidate = candidate_metrics(metrics, chosen, stars)
-            verdict = gate_task(config.warehouse, run.run_id, archive.sha256, candidate, config)
+            candidate, candidate_users = candidate_metrics(metrics, chosen, stars), candidate_user_metrics(per_user, chosen, stars, maps)
+            verdict = gate_task(config.warehouse, run.run_id, archive.sha256, candidate, candidate_users, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 
         if verdict.publishes:
@@ -113,7 +113,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                 save_checkpoint_task(model, maps, config, run.directory / "model.pt")
             with run.stage("publish"):
                 publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories,
-                             config.keep_runs)  # fmt: skip
+                             config.keep_runs, candidate_users)  # fmt: skip
             status, n_published = "succeeded", recommendations.height
         else:
             reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs)
@@ -135,16 +135,17 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
 
 
 def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
-                           config: PipelineConfig) -> tuple[TrainedModel, str, pl.DataFrame]:  # fmt: skip
-    """One model's part of the run: train, evaluate, inspect, then one write of its results."""
+                           config: PipelineConfig) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:  # fmt: skip
+    """One model's part of the run: train, evaluate, inspect, then one write of its results; returns the model,
+    its device, its metrics and the per-user values behind them."""
     with run.stage("train"):
         model, device = _train(train, maps, config, run.directory, "train", name)
     with run.stage("evaluate"):
-        metrics = evaluate_task(model, train, test, maps.n_items, config)
+        metrics, per_user = evaluate_task(model, train, test, maps.n_items, config)
     with run.stage("inspect"):
         record = inspect_task(model, metrics, train, maps, config)
         record_model_task(config.warehouse, run.run_id, name, record)
-    return model, device, metrics
+    return model, device, metrics, per_user
 
 
 def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str,

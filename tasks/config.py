@@ -257,6 +257,14 @@ class PipelineConfig(BaseModel):
         description="Quality gate: reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than "
         "this fraction of the published lists' values on the same dataset and protocol.",
     )
+    gate_confidence: float = Field(
+        0.95,
+        ge=0,
+        lt=1,
+        description="Quality gate: a worsening beyond the tolerance rejects only when this interval of a paired "
+        "bootstrap over the users of both test sets excludes no change; 0 rejects on the tolerance alone.",
+    )
+    gate_resamples: int = Field(1000, ge=10, description="Quality gate: bootstrap resamples of the users.")
     refit_loss_tolerance: float = Field(
         0.5,
         ge=0,

@@ -34,9 +34,9 @@ def reject_task(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int =
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(path: Path, run_id: str, recommendations: pl.DataFrame, dataset: Dataset,
                  facts: Callable[[], dict[str, Any]], refit_histories: dict[str, pl.DataFrame],
-                 keep_runs: int = 0) -> datetime:  # fmt: skip
+                 keep_runs: int = 0, user_metrics: pl.DataFrame | None = None) -> datetime:  # fmt: skip
     """Publish the lists with the parsed dataset's catalogue, in one write (`publish`), pruning the detail
     tables to the last `keep_runs` published runs.
 
     `facts` is called when the write is ready, so the publish stage's own seconds are in what it stores."""
-    return publish(path, run_id, recommendations, dataset.items(), facts, refit_histories, keep_runs)
+    return publish(path, run_id, recommendations, dataset.items(), facts, refit_histories, keep_runs, user_metrics)

@@ -69,12 +69,16 @@ def test_the_gate_holds_every_run_to_the_published_lists_whichever_model_and_spe
     where = {"warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
     first = nightly(PipelineConfig(source=str(ml100k_zip), models=["ials", "item_knn"], **where))
     assert first.status == "succeeded" and first.model == "ials"
+    # stored with the lists: per user, the published model's nDCG and the rating model's errors
+    stored = query_rows(tmp_path / "W.duckdb", "SELECT model, metric, count(*) FROM user_metrics GROUP BY ALL ORDER BY ALL")
+    assert stored == [("ials", "ndcg", 943), ("item_knn", "n_ratings", 943), ("item_knn", "squared_error", 943)]
 
     # popularity and bias only, the same archive as a file:// URL: one dataset, one history, and worse lists
     url = ml100k_zip.resolve().as_uri()
     second = nightly(PipelineConfig(source=url, models=["popularity", "bias"], **where), return_state=True).result()
     assert second.status == "rejected" and second.model == "popularity"
     assert "ndcg@10 fell from 0.48" in second.gate and f"against run {first.run_id}" in second.gate
+    assert "95% interval of the paired ndcg@10 difference over 943 users" in second.gate
 
     # item_knn was trained by the first run, but it is the published ials lists that it must match
     third = nightly(PipelineConfig(source=str(ml100k_zip), model="item_knn", **where), return_state=True).result()

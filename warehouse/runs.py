@@ -53,6 +53,9 @@ class ModelRecord:
     similar_items: pl.DataFrame | None = None  # item_id, rank, similar_item_id, score; None: no embeddings
 
 
+USER_METRICS_SCHEMA = {"model": pl.String, "user_id": pl.Int64, "metric": pl.String, "value": pl.Float64}
+
+
 def _keyed(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str, model: str) -> pl.DataFrame:
     """`frame` (or an empty one of `schema`) with `run_id` and `model` columns in front."""
     frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(schema)
@@ -121,7 +124,8 @@ def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> No
 
 def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame,
             facts: dict[str, Any] | Callable[[], dict[str, Any]],
-            refit_histories: dict[str, pl.DataFrame] | None = None, keep_runs: int = 0) -> datetime:  # fmt: skip
+            refit_histories: dict[str, pl.DataFrame] | None = None, keep_runs: int = 0,
+            user_metrics: pl.DataFrame | None = None) -> datetime:  # fmt: skip
     """Replace the published lists and the catalogue and mark the run succeeded, in one write.
 
     Args:
@@ -136,6 +140,7 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
             its loss per epoch, kept as split 'refit'.
         keep_runs: retention of the per-run detail tables: the runs since the last `keep_runs` published
             runs keep theirs (statements/prune_details.sql); 0 keeps all.
+        user_metrics: `model`, `user_id`, `metric`, `value`: the per-user values behind the judged metrics.
 
     Returns:
         The `generated_at` stamped on the rows.
@@ -153,6 +158,8 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
             or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
         ),
+        "new_user_metrics": (user_metrics if user_metrics is not None else pl.DataFrame(schema=USER_METRICS_SCHEMA))
+        .select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
     }
     with open_writer(path) as con:
         run_statement(con, "publish", frames)

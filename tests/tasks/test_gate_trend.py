@@ -98,9 +98,36 @@ def test_trend_deltas_from_previous_run_and_median_of_published(history_warehous
 
 
 def test_gate_baseline_is_the_last_published_run_on_the_same_dataset_and_protocol(history_warehouse):
-    baseline = baseline_metrics(history_warehouse, "new", "sha-src", PROTOCOL)
-    assert baseline["run_id"].unique().to_list() == ["r5"]
-    assert baseline_metrics(history_warehouse, "new", "sha-elsewhere", PROTOCOL).height == 0
+    baseline, users = baseline_metrics(history_warehouse, "new", "sha-src", PROTOCOL)
+    assert baseline["run_id"].unique().to_list() == ["r5"] and users.height == 0  # published without per-user rows
+    assert baseline_metrics(history_warehouse, "new", "sha-elsewhere", PROTOCOL)[0].height == 0
+
+
+def _per_user(ndcg, n_users=400, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = np.clip(rng.normal(ndcg, 0.2, n_users), 0, 1)
+    return pl.DataFrame({"user_id": np.arange(n_users), "metric": "ndcg", "value": values})
+
+
+def test_a_drop_beyond_the_tolerance_within_noise_passes_and_says_so():
+    # every user's nDCG drawn anew around a lower mean: beyond 10%, but 60 noisy users cannot tell
+    candidate_users, baseline_users = _per_user(0.088, 60, seed=1), _per_user(0.10, 60, seed=2)
+    candidate = _metrics(0.9, candidate_users["value"].mean())
+    baseline = _baseline(0.9, baseline_users["value"].mean())
+    assert not judge(candidate, baseline, k=10, tolerance=0.1).passed  # the tolerance alone rejects it
+    verdict = judge(candidate, baseline, 10, 0.1, candidate_users, baseline_users, confidence=0.95, resamples=400)
+    assert verdict.passed and "within noise: the 95% interval of the paired ndcg@10 difference over 60 users" in verdict.reason
+
+
+def test_a_drop_beyond_the_tolerance_and_outside_noise_is_rejected_with_its_interval():
+    baseline_users = _per_user(0.10, seed=2)
+    candidate_users = baseline_users.with_columns(pl.col("value") * 0.8)  # every user 20% worse
+    candidate = _metrics(0.9, candidate_users["value"].mean())
+    baseline = _baseline(0.9, baseline_users["value"].mean())
+    verdict = judge(candidate, baseline, 10, 0.1, candidate_users, baseline_users, confidence=0.95, resamples=400)
+    assert not verdict.passed and "ndcg@10 fell" in verdict.reason and "95% interval of the paired ndcg@10 difference" in verdict.reason
 
 
 @pytest.mark.parametrize(

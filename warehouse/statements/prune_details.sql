@@ -15,3 +15,7 @@ DELETE FROM similar_items WHERE run_id IN (SELECT run_id FROM expired_runs);
 DELETE FROM item_biases WHERE run_id IN (SELECT run_id FROM expired_runs);
 DELETE FROM training_history WHERE run_id IN (SELECT run_id FROM expired_runs);
 DROP TABLE expired_runs;
+-- user_metrics: only the last published run of each dataset and protocol, the one a next run is judged against.
+DELETE FROM user_metrics WHERE run_id NOT IN (
+    SELECT arg_max(run_id, finished_at) FROM runs WHERE status = 'succeeded' GROUP BY source_sha256, protocol
+);
