@@ -71,15 +71,17 @@ def top_k_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     """Each row's k highest scores and their columns, equal scores in column order (the lower item index
     first), so that a list does not depend on how `torch.topk` happens to break ties.
 
-    `torch.topk` picks the k best; only the rows where the k-th value is tied with an item it left out are
-    picked again, exactly: every item above that value, then the tied ones in column order."""
-    values, indices = torch.topk(scores, k, dim=1)
-    kth = values[:, -1:]
-    tied_out = (scores == kth).sum(1) > (values == kth).sum(1)
+    `torch.topk` picks the k + 1 best: where the (k + 1)-th equals the k-th, an item tied with the last one
+    kept was left out, and only those rows are picked again, exactly: every item above that value, then the
+    tied ones in column order. No pass over the whole row is made for the others."""
+    n_cols = scores.shape[1]
+    values, indices = torch.topk(scores, min(k + 1, n_cols), dim=1)
+    tied_out = values[:, k - 1] == values[:, k] if n_cols > k else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
     if tied_out.any():
-        rows = scores[tied_out]
-        above, at = rows > kth[tied_out], rows == kth[tied_out]
-        wanted = (k - above.sum(1, keepdim=True))
+        rows, kth = scores[tied_out], values[tied_out][:, -1:]
+        above, at = (rows > kth) | rows.isnan(), rows == kth  # NaN ranks above all, as in torch.topk
+        wanted = k - above.sum(1, keepdim=True)
         chosen = above | (at & (at.cumsum(1) <= wanted))
         columns = torch.nonzero(chosen)[:, 1].view(-1, k)  # row-major: k columns per row, ascending
         indices[tied_out], values[tied_out] = columns, rows.gather(1, columns)
@@ -127,13 +129,17 @@ def top_k_unseen(
         stop = min(start + chunk_users, n_users)
         # contiguous: the seen items are blanked through a flat view (a no-op for most models' products)
         scores = score_users(torch.arange(start, stop, device=device)).float().contiguous()
-        if not torch.isfinite(scores).all():
-            bad = int(start + torch.nonzero(~torch.isfinite(scores))[0, 0])
-            raise NonFiniteScoreError(f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
-                                      "nothing is ranked or published from it")  # fmt: skip
         seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
         scores.view(-1).index_fill_(0, seen, float("-inf"))
         values, indices = top_k_stable(scores, k)
+        # NaN and +inf rank above every number, so they show at the top; a -inf beyond the seen items' padding
+        # shows as one more -inf than the user's unseen items leave room for
+        padding = torch.from_numpy(np.maximum(k - (n_items - exclude.counts()[start:stop]), 0)).to(device)
+        broken = torch.isnan(values[:, 0]) | (values[:, 0] == float("inf")) | (torch.isinf(values).sum(1) > padding)
+        if broken.any():
+            bad = start + int(torch.nonzero(broken)[0, 0])
+            raise NonFiniteScoreError(f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
+                                      "nothing is ranked or published from it")  # fmt: skip
         padding = torch.isinf(values)
         indices[padding] = -1
         if to_score is not None:

@@ -57,10 +57,10 @@ def test_equal_scores_rank_in_item_order_whatever_topk_picks(k):
     assert again.tolist() == values.tolist()
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_a_non_finite_score_fails_before_anything_is_ranked(bad):
     scores = torch.zeros(5, 4)
-    scores[3, 2] = bad
+    scores[3, [0, 1, 3] if bad < 0 else [2]] = bad  # a -inf matters where it reaches the list: 3 of 4 items
     with pytest.raises(NonFiniteScoreError, match="user index 3"):
         top_k_unseen(lambda users: scores[users], 5, 4, _items([], 5), 2, torch.device("cpu"), 2)
 
