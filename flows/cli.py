@@ -76,7 +76,8 @@ def _run(options: dict) -> int:
 
 
 def _backfill(options: dict) -> int:
-    from flows.backfill import LiveWarehouseError, backfill, parse_every, refuse_live_warehouse, replay_dates, replay_options
+    from flows.backfill import (LiveWarehouseError, backfill, parse_every, refuse_live_warehouse, replay_dates,
+                                replay_options)  # fmt: skip
 
     start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
     try:

@@ -89,7 +89,8 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
 
         models, devices, metrics, per_user = {}, {}, {}, {}
         for name in config.models:
-            models[name], devices[name], metrics[name], per_user[name] = _train_evaluate_record(run, name, train, test, maps, config)
+            trained = _train_evaluate_record(run, name, train, test, maps, config)
+            models[name], devices[name], metrics[name], per_user[name] = trained
 
         chosen, why = published_model(metrics, config)
         stars = rating_model(metrics)  # the model whose predicted ratings go beside the lists
@@ -98,7 +99,8 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                  train_ratings_per_second=model.ratings_per_second)  # fmt: skip
         print(f"publishing model {chosen}: {why}")
         with run.stage("gate"):
-            candidate, candidate_users = candidate_metrics(metrics, chosen, stars), candidate_user_metrics(per_user, chosen, stars, maps)
+            candidate = candidate_metrics(metrics, chosen, stars)
+            candidate_users = candidate_user_metrics(per_user, chosen, stars, maps)
             verdict = gate_task(config.warehouse, run.run_id, archive.sha256, candidate, candidate_users, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 

@@ -86,7 +86,9 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
         if worse * change <= tolerance:
             compared.append(f"{name} {old:.4f} -> {new:.4f} ({change:+.1%})")
             continue
-        interval = paired_interval(candidate_users, baseline_users, metric, confidence, resamples, seed) if paired else None
+        interval = None
+        if paired:
+            interval = paired_interval(candidate_users, baseline_users, metric, confidence, resamples, seed)
         if interval is not None and not (interval.low > 0 if worse > 0 else interval.high < 0):
             compared.append(f"{moved}, within noise: the {interval.describe(name)} holds 0")
             continue

@@ -3,8 +3,8 @@
 Evaluation and the gate judge the model fitted on the training split. With `refit_on_all` the lists come
 from a second fit on all ratings, which nothing else checks. It must have finite parameters, a last training
 loss in line with the split fit's (`refit_loss_tolerance`), and lists that are not degenerate: at least half
-as many distinct items as the split fit's evaluated top-k showed (its coverage@k, scaled to top_n). Otherwise the run fails,
-and the published lists stay as they were.
+as many distinct items as the split fit's evaluated top-k showed (its coverage@k, scaled to top_n).
+Otherwise the run fails, and the published lists stay as they were.
 """
 
 from __future__ import annotations
@@ -74,4 +74,5 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
 def check_published_model_task(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame,
                                split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig) -> None:  # fmt: skip
     """Prefect wrapper of `check_published_model`; logs what it checked."""
-    log.info("publish check passed: %s", check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config))
+    checked = check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config)
+    log.info("publish check passed: %s", checked)

@@ -76,7 +76,10 @@ def top_k_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     tied ones in column order. No pass over the whole row is made for the others."""
     n_cols = scores.shape[1]
     values, indices = torch.topk(scores, min(k + 1, n_cols), dim=1)
-    tied_out = values[:, k - 1] == values[:, k] if n_cols > k else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    if n_cols > k:
+        tied_out = values[:, k - 1] == values[:, k]
+    else:  # every column is in the list: nothing left out to tie with
+        tied_out = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
     if tied_out.any():
         rows, kth = scores[tied_out], values[tied_out][:, -1:]

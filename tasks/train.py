@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
 from tasks.models import MODELS, Interactions, ModelFitError, Recommender
+from tasks.models.base import index_tensors
 from tasks.reindex import IdMaps
 from tasks.split import holdout
 from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
@@ -47,6 +48,42 @@ def use_tf32_matmuls(device: torch.device) -> None:
 
 
 @dataclass
+class UnseenFallback:
+    """What a rating model predicts for a user or an item it has no training rating of: the global mean and
+    the known biases (the `bias` model's prediction), as `dot_bias` and `bias` already do by construction.
+    Without it `dot` predicts a near-zero dot product there and the kNN models 0, clipped to 1 star."""
+
+    baseline: Recommender  # the `bias` model fitted on the same ratings (CPU)
+    known_users: torch.Tensor  # bool per user index: had a training rating
+    known_items: torch.Tensor  # bool per item index
+
+    @classmethod
+    def fit(cls, interactions: Interactions, config: PipelineConfig) -> UnseenFallback:
+        baseline, _ = MODELS["bias"].fit(interactions, config.params_for("bias"), torch.device("cpu"))
+        users, items, _ = index_tensors(interactions.ratings, torch.device("cpu"))
+        known_users = torch.bincount(users, minlength=interactions.n_users) > 0
+        return cls(baseline.eval(), known_users, torch.bincount(items, minlength=interactions.n_items) > 0)
+
+    def fill(self, predicted: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """`predicted` with the baseline's prediction wherever the user or the item was never seen."""
+        unseen = ~(self.known_users[users] & self.known_items[items])
+        if unseen.any():
+            predicted = predicted.clone()
+            predicted[unseen] = self.baseline(users[unseen], items[unseen]).float()
+        return predicted
+
+    def state(self) -> dict:
+        return {"baseline": self.baseline.state_dict(), "init_args": self.baseline.init_args,
+                "known_users": self.known_users, "known_items": self.known_items}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict) -> UnseenFallback:
+        baseline = MODELS["bias"].module(**state["init_args"])
+        baseline.load_state_dict(state["baseline"])
+        return cls(baseline.eval(), state["known_users"], state["known_items"])
+
+
+@dataclass
 class TrainedModel:
     """A fitted model with what its training recorded."""
 
@@ -57,6 +94,9 @@ class TrainedModel:
     seconds: float
     n_ratings: int
     rating_scale: tuple[float, float]  # lowest and highest rating seen in training
+    # For a rating model whose prediction for an unseen user or item means nothing (`predicts_unseen` False:
+    # dot, item_knn): the `bias` model fitted on the same ratings and which users and items had any
+    fallback: UnseenFallback | None = None
 
     @property
     def predicts_ratings(self) -> bool:
@@ -81,7 +121,10 @@ class TrainedModel:
             self.module(users[s : s + chunk].to(self.device), items[s : s + chunk].to(self.device)).float().cpu()
             for s in range(0, len(users), chunk)
         ]
-        return (torch.cat(parts) if parts else torch.empty(0)).clamp(*self.rating_scale)
+        predicted = torch.cat(parts) if parts else torch.empty(0)
+        if self.fallback is not None:
+            predicted = self.fallback.fill(predicted, users.cpu(), items.cpu())
+        return predicted.clamp(*self.rating_scale)
 
     @torch.no_grad()
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
@@ -139,8 +182,10 @@ def fit(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    needs_fallback = module.predicts_ratings and not module.predicts_unseen
+    fallback = UnseenFallback.fit(interactions, config) if needs_fallback else None
     model = TrainedModel(name, module.eval(), device, pl.DataFrame(rows, schema=HISTORY_SCHEMA), seconds, train.height,
-                         interactions.rating_range)  # fmt: skip
+                         interactions.rating_range, fallback)  # fmt: skip
     log.info("trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)", name, train.height, device, seconds,
              model.ratings_per_second)  # fmt: skip
     return model
@@ -163,6 +208,7 @@ def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, p
             "n_ratings": model.n_ratings,
             "rating_scale": list(model.rating_scale),
             "device": str(model.device),
+            "fallback": model.fallback.state() if model.fallback is not None else None,
         },
     }
     tmp = path.with_suffix(".tmp")
@@ -189,8 +235,10 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     training = checkpoint["training"]
     history = pl.DataFrame(training["history"], schema=HISTORY_SCHEMA)
+    fallback = training.get("fallback")  # absent from checkpoints written before the fallback existed
     model = TrainedModel(checkpoint["model"], module.to(device), device, history, training["seconds"],
-                         training["n_ratings"], tuple(training["rating_scale"]))  # fmt: skip
+                         training["n_ratings"], tuple(training["rating_scale"]),
+                         UnseenFallback.from_state(fallback) if fallback else None)  # fmt: skip
     return model, training["device"]
 
 

@@ -100,7 +100,8 @@ def mark_abandoned(path: Path, found_by: str) -> list[str]:
 
 
 def _mark_abandoned(con: duckdb.DuckDBPyConnection, found_by: str, now: datetime) -> list[str]:
-    abandoned = [run_id for (run_id,) in run_statement(con, "mark_abandoned", params={"found_by": found_by, "now": now})]
+    rows = run_statement(con, "mark_abandoned", params={"found_by": found_by, "now": now})
+    abandoned = [run_id for (run_id,) in rows]
     if abandoned:
         log.warning("marked %d abandoned run(s) failed: %s", len(abandoned), ", ".join(abandoned))
     return abandoned

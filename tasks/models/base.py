@@ -93,6 +93,9 @@ class Recommender(nn.Module):
     """Base of the models. Subclasses call `super().__init__(**shape)` with every constructor argument."""
 
     predicts_ratings: ClassVar[bool] = True
+    # False where the prediction for a user or item with no training rating means nothing (a dot product with
+    # an untrained vector, a neighbour average over no neighbours): tasks/train.py then predicts as `bias`
+    predicts_unseen: ClassVar[bool] = True
 
     def __init__(self, **init_args: Any) -> None:
         super().__init__()

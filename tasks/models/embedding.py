@@ -88,6 +88,8 @@ class EmbeddingDotBias(_SigmoidRange):
 class EmbeddingDot(Recommender):
     """rating = u . v: plain matrix factorisation, no biases, no output range."""
 
+    predicts_unseen = False  # an untrained vector's dot product is near 0: the `bias` fallback predicts instead
+
     def __init__(self, n_users: int, n_items: int, factors: int, init_std: float = 0.1) -> None:
         super().__init__(n_users=n_users, n_items=n_items, factors=factors, init_std=init_std)
         # Larger initial vectors than dot_bias: with no biases, u . v must reach the ratings (~3.5) on its own.

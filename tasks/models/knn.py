@@ -83,6 +83,7 @@ class ItemKnn(_Neighbourhood):
     """Item-item kNN: a user's rating of an item from their ratings of its most similar items."""
 
     neighbours_are_items = True
+    predicts_unseen = False  # an item never rated has no neighbours and no mean: the `bias` fallback predicts
 
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         n, k = self.neighbours.shape

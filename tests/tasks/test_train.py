@@ -100,3 +100,22 @@ def test_default_config_accuracy_on_ml100k(ml100k_indexed):
     metrics = dict(evaluate(model, train, test, maps.n_items, config).select("metric", "value").iter_rows())
     assert metrics["rmse"] < 0.93  # fastai's collab learner: 0.932 on this protocol
     assert metrics["ndcg"] > 0.05
+
+
+@pytest.mark.parametrize("name", ["dot", "item_knn"])
+def test_an_item_rated_only_in_test_gets_the_bias_models_prediction(ml100k_indexed, tmp_path, name):
+    from tasks.train import load_trained_model
+
+    ratings, maps = ml100k_indexed
+    train = ratings.filter(pl.col("item_idx") < 1600)  # items 1600.. are never seen in training
+    config = PipelineConfig(device="cpu", dot={"epochs": 2}, mlp={"epochs": 2})
+    model = fit(train, maps.n_users, maps.n_items, config, name=name)
+    bias = fit(train, maps.n_users, maps.n_items, config, name="bias")
+    users, items = torch.tensor([0, 5, 9]), torch.tensor([1600, 1650, 1681])
+    assert model.predict(users, items).tolist() == pytest.approx(bias.predict(users, items).tolist(), abs=1e-5)
+    assert model.predict(users, items).min() > 2.5  # the user's mean-ish, not 0 clipped to 1 star
+    seen = torch.tensor([0, 5, 9]), torch.tensor([10, 20, 30])
+    assert model.predict(*seen).tolist() != pytest.approx(bias.predict(*seen).tolist(), abs=1e-5)  # its own there
+    save_checkpoint(model, maps, config, tmp_path / "model.pt")  # the fallback travels with the checkpoint
+    loaded, _ = load_trained_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert torch.equal(loaded.predict(users, items), model.predict(users, items))
