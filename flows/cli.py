@@ -113,7 +113,7 @@ def _backfill(options: dict) -> int:
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
     from tasks.trend import headline, metric_trend, plot_trend, series
 
-    con = _open_read_only(path)
+    con = _open_read_only(path, "recs trend")
     if con is None:
         return 1
     with con:
@@ -138,15 +138,20 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
     return 0
 
 
-def _open_read_only(path: Path) -> duckdb.DuckDBPyConnection | None:
+def _open_read_only(path: Path, command: str) -> duckdb.DuckDBPyConnection | None:
+    """A read-only connection for a reading command, after marking runs whose process died (a `running` row
+    while no process holds the run lock) as failed, so that no reader mistakes a dead run for a live one."""
+    from flows.lock import settle_dead_runs
+
     if not path.exists():
         print(f"recs: warehouse {path} does not exist; run `recs run` first", file=sys.stderr)
         return None
+    settle_dead_runs(path, found_by=command)
     return warehouse.open_reader(path)
 
 
 def _recommend(user_id: int, path: Path) -> int:
-    con = _open_read_only(path)
+    con = _open_read_only(path, "recs recommend")
     if con is None:
         return 1
     with con:
@@ -170,11 +175,7 @@ _RUNS_COLUMNS = ["run_id", "status", "started_at", "as_of", "seconds", "model", 
 
 
 def _runs(path: Path, output: str | None) -> int:
-    from flows.lock import settle_dead_runs
-
-    if path.exists():
-        settle_dead_runs(path, found_by="recs runs")  # a `running` row with no live process is a dead run
-    con = _open_read_only(path)
+    con = _open_read_only(path, "recs runs")
     if con is None:
         return 1
     with con:
@@ -211,7 +212,7 @@ def _sql(args: dict) -> int:
     except (OSError, ValueError) as exc:
         print(f"recs sql: {exc}", file=sys.stderr)
         return 2
-    con = _open_read_only(args["warehouse"])
+    con = _open_read_only(args["warehouse"], "recs sql")
     if con is None:
         return 1
     with con:

@@ -161,3 +161,9 @@ def test_recs_runs_tells_a_dead_run_from_a_live_one(tmp_path, capsys):
         assert main(["runs", "--json", "--warehouse", str(path)]) == 0
         statuses = {r["run_id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
     assert statuses == {"live": "running", "killed": "failed"}
+
+    # the live run is killed in turn; any reading command finds it dead, here `recs sql`
+    query = "SELECT status, error FROM runs WHERE run_id = 'live'"
+    assert main(["sql", query, "--json", "--warehouse", str(path)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "failed" and "found by recs sql" in row["error"]
