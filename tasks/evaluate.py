@@ -40,31 +40,6 @@ def rating_errors(predictions: np.ndarray, truth: np.ndarray) -> dict[str, float
     return {"rmse": math.sqrt(float(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors)))}
 
 
-def _judged_users(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int) -> tuple[np.ndarray, ...]:
-    """The evaluated users (those with a test item), their top-k, its hits and their counts of relevant items."""
-    n_relevant = relevant.counts()
-    users = np.flatnonzero(n_relevant > 0)
-    if len(users) == 0:
-        raise ValueError("no user has a test rating; cannot compute ranking metrics")
-    ranked = top_items[users, :k]
-    flat_users = np.repeat(users, ranked.shape[1])
-    hits = relevant.contains(flat_users, np.maximum(ranked.ravel(), 0), n_items).reshape(ranked.shape)
-    hits &= ranked >= 0
-    return users, ranked, hits, n_relevant[users]
-
-
-def _ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
-    discounts = 1.0 / np.log2(np.arange(1, hits.shape[1] + 1) + 1)
-    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(n_rel, k)]
-    return (hits * discounts).sum(1) / ideal
-
-
-def user_ndcg(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each evaluated user's nDCG@k: (user indices, values); their mean is `ranking_metrics`' ndcg."""
-    users, _, hits, n_rel = _judged_users(top_items, relevant, n_items, k)
-    return users, _ndcg(hits, n_rel, k)
-
-
 def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
                     catalogue: int | None = None) -> dict[str, float]:  # fmt: skip
     """Precision, recall, nDCG, MAP, hit rate and coverage at k (definitions in the module docstring).
@@ -76,19 +51,38 @@ def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k:
         k: cut-off.
         catalogue: the items that could be recommended, for coverage (default: all `n_items`).
     """
-    _, ranked, hits, n_rel = _judged_users(top_items, relevant, n_items, k)
+    return ranking_metrics_by_user(top_items, relevant, n_items, k, catalogue)[0]
+
+
+def ranking_metrics_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
+                            catalogue: int | None = None,
+                            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
+    """`ranking_metrics`, with the evaluated users (those with a test item) and each one's nDCG@k."""
+    n_relevant = relevant.counts()
+    users = np.flatnonzero(n_relevant > 0)
+    if len(users) == 0:
+        raise ValueError("no user has a test rating; cannot compute ranking metrics")
+    ranked = top_items[users, :k]
+    flat_users = np.repeat(users, ranked.shape[1])
+    hits = relevant.contains(flat_users, np.maximum(ranked.ravel(), 0), n_items).reshape(ranked.shape)
+    hits &= ranked >= 0
+    n_rel = n_relevant[users]
     ranks = np.arange(1, ranked.shape[1] + 1)
+    discounts = 1.0 / np.log2(ranks + 1)
     n_hits = hits.sum(1)
+    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(n_rel, k)]
+    ndcg = (hits * discounts).sum(1) / ideal
     precision_at_j = np.cumsum(hits, 1) / ranks
     shown = np.unique(ranked[ranked >= 0])
-    return {
+    metrics = {
         "precision": float(np.mean(n_hits / k)),
         "recall": float(np.mean(n_hits / n_rel)),
-        "ndcg": float(np.mean(_ndcg(hits, n_rel, k))),
+        "ndcg": float(np.mean(ndcg)),
         "map": float(np.mean((hits * precision_at_j).sum(1) / np.minimum(n_rel, k))),
         "hit_rate": float(np.mean(n_hits > 0)),
         "coverage": len(shown) / (catalogue or n_items),
     }
+    return metrics, users, ndcg
 
 
 def evaluate(
@@ -122,7 +116,8 @@ def evaluate_users(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame,
         items = torch.from_numpy(test["item_idx"].to_numpy().astype(np.int64))
         predicted = model.predict(users, items).numpy()
         errors = rating_errors(predicted, test["rating"].to_numpy())
-        squared = test.select("user_idx", squared_error=(pl.Series(predicted, dtype=pl.Float64) - pl.col("rating")) ** 2)
+        error = pl.Series(predicted, dtype=pl.Float64) - pl.col("rating")
+        squared = test.select("user_idx", squared_error=error**2)
         by_user = squared.group_by("user_idx").agg(pl.col("squared_error").sum(), n_ratings=pl.len().cast(pl.Float64))
         per_user.append(by_user.unpivot(index="user_idx", variable_name="metric"))
     n_users = model.n_users
@@ -131,8 +126,8 @@ def evaluate_users(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame,
         config.score_chunk_users,
     )  # fmt: skip
     relevant = UserItems.from_ratings(test, n_users)
-    ranking = ranking_metrics(top_items, relevant, n_items, config.k, train["item_idx"].n_unique())
-    judged, ndcg = user_ndcg(top_items, relevant, n_items, config.k)
+    catalogue = train["item_idx"].n_unique()
+    ranking, judged, ndcg = ranking_metrics_by_user(top_items, relevant, n_items, config.k, catalogue)
     per_user.append(pl.DataFrame({"user_idx": judged, "metric": "ndcg", "value": ndcg}))
     rows = [{"metric": m, "k": None, "value": v} for m, v in errors.items()]
     rows += [{"metric": m, "k": config.k, "value": ranking[m]} for m in RANKING_METRICS]

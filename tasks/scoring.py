@@ -127,6 +127,8 @@ def top_k_unseen(
     k = min(k, n_items)
     top_items = np.empty((n_users, k), dtype=np.int64)
     top_scores = np.empty((n_users, k), dtype=np.float32)
+    # where a user has fewer than k unseen items, the list's tail is -inf padding: that many, and no more
+    n_padding = torch.from_numpy(np.maximum(k - (n_items - exclude.counts()), 0)).to(device)
     started = last_report = time.perf_counter()
     for start in range(0, n_users, chunk_users):
         stop = min(start + chunk_users, n_users)
@@ -135,15 +137,14 @@ def top_k_unseen(
         seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
         scores.view(-1).index_fill_(0, seen, float("-inf"))
         values, indices = top_k_stable(scores, k)
-        # NaN and +inf rank above every number, so they show at the top; a -inf beyond the seen items' padding
-        # shows as one more -inf than the user's unseen items leave room for
-        padding = torch.from_numpy(np.maximum(k - (n_items - exclude.counts()[start:stop]), 0)).to(device)
-        broken = torch.isnan(values[:, 0]) | (values[:, 0] == float("inf")) | (torch.isinf(values).sum(1) > padding)
+        # NaN and +inf rank above every number, so they show at the top; a model's -inf shows as more -inf than
+        # the padding
+        padding = torch.isinf(values)
+        broken = torch.isnan(values[:, 0]) | (values[:, 0] == float("inf")) | (padding.sum(1) > n_padding[start:stop])
         if broken.any():
             bad = start + int(torch.nonzero(broken)[0, 0])
             raise NonFiniteScoreError(f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
                                       "nothing is ranked or published from it")  # fmt: skip
-        padding = torch.isinf(values)
         indices[padding] = -1
         if to_score is not None:
             values = to_score(values).masked_fill_(padding, float("-inf"))
