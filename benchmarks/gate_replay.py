@@ -3,12 +3,19 @@
     python benchmarks/gate_replay.py --dataset ../shared/datasets/ml-100k.zip [--json OUT]
 
 Replays the operations guide's history (`recs backfill --start 1997-10-15 --end 1998-04-22 --every 14d
---model dot_bias`: 14 nights on the temporal split) once per gate rule, each into a fresh warehouse:
-`gate_confidence` 0 (the tolerance alone decides) and 0.95 (a worsening beyond the tolerance must also lie
-outside the 95% interval of a paired bootstrap over the users). After each healthy night, a deliberately
-broken model (`dot_bias` trained one epoch at learning rate 0) runs on the same date against what is
-published; it should be rejected every time. Prints, per rule, how many healthy nights and how many broken
-runs were rejected, and each night's verdict.
+--model dot_bias`: 14 nights on the temporal split) once per gate rule, each into a fresh warehouse. After each
+healthy night, a deliberately broken model (`dot_bias` trained one epoch at learning rate 0) runs on the same
+date against what is published; it should be rejected every time. The rules:
+
+- the gate before issue 16's noise work: the published run's recorded metrics (its own test set) held to 10%
+  (`gate_drift_tolerance` 0.1), the tolerance alone (`gate_confidence` 0);
+- the same, a worsening also outside the 95% interval of a paired bootstrap over the users of both test sets;
+- the default: the published configuration trained on the candidate's split held to 10% beyond noise (paired
+  over the same test users), and the recorded metrics to 50% beyond noise.
+
+In every rule the broken run is also compared on its own split with the published configuration (a healthy
+night trains that configuration unchanged, so for it that comparison is empty). Prints, per rule, how many
+healthy nights and how many broken runs were rejected, and each night's verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ from flows.backfill import replay_dates  # noqa: E402
 from flows.nightly import nightly  # noqa: E402
 from tasks.config import PipelineConfig  # noqa: E402
 
-RULES = {"tolerance alone": 0.0, "tolerance and 95% paired bootstrap": 0.95}
+RULES = {
+    "recorded metrics, 10% alone": {"gate_drift_tolerance": 0.1, "gate_confidence": 0.0},
+    "recorded metrics, 10% beyond a 95% paired bootstrap": {"gate_drift_tolerance": 0.1, "gate_confidence": 0.95},
+    "same split 10%, recorded 50%, both beyond noise (the default)": {},
+}
 BROKEN = {"dot_bias": {"epochs": 1, "learning_rate": 0.0}}
 
 
@@ -35,17 +46,17 @@ def _night(config: PipelineConfig) -> tuple[str, str]:
     return result.status, result.gate
 
 
-def replay(dataset: Path, confidence: float, work: Path) -> list[dict]:
+def replay(dataset: Path, rule: dict, work: Path) -> list[dict]:
     """The 14 nights, each a healthy run then a broken one, into a warehouse of their own."""
     rows = []
     for as_of in replay_dates(date(1997, 10, 15), date(1998, 4, 22), timedelta(days=14)):
-        common = {"source": str(dataset), "as_of": as_of, "model": "dot_bias", "gate_confidence": confidence,
+        common = {"source": str(dataset), "as_of": as_of, "model": "dot_bias", **rule,
                   "warehouse": work / "replay.duckdb", "data_dir": work / "data"}  # fmt: skip
         healthy, healthy_reason = _night(PipelineConfig(**common))
         broken, broken_reason = _night(PipelineConfig(**common, **BROKEN))
         rows.append({"as_of": f"{as_of:%Y-%m-%d}", "healthy": healthy, "healthy_gate": healthy_reason,
                      "broken": broken, "broken_gate": broken_reason})  # fmt: skip
-        print(f"{as_of:%Y-%m-%d} gate_confidence {confidence}: healthy {healthy}, broken {broken}", flush=True)
+        print(f"{as_of:%Y-%m-%d} {rule or 'defaults'}: healthy {healthy}, broken {broken}", flush=True)
     return rows
 
 
@@ -55,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every night's verdicts here")
     args = parser.parse_args(argv)
     results = {}
-    for rule, confidence in RULES.items():
+    for rule, settings in RULES.items():
         with tempfile.TemporaryDirectory() as work:
-            results[rule] = replay(args.dataset.resolve(), confidence, Path(work))
+            results[rule] = replay(args.dataset.resolve(), settings, Path(work))
     print("\n| rule | healthy nights rejected | broken runs rejected |\n|---|---|---|")
     for rule, rows in results.items():
         healthy = sum(r["healthy"] == "rejected" for r in rows)

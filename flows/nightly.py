@@ -23,7 +23,9 @@ from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
 from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model
-from tasks.gate import candidate_metrics, candidate_user_metrics, gate_task
+from tasks.gate import (
+    OnThisSplit, PublishedRun, candidate_metrics, candidate_user_metrics, gate_task, on_this_split, published_run_task,
+)  # fmt: skip
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.publish import publish_task, record_model_task, reject_task
@@ -101,7 +103,10 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         with run.stage("gate"):
             candidate = candidate_metrics(metrics, chosen, stars)
             candidate_users = candidate_user_metrics(per_user, chosen, stars, maps)
-            verdict = gate_task(config.warehouse, run.run_id, archive.sha256, candidate, candidate_users, config)
+            published = published_run_task(config.warehouse, run.run_id, archive.sha256, config.protocol)
+            here = _published_configuration_here(published, (chosen, stars), metrics, per_user, train, test, maps,
+                                                 config, run.directory)  # fmt: skip
+            verdict = gate_task(config.warehouse, published, candidate, candidate_users, here, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 
         if verdict.publishes:
@@ -148,6 +153,25 @@ def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl
         record = inspect_task(model, metrics, train, maps, config)
         record_model_task(config.warehouse, run.run_id, name, record)
     return model, device, metrics, per_user
+
+
+def _published_configuration_here(published: PublishedRun | None, candidate: tuple[str, str | None],
+                                  metrics: dict[str, pl.DataFrame], per_user: dict[str, pl.DataFrame],
+                                  train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
+                                  run_dir: Path) -> OnThisSplit | None:  # fmt: skip
+    """The published configuration scored on this run's split, for the gate: the run's own fit of each published
+    model it trained with the same settings, the others trained here with the published run's settings. None when
+    nothing is published, or its settings cannot be read back."""
+    if published is None or published.config is None:
+        return None
+    retrain = published.to_train_here(config, metrics)
+    settings = published.settings(config) if retrain else config
+    fitted, fitted_users = dict(metrics), dict(per_user)
+    for name in retrain:
+        print(f"quality gate: training the published {name} with run {published.run_id}'s settings on this split")
+        model, _ = _train(train, maps, settings, run_dir, "gate", name)
+        fitted[name], fitted_users[name] = evaluate_task(model, train, test, maps.n_items, settings)
+    return on_this_split(published, fitted, fitted_users, maps, retrain, candidate)
 
 
 def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str,

@@ -20,10 +20,10 @@ from tasks.config import ModelName, PipelineConfig
 from tasks.reindex import IdMaps
 from tasks.train import TrainedModel, load_trained_model, pick_device, save_checkpoint_task, train_task
 
-Phase = Literal["train", "refit"]
+Phase = Literal["train", "refit", "gate"]
 
 # What each phase trains on, saved in the run's folder by the nightly flow.
-PHASE_INPUT = {"train": "train.parquet", "refit": "ratings.parquet"}
+PHASE_INPUT = {"train": "train.parquet", "refit": "ratings.parquet", "gate": "train.parquet"}
 
 
 def checkpoint_path(run_dir: Path, phase: Phase, model: str) -> Path:
@@ -37,7 +37,8 @@ def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: 
     Args:
         config: the nightly run's config (device `auto` picks this worker's GPU).
         run_dir: the nightly run's folder, on storage this worker shares with the nightly's.
-        phase: `train` fits on `train.parquet` (the evaluation model), `refit` on `ratings.parquet`.
+        phase: `train` fits on `train.parquet` (the evaluation model), `refit` on `ratings.parquet`, `gate` on
+            `train.parquet` with the published run's settings (the quality gate's side of the comparison).
         model: which of the config's models.
 
     Returns:

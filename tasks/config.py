@@ -248,21 +248,31 @@ class PipelineConfig(BaseModel):
     )
 
     # Operations
-    # 0.10: replaying ML-100k every 14 days (`recs backfill`, temporal split), nDCG@10 (about 0.06 there) of an
-    # unchanged model moved by up to 15% between neighbouring runs and RMSE by up to 2.5%; a 0.05 tolerance
-    # rejected 4 of those 14 runs (nDCG drops of 5-15%), 0.10 rejects only the 15% drop.
+    # 0.10 on the same split: the published configuration and the candidate are scored on the same test ratings,
+    # and the paired bootstrap (gate_confidence) keeps a smaller change that is noise from rejecting.
     gate_tolerance: float = Field(
         0.10,
         ge=0,
         description="Quality gate: reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than "
-        "this fraction of the published lists' values on the same dataset and protocol.",
+        "this fraction of what the published configuration (the published run's models and settings) scores on "
+        "this run's split, beyond noise.",
+    )
+    # 0.5 across test sets: replaying ML-100k every 14 days (`recs backfill`, temporal split), an unchanged
+    # dot_bias's nDCG@10 moved by up to 42% between neighbouring nights (0.0459 -> 0.0269), its RMSE by up to 4%;
+    # the broken model of benchmarks/gate_replay.py is caught on the same split whatever this is.
+    gate_drift_tolerance: float = Field(
+        0.5,
+        ge=0,
+        description="Quality gate: reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than "
+        "this fraction of the published run's recorded values (measured on its own test set), beyond noise: a "
+        "collapse every configuration shares, such as broken data.",
     )
     gate_confidence: float = Field(
         0.95,
         ge=0,
         lt=1,
-        description="Quality gate: a worsening beyond the tolerance rejects only when this interval of a paired "
-        "bootstrap over the users of both test sets excludes no change; 0 rejects on the tolerance alone.",
+        description="Quality gate: a worsening beyond a tolerance rejects only when this interval of a paired "
+        "bootstrap over the users judged on both sides excludes no change; 0 rejects on the tolerances alone.",
     )
     gate_resamples: int = Field(1000, ge=10, description="Quality gate: bootstrap resamples of the users.")
     refit_loss_tolerance: float = Field(

@@ -1,25 +1,38 @@
 """The quality gate between evaluation and publishing.
 
-A candidate run is compared with the lists published now: the last published run on the same dataset (the
-archive's SHA-256, so a path and a file:// URL of one archive share a history) and protocol (split, test
-share, seed, k), whichever model made them. The candidate's published model is held to the baseline's nDCG@k,
-and its rating model (the stars beside the lists) to the baseline rating model's RMSE. It is rejected when
-its nDCG@k fell, or its RMSE rose, by more than `gate_tolerance` of the baseline's value and the change is
-unlikely to be noise (the `gate_confidence` interval of a paired bootstrap over the users of both test sets,
-tasks/noise.py, lies wholly on the worse side of zero), or when a metric it must be judged on is missing or
-not finite. Only a run on a dataset and protocol with nothing published yet passes unjudged.
+A candidate run is held to the lists published now: the last published run on the same dataset (the archive's
+SHA-256, so a path and a file:// URL of one archive share a history) and protocol (split, test share, seed, k),
+whichever model made them. The candidate's published model is judged on nDCG@k, its rating model (the stars
+beside the lists) on RMSE, twice:
+
+- On this run's split, against the published configuration: the published run's model and rating model, with
+  the settings it published them with, trained on the candidate's training ratings and scored on its test
+  ratings (the run's own fit serves when it trained that model with the same settings). Both sides are judged
+  on the same ratings, so the paired bootstrap over users (tasks/noise.py) sees the models' difference and
+  nothing else. A worsening beyond `gate_tolerance` whose `gate_confidence` interval lies wholly on the worse
+  side of zero rejects. This catches a worse model, worse settings, a worse choice of model.
+- Against the published run's recorded metrics, measured on its own test set: this catches a collapse that any
+  configuration would share (broken data, a bug in training), which the first comparison cannot see. Test sets
+  differ from night to night (a temporal split's nDCG moves by 40% between neighbouring nights on ML-100k), so
+  this drift check allows `gate_drift_tolerance`, beyond noise as above (users of both test sets).
+
+A metric the candidate must be judged on that is missing or not finite rejects. When the published run's stored
+settings no longer validate, the recorded metrics are held to `gate_tolerance` instead. Only a dataset and
+protocol with nothing published yet passes unjudged.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
 import warehouse
 from tasks.config import PipelineConfig, setting
@@ -48,24 +61,70 @@ class GateVerdict:
         return GateVerdict(False, f"overridden by force: {self.reason}", self.baseline_run_id, forced=True)
 
 
+@dataclass(frozen=True)
+class PublishedRun:
+    """The run whose lists are published now on a dataset and protocol: its models and the settings it used."""
+
+    run_id: str
+    model: str
+    rating_model: str | None
+    config: PipelineConfig | None  # None when its stored config no longer validates (see `unreadable`)
+    unreadable: str | None = None
+
+    @property
+    def models(self) -> list[str]:
+        """The published model, then the rating model behind its stars when that is another."""
+        return [self.model] + ([self.rating_model] if self.rating_model and self.rating_model != self.model else [])
+
+    def describe(self) -> str:
+        stars = f" with {self.rating_model}'s stars" if self.rating_model and self.rating_model != self.model else ""
+        return f"{self.model}{stars}"
+
+    def to_train_here(self, config: PipelineConfig, trained: Collection[str]) -> list[str]:
+        """The published models a run with `config` has not trained with the same settings (None when their
+        settings are unreadable)."""
+        assert self.config is not None
+        return [n for n in self.models if n not in trained or config.params_for(n) != self.config.params_for(n)]
+
+    def settings(self, config: PipelineConfig) -> PipelineConfig:
+        """`config` with the published run's settings for the published models: what trains them on this split."""
+        assert self.config is not None
+        return config.with_overrides({n: self.config.params_for(n).model_dump(mode="json") for n in self.models})
+
+
+@dataclass(frozen=True)
+class OnThisSplit:
+    """The published configuration scored on the candidate's split: its metrics like `candidate_metrics`, its
+    per-user values like `candidate_user_metrics`, and what had to be trained for it."""
+
+    metrics: pl.DataFrame
+    users: pl.DataFrame
+    trained_here: tuple[str, ...]
+    same_as_candidate: bool  # the candidate is the published configuration: nothing to compare on this split
+
+
 def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolerance: float,
           candidate_users: pl.DataFrame | None = None, baseline_users: pl.DataFrame | None = None,
-          confidence: float = 0.0, resamples: int = 1000, seed: int = 0) -> GateVerdict:  # fmt: skip
-    """Compare a candidate's metrics with the baseline's (both long form: `metric`, `k`, `value`).
+          confidence: float = 0.0, resamples: int = 1000, seed: int = 0, *, against: str | None = None,
+          tolerance_setting: str = "gate_tolerance") -> GateVerdict:  # fmt: skip
+    """Compare a candidate's metrics with a baseline's (both long form: `metric`, `k`, `value`): one comparison.
 
     Args:
         candidate: the run's metrics (nDCG from the model to publish, RMSE from its rating model).
-        baseline: the published run's metrics with its `run_id`, or None when nothing is published.
+        baseline: the metrics held against it (with the published `run_id`), or None when nothing is published.
         k: the cut-off of the nDCG compared.
         tolerance: the largest allowed worsening, as a fraction of the baseline's value.
         candidate_users, baseline_users: the per-user values behind the metrics (`user_id`, `metric`,
             `value`), for the noise test; without them (or with `confidence` 0) the tolerance alone decides.
         confidence: the coverage of the paired bootstrap interval a worsening must lie outside of.
         resamples, seed: of the bootstrap.
+        against: the baseline in words, for the reason (default: `run <its run_id>`).
+        tolerance_setting: the config field `tolerance` came from, named in a rejection.
     """
     if baseline is None or baseline.height == 0:
         return GateVerdict(True, "nothing is published for this dataset and protocol yet: nothing to compare with")
-    baseline_run_id = baseline["run_id"][0]
+    baseline_run_id = baseline["run_id"][0] if "run_id" in baseline.columns else None
+    against = against or f"run {baseline_run_id}"
     paired = confidence > 0 and candidate_users is not None and baseline_users is not None
     # (metric, k, +1 when higher is worse / -1 when lower is worse)
     checks = [("rmse", None, 1), ("ndcg", k, -1)]
@@ -94,31 +153,74 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
             continue
         failures.append(f"{moved}; the {interval.describe(name)}" if interval else moved)
     if failures:
-        reason = (
-            f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance ({setting('gate_tolerance')}) "
-            f"against run {baseline_run_id}"
-        )
+        reason = f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance ({setting(tolerance_setting)}) against {against}"
         return GateVerdict(False, reason, baseline_run_id)
-    return GateVerdict(True, f"within {tolerance:.1%} of run {baseline_run_id}: {', '.join(compared)}", baseline_run_id)
+    return GateVerdict(True, f"within {tolerance:.1%} of {against}: {', '.join(compared)}", baseline_run_id)
 
 
-def baseline_metrics(path: Path, run_id: str, dataset: str, protocol: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The metrics of the lists published last on the same dataset and protocol (empty when there are none),
-    and the per-user values stored with them (empty for runs published before they were kept)."""
+def decide(candidate: pl.DataFrame, candidate_users: pl.DataFrame, published: PublishedRun | None,
+           recorded: pl.DataFrame, recorded_users: pl.DataFrame | None, here: OnThisSplit | None,
+           config: PipelineConfig) -> GateVerdict:  # fmt: skip
+    """The gate's verdict from both comparisons (the module's docstring): on this run's split with `here`, and
+    against the published run's `recorded` metrics; rejected when either rejects, the reason naming both."""
+    if published is None or recorded.height == 0:
+        return judge(candidate, None, config.k, config.gate_tolerance)
+    noise = {"confidence": config.gate_confidence, "resamples": config.gate_resamples, "seed": config.seed}
+    recorded_as = f"run {published.run_id}'s recorded metrics (its own test set)"
+    parts: list[GateVerdict] = []
+    if here is not None and here.same_as_candidate:
+        same_split = None
+        note = f"this run trains the published configuration ({published.describe()}) with the same settings"
+    elif here is not None:
+        trained = f", trained here ({', '.join(here.trained_here)})" if here.trained_here else ""
+        against = f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
+        same_split = judge(candidate, here.metrics, config.k, config.gate_tolerance, candidate_users, here.users,
+                           against=against, **noise)  # fmt: skip
+        parts.append(same_split)
+        note = ""
+    else:
+        note = f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded metrics are held to {setting('gate_tolerance')}"
+        parts.append(judge(candidate, recorded, config.k, config.gate_tolerance, candidate_users, recorded_users,
+                           against=recorded_as, **noise))  # fmt: skip
+    if here is not None:
+        parts.append(judge(candidate, recorded, config.k, config.gate_drift_tolerance, candidate_users, recorded_users,
+                           against=recorded_as, tolerance_setting="gate_drift_tolerance", **noise))  # fmt: skip
+    passed = all(part.passed for part in parts)
+    shown = [part.reason for part in parts if not part.passed] if not passed else [part.reason for part in parts]
+    reason = "; ".join(([note] if note else []) + shown)
+    return GateVerdict(passed, reason, published.run_id)
+
+
+def published_run(path: Path, run_id: str, dataset: str, protocol: str) -> PublishedRun | None:
+    """The last published run on the same dataset (`source_sha256`) and protocol other than `run_id`, or None."""
     with warehouse.open_reader(path) as con:
-        metrics = warehouse.fetch(con, "gate_baseline", {"dataset": dataset, "protocol": protocol, "run_id": run_id})
-        published = metrics["run_id"][0] if metrics.height else ""
-        return metrics, warehouse.fetch(con, "gate_baseline_users", {"run_id": published})
+        rows = warehouse.fetch(con, "published_run", {"dataset": dataset, "protocol": protocol, "run_id": run_id})
+    if rows.height == 0:
+        return None
+    row = rows.row(0, named=True)
+    try:
+        config, unreadable = PipelineConfig.from_stored(row["config"]), None
+    except (ValidationError, ValueError, TypeError) as error:
+        config, unreadable = None, f"runs.config of run {row['run_id']} does not validate: {str(error).splitlines()[0]}"
+    return PublishedRun(row["run_id"], row["model"], row["rating_model"], config, unreadable)
 
 
-def candidate_metrics(metrics: dict[str, pl.DataFrame], model: str, rating_model: str | None) -> pl.DataFrame:
+def recorded_metrics(path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A published run's metrics as the gate judges them (its published model's ranking metrics, its rating model's
+    errors) and the per-user values stored with its lists (empty for runs published before they were kept)."""
+    with warehouse.open_reader(path) as con:
+        return (warehouse.fetch(con, "gate_baseline", {"run_id": run_id}),
+                warehouse.fetch(con, "gate_baseline_users", {"run_id": run_id}))  # fmt: skip
+
+
+def candidate_metrics(metrics: Mapping[str, pl.DataFrame], model: str, rating_model: str | None) -> pl.DataFrame:
     """What the gate judges a run on: the published model's ranking metrics, the rating model's errors."""
     ranking = metrics[model].filter(~pl.col("metric").is_in(["rmse", "mae"]))
     errors = [metrics[rating_model].filter(pl.col("metric").is_in(["rmse", "mae"]))] if rating_model else []
     return pl.concat([ranking, *errors], how="diagonal_relaxed")
 
 
-def candidate_user_metrics(per_user: dict[str, pl.DataFrame], model: str, rating_model: str | None,
+def candidate_user_metrics(per_user: Mapping[str, pl.DataFrame], model: str, rating_model: str | None,
                            maps: IdMaps) -> pl.DataFrame:  # fmt: skip
     """The per-user values behind `candidate_metrics`, by the dataset's user ids (so that runs with other
     indexings pair up): `model`, `user_id`, `metric`, `value`. Stored with the lists when they are published."""
@@ -130,17 +232,36 @@ def candidate_user_metrics(per_user: dict[str, pl.DataFrame], model: str, rating
     return pl.concat(parts).join(ids, on="user_idx").select("model", "user_id", "metric", "value")
 
 
+def on_this_split(published: PublishedRun, metrics: Mapping[str, pl.DataFrame], per_user: Mapping[str, pl.DataFrame],
+                  maps: IdMaps, trained_here: Collection[str], candidate: tuple[str, str | None]) -> OnThisSplit:  # fmt: skip
+    """The published configuration's side of the comparison on this split, from every model's metrics on it (the
+    run's own and those trained for the gate); `candidate` is the run's (published model, rating model)."""
+    same = not trained_here and (published.model, published.rating_model) == candidate
+    return OnThisSplit(candidate_metrics(metrics, published.model, published.rating_model),
+                       candidate_user_metrics(per_user, published.model, published.rating_model, maps),
+                       tuple(trained_here), same)  # fmt: skip
+
+
+@task(name="published-run", cache_policy=NO_CACHE)
+def published_run_task(path: Path, run_id: str, dataset: str, protocol: str) -> PublishedRun | None:
+    """Prefect wrapper of `published_run`; logs which configuration the gate holds the run to."""
+    published = published_run(path, run_id, dataset, protocol)
+    if published is not None:
+        log.info("the published lists are run %s's %s", published.run_id, published.describe())
+    return published
+
+
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(path: Path, run_id: str, dataset: str, candidate: pl.DataFrame, candidate_users: pl.DataFrame,
-              config: PipelineConfig) -> GateVerdict:  # fmt: skip
-    """Judge the run's `candidate_metrics` (and `candidate_user_metrics`) against the lists published on the
-    same dataset (`source_sha256`) and protocol; logs the verdict.
+def gate_task(path: Path, published: PublishedRun | None, candidate: pl.DataFrame, candidate_users: pl.DataFrame,
+              here: OnThisSplit | None, config: PipelineConfig) -> GateVerdict:  # fmt: skip
+    """Judge the run's `candidate_metrics` (and `candidate_user_metrics`) against the published configuration on
+    this split (`here`) and the published run's recorded metrics (`decide`); logs the verdict.
 
     With `force`, a failed verdict comes back overridden: `publishes` is true and the reason says why."""
-    baseline, baseline_users = baseline_metrics(path, run_id, dataset, config.protocol)
-    verdict = judge(candidate, baseline, config.k, config.gate_tolerance, candidate_users,
-                    baseline_users if baseline_users.height else None, config.gate_confidence,
-                    config.gate_resamples, config.seed)  # fmt: skip
+    recorded, recorded_users = recorded_metrics(path, published.run_id) if published else (pl.DataFrame(), None)
+    if recorded_users is not None and recorded_users.height == 0:
+        recorded_users = None
+    verdict = decide(candidate, candidate_users, published, recorded, recorded_users, here, config)
     if verdict.passed:
         log.info("quality gate passed: %s", verdict.reason)
     elif config.force:

@@ -246,10 +246,11 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, 
 def train_task(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, name: str, phase: str = "train") -> TrainedModel:
     """Prefect wrapper of `fit` for model `name`.
 
-    phase "train" fits on the training split, holding out `validation_fraction` of it for a validation
-    loss; phase "refit" fits on all ratings, with no holdout.
+    phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
+    split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
+    with no holdout.
     """
-    if phase == "train":
+    if phase in ("train", "gate"):
         fit_on, validation = holdout(ratings, config.validation_fraction, config.seed)
     else:
         fit_on, validation = ratings, None

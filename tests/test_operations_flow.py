@@ -25,6 +25,10 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
               "--model", "dot_bias"]
 
     assert main(["run", *common]) == 0
+    # the same configuration again: nothing to compare on the same split, the recorded metrics within the drift tolerance
+    assert main(["run", *common]) == 0
+    (again,) = query_rows(warehouse_path, "SELECT gate_reason FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+    assert again.startswith("this run trains the published configuration (dot_bias) with the same settings; within 50.0% of run ")
     (good,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
     good_lists = query_rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL")
 
@@ -36,6 +40,7 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
     assert bad.status == "rejected" and bad.n_recommendations == 0
     status, reason, baseline = query_rows(warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id])[0]
     assert status == "rejected" and "rmse rose from 0.9" in reason and "ndcg@10 fell" in reason and baseline == good
+    assert f"against the published configuration (dot_bias, run {good}) on this run's split, trained here (dot_bias)" in reason
     assert query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations") == [(good,)]
     assert query_rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == good_lists
     assert query_rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(9,)]  # 8 + fit_seconds
@@ -77,12 +82,15 @@ def test_the_gate_holds_every_run_to_the_published_lists_whichever_model_and_spe
     url = ml100k_zip.resolve().as_uri()
     second = nightly(PipelineConfig(source=url, models=["popularity", "bias"], **where), return_state=True).result()
     assert second.status == "rejected" and second.model == "popularity"
-    assert "ndcg@10 fell from 0.48" in second.gate and f"against run {first.run_id}" in second.gate
-    assert "95% interval of the paired ndcg@10 difference over 943 users" in second.gate
+    # held to the published configuration (ials, item_knn's stars), trained for the gate on this run's split
+    assert "ndcg@10 fell from 0.48" in second.gate and "95% interval of the paired ndcg@10 difference over 943 users" in second.gate
+    assert f"against the published configuration (ials with item_knn's stars, run {first.run_id}) on this run's split, trained here (ials, item_knn)" in second.gate
 
     # item_knn was trained by the first run, but it is the published ials lists that it must match
     third = nightly(PipelineConfig(source=str(ml100k_zip), model="item_knn", **where), return_state=True).result()
-    assert third.status == "rejected" and "ndcg@10 fell from 0.48" in third.gate
+    assert third.status == "rejected" and "ndcg@10 fell from 0.48" in third.gate and "trained here (ials)" in third.gate
+    # ... and item_knn's collapse from the recorded 0.48 is beyond even the drift tolerance
+    assert "(--gate-drift-tolerance)) against run " + first.run_id + "'s recorded metrics" in third.gate
     rows = query_rows(where["warehouse"], "SELECT status, gate_baseline_run_id FROM runs ORDER BY started_at")
     assert rows == [("succeeded", None), ("rejected", first.run_id), ("rejected", first.run_id)]
     assert query_rows(where["warehouse"], "SELECT DISTINCT run_id FROM recommendations") == [(first.run_id,)]

@@ -11,7 +11,8 @@ import pytest
 
 import warehouse
 
-from tasks.gate import baseline_metrics, judge
+from tasks.config import PipelineConfig
+from tasks.gate import OnThisSplit, PublishedRun, decide, judge, published_run, recorded_metrics
 from warehouse.runs import ModelRecord, mark_failed, mark_rejected, publish, record_model, start_run
 from tasks.trend import headline, metric_trend, plot_loss, plot_trend
 
@@ -54,8 +55,8 @@ def test_tolerance_is_configurable():
     assert judge(candidate, baseline, k=10, tolerance=0.10).passed
 
 
-def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL):
-    start_run(path, run_id, None, json.dumps({}), started)
+def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL, config=None):
+    start_run(path, run_id, None, json.dumps(config or {}), started)
     record_model(path, run_id, "dot_bias", ModelRecord(_metrics(rmse, ndcg)))
     facts = {"source": source, "source_sha256": f"sha-{source}", "protocol": protocol, "model": "dot_bias",
              "rating_model": "dot_bias"}  # fmt: skip
@@ -98,9 +99,24 @@ def test_trend_deltas_from_previous_run_and_median_of_published(history_warehous
 
 
 def test_gate_baseline_is_the_last_published_run_on_the_same_dataset_and_protocol(history_warehouse):
-    baseline, users = baseline_metrics(history_warehouse, "new", "sha-src", PROTOCOL)
+    published = published_run(history_warehouse, "new", "sha-src", PROTOCOL)
+    assert (published.run_id, published.model, published.rating_model) == ("r5", "dot_bias", "dot_bias")
+    assert published.config == PipelineConfig()  # r5 stored `{}`: every setting at its default
+    baseline, users = recorded_metrics(history_warehouse, published.run_id)
     assert baseline["run_id"].unique().to_list() == ["r5"] and users.height == 0  # published without per-user rows
-    assert baseline_metrics(history_warehouse, "new", "sha-elsewhere", PROTOCOL)[0].height == 0
+    assert published_run(history_warehouse, "new", "sha-elsewhere", PROTOCOL) is None
+
+
+def test_a_published_run_whose_settings_no_longer_validate_is_still_the_baseline(tmp_path):
+    path = tmp_path / "w.duckdb"
+    _finished_run(path, "old", datetime(2026, 1, 1, tzinfo=timezone.utc), "succeeded", 0.9, 0.1,
+                  config={"dot_bias": {"no_such_setting": 1}})  # fmt: skip
+    published = published_run(path, "new", "sha-src", PROTOCOL)
+    assert published.run_id == "old" and published.config is None
+    assert "runs.config of run old does not validate" in published.unreadable
+    # its recorded metrics are then held to gate_tolerance, not to the wider drift tolerance
+    verdict = decide(_metrics(0.9, 0.08), _per_user(0.08), published, _baseline(0.9, 0.1), None, None, PipelineConfig())
+    assert not verdict.passed and "cannot be rebuilt" in verdict.reason and "(--gate-tolerance)" in verdict.reason
 
 
 def _per_user(ndcg, n_users=400, seed=0):
@@ -150,6 +166,40 @@ def test_a_non_finite_baseline_is_rejected_and_a_zero_one_compares_absolutely():
     assert judge(_metrics(0.9, 0.0), _baseline(0.90, 0.0), k=10, tolerance=0.05).passed  # no change
     worse = judge(_metrics(0.9, 0.11), _baseline(0.0, 0.11), k=10, tolerance=0.05)  # any RMSE above a perfect 0
     assert not worse.passed and "rmse rose from 0.0000 to 0.9000" in worse.reason
+
+
+PUBLISHED = PublishedRun("good", "ials", "dot_bias", PipelineConfig())
+
+
+def _here(ndcg_users: pl.DataFrame, rmse: float, same: bool = False) -> OnThisSplit:
+    return OnThisSplit(_metrics(rmse, ndcg_users["value"].mean()), ndcg_users, ("ials",), same)
+
+
+def test_the_published_configuration_on_the_same_split_rejects_a_worse_model_the_recorded_metrics_would_pass():
+    # the candidate matches the published run's recorded nDCG (an easier test set that night), but the published
+    # configuration, trained on the candidate's own split, ranks every user of it 20% better
+    published_here = _per_user(0.10, seed=3)
+    candidate_users = published_here.with_columns(pl.col("value") * 0.8)
+    candidate = _metrics(0.9, candidate_users["value"].mean())
+    recorded = _baseline(0.9, candidate_users["value"].mean())
+    verdict = decide(candidate, candidate_users, PUBLISHED, recorded, None, _here(published_here, 0.9), PipelineConfig())
+    assert not verdict.passed and verdict.baseline_run_id == "good"
+    assert "against the published configuration (ials with dot_bias's stars, run good) on this run's split, trained here (ials)" in verdict.reason
+    assert "95% interval of the paired ndcg@10 difference over 400 users" in verdict.reason
+
+
+def test_a_night_to_night_drift_within_the_drift_tolerance_passes_and_a_collapse_does_not():
+    recorded_users = _per_user(0.10, seed=4)
+    recorded = _baseline(0.9, recorded_users["value"].mean())
+    for factor, passes in ((0.65, True), (0.3, False)):  # a 35% drop across test sets; a 70% one
+        candidate_users = recorded_users.with_columns(pl.col("value") * factor)
+        candidate = _metrics(0.9, candidate_users["value"].mean())
+        # the candidate is the published configuration: nothing to compare on this split
+        here = _here(candidate_users, 0.9, same=True)
+        verdict = decide(candidate, candidate_users, PUBLISHED, recorded, recorded_users, here, PipelineConfig())
+        assert verdict.passed is passes, verdict.reason
+        assert "this run trains the published configuration (ials with dot_bias's stars) with the same settings" in verdict.reason
+        assert ("within 50.0% of run good's recorded metrics" if passes else "(--gate-drift-tolerance)") in verdict.reason
 
 
 def test_headline_table_and_charts(history_warehouse, tmp_path):
