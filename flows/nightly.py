@@ -29,7 +29,7 @@ from tasks.gate import (
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.publish import publish_task, record_model_task, reject_task
-from tasks.publish_check import check_published_model_task
+from tasks.publish_check import check_published_model_task, list_coverage_task
 from tasks.recommend import recommend_task
 from tasks.reindex import IdMaps, reindex_task
 from tasks.report import report_task
@@ -118,6 +118,9 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                 check_published_model_task(models[chosen], model, recommendations, metrics[chosen],
                                            train["item_idx"].n_unique(), config)  # fmt: skip
                 save_checkpoint_task(model, maps, config, run.directory / "model.pt")
+                verdict = list_coverage_task(config.warehouse, recommendations, verdict, config)
+            run.note(gate_reason=verdict.reason)
+        if verdict.publishes:
             with run.stage("publish"):
                 publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories,
                              config.keep_runs, candidate_users)  # fmt: skip

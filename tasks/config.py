@@ -52,13 +52,18 @@ def redact(source: str) -> str:
 def source_scheme(source: str) -> str:
     """The source's URL scheme, lower case: http, https or file; "" for a plain path.
 
+    A colon alone does not make a URL: an existing file is a path whatever its name, and so is any name whose
+    colon is not followed by `//` (`nightly-2024-01-01T03:00.zip`, `C:/data/ml.zip`).
+
     Raises:
-        ValueError: any other scheme (ftp, s3, ...), naming it and the ones supported.
+        ValueError: another scheme followed by `//` (ftp://, s3://, ...), naming it and the ones supported.
     """
     scheme = urlsplit(source).scheme.lower()
-    if scheme not in ("", *SOURCE_SCHEMES):
-        raise ValueError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
-    return scheme
+    if not scheme or scheme in SOURCE_SCHEMES:
+        return scheme
+    if Path(source).exists() or not source[len(scheme) + 1 :].startswith("//"):
+        return ""
+    raise ValueError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
 
 
 def local_path(source: str) -> Path | None:
@@ -281,7 +286,15 @@ class PipelineConfig(BaseModel):
         description="The refitted model (what is published) fails the run when its last training loss exceeds the "
         "split fit's by more than this fraction.",
     )
-    force: bool = Field(False, description="Publish even when the quality gate rejects the run.")
+    min_list_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Refuse to publish lists that cover fewer than this share of the users, or of the distinct "
+        "items, of the lists published now (a collapsed night, such as an archive cut to a few users); the run is "
+        "rejected with the counts. 0 turns the check off.",
+    )
+    force: bool = Field(False, description="Publish even when the quality gate rejects the run or the lists collapsed.")
     trend_runs: int = Field(
         5, ge=1, description="Trend deltas compare each run with the median of this many earlier published runs."
     )

@@ -5,19 +5,26 @@ from a second fit on all ratings, which nothing else checks. It must have finite
 loss in line with the split fit's (`refit_loss_tolerance`), and lists that are not degenerate: at least half
 as many distinct items as the split fit's evaluated top-k showed (its coverage@k, scaled to top_n).
 Otherwise the run fails, and the published lists stay as they were.
+
+The lists must also not collapse against the ones published now: a night whose lists cover far fewer users or
+distinct items (`min_list_share`) than the live lists, say an archive cut to one user, is rejected with the
+counts unless forced.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import polars as pl
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import warehouse
 from tasks.config import PipelineConfig, setting
 from tasks.evaluate import metric_value
+from tasks.gate import GateVerdict
 from tasks.train import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -76,3 +83,36 @@ def check_published_model_task(split_fit: TrainedModel, published: TrainedModel,
     """Prefect wrapper of `check_published_model`; logs what it checked."""
     checked = check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config)
     log.info("publish check passed: %s", checked)
+
+
+def list_collapse(lists: pl.DataFrame, live: dict | None, min_share: float) -> str | None:
+    """How `lists` collapsed against the `live` lists (`run_id`, `users`, `items` of `live_list_coverage`), in
+    words, or None when they cover at least `min_share` of the live users and of the live distinct items."""
+    if live is None or not live["users"]:
+        return None
+    shrunk = [
+        f"{new:,} {what} against the live lists' {old:,}"
+        for what, new, old in (("users", lists["user_id"].n_unique(), live["users"]),
+                               ("distinct items", lists["item_id"].n_unique(), live["items"]))
+        if new < min_share * old
+    ]  # fmt: skip
+    if not shrunk:
+        return None
+    return (f"its lists cover {' and '.join(shrunk)} (run {live['run_id']}), under the {min_share:.0%} share "
+            f"{setting('min_list_share')} allows")  # fmt: skip
+
+
+@task(name="list-coverage", cache_policy=NO_CACHE)
+def list_coverage_task(path: Path, lists: pl.DataFrame, verdict: GateVerdict, config: PipelineConfig) -> GateVerdict:
+    """The gate's `verdict`, turned into a rejection when `lists` collapsed against the live lists (`list_collapse`);
+    with `force` the run publishes anyway and the reason says so."""
+    with warehouse.open_reader(path) as con:
+        live = warehouse.fetch(con, "live_list_coverage", {})
+    collapse = list_collapse(lists, live.row(0, named=True) if live.height else None, config.min_list_share)
+    if collapse is None:
+        return verdict
+    if config.force:
+        log.warning("the lists collapsed but %s publishes them anyway: %s", setting("force"), collapse)
+        return GateVerdict(False, f"overridden by force: {collapse}; {verdict.reason}", verdict.baseline_run_id, forced=True)
+    log.warning("the run's lists were not published: %s", collapse)
+    return GateVerdict(False, f"{collapse}; the quality gate had said: {verdict.reason}", verdict.baseline_run_id)

@@ -86,9 +86,17 @@ def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """
     kept = ratings.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if kept.height == 0:
-        first, last = (datetime.fromtimestamp(int(t), timezone.utc) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
-        raise ValueError(f"{setting('as_of')} {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+        first, last = (_day(t) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
+        raise ValueError(f"{setting('as_of')} {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first} to {last}")
     return kept
+
+
+def _day(timestamp: int) -> str:
+    """A Unix timestamp as its UTC day, or as itself when it is no date Python can write."""
+    try:
+        return f"{datetime.fromtimestamp(int(timestamp), timezone.utc):%Y-%m-%d}"
+    except (ValueError, OverflowError, OSError):
+        return f"timestamp {timestamp} (beyond the year 9999 as Unix seconds)"
 
 
 @task(name="reindex", cache_policy=NO_CACHE)

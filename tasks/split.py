@@ -30,6 +30,20 @@ def _with_random_key(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
 def split_ratings(
     ratings: pl.DataFrame, method: SplitMethod, test_fraction: float, seed: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split indexed ratings into train and test (`_split`); refuse a split that leaves nothing to test on.
+
+    Raises:
+        ValueError: no rating went to test (every user has too few ratings), saying why and what would work.
+    """
+    train, test = _split(ratings, method, test_fraction, seed)
+    if test.height == 0 and ratings.height:
+        raise ValueError(_why_no_test_rating(ratings, method, test_fraction))
+    return train, test
+
+
+def _split(
+    ratings: pl.DataFrame, method: SplitMethod, test_fraction: float, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split indexed ratings.
 
     Args:
@@ -62,11 +76,32 @@ def split_ratings(
     return train, test
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _why_no_test_rating(ratings: pl.DataFrame, method: SplitMethod, test_fraction: float) -> str:
+    """Why the split left nothing to test on (every user keeps a training rating), and what would work."""
+    per_user = ratings.group_by("user_idx").len()["len"]
+    n_users, most = per_user.len(), int(per_user.max())
+    shape = (f"every one of the {n_users:,} users has a single rating" if most == 1
+             else f"no user of {n_users:,} has more than {most} ratings")  # fmt: skip
+    # the fewest ratings a user needs for the per-user splits to hold one out at this test share
+    needed = next((n for n in range(2, 1000) if n - max(1, round(n * (1 - test_fraction))) >= 1), 1000)
+    works = (f"users with at least {needed} ratings, or a larger {setting('test_fraction')}" if method != "random"
+             else "users with at least 2 ratings")  # fmt: skip
+    return (
+        f"the {method} split left no rating to test on: {shape} ({ratings['item_idx'].n_unique():,} items), and each "
+        f"user keeps at least one rating for training. Ranking metrics need {works} (MovieLens archives have at "
+        "least 20 per user)"
+    )
+
+
 def holdout(train: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Carve a random validation share out of the training ratings (None when `fraction` is 0)."""
     if fraction == 0:
         return train, None
-    return split_ratings(train, "random", fraction, seed + 1)
+    return _split(train, "random", fraction, seed + 1)
 
 
 @task(name="split", cache_policy=NO_CACHE)

@@ -87,7 +87,7 @@ def _csv_archive_with_bad_and_repeated_rows(ml100k_dataset, path):
 def test_bad_rows_fail_the_run_by_default_and_drop_records_the_counts(published, ml100k_dataset, tmp_path):
     config, good_run = published
     archive = _csv_archive_with_bad_and_repeated_rows(ml100k_dataset, tmp_path / "bad.zip")
-    with pytest.raises(Exception, match=r"3 bad ratings row\(s\), first: ratings.csv line 100002: field 'rating' is 'NaN'"):
+    with pytest.raises(Exception, match=r"3 bad ratings row\(s\), first: ml-latest/ratings.csv line 100002: field 'rating' is 'NaN'"):
         nightly(config.model_copy(update={"source": str(archive)}))
     status, error, *_ = _last_run(config)
     assert status == "failed" and "ratings.csv line 100003: has 3 fields, expected 4" in error

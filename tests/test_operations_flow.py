@@ -4,6 +4,7 @@ artifacts, and the refresh flow's event."""
 from __future__ import annotations
 
 import shutil
+import zipfile
 from datetime import datetime, timezone
 
 import pytest
@@ -14,7 +15,7 @@ from flows.nightly import nightly
 from flows.refresh import refresh
 from tasks.config import PipelineConfig
 from flows.lock import RunLockedError, run_lock
-from tests.helpers import query_rows
+from tests.helpers import query_rows, write_zip
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -146,3 +147,30 @@ def test_refresh_announces_a_changed_source_once(ml100k_zip, tmp_path, serve):
     config = PipelineConfig(source=f"{serve(site).url}/ml-100k.zip", data_dir=tmp_path / "D")
     assert refresh(config) is True
     assert refresh(config) is False
+
+
+def test_lists_that_collapse_against_the_live_ones_are_not_published_unless_forced(ml100k_zip, tmp_path):
+    where = {"warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D", "model": "bias"}
+    live = nightly(PipelineConfig(source=str(ml100k_zip), **where))
+    live_lists = query_rows(where["warehouse"], "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL")
+    # the same archive cut to its first users' ratings: a new dataset, so the gate has nothing to compare with
+    with zipfile.ZipFile(ml100k_zip) as archive:
+        lines = archive.read("ml-100k/u.data").decode().splitlines()
+        items = archive.read("ml-100k/u.item")
+
+    def cut(users: set[str]) -> str:
+        kept = [line for line in lines if line.split("\t")[0] in users]
+        return str(write_zip(tmp_path / f"{len(users)}-users.zip", {"ml-100k/u.data": "\n".join(kept), "ml-100k/u.item": items}))
+
+    # one user, who rated every item of the cut: no list at all, so the run fails and nothing is replaced
+    with pytest.raises(Exception, match="its lists show 0 distinct items"):
+        nightly(PipelineConfig(source=cut({"1"}), **where))
+    # two users: lists for 2 of the 943 live users
+    collapsed = nightly(PipelineConfig(source=cut({"1", "2"}), **where), return_state=True).result()
+    assert collapsed.status == "rejected" and collapsed.n_recommendations == 0
+    assert collapsed.gate.startswith("its lists cover 2 users against the live lists' 943 and ")
+    assert f"(run {live.run_id}), under the 50% share min_list_share (--min-list-share) allows" in collapsed.gate
+    assert query_rows(where["warehouse"], "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == live_lists
+    forced = nightly(PipelineConfig(source=cut({"1", "2"}), force=True, **where))
+    assert forced.status == "succeeded" and forced.gate.startswith("overridden by force: its lists cover 2 users")
+    assert query_rows(where["warehouse"], "SELECT count(DISTINCT user_id) FROM recommendations") == [(2,)]

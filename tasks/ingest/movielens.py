@@ -8,6 +8,7 @@ Every parser returns the same two frames whatever the layout:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ class Layout:
 # MovieLens ratings are whole stars 1-5 (100k, 1m) or half stars 0.5-5 (10m and later).
 RATING_SCALE = (0.5, 5.0)
 
+# Control characters other than tab, line feed and carriage return: never in MovieLens text.
+CONTROL_CHARACTERS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+
 # A line is read whole (this byte never occurs in MovieLens text) and split by the layout's separator, so
 # a row with too many or too few fields is found and named by its line like any other bad row.
 _WHOLE_LINE = "\x1f"
@@ -59,16 +63,30 @@ class ParsedRatings:
     bad_row_examples: list[str]  # the first few, as "u.data line 7: field 'rating' is 'NaN', expected ..."
 
 
+def _unquoted(field: str) -> pl.Expr:
+    """A raw field without surrounding blanks, a UTF-8 byte-order mark or one pair of CSV quotes (`"196"`)."""
+    return pl.col(field).str.strip_chars(" \t\ufeff").str.replace(r'^"(.*)"$', "$1")
+
+
 def _problems(separator: str) -> pl.Expr:
     """What is wrong with each row of `_checked_rows`, in words (evaluated on the few bad rows only)."""
     width, raw = len(RATINGS_SCHEMA), _RAW_FIELDS
     low, high = RATING_SCALE
     n_fields = pl.col("text").str.count_matches(separator, literal=True) + 1
-    problem = pl.when(pl.col(f"field_{width - 1}").is_null() | pl.col(f"field_{width}").is_not_null()).then(
-        pl.format("has {} fields, expected {} separated by {}", n_fields, pl.lit(width), pl.lit(repr(separator)))
+    problem = (
+        pl.when(pl.col("text").str.contains("\ufffd", literal=True))
+        .then(pl.lit("holds bytes that are not UTF-8 text (shown as U+FFFD)"))
+        .when(pl.col("text").str.contains(CONTROL_CHARACTERS))
+        .then(pl.format("holds the control character 0x{}", pl.col("text").str.extract(f"({CONTROL_CHARACTERS})").str.encode("hex")))
+        .when(pl.col(f"field_{width - 1}").is_null() | pl.col(f"field_{width}").is_not_null())
+        .then(pl.format("has {} fields, expected {} separated by {}", n_fields, pl.lit(width), pl.lit(repr(separator))))
     )
     for name, field in zip(RATINGS_SCHEMA, raw):
         expected = "a number" if name == "rating" else "a whole number"
+        if name != "rating":  # digits alone that did not cast: a whole number past 64 bits
+            problem = problem.when(pl.col(name).is_null() & _unquoted(field).str.contains(r"^[+-]?\d+$")).then(
+                pl.format(f"field '{name}' is '{{}}', which does not fit in a 64-bit integer", _unquoted(field))
+            )
         problem = problem.when(pl.col(name).is_null()).then(pl.format(f"field '{name}' is '{{}}', expected {expected}", field))
     return (
         problem.when(~pl.col("rating").is_finite())
@@ -89,7 +107,7 @@ def _checked_rows(lines: pl.LazyFrame, separator: str, header_lines: int) -> pl.
         .with_columns(pl.col("text").str.strip_chars_end("\r").str.splitn(separator, width + 1).alias("fields"))
         .unnest("fields")
         .with_columns(
-            pl.col(field).str.strip_chars().cast(pl.Float64 if name == "rating" else dtype, strict=False).alias(name)
+            _unquoted(field).cast(pl.Float64 if name == "rating" else dtype, strict=False).alias(name)
             for field, (name, dtype) in zip(raw, RATINGS_SCHEMA.items())
         )
         .with_columns(
@@ -111,16 +129,20 @@ def _read_delimited_ratings(path: Path, separator: str, header_lines: int = 0) -
     """
     if path.stat().st_size == 0:
         raise RatingsFormatError(f"{path.name}: is empty, expected {separator!r}-separated ratings")
-    lines = pl.scan_csv(
-        path, has_header=False, separator=_WHOLE_LINE, quote_char=None, new_columns=["text"], infer_schema=False
-    )
+    check_text_encoding(path)
+    # Bytes that are not UTF-8 are read as U+FFFD, so such a line is a bad row that says so (`_problems`).
+    lines = pl.scan_csv(path, has_header=False, separator=_WHOLE_LINE, quote_char=None, new_columns=["text"],
+                        infer_schema=False, encoding="utf8-lossy")  # fmt: skip
     # The streaming engine reads and checks the file in batches and keeps only the typed columns: on a 20M-line
     # ratings.csv, 4.6 s and 0.9 GB peak for the process, against 20.9 s and 6.3 GB for the in-memory engine.
-    checked = (
-        _checked_rows(lines, separator, header_lines)
-        .select("line", "ok", *(pl.col(name).cast(dtype) for name, dtype in RATINGS_SCHEMA.items()))
-        .collect(engine="streaming")
-    )
+    try:
+        checked = (
+            _checked_rows(lines, separator, header_lines)
+            .select("line", "ok", *(pl.col(name).cast(dtype) for name, dtype in RATINGS_SCHEMA.items()))
+            .collect(engine="streaming")
+        )
+    except pl.exceptions.PolarsError as error:  # the whole-line byte itself in the file, or worse
+        raise RatingsFormatError(f"{path.name}{_first_control_character(path) or f': cannot be read as text ({error})'}") from error
     good = checked.filter("ok").drop("line", "ok")
     bad_lines = checked.filter(~pl.col("ok"))["line"]
     if bad_lines.len() == 0:
@@ -133,6 +155,38 @@ def _read_delimited_ratings(path: Path, separator: str, header_lines: int = 0) -
         .collect()
     )
     return ParsedRatings(good, bad_lines.len(), examples.to_series().to_list())
+
+
+def check_text_encoding(path: Path) -> None:
+    """Refuse UTF-16 and UTF-32 text (a byte-order mark, or NUL bytes in the first 64 KiB), naming the line.
+
+    Raises:
+        RatingsFormatError: the file's name, the line and what was found.
+    """
+    with path.open("rb") as file:
+        head = file.read(1 << 16)
+    for mark, encoding in ((b"\xff\xfe", "UTF-16 little-endian"), (b"\xfe\xff", "UTF-16 big-endian")):
+        if head.startswith(mark):
+            raise RatingsFormatError(f"{path.name} line 1: starts with the {encoding} byte-order mark; expected UTF-8 "
+                                     "text: save it as UTF-8")  # fmt: skip
+    if b"\x00" in head:
+        line = head[: head.index(b"\x00")].count(b"\n") + 1
+        raise RatingsFormatError(f"{path.name} line {line}: holds NUL bytes, as UTF-16 or binary data do; expected "
+                                 "UTF-8 text")  # fmt: skip
+
+
+def _first_control_character(path: Path) -> str | None:
+    """` line N: holds the control character 0x..` for the file's first one, or None (read in 1 MiB blocks)."""
+    pattern = re.compile(CONTROL_CHARACTERS.encode())
+    lines_before = 0
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            found = pattern.search(block)
+            if found:
+                line = lines_before + block[: found.start()].count(b"\n") + 1
+                return f" line {line}: holds the control character 0x{found.group()[0]:02x}"
+            lines_before += block.count(b"\n")
+    return None
 
 
 def read_u_data(path: Path) -> ParsedRatings:
@@ -158,18 +212,61 @@ def read_ratings_csv(path: Path) -> ParsedRatings:
 
 
 def _decode(path: Path) -> str:
-    """Text of a MovieLens items file: UTF-8 where it is valid, else Latin-1 (ml-100k, ml-1m)."""
+    """Text of a MovieLens items file: UTF-8 where it is valid, else Latin-1 (ml-100k, ml-1m, hand-edited files)."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+def _text_lines(path: Path) -> pl.DataFrame:
+    """The file's non-blank lines, `line` (numbered from 1 over every line) and `text` (without the line end)."""
+    check_text_encoding(path)
+    text = pl.Series("text", _decode(path).splitlines())
+    return text.to_frame().with_row_index("line", offset=1).filter(pl.col("text").str.strip_chars() != "")
+
+
+def _refuse_bad_items(path: Path, rows: pl.DataFrame, id_field: str, width: int, what: str) -> None:
+    """Refuse an items file with a row of the wrong shape, an id that is not a whole number, or an id listed twice.
+
+    Args:
+        rows: `line`, `n_fields`, `raw_id` (as written), `item_id` (null where it is not a whole number).
+        width: the fields a row must have; `what` says what they are.
+
+    Raises:
+        RatingsFormatError: the file, the line(s), the field and what was expected.
+    """
+    shape = rows.filter(pl.col("n_fields") != width)
+    if shape.height:
+        line, n = shape.row(0)[0], shape["n_fields"][0]
+        raise RatingsFormatError(f"{path.name} line {line}: has {n} fields, expected {width} ({what})"
+                                 + (f"; {shape.height - 1:,} more such lines" if shape.height > 1 else ""))  # fmt: skip
+    bad_id = rows.filter(pl.col("item_id").is_null())
+    if bad_id.height:
+        line, raw = bad_id["line"][0], bad_id["raw_id"][0]
+        digits = raw.strip().lstrip("+-").isdigit()
+        expected = "which does not fit in a 64-bit integer" if digits else "expected a whole number"
+        raise RatingsFormatError(f"{path.name} line {line}: field '{id_field}' is '{raw}', {expected}")
+    repeated = rows.filter(pl.col("item_id").is_duplicated()).group_by("item_id").agg(pl.col("line").sort()).sort(
+        pl.col("line").list.first()
+    )
+    if repeated.height:
+        item, lines = repeated.row(0)
+        raise RatingsFormatError(
+            f"{path.name} lines {' and '.join(map(str, lines[:2]))}: item id {item} is listed twice; each item must be "
+            f"listed once" + (f" ({repeated.height:,} ids are repeated)" if repeated.height > 1 else "")
+        )
 
 
 def _with_year(items: pl.DataFrame) -> pl.DataFrame:
     return items.with_columns(year=pl.col("title").str.extract(_YEAR_AT_END, 1).cast(pl.Int32)).select(
         "item_id", "title", "genres", "year"
     )
+
+
+def _item_id(column: str) -> pl.Expr:
+    return pl.col(column).str.strip_chars().cast(pl.Int64, strict=False)
 
 
 def read_u_item(path: Path) -> pl.DataFrame:
@@ -180,41 +277,60 @@ def read_u_item(path: Path) -> pl.DataFrame:
         names = [line.split("|")[0] for line in _decode(genre_file).splitlines() if line.strip()]
         genres = tuple(names) if len(names) == len(ML_100K_GENRES) else genres
     width = 5 + len(genres)
-    raw = pl.read_csv(
-        _decode(path).encode(),
-        separator="|",
-        has_header=False,
-        new_columns=[f"c{i}" for i in range(width)],
-        infer_schema=False,
-        quote_char=None,
-    )
-    flags = [pl.when(pl.col(f"c{5 + i}") == "1").then(pl.lit(name)) for i, name in enumerate(genres)]
-    items = raw.select(
-        item_id=pl.col("c0").cast(pl.Int64),
-        title=pl.col("c1"),
-        genres=pl.concat_list(flags).list.drop_nulls(),
-    )
+    rows = _text_lines(path).with_columns(fields=pl.col("text").str.split("|"))
+    rows = rows.with_columns(n_fields=pl.col("fields").list.len(), raw_id=pl.col("fields").list.first())
+    rows = rows.with_columns(item_id=_item_id("raw_id"))
+    _refuse_bad_items(path, rows, "movie id", width, "movie id|title|release date|video release date|URL|19 genre flags")
+    flags = [pl.when(pl.col("fields").list.get(5 + i) == "1").then(pl.lit(name)) for i, name in enumerate(genres)]
+    items = rows.select("item_id", title=pl.col("fields").list.get(1), genres=pl.concat_list(flags).list.drop_nulls())
     return _with_year(items)
 
 
-def _split_genres(column: str) -> pl.Expr:
+def _split_genres(genres: str | pl.Expr) -> pl.Expr:
     """`Action|Comedy` to a list; `(no genres listed)` to an empty list."""
-    return pl.col(column).str.split("|").list.filter(pl.element() != "(no genres listed)")
+    return (pl.col(genres) if isinstance(genres, str) else genres).str.split("|").list.filter(pl.element() != "(no genres listed)")
 
 
 def read_movies_dat(path: Path) -> pl.DataFrame:
     """ml-1m / ml-10m `movies.dat`: `MovieID::Title::Genres` (titles may contain `:`)."""
-    lines = pl.Series("line", [line for line in _decode(path).splitlines() if line])
-    parts = lines.str.splitn("::", 3).struct.rename_fields(["id", "title", "genres"]).struct.unnest()
-    items = parts.select(item_id=pl.col("id").cast(pl.Int64), title="title", genres=_split_genres("genres"))
-    return _with_year(items)
+    rows = _text_lines(path).with_columns(
+        parts=pl.col("text").str.splitn("::", 3), n_fields=pl.col("text").str.count_matches("::", literal=True) + 1
+    )
+    rows = rows.unnest("parts").rename({"field_0": "raw_id", "field_1": "title", "field_2": "genres"})
+    rows = rows.with_columns(item_id=_item_id("raw_id"), n_fields=pl.col("n_fields").clip(upper_bound=3))
+    _refuse_bad_items(path, rows, "MovieID", 3, "MovieID::Title::Genres")
+    return _with_year(rows.select("item_id", "title", genres=_split_genres("genres")))
+
+
+# One CSV field: quoted (a doubled quote inside stands for one) or bare.
+_CSV_FIELD = r'("(?:[^"]|"")*"|[^,"]*)'
+_MOVIES_CSV_ROW = f"^{_CSV_FIELD},{_CSV_FIELD},{_CSV_FIELD}$"
+
+
+def _csv_value(column: str) -> pl.Expr:
+    """A field of `_CSV_FIELD` as the value it stands for."""
+    return pl.col(column).str.replace(r'^"(.*)"$', "$1").str.replace_all('""', '"', literal=True)
 
 
 def read_movies_csv(path: Path) -> pl.DataFrame:
-    """ml-20m and later `movies.csv`: `movieId,title,genres`, quoted UTF-8."""
-    raw = pl.read_csv(path, infer_schema=False)
-    items = raw.select(item_id=pl.col("movieId").cast(pl.Int64), title="title", genres=_split_genres("genres"))
-    return _with_year(items)
+    """ml-20m and later `movies.csv`: header `movieId,title,genres`, then rows whose fields may be quoted."""
+    expected = ["movieId", "title", "genres"]
+    lines = _text_lines(path)
+    if lines.height == 0:
+        raise RatingsFormatError(f"{path.name}: is empty, expected the header {','.join(expected)} and movies")
+    header = [name.strip().strip('"') for name in lines["text"][0].split(",")]
+    if header != expected:
+        raise RatingsFormatError(f"{path.name} line {lines['line'][0]}: header is {','.join(header)}, expected {','.join(expected)}")
+    rows = lines.slice(1).with_columns(pl.col("text").str.strip_chars_end("\r").str.extract_groups(_MOVIES_CSV_ROW).alias("parts"))
+    rows = rows.unnest("parts").rename({"1": "raw_id", "2": "title", "3": "genres"})
+    # A row the pattern does not match has the wrong number of fields (or a stray quote): counted for the message.
+    rows = rows.with_columns(
+        n_fields=pl.when(pl.col("raw_id").is_not_null()).then(3).otherwise(pl.col("text").str.count_matches(",") + 1),
+        raw_id=pl.coalesce(_csv_value("raw_id"), pl.col("text").str.split(",").list.first()),
+    )
+    rows = rows.with_columns(item_id=_item_id("raw_id"))
+    _refuse_bad_items(path, rows, "movieId", 3, "movieId,title,genres; a field holding a comma in double quotes")
+    return _with_year(rows.select("item_id", title=_csv_value("title"), genres=_split_genres(_csv_value("genres"))))
 
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -228,7 +344,11 @@ LAYOUTS: tuple[Layout, ...] = (
 
 
 def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
-    """Pick the layout whose ratings file the archive holds (the shallowest match wins).
+    """Find the one ratings file of a known layout in the archive, and its items file.
+
+    An archive holding two ratings files (two layouts, or one layout in two folders) is refused rather than one
+    being picked: which one a run trains on must not depend on the order of the archive's members. The items
+    file is looked for beside the ratings file, then anywhere in the archive (the caller warns about that).
 
     Args:
         member_names: the archive's member paths.
@@ -237,18 +357,30 @@ def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
         The layout, the member path of its ratings file and of its items file (None when absent).
 
     Raises:
-        RatingsFormatError: listing the archive's files and the layouts understood, when none matches.
+        RatingsFormatError: no ratings file, listing the archive's files and the layouts understood; two ratings
+            files, or a ratings or items member listed twice, naming them.
     """
-    by_depth = sorted(member_names, key=lambda name: (name.count("/"), name))
-    for layout in LAYOUTS:
-        ratings = next((m for m in by_depth if m.rsplit("/", 1)[-1] == layout.ratings_file), None)
-        if ratings is not None:
-            folder = ratings.rsplit("/", 1)[0] + "/" if "/" in ratings else ""
-            items = folder + layout.items_file
-            return layout, ratings, items if items in member_names else None
-    shown = ", ".join(member_names[:20]) + (f", ... ({len(member_names)} files)" if len(member_names) > 20 else "")
-    understood = "; ".join(f"{layout.name}: {layout.description}" for layout in LAYOUTS)
-    raise RatingsFormatError(f"no ratings file of a known layout; the archive holds: {shown}. Layouts understood: {understood}")
+    ratings_names = {layout.ratings_file: layout for layout in LAYOUTS}
+    found = sorted((m for m in member_names if m.rsplit("/", 1)[-1] in ratings_names), key=lambda m: (m.count("/"), m))
+    if len(found) > 1:
+        twice = " (the same name twice)" if len(set(found)) < len(found) else ""
+        raise RatingsFormatError(
+            f"holds {len(found)} ratings files{twice}: {', '.join(map(repr, found[:5]))}; expected one. Keep one "
+            "dataset per archive"
+        )
+    if not found:
+        shown = ", ".join(member_names[:20]) + (f", ... ({len(member_names)} files)" if len(member_names) > 20 else "")
+        understood = "; ".join(f"{layout.name}: {layout.description}" for layout in LAYOUTS)
+        raise RatingsFormatError(f"no ratings file of a known layout; the archive holds: {shown}. Layouts understood: {understood}")
+    ratings = found[0]
+    layout = ratings_names[ratings.rsplit("/", 1)[-1]]
+    folder = ratings.rsplit("/", 1)[0] + "/" if "/" in ratings else ""
+    items = [m for m in member_names if m.rsplit("/", 1)[-1] == layout.items_file]
+    if len(items) > 1:
+        raise RatingsFormatError(f"holds {len(items)} items files {', '.join(map(repr, items[:5]))} for {ratings!r}; expected one")
+    if folder + layout.items_file in items:
+        return layout, ratings, folder + layout.items_file
+    return layout, ratings, items[0] if items else None
 
 
 def keep_latest_ratings(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:

@@ -7,21 +7,24 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive
-from tasks.ingest.movielens import keep_latest_ratings
+from tasks.ingest.movielens import ParsedRatings, RatingsFormatError, keep_latest_ratings
 from tasks.ingest.unzip import extract_members
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Bump when parsing changes what lands in datasets/<sha256>/, so archives parsed before are parsed again.
-PARSER_VERSION = 2
+PARSER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -96,15 +99,16 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
     try:
         raw_dir = work / "raw"
         raw_dir.mkdir()
-        layout, ratings_member, ratings_file, items_file = extract_members(archive, raw_dir, max_extracted_bytes)
-        try:
-            parsed = layout.read_ratings(ratings_file)
-            items = layout.read_items(items_file) if items_file else None
-        except ValueError as exc:
-            raise IngestError(f"archive {archive.source!r}, {exc}") from exc
+        layout, ratings_member, items_member, ratings_file, items_file = extract_members(archive, raw_dir, max_extracted_bytes)
+        parsed = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
+        items = _read(layout.read_items, items_file, items_member, archive.source) if items_file else None
+        parsed = _seconds(parsed, ratings_member, archive.source)
+        # the examples name the file as extracted (`u.data line 7: ...`); the member's path says where it is
+        examples = [ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
+                    for e in parsed.bad_row_examples]  # fmt: skip
         if parsed.ratings.height == 0:
             dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {parsed.bad_row_examples[0]})" if parsed.n_bad_rows else ""
-            raise IngestError(f"archive {archive.source!r}, {ratings_member}: holds no ratings{dropped}")
+            raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
         ratings, n_duplicates = keep_latest_ratings(parsed.ratings)
         if n_duplicates:
             log.warning("%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates)
@@ -114,7 +118,7 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
         shutil.rmtree(raw_dir)
         meta = {
             "parser": PARSER_VERSION, "layout": layout.name, "n_ratings": ratings.height, "source": archive.source,
-            "n_bad_rows": parsed.n_bad_rows, "bad_row_examples": parsed.bad_row_examples,
+            "n_bad_rows": parsed.n_bad_rows, "bad_row_examples": examples,
             "n_duplicate_ratings": n_duplicates,
         }  # fmt: skip
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -125,6 +129,47 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     log.info("parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height)
     return meta
+
+
+def _read(reader: Callable[[Path], T], file: Path, member: str, source: str) -> T:
+    """`reader(file)`, with any error of the file's contents (a format error naming the line, or whatever polars
+    or decoding raise) as one IngestError naming the archive and the member."""
+    try:
+        return reader(file)
+    except (ValueError, UnicodeError, pl.exceptions.PolarsError) as exc:
+        detail = str(exc)
+        if isinstance(exc, RatingsFormatError) and detail.startswith(file.name):
+            detail = detail[len(file.name) :]  # " line 7: ..." or ": is empty ...": the file is the member
+        else:
+            detail = f": cannot be read: {type(exc).__name__}: {detail}"
+        raise IngestError(f"archive {source!r}, member {member!r}{detail}") from exc
+
+
+# Unix seconds of 5138-11-16: a larger timestamp is in milliseconds (MovieLens's are seconds since 1995).
+_LARGEST_SECONDS = 10**11
+
+
+def _seconds(parsed: ParsedRatings, member: str, source: str) -> ParsedRatings:
+    """The ratings with millisecond timestamps (an export from a tool that writes them) converted to seconds.
+
+    Raises:
+        IngestError: timestamps in both units in one file, naming the member and an example of each.
+    """
+    ratings = parsed.ratings
+    large = ratings["timestamp"] >= _LARGEST_SECONDS
+    n_large = int(large.sum())
+    if n_large == 0:
+        return parsed
+    if n_large < ratings.height:
+        small, big = ratings.filter(~large)["timestamp"][0], ratings.filter(large)["timestamp"][0]
+        raise IngestError(
+            f"archive {source!r}, member {member!r}: timestamps mix seconds ({small}) and milliseconds ({big}) since 1970; expected one "
+            "unit: Unix seconds, as MovieLens writes them"
+        )
+    log.warning("%s: timestamps are in milliseconds since 1970 (the largest %d); converted to seconds",
+                member, ratings["timestamp"].max())  # fmt: skip
+    converted = ratings.with_columns(pl.col("timestamp") // 1000)
+    return ParsedRatings(converted, parsed.n_bad_rows, parsed.bad_row_examples)
 
 
 def _untitled_items(ratings: pl.DataFrame) -> pl.DataFrame:

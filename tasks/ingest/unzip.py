@@ -3,6 +3,8 @@ size limit (declared or actually inflated) or the free disk; extract only the ra
 
 from __future__ import annotations
 
+import gzip
+import logging
 import shutil
 import stat
 import zipfile
@@ -13,6 +15,8 @@ from tasks.config import setting
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import CHUNK_BYTES, Archive
 from tasks.ingest.movielens import Layout, detect_layout
+
+log = logging.getLogger(__name__)
 
 
 def _unsafe_members(archive: zipfile.ZipFile) -> list[str]:
@@ -39,28 +43,79 @@ def _check_size(archive: zipfile.ZipFile, members: list[str], out_dir: Path, lim
         raise IngestError(f"archive {source!r}: {', '.join(members)} expand to {declared:,} bytes; {out_dir} has {free:,} free")
 
 
-def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int], limit: int) -> Path:
-    """Copy one member into `target_dir` (flat), stopping once more than the budget has come out.
+# Zip compression methods by number (APPNOTE 4.4.5), for messages; zipfile reads stored, deflate, bzip2, lzma.
+_METHODS = {0: "stored", 8: "deflate", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard", 95: "xz",
+            97: "WavPack", 98: "PPMd", 99: "AES encryption"}  # fmt: skip
+_READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+# What a member that is itself compressed starts with. gzip is unpacked (within the size limit); the others are
+# refused, as polars would otherwise decompress some of them behind the limit's back.
+_GZIP = b"\x1f\x8b"
+_OTHER_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstandard", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
+
+
+def _refuse_unreadable_members(archive: zipfile.ZipFile, members: list[str], source: str) -> None:
+    """Refuse encrypted members and compression methods zipfile cannot read, naming the member and the method."""
+    for name in members:
+        info = archive.getinfo(name)
+        if info.flag_bits & 0x1:
+            raise IngestError(f"archive {source!r}, member {name!r}: is encrypted (password-protected); expected "
+                              "a plain zip member")  # fmt: skip
+        if info.compress_type not in _READABLE_METHODS:
+            method = _METHODS.get(info.compress_type, "unknown")
+            raise IngestError(
+                f"archive {source!r}, member {name!r}: is compressed with method {info.compress_type} ({method}), "
+                "which cannot be read here; expected stored, deflate, bzip2 or lzma: re-create the zip with "
+                "plain deflate (e.g. `zip -r`)"
+            )
+
+
+def _copy_within(src, out, budget: list[int], limit: int, what: str) -> None:
+    """Copy `src` to `out` in chunks, stopping once more than the budget has come out."""
+    while chunk := src.read(CHUNK_BYTES):
+        budget[0] -= len(chunk)
+        if budget[0] < 0:
+            raise IngestError(f"{what}: expands past the {limit:,} byte limit ({setting('max_extracted_bytes')}); refused")
+        out.write(chunk)
+
+
+def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int], limit: int,
+                    source: str) -> Path:  # fmt: skip
+    """Copy one member into `target_dir` (flat), stopping once more than the budget has come out; a member that
+    is itself gzip-compressed is unpacked within the same budget, and other compressed content is refused.
 
     The declared sizes were checked already; counting what is actually inflated catches a header that lies.
     """
     target = target_dir / Path(name).name
+    what = f"archive {source!r}, member {name!r}"
     with archive.open(name) as src, target.open("wb") as out:
-        while chunk := src.read(CHUNK_BYTES):
-            budget[0] -= len(chunk)
-            if budget[0] < 0:
-                raise IngestError(
-                    f"archive member {name!r}: expands past the {limit:,} byte limit ({setting('max_extracted_bytes')}); refused"
-                )
-            out.write(chunk)
+        _copy_within(src, out, budget, limit, what)
+    with target.open("rb") as file:
+        head = file.read(8)
+    if head.startswith(_GZIP):
+        packed = target.with_name(target.name + ".gz")
+        target.replace(packed)
+        try:
+            with gzip.open(packed) as src, target.open("wb") as out:
+                _copy_within(src, out, budget, limit, f"{what} (gzip-compressed)")
+        except (OSError, EOFError, zlib.error) as exc:
+            raise IngestError(f"{what}: is gzip-compressed and its gzip data is unreadable: {exc}") from exc
+        finally:
+            packed.unlink()
+        log.warning("%s is gzip-compressed: unpacked to %s bytes", what, f"{target.stat().st_size:,}")
+        return target
+    for magic, kind in _OTHER_COMPRESSION.items():
+        if head.startswith(magic):
+            raise IngestError(f"{what}: holds {kind}-compressed data, not text; unpack it before zipping (gzip is "
+                              "unpacked here)")  # fmt: skip
     return target
 
 
-def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout, str, Path, Path | None]:
-    """Check the archive, find its layout and extract the ratings and items files into `raw_dir`.
+def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout, str, str | None, Path, Path | None]:
+    """Check the archive, find its layout and extract the ratings and items files into `raw_dir` (flat).
 
     Returns:
-        The layout, the ratings member's name, and the extracted ratings and items files.
+        The layout, the ratings and items members' names, and the extracted ratings and items files.
     """
     try:
         zf = zipfile.ZipFile(archive.path)
@@ -77,14 +132,22 @@ def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout
             layout, ratings_member, items_member = detect_layout(zf.namelist())
         except ValueError as exc:
             raise IngestError(f"archive {archive.source!r}: {exc}") from exc
+        ratings_folder, items_folder = ratings_member.rpartition("/")[0], (items_member or "").rpartition("/")[0]
+        if items_member and items_folder != ratings_folder:
+            log.warning("archive %r: the items file %r is not beside the ratings %r; its titles are used", archive.source,
+                        items_member, ratings_member)  # fmt: skip
         members = [ratings_member, *([items_member] if items_member else [])]
         genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
         if layout.name == "ml-100k" and genre_member in zf.namelist():
             members.append(genre_member)
+        _refuse_unreadable_members(zf, members, archive.source)
         _check_size(zf, members, raw_dir, limit, archive.source)
-        budget = [limit]
-        try:
-            files = [_extract_member(zf, name, raw_dir, budget, limit) for name in members]
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
-            raise IngestError(f"archive {archive.source!r} is unreadable: {type(exc).__name__}: {exc}") from exc
-    return layout, ratings_member, files[0], files[1] if items_member else None
+        budget, files = [limit], []
+        for name in members:
+            try:
+                files.append(_extract_member(zf, name, raw_dir, budget, limit, archive.source))
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError,
+                    NotImplementedError) as exc:  # fmt: skip
+                raise IngestError(f"archive {archive.source!r} is unreadable at member {name!r}: {type(exc).__name__}: "
+                                  f"{exc}") from exc  # fmt: skip
+    return layout, ratings_member, items_member, files[0], files[1] if items_member else None

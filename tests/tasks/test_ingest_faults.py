@@ -123,7 +123,7 @@ def test_malformed_row_fails_naming_file_line_and_field_or_is_dropped(case, tmp_
 def test_every_bad_row_is_counted_and_the_first_ones_named(tmp_path):
     rows = ["1\t10\t4\t881250949"] + [f"{u}\t10\tinf\t881250949" for u in range(2, 12)] + ["", "12\t20\t5\t881250951"]
     archive = _ml100k(tmp_path, "\n".join(rows) + "\n")
-    with pytest.raises(IngestError, match=r"10 bad ratings row\(s\), first: u.data line 2: .*; u.data line 3: .*; u.data line 4:"):
+    with pytest.raises(IngestError, match=r"10 bad ratings row\(s\), first: ml-100k/u.data line 2: .*; ml-100k/u.data line 3: .*; ml-100k/u.data line 4:"):
         _load(archive, tmp_path / "data")
     assert _load(archive, tmp_path / "data", on_bad_rows="drop").n_ratings == 2  # the blank line is not a bad row
 
@@ -139,9 +139,9 @@ def test_duplicate_pairs_keep_the_latest_rating_and_are_counted(tmp_path):
 @pytest.mark.parametrize(
     ("files", "says"),
     [
-        ({"ml-100k/u.data": "", "ml-100k/u.item": U_ITEM}, r"u.data: is empty"),
-        ({"ml-latest/ratings.csv": ""}, r"ratings.csv: is empty"),
-        ({"ml-latest/ratings.csv": "userId,movieId,rating,timestamp\n"}, r"ml-latest/ratings.csv: holds no ratings"),
+        ({"ml-100k/u.data": "", "ml-100k/u.item": U_ITEM}, r"member 'ml-100k/u.data': is empty"),
+        ({"ml-latest/ratings.csv": ""}, r"member 'ml-latest/ratings.csv': is empty"),
+        ({"ml-latest/ratings.csv": "userId,movieId,rating,timestamp\n"}, r"member 'ml-latest/ratings.csv': holds no ratings"),
     ],
     ids=["u.data", "csv", "csv-header-only"],
 )
