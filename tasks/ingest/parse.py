@@ -107,7 +107,7 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
         examples = [ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
                     for e in parsed.bad_row_examples]  # fmt: skip
         if parsed.ratings.height == 0:
-            dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {parsed.bad_row_examples[0]})" if parsed.n_bad_rows else ""
+            dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {examples[0]})" if parsed.n_bad_rows else ""
             raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
         ratings, n_duplicates = keep_latest_ratings(parsed.ratings)
         if n_duplicates:

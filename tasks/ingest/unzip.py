@@ -146,6 +146,8 @@ def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout
         for name in members:
             try:
                 files.append(_extract_member(zf, name, raw_dir, budget, limit, archive.source))
+            except IngestError:
+                raise
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError,
                     NotImplementedError) as exc:  # fmt: skip
                 raise IngestError(f"archive {archive.source!r} is unreadable at member {name!r}: {type(exc).__name__}: "
