@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
+from flows.cluster import recommend_on_cluster
 from flows.lock import run_lock
 from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, train_on_deployment
@@ -114,7 +115,11 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                 with run.stage("refit"):
                     model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars)
             with run.stage("recommend"):
-                recommendations = recommend_task(model, ratings, maps, config, rater)
+                if config.cluster:
+                    recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory)
+                    run.note(cluster=config.cluster, cluster_workers=report.workers)
+                else:
+                    recommendations = recommend_task(model, ratings, maps, config, rater)
                 check_published_model_task(models[chosen], model, recommendations, metrics[chosen],
                                            train["item_idx"].n_unique(), config)  # fmt: skip
                 save_checkpoint_task(model, maps, config, run.directory / "model.pt")

@@ -251,6 +251,19 @@ class PipelineConfig(BaseModel):
     score_chunk_users: int = Field(
         2048, ge=1, description="Users scored per chunk (a chunk x items score matrix is held at once)."
     )
+    cluster: str | None = Field(
+        None,
+        pattern=r"^(local:[1-9]\d{0,2}|(tcp|tls)://[^\s/]+:\d+)$",
+        description="Where the recommend stage runs, by user shards (flows/cluster.py): unset, in this process; "
+        "local:N, a Dask LocalCluster of N worker processes on this host; tcp://host:8786, a running Dask "
+        "scheduler whose workers share data_dir.",
+    )
+    shard_users: int = Field(
+        50_000, ge=1, description="Users per shard when a cluster recommends (each shard one Prefect task run)."
+    )
+    cluster_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long to try to reach the cluster's Dask scheduler before the run fails."
+    )
 
     # Operations
     # 0.10 on the same split: the published configuration and the candidate are scored on the same test ratings,

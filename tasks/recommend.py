@@ -15,7 +15,7 @@ from tasks.train import TrainedModel
 
 
 def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-              rater: TrainedModel | None = None) -> pl.DataFrame:  # fmt: skip
+              rater: TrainedModel | None = None, users: tuple[int, int] | None = None) -> pl.DataFrame:  # fmt: skip
     """Top-n per user, in the dataset's own ids, with the stars a rating model predicts for each item.
 
     Args:
@@ -24,21 +24,23 @@ def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: 
         maps: index to id maps.
         config: `top_n` and `score_chunk_users`.
         rater: a rating model whose predictions, clipped to its rating scale, fill `predicted_rating`.
+        users: only the users of indices first..last-1 (a shard, tasks/shards.py); default every user.
 
     Returns:
         `user_id`, `item_id`, `rank` (1 = best), `score` (the model's score), `predicted_rating` (null
         without a rater), by user then rank. A user who has rated all but m < n items gets m rows.
     """
+    first, last = users or (0, maps.n_users)
     top_items, top_scores = top_k_unseen(
         model.rank_users, maps.n_users, maps.n_items, UserItems.from_ratings(ratings, maps.n_users), config.top_n,
-        model.device, config.score_chunk_users, model.rank_to_score,
+        model.device, config.score_chunk_users, model.rank_to_score, (first, last),
     )  # fmt: skip
     n = top_items.shape[1]
     lists = pl.DataFrame(
         {
-            "user_idx": np.repeat(np.arange(maps.n_users, dtype=np.int32), n),
+            "user_idx": np.repeat(np.arange(first, last, dtype=np.int32), n),
             "item_idx": top_items.ravel().astype(np.int32),
-            "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), maps.n_users),
+            "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), last - first),
             "score": top_scores.ravel(),
         }
     ).filter(pl.col("item_idx") >= 0)

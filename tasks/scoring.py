@@ -105,6 +105,7 @@ def top_k_unseen(
     device: torch.device,
     chunk_users: int = 2048,
     to_score: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    users: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's k best-scored items among those not in `exclude`.
 
@@ -119,19 +120,21 @@ def top_k_unseen(
         chunk_users: users per chunk.
         to_score: applied to the k best values of each user only (a model's output transform, skipped on
             the other items).
+        users: score only users first..last-1 (a shard); default all `n_users`.
 
     Returns:
-        (items, scores), both (n_users, min(k, n_items)); where a user has fewer than k unseen items the
-        tail is item -1 with score -inf.
+        (items, scores), both (number of users scored, min(k, n_items)); where a user has fewer than k unseen
+        items the tail is item -1 with score -inf.
     """
     k = min(k, n_items)
-    top_items = np.empty((n_users, k), dtype=np.int64)
-    top_scores = np.empty((n_users, k), dtype=np.float32)
+    first, last = users or (0, n_users)
+    top_items = np.empty((last - first, k), dtype=np.int64)
+    top_scores = np.empty((last - first, k), dtype=np.float32)
     # where a user has fewer than k unseen items, the list's tail is -inf padding: that many, and no more
     n_padding = torch.from_numpy(np.maximum(k - (n_items - exclude.counts()), 0)).to(device)
     started = last_report = time.perf_counter()
-    for start in range(0, n_users, chunk_users):
-        stop = min(start + chunk_users, n_users)
+    for start in range(first, last, chunk_users):
+        stop = min(start + chunk_users, last)
         # contiguous: the seen items are blanked through a flat view (a no-op for most models' products)
         scores = score_users(torch.arange(start, stop, device=device)).float().contiguous()
         seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
@@ -148,9 +151,10 @@ def top_k_unseen(
         indices[padding] = -1
         if to_score is not None:
             values = to_score(values).masked_fill_(padding, float("-inf"))
-        top_items[start:stop] = indices.cpu().numpy()
-        top_scores[start:stop] = values.cpu().numpy()
+        top_items[start - first : stop - first] = indices.cpu().numpy()
+        top_scores[start - first : stop - first] = values.cpu().numpy()
         if time.perf_counter() - last_report > PROGRESS_SECONDS:
             last_report = time.perf_counter()
-            log.info("scored %d of %d users (%.0f users/s)", stop, n_users, stop / (last_report - started))
+            done = stop - first
+            log.info("scored %d of %d users (%.0f users/s)", done, last - first, done / (last_report - started))
     return top_items, top_scores

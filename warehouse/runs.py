@@ -23,7 +23,7 @@ from warehouse.writer import open_writer
 
 log = logging.getLogger(__name__)
 
-# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006), with their types.
+# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006, 008), with their types.
 UTC = pl.Datetime("us", "UTC")
 RUN_FIELDS: dict[str, pl.DataType] = {
     "status": pl.String, "error": pl.String, "finished_at": UTC, "source": pl.String, "source_sha256": pl.String,
@@ -31,7 +31,7 @@ RUN_FIELDS: dict[str, pl.DataType] = {
     "n_train": pl.Int64, "n_test": pl.Int64, "model": pl.String, "device": pl.String, "train_seconds": pl.Float64,
     "train_ratings_per_second": pl.Float64, "stage_seconds": pl.String, "as_of": UTC, "protocol": pl.String,
     "gate_baseline_run_id": pl.String, "gate_reason": pl.String, "n_bad_rows": pl.Int64,
-    "n_duplicate_ratings": pl.Int64, "rating_model": pl.String,
+    "n_duplicate_ratings": pl.Int64, "rating_model": pl.String, "cluster": pl.String, "cluster_workers": pl.Int64,
 }  # fmt: skip
 
 ITEM_BIASES_SCHEMA = {"item_id": pl.Int64, "bias": pl.Float64, "mean_rating": pl.Float64, "n_ratings": pl.Int64}

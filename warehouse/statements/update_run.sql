@@ -23,6 +23,8 @@ UPDATE runs SET
     gate_reason              = coalesce(u.gate_reason, runs.gate_reason),
     n_bad_rows               = coalesce(u.n_bad_rows, runs.n_bad_rows),
     n_duplicate_ratings      = coalesce(u.n_duplicate_ratings, runs.n_duplicate_ratings),
-    rating_model             = coalesce(u.rating_model, runs.rating_model)
+    rating_model             = coalesce(u.rating_model, runs.rating_model),
+    cluster                  = coalesce(u.cluster, runs.cluster),
+    cluster_workers          = coalesce(u.cluster_workers, runs.cluster_workers)
 FROM run_update AS u
 WHERE runs.run_id = u.run_id;

@@ -1,0 +1,68 @@
+"""The nightly run in process and with its recommend stage on a Dask LocalCluster, side by side.
+
+    python benchmarks/cluster.py [--sizes ml-100k,1m,20m] [--workers 2] [--shard-users 20000] [--json OUT]
+
+Each size is two `recs run`s on the defaults in child processes (benchmarks/scale.py's `run_once`): in process,
+then `--cluster local:N --shard-users S`. Prints wall seconds, the recommend stage's seconds, the peak RSS of
+the run's process tree (the largest single process: the flow, or a worker) and, for the cluster run, the
+shard count and each worker's peak RSS as its shards reported it. On two cores no speed-up is expected; what
+the figures show is that a worker's memory is its shard's users and the model, not the whole ratings table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.scale import _archive, run_once  # noqa: E402
+
+REPORT = re.compile(r"(\d+) shards on (\d+) workers; peak RSS per worker: (.+)$", re.MULTILINE)
+
+
+def _worker_peaks(log: Path) -> dict:
+    found = REPORT.findall(log.read_text())
+    if not found:
+        return {}
+    shards, workers, peaks = found[-1]
+    return {"shards": int(shards), "workers": int(workers),
+            "worker_peak_gb": [float(gb) for gb in re.findall(r" ([\d.]+) GB", peaks)]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="ml-100k,1m,20m")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--shard-users", type=int, default=20_000)
+    parser.add_argument("--ml100k", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k.zip")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/recs-scale"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    cluster = ["--cluster", f"local:{args.workers}", "--shard-users", str(args.shard_users)]
+    rows = []
+    for size in args.sizes.split(","):
+        archive, _ = _archive(size, args.ml100k, args.work)
+        for mode, extra in (("in process", []), (f"local:{args.workers}", cluster)):
+            label = size if not extra else f"{size}-local{args.workers}"
+            row = run_once(label, archive, args.work, extra)
+            row.update(mode=mode, size=size, **_worker_peaks(args.work / f"run-{label}" / "run.log"))
+            rows.append(row)
+            print(f"{size} {mode}: {row['wall_seconds']:.1f}s wall", flush=True)
+    print("\n| dataset | where | wall s | recommend s | shards | peak RSS GB (largest process) | worker peak RSS GB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        peaks = ", ".join(f"{gb:.2f}" for gb in r.get("worker_peak_gb", [])) or "-"
+        print(f"| {r['size']} | {r['mode']} | {r['wall_seconds']:.1f} | {r['stage_seconds']['recommend']:.1f} | "
+              f"{r.get('shards', '-')} | {r['peak_rss_gb']:.2f} | {peaks} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

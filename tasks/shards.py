@@ -1,0 +1,76 @@
+"""Recommendation by user shards: each shard is a Prefect task that reads its inputs from the run's folder
+and writes its lists to a parquet file there, so that a Dask worker (flows/cluster.py) needs only the model,
+the id maps and its own users' ratings, never the whole ratings table in memory.
+
+The run's folder holds what every shard reads: `model.pt` (and `rater.pt` when another model gives the
+stars), `ratings.parquet`, the id maps (`user_map.parquet`, `item_map.parquet`) and `config.json`; shards
+write `shards/recommend-<first user>.parquet`.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import PipelineConfig
+from tasks.recommend import recommend
+from tasks.reindex import IdMaps
+from tasks.train import load_trained_model, pick_device
+
+log = logging.getLogger(__name__)
+
+RATER_IS_MODEL = "model"  # the published model also gives the stars (no rater.pt)
+
+
+def user_shards(n_users: int, shard_users: int) -> list[tuple[int, int]]:
+    """Consecutive user index ranges of at most `shard_users` users each, covering 0..n_users-1."""
+    return [(start, min(start + shard_users, n_users)) for start in range(0, n_users, shard_users)]
+
+
+def shard_path(run_dir: Path, first_user: int) -> Path:
+    return run_dir / "shards" / f"recommend-{first_user:010d}.parquet"
+
+
+def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> Path:
+    """Users first..last-1's lists (`tasks.recommend.recommend`), written to `shard_path`; returns the path.
+
+    Args:
+        run_dir: the run's folder, on storage the worker shares with the flow.
+        first, last: the shard's user indices.
+        rater: None (no stars), `RATER_IS_MODEL`, or the checkpoint file of the rating model, e.g. `rater.pt`.
+    """
+    config = PipelineConfig.from_stored((run_dir / "config.json").read_text())
+    device = pick_device("auto" if config.device == "auto" else config.device)
+    model, _ = load_trained_model(run_dir / "model.pt", device)
+    stars = model if rater == RATER_IS_MODEL else load_trained_model(run_dir / rater, device)[0] if rater else None
+    # only this shard's users' ratings: the seen items to leave out of their lists
+    ratings = pl.scan_parquet(run_dir / "ratings.parquet").filter(pl.col("user_idx").is_between(first, last - 1)).collect()
+    lists = recommend(model, ratings, IdMaps.load(run_dir), config, stars, (first, last))
+    path = shard_path(run_dir, first)
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(".partial")
+    lists.write_parquet(partial)
+    partial.replace(path)  # a retried shard never leaves half a file where a finished one is expected
+    return path
+
+
+@task(name="recommend-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
+      task_run_name="recommend-users-{first}-{last}")  # fmt: skip
+def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None) -> tuple[str, str, int]:
+    """Prefect wrapper of `recommend_shard`, retried on another attempt when it fails (a worker lost); returns
+    the shard's file, the worker that wrote it ("" in process) and that process's peak resident bytes so far."""
+    path = recommend_shard(Path(run_dir), first, last, rater)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):  # not on a Dask worker
+        worker = ""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    log.info("users %d-%d: %s (worker peak RSS %.2f GB)", first, last - 1, path.name, peak / 1e9)
+    return str(path), worker, peak

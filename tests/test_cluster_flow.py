@@ -1,0 +1,132 @@
+"""The recommend stage on a Dask cluster (flows/cluster.py): a LocalCluster (`local:2`) and a real `dask
+scheduler` with two `dask worker` processes on 127.0.0.1 publish the same lists as the in-process run, their
+shards are task runs on the flow's Prefect API, and a scheduler without workers or gone fails the run naming
+its address, leaving the published lists as they were."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.settings import PREFECT_API_URL
+
+from flows.nightly import nightly
+from tasks.config import PipelineConfig
+from tests.helpers import REPO, query_rows
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+DASK = str(Path(sys.executable).parent / "dask")
+LISTS = "SELECT user_id, item_id, rank, score, predicted_rating FROM recommendations ORDER BY user_id, rank"
+
+
+def _same_lists(a: Path, b: Path) -> None:
+    ours, theirs = query_rows(a, LISTS), query_rows(b, LISTS)
+    assert len(ours) == len(theirs) == 9430
+    assert [row[:3] for row in ours] == [row[:3] for row in theirs]  # the same items at the same ranks
+    assert max(abs(x[3] - y[3]) for x, y in zip(ours, theirs)) <= 1e-5
+    assert all((x[4] is None and y[4] is None) or abs(x[4] - y[4]) <= 1e-5 for x, y in zip(ours, theirs))
+
+
+def _shard_task_runs() -> list[str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="recommend-users-")))
+    return sorted(run.name for run in runs)
+
+
+def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tmp_path):
+    common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 300}
+    in_process = nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
+    on_cluster = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
+    _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb")  # ials's lists, dot_bias's stars (rater.pt)
+    metrics = "SELECT model, metric, k, round(value, 4) FROM run_metrics WHERE metric <> 'fit_seconds' ORDER BY ALL"
+    assert query_rows(tmp_path / "a.duckdb", metrics) == query_rows(tmp_path / "b.duckdb", metrics)
+    where = "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?"
+    assert query_rows(tmp_path / "b.duckdb", where, [on_cluster.run_id]) == [("local:2", 2)]
+    assert query_rows(tmp_path / "a.duckdb", where, [in_process.run_id]) == [(None, None)]
+    # each shard a task run on this flow's API: the workers were given its address
+    assert _shard_task_runs() == [f"recommend-users-{first}-{min(first + 300, 943)}" for first in (0, 300, 600, 900)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # workers report to the flow's API
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _wait_for_workers(address: str, n: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(n, timeout=60)
+
+
+def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start(DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+                       log=tmp_path / "scheduler.log")  # fmt: skip
+    workers = [_start(DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}",
+                      log=tmp_path / f"worker-{i}.log") for i in range(2)]  # fmt: skip
+    try:
+        _wait_for_workers(address, 2)
+        common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 100, "model": "bias",
+                  "cluster_timeout_seconds": 5}  # fmt: skip (the timeout is unused in process)
+        nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
+        run = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
+        _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb")  # bias gives lists and stars
+        assert query_rows(tmp_path / "b.duckdb", "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?",
+                          [run.run_id]) == [(address, 2)]  # fmt: skip
+
+        # a worker killed while shards are being computed: the scheduler gives its shards to the other one
+        finished = {}
+        thread = threading.Thread(target=lambda: finished.update(run=nightly(PipelineConfig(
+            warehouse=tmp_path / "c.duckdb", cluster=address, **{**common, "shard_users": 10}))))  # fmt: skip
+        thread.start()
+        shards = tmp_path / "D" / "runs"
+        while not list(shards.glob("*/shards/recommend-*.parquet")) and thread.is_alive():
+            time.sleep(0.05)
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        done_at_kill = len(list(shards.glob("*/shards/recommend-*.parquet")))
+        thread.join(timeout=300)
+        assert done_at_kill < 95 and finished["run"].status == "succeeded"  # 95 shards of 10 users
+        _same_lists(tmp_path / "a.duckdb", tmp_path / "c.duckdb")
+        published = query_rows(tmp_path / "b.duckdb", LISTS)
+
+        os.killpg(workers[1].pid, signal.SIGKILL)  # every worker gone: refused before any shard waits for one
+        deadline = time.monotonic() + 30
+        from distributed import Client
+
+        with Client(address, timeout=10) as client:
+            while client.scheduler_info()["workers"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+        with pytest.raises(Exception, match=f"cluster \\(--cluster\\) {address}: the Dask scheduler has no workers"):
+            nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
+
+        os.killpg(scheduler.pid, signal.SIGKILL)  # the scheduler gone: the run fails naming it, within the timeout
+        scheduler.wait()
+        started = time.monotonic()
+        with pytest.raises(Exception, match=f"cluster \\(--cluster\\) {address}: the Dask scheduler could not be reached"):
+            nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
+        assert time.monotonic() - started < 60
+        assert query_rows(tmp_path / "b.duckdb", LISTS) == published  # nothing was replaced
+        errors = query_rows(tmp_path / "b.duckdb", "SELECT status, error FROM runs ORDER BY started_at")[-2:]
+        assert [status for status, _ in errors] == ["failed", "failed"] and all(address in error for _, error in errors)
+    finally:
+        for process in [scheduler, *workers]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
