@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 RATER_IS_MODEL = "model"  # the published model also gives the stars (no rater.pt)
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory. Linux's VmHWM, not `ru_maxrss`: a spawned worker's ru_maxrss keeps
+    the high-water mark of the process it was forked from (3.4 GB of a 20M-rating flow), VmHWM starts anew at
+    exec."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def user_shards(n_users: int, shard_users: int) -> list[tuple[int, int]]:
     """Consecutive user index ranges of at most `shard_users` users each, covering 0..n_users-1."""
     return [(start, min(start + shard_users, n_users)) for start in range(0, n_users, shard_users)]
@@ -71,6 +82,6 @@ def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None)
         worker = get_worker().address
     except (ImportError, ValueError):  # not on a Dask worker
         worker = ""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = peak_resident_bytes()
     log.info("users %d-%d: %s (worker peak RSS %.2f GB)", first, last - 1, path.name, peak / 1e9)
     return str(path), worker, peak
