@@ -18,12 +18,12 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
-from flows.cluster import recommend_on_cluster
+from flows.cluster import ClusterSession, evaluate_on_cluster, recommend_on_cluster
 from flows.lock import run_lock
 from flows.runlog import RunLog, start_run_task
-from flows.train import Phase, train_on_deployment
+from flows.train import Phase, checkpoint_path, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
-from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model
+from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model, with_fit_seconds
 from tasks.gate import (
     OnThisSplit, PublishedRun, candidate_metrics, candidate_user_metrics, gate_task, on_this_split, published_run_task,
 )  # fmt: skip
@@ -77,6 +77,7 @@ def nightly(
 
 def _nightly_run(config: PipelineConfig) -> RunResult | State:
     run = start_run_task(config, str(flow_run.id) if flow_run.id else None)
+    cluster = ClusterSession(config) if config.cluster else None  # started when the first stage needs it
     try:
         run.note(protocol=config.protocol, as_of=config.as_of)
         with run.stage("ingest"):
@@ -92,7 +93,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
 
         models, devices, metrics, per_user = {}, {}, {}, {}
         for name in config.models:
-            trained = _train_evaluate_record(run, name, train, test, maps, config)
+            trained = _train_evaluate_record(run, name, train, test, maps, config, cluster)
             models[name], devices[name], metrics[name], per_user[name] = trained
 
         chosen, why = published_model(metrics, config)
@@ -106,7 +107,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
             candidate_users = candidate_user_metrics(per_user, chosen, stars, maps)
             published = published_run_task(config.warehouse, run.run_id, archive.sha256, config.protocol)
             here = _published_configuration_here(published, (chosen, stars), metrics, per_user, train, test, maps,
-                                                 config, run.directory)  # fmt: skip
+                                                 config, run.directory, cluster)  # fmt: skip
             verdict = gate_task(config.warehouse, published, candidate, candidate_users, here, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 
@@ -115,8 +116,9 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                 with run.stage("refit"):
                     model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars)
             with run.stage("recommend"):
-                if config.cluster:
-                    recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory)
+                if cluster is not None:
+                    recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory,
+                                                                   cluster)  # fmt: skip
                     run.note(cluster=config.cluster, cluster_workers=report.workers)
                 else:
                     recommendations = recommend_task(model, ratings, maps, config, rater)
@@ -136,6 +138,9 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
     except BaseException as error:
         run.fail(error)
         raise
+    finally:
+        if cluster is not None:
+            cluster.close()
 
     comparison = comparison_table(metrics)
     history = pl.concat([models[chosen].history, *([refit_histories[chosen]] if chosen in refit_histories else [])])
@@ -150,13 +155,13 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
 
 
 def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
-                           config: PipelineConfig) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:  # fmt: skip
+                           config: PipelineConfig, cluster: ClusterSession | None) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """One model's part of the run: train, evaluate, inspect, then one write of its results; returns the model,
     its device, its metrics and the per-user values behind them."""
     with run.stage("train"):
         model, device = _train(train, maps, config, run.directory, "train", name)
     with run.stage("evaluate"):
-        metrics, per_user = evaluate_task(model, train, test, maps.n_items, config)
+        metrics, per_user = _evaluate(model, "train", train, test, maps, config, run.directory, cluster)
     with run.stage("inspect"):
         record = inspect_task(model, metrics, train, maps, config)
         record_model_task(config.warehouse, run.run_id, name, record)
@@ -166,7 +171,7 @@ def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl
 def _published_configuration_here(published: PublishedRun | None, candidate: tuple[str, str | None],
                                   metrics: dict[str, pl.DataFrame], per_user: dict[str, pl.DataFrame],
                                   train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-                                  run_dir: Path) -> OnThisSplit | None:  # fmt: skip
+                                  run_dir: Path, cluster: ClusterSession | None) -> OnThisSplit | None:  # fmt: skip
     """The published configuration scored on this run's split, for the gate: the run's own fit of each published
     model it trained with the same settings, the others trained here with the published run's settings. None when
     nothing is published, or its settings cannot be read back."""
@@ -178,8 +183,20 @@ def _published_configuration_here(published: PublishedRun | None, candidate: tup
     for name in retrain:
         print(f"quality gate: training the published {name} with run {published.run_id}'s settings on this split")
         model, _ = _train(train, maps, settings, run_dir, "gate", name)
-        fitted[name], fitted_users[name] = evaluate_task(model, train, test, maps.n_items, settings)
+        fitted[name], fitted_users[name] = _evaluate(model, "gate", train, test, maps, settings, run_dir, cluster)
     return on_this_split(published, fitted, fitted_users, maps, retrain, candidate)
+
+
+def _evaluate(model: TrainedModel, phase: Phase, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
+              config: PipelineConfig, run_dir: Path,
+              cluster: ClusterSession | None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+    """The model's metrics (with its fit seconds) and per-user values: in process, or by user shards on the
+    config's cluster (which read the model from its `phase` checkpoint)."""
+    if cluster is None:
+        return evaluate_task(model, train, test, maps.n_items, config)
+    model_file = checkpoint_path(run_dir, phase, model.name).name
+    metrics, per_user, _ = evaluate_on_cluster(model, model_file, train, maps, config, run_dir, cluster)
+    return with_fit_seconds(metrics, model.seconds), per_user
 
 
 def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str,

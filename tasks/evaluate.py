@@ -54,35 +54,50 @@ def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k:
     return ranking_metrics_by_user(top_items, relevant, n_items, k, catalogue)[0]
 
 
-def ranking_metrics_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
-                            catalogue: int | None = None,
-                            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
-    """`ranking_metrics`, with the evaluated users (those with a test item) and each one's nDCG@k."""
-    n_relevant = relevant.counts()
-    users = np.flatnonzero(n_relevant > 0)
-    if len(users) == 0:
-        raise ValueError("no user has a test rating; cannot compute ranking metrics")
-    ranked = top_items[users, :k]
+def ranking_values_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
+                           first_user: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+    """Each evaluated user's precision, recall, nDCG, AP and hit at k, and the items their top-k show.
+
+    Args:
+        top_items: (users, >= k) ranked item indices of users first_user.., -1 for padding.
+        relevant: each user's relevant (test) items, over all users; users with none are not evaluated.
+        first_user: the index of top_items' first row (a shard's first user).
+
+    Returns:
+        (evaluated user indices, {metric: value per evaluated user}, distinct items shown to them).
+    """
+    n_relevant = relevant.counts()[first_user : first_user + len(top_items)]
+    rows = np.flatnonzero(n_relevant > 0)
+    users = rows + first_user
+    ranked = top_items[rows, :k]
     flat_users = np.repeat(users, ranked.shape[1])
     hits = relevant.contains(flat_users, np.maximum(ranked.ravel(), 0), n_items).reshape(ranked.shape)
     hits &= ranked >= 0
-    n_rel = n_relevant[users]
+    n_rel = n_relevant[rows]
     ranks = np.arange(1, ranked.shape[1] + 1)
     discounts = 1.0 / np.log2(ranks + 1)
     n_hits = hits.sum(1)
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(n_rel, k)]
-    ndcg = (hits * discounts).sum(1) / ideal
     precision_at_j = np.cumsum(hits, 1) / ranks
-    shown = np.unique(ranked[ranked >= 0])
-    metrics = {
-        "precision": float(np.mean(n_hits / k)),
-        "recall": float(np.mean(n_hits / n_rel)),
-        "ndcg": float(np.mean(ndcg)),
-        "map": float(np.mean((hits * precision_at_j).sum(1) / np.minimum(n_rel, k))),
-        "hit_rate": float(np.mean(n_hits > 0)),
-        "coverage": len(shown) / (catalogue or n_items),
+    values = {
+        "precision": n_hits / k,
+        "recall": n_hits / np.maximum(n_rel, 1),
+        "ndcg": (hits * discounts).sum(1) / np.where(ideal > 0, ideal, 1.0),
+        "map": (hits * precision_at_j).sum(1) / np.maximum(np.minimum(n_rel, k), 1),
+        "hit_rate": (n_hits > 0).astype(np.float64),
     }
-    return metrics, users, ndcg
+    return users, values, np.unique(ranked[ranked >= 0])
+
+
+def ranking_metrics_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
+                            catalogue: int | None = None,
+                            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
+    """`ranking_metrics`, with the evaluated users (those with a test item) and each one's nDCG@k."""
+    users, values, shown = ranking_values_by_user(top_items, relevant, n_items, k)
+    if len(users) == 0:
+        raise ValueError("no user has a test rating; cannot compute ranking metrics")
+    metrics = {metric: float(np.mean(per_user)) for metric, per_user in values.items()}
+    return {**metrics, "coverage": len(shown) / (catalogue or n_items)}, users, values["ndcg"]
 
 
 def evaluate(
@@ -109,31 +124,67 @@ def evaluate_users(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame,
         (metrics, per_user); per_user is long form: `user_idx`, `metric` (`ndcg`; and, for a rating model,
         `squared_error`, the sum over the user's test ratings, and `n_ratings`), `value`.
     """
-    errors: dict[str, float] = {}
-    per_user: list[pl.DataFrame] = []
+    per_user, shown = evaluate_shard(model, train, test, n_items, config)
+    metrics = reduce_evaluation(per_user, shown, train["item_idx"].n_unique(), config.k)
+    return metrics, per_user.filter(pl.col("metric").is_in(GATE_VALUES))
+
+
+# The per-user values the gate pairs (and the warehouse keeps with the published lists, user_metrics).
+GATE_VALUES = ("ndcg", "squared_error", "n_ratings")
+_PER_USER_SCHEMA = {"user_idx": pl.Int64, "metric": pl.String, "value": pl.Float64}
+
+
+def evaluate_shard(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame, n_items: int,
+                   config: PipelineConfig, users: tuple[int, int] | None = None) -> tuple[pl.DataFrame, np.ndarray]:  # fmt: skip
+    """The per-user values behind every metric, for users first..last-1 (default all): what `reduce_evaluation`
+    sums into the metrics, exactly, however the users were split into shards.
+
+    Args:
+        train, test: the splits (only the shard's users' rows are needed).
+
+    Returns:
+        (per_user, shown): per_user long form (`user_idx`, `metric`, `value`): `squared_error` and `abs_error`
+        (sums over the user's test ratings) and `n_ratings` for a rating model; `precision`, `recall`, `ndcg`,
+        `map`, `hit_rate` for each user with a test item. shown: the distinct items in their top-k.
+    """
+    first, last = users or (0, model.n_users)
+    parts: list[pl.DataFrame] = []
     if model.predicts_ratings:
-        users = torch.from_numpy(test["user_idx"].to_numpy().astype(np.int64))
-        items = torch.from_numpy(test["item_idx"].to_numpy().astype(np.int64))
-        predicted = model.predict(users, items).numpy()
-        errors = rating_errors(predicted, test["rating"].to_numpy())
-        error = pl.Series(predicted, dtype=pl.Float64) - pl.col("rating")
-        squared = test.select("user_idx", squared_error=error**2)
-        by_user = squared.group_by("user_idx").agg(pl.col("squared_error").sum(), n_ratings=pl.len().cast(pl.Float64))
-        per_user.append(by_user.unpivot(index="user_idx", variable_name="metric"))
-    n_users = model.n_users
+        judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
+        predicted = model.predict(*(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx")))
+        errors = judged.select("user_idx", error=pl.Series(predicted.numpy(), dtype=pl.Float64) - pl.col("rating"))
+        by_user = errors.group_by("user_idx").agg(squared_error=(pl.col("error") ** 2).sum(),
+                                                  abs_error=pl.col("error").abs().sum(),
+                                                  n_ratings=pl.len().cast(pl.Float64))  # fmt: skip
+        parts.append(by_user.unpivot(index="user_idx", variable_name="metric"))
     top_items, _ = top_k_unseen(
-        model.rank_users, n_users, n_items, UserItems.from_ratings(train, n_users), config.k, model.device,
-        config.score_chunk_users,
+        model.rank_users, model.n_users, n_items, UserItems.from_ratings(train, model.n_users), config.k, model.device,
+        config.score_chunk_users, users=(first, last),
     )  # fmt: skip
-    relevant = UserItems.from_ratings(test, n_users)
-    catalogue = train["item_idx"].n_unique()
-    ranking, judged, ndcg = ranking_metrics_by_user(top_items, relevant, n_items, config.k, catalogue)
-    per_user.append(pl.DataFrame({"user_idx": judged, "metric": "ndcg", "value": ndcg}))
-    rows = [{"metric": m, "k": None, "value": v} for m, v in errors.items()]
-    rows += [{"metric": m, "k": config.k, "value": ranking[m]} for m in RANKING_METRICS]
-    metrics = pl.DataFrame(rows, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
-    schema = {"user_idx": pl.Int64, "metric": pl.String, "value": pl.Float64}
-    return metrics, pl.concat([frame.cast(schema).select(list(schema)) for frame in per_user])
+    evaluated, values, shown = ranking_values_by_user(top_items, UserItems.from_ratings(test, model.n_users), n_items,
+                                                      config.k, first)  # fmt: skip
+    parts += [pl.DataFrame({"user_idx": evaluated, "metric": metric, "value": value}) for metric, value in values.items()]
+    return pl.concat([part.cast(_PER_USER_SCHEMA).select(list(_PER_USER_SCHEMA)) for part in parts]), shown
+
+
+def reduce_evaluation(per_user: pl.DataFrame, shown: np.ndarray, catalogue: int, k: int) -> pl.DataFrame:
+    """The metrics from every shard's per-user values (`evaluate_shard`): RMSE and MAE from the summed errors and
+    counts, each ranking metric the mean over the evaluated users, coverage from the union of the items shown.
+
+    Raises:
+        ValueError: no user has a test rating.
+    """
+    sums = dict(per_user.group_by("metric").agg(pl.col("value").sum()).iter_rows())
+    counts = dict(per_user.group_by("metric").len().iter_rows())
+    if not counts.get("ndcg"):
+        raise ValueError("no user has a test rating; cannot compute ranking metrics")
+    rows = []
+    if "n_ratings" in sums:
+        n = sums["n_ratings"]
+        rows += [("rmse", None, math.sqrt(sums["squared_error"] / n)), ("mae", None, sums["abs_error"] / n)]
+    rows += [(metric, k, sums[metric] / counts[metric]) for metric in RANKING_METRICS if metric != "coverage"]
+    rows.append(("coverage", k, len(np.unique(shown)) / catalogue))
+    return pl.DataFrame(rows, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64}, orient="row")
 
 
 def with_fit_seconds(metrics: pl.DataFrame, seconds: float) -> pl.DataFrame:

@@ -1,10 +1,12 @@
-"""Recommendation by user shards: each shard is a Prefect task that reads its inputs from the run's folder
-and writes its lists to a parquet file there, so that a Dask worker (flows/cluster.py) needs only the model,
-the id maps and its own users' ratings, never the whole ratings table in memory.
+"""Evaluation and recommendation by user shards: each shard is a Prefect task that reads its inputs from the
+run's folder and writes its results to parquet there, so that a Dask worker (flows/cluster.py) needs only the
+model, the id maps and its own users' ratings, never the whole ratings table in memory.
 
-The run's folder holds what every shard reads: `model.pt` (and `rater.pt` when another model gives the
-stars), `ratings.parquet`, the id maps (`user_map.parquet`, `item_map.parquet`) and `config.json`; shards
-write `shards/recommend-<first user>.parquet`.
+The run's folder holds what every shard reads: `config.json`, the id maps (`user_map.parquet`,
+`item_map.parquet`); for evaluation a model's split fit (`model-<name>-train.pt`) and `train.parquet`,
+`test.parquet`; for the lists `model.pt` (and `rater.pt` when another model gives the stars) and
+`ratings.parquet`. Shards write `shards/evaluate-<model file>-<first user>.parquet` (per-user values, and the items
+shown in `...-shown.parquet`) and `shards/recommend-<first user>.parquet`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
+from tasks.evaluate import evaluate_shard
 from tasks.recommend import recommend
 from tasks.reindex import IdMaps
 from tasks.train import load_trained_model, pick_device
@@ -60,14 +63,54 @@ def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> 
     model, _ = load_trained_model(run_dir / "model.pt", device)
     stars = model if rater == RATER_IS_MODEL else load_trained_model(run_dir / rater, device)[0] if rater else None
     # only this shard's users' ratings: the seen items to leave out of their lists
-    ratings = pl.scan_parquet(run_dir / "ratings.parquet").filter(pl.col("user_idx").is_between(first, last - 1)).collect()
+    ratings = _shard_of(run_dir / "ratings.parquet", first, last)
     lists = recommend(model, ratings, IdMaps.load(run_dir), config, stars, (first, last))
-    path = shard_path(run_dir, first)
+    return _write(lists, shard_path(run_dir, first))
+
+
+def _write(frame: pl.DataFrame, path: Path) -> Path:
+    """`frame` to `path` through a temporary name: a retried shard never leaves half a file behind."""
     path.parent.mkdir(exist_ok=True)
     partial = path.with_suffix(".partial")
-    lists.write_parquet(partial)
-    partial.replace(path)  # a retried shard never leaves half a file where a finished one is expected
+    frame.write_parquet(partial)
+    partial.replace(path)
     return path
+
+
+def _shard_of(path: Path, first: int, last: int) -> pl.DataFrame:
+    return pl.scan_parquet(path).filter(pl.col("user_idx").is_between(first, last - 1)).collect()
+
+
+def evaluate_shard_files(run_dir: Path, model_file: str, first: int, last: int) -> tuple[Path, Path]:
+    """Users first..last-1's per-user evaluation values (`tasks.evaluate.evaluate_shard`) of the model in
+    `model_file`, written to parquet; returns the values' file and the file of the items their top-k showed."""
+    config = PipelineConfig.from_stored((run_dir / "config.json").read_text())
+    model, _ = load_trained_model(run_dir / model_file, pick_device(config.device))
+    train, test = (_shard_of(run_dir / name, first, last) for name in ("train.parquet", "test.parquet"))
+    per_user, shown = evaluate_shard(model, train, test, IdMaps.load(run_dir).n_items, config, (first, last))
+    stem = f"evaluate-{Path(model_file).stem}-{first:010d}"
+    return (_write(per_user, run_dir / "shards" / f"{stem}.parquet"),
+            _write(pl.DataFrame({"item_idx": shown}), run_dir / "shards" / f"{stem}-shown.parquet"))  # fmt: skip
+
+
+def _where() -> tuple[str, int]:
+    """The Dask worker this runs on ("" in process) and this process's peak resident bytes so far."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):  # not on a Dask worker
+        worker = ""
+    return worker, peak_resident_bytes()
+
+
+@task(name="evaluate-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
+      task_run_name="evaluate-{model_file}-users-{first}-{last}")  # fmt: skip
+def evaluate_shard_task(run_dir: str, model_file: str, first: int, last: int) -> tuple[str, str, str, int]:
+    """Prefect wrapper of `evaluate_shard_files`, retried when it fails (a worker lost); returns the two files,
+    the worker and its peak resident bytes."""
+    values, shown = evaluate_shard_files(Path(run_dir), model_file, first, last)
+    return (str(values), str(shown), *_where())
 
 
 @task(name="recommend-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
@@ -76,12 +119,6 @@ def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None)
     """Prefect wrapper of `recommend_shard`, retried on another attempt when it fails (a worker lost); returns
     the shard's file, the worker that wrote it ("" in process) and that process's peak resident bytes so far."""
     path = recommend_shard(Path(run_dir), first, last, rater)
-    try:
-        from distributed import get_worker
-
-        worker = get_worker().address
-    except (ImportError, ValueError):  # not on a Dask worker
-        worker = ""
-    peak = peak_resident_bytes()
+    worker, peak = _where()
     log.info("users %d-%d: %s (worker peak RSS %.2f GB)", first, last - 1, path.name, peak / 1e9)
     return str(path), worker, peak

@@ -1,6 +1,6 @@
-"""The recommend stage on a Dask cluster (flows/cluster.py): a LocalCluster (`local:2`) and a real `dask
-scheduler` with two `dask worker` processes on 127.0.0.1 publish the same lists as the in-process run, their
-shards are task runs on the flow's Prefect API, and a scheduler without workers or gone fails the run naming
+"""The evaluate and recommend stages on a Dask cluster (flows/cluster.py): a LocalCluster (`local:2`) and a
+real `dask scheduler` with two `dask worker` processes on 127.0.0.1 publish the same lists and metrics as the
+in-process run, their shards are task runs on the flow's Prefect API, and a scheduler without workers or gone fails the run naming
 its address, leaving the published lists as they were."""
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def _same_lists(a: Path, b: Path) -> None:
     assert all((x[4] is None and y[4] is None) or abs(x[4] - y[4]) <= 1e-5 for x, y in zip(ours, theirs))
 
 
-def _shard_task_runs() -> list[str]:
+def _shard_task_runs(like: str = "recommend-users-") -> list[str]:
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="recommend-users-")))
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=like)))
     return sorted(run.name for run in runs)
 
 
@@ -53,7 +53,11 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
     assert query_rows(tmp_path / "b.duckdb", where, [on_cluster.run_id]) == [("local:2", 2)]
     assert query_rows(tmp_path / "a.duckdb", where, [in_process.run_id]) == [(None, None)]
     # each shard a task run on this flow's API: the workers were given its address
-    assert _shard_task_runs() == [f"recommend-users-{first}-{min(first + 300, 943)}" for first in (0, 300, 600, 900)]
+    shards = [f"users-{first}-{min(first + 300, 943)}" for first in (0, 300, 600, 900)]
+    assert _shard_task_runs() == [f"recommend-{users}" for users in shards]
+    # the evaluation of both models, by the same shards, reduced to the same metrics as in process
+    assert _shard_task_runs("evaluate-model-") == sorted(f"evaluate-model-{name}-train.pt-{users}"
+                                                          for name in ("dot_bias", "ials") for users in shards)  # fmt: skip
 
 
 def _free_port() -> int:

@@ -6,9 +6,14 @@ from __future__ import annotations
 import polars as pl
 from polars.testing import assert_frame_equal
 
+import numpy as np
+import pytest
+
 from tasks.config import PipelineConfig
+from tasks.evaluate import evaluate_shard, evaluate_users, reduce_evaluation
 from tasks.recommend import recommend
-from tasks.shards import RATER_IS_MODEL, recommend_shard, user_shards
+from tasks.shards import RATER_IS_MODEL, evaluate_shard_files, recommend_shard, user_shards
+from tasks.split import split_ratings
 from tasks.train import fit, save_checkpoint
 
 
@@ -31,3 +36,35 @@ def test_the_shards_lists_are_the_lists_of_one_pass(ml100k_indexed, tmp_path):
     whole = recommend(model, ratings, maps, config, model)
     assert_frame_equal(pl.read_parquet(shards).sort("user_id", "rank"), whole)
     assert whole["user_id"].n_unique() == 943 and whole.height == 943 * 7
+
+
+def _same_metrics(ours: pl.DataFrame, theirs: pl.DataFrame) -> None:
+    """The same metrics at the same k, values equal but for the order floating-point sums were taken in."""
+    assert ours.select("metric", "k").rows() == theirs.select("metric", "k").rows()
+    assert ours["value"].to_list() == pytest.approx(theirs["value"].to_list(), rel=1e-12)
+
+
+def test_evaluation_by_shards_reduces_to_the_metrics_of_one_pass(ml100k_indexed, tmp_path):
+    ratings, maps = ml100k_indexed
+    config = PipelineConfig(device="cpu")
+    train, test = split_ratings(ratings, "stratified", 0.25, 42)
+    model = fit(train, maps.n_users, maps.n_items, config, name="bias")
+    whole, per_user = evaluate_users(model, train, test, maps.n_items, config)
+    # in process, shard by shard (the first with no user of the last's), and through the run's folder
+    parts = [evaluate_shard(model, train, test, maps.n_items, config, shard) for shard in user_shards(943, 400)]
+    by_parts = reduce_evaluation(pl.concat([p for p, _ in parts]), np.concatenate([s for _, s in parts]),
+                                 train["item_idx"].n_unique(), config.k)  # fmt: skip
+    _same_metrics(by_parts, whole)
+    save_checkpoint(model, maps, config, tmp_path / "model-bias-train.pt")
+    maps.save(tmp_path)
+    train.write_parquet(tmp_path / "train.parquet")
+    test.write_parquet(tmp_path / "test.parquet")
+    (tmp_path / "config.json").write_text(config.model_dump_json())
+    files = [evaluate_shard_files(tmp_path, "model-bias-train.pt", *shard) for shard in user_shards(943, 300)]
+    values = pl.read_parquet([v for v, _ in files])
+    shown = pl.read_parquet([s for _, s in files])["item_idx"].to_numpy()
+    _same_metrics(reduce_evaluation(values, shown, train["item_idx"].n_unique(), config.k), whole)
+    ndcg = values.filter(pl.col("metric") == "ndcg").sort("user_idx")
+    expected = per_user.filter(pl.col("metric") == "ndcg").sort("user_idx")
+    assert ndcg["user_idx"].to_list() == expected["user_idx"].to_list()
+    assert ndcg["value"].to_list() == pytest.approx(expected["value"].to_list(), rel=1e-12)
