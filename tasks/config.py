@@ -254,12 +254,13 @@ class PipelineConfig(BaseModel):
     cluster: str | None = Field(
         None,
         pattern=r"^(local:[1-9]\d{0,2}|(tcp|tls)://[^\s/]+:\d+)$",
-        description="Where the recommend stage runs, by user shards (flows/cluster.py): unset, in this process; "
+        description="Where evaluation and the recommend stage run, by user shards (flows/cluster.py): unset, in "
+        "this process; "
         "local:N, a Dask LocalCluster of N worker processes on this host; tcp://host:8786, a running Dask "
         "scheduler whose workers share data_dir.",
     )
     shard_users: int = Field(
-        50_000, ge=1, description="Users per shard when a cluster recommends (each shard one Prefect task run)."
+        50_000, ge=1, description="Users per shard on a cluster (each shard one Prefect task run per stage)."
     )
     cluster_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to try to reach the cluster's Dask scheduler before the run fails."

@@ -30,6 +30,7 @@ NOT_RUN = {
     "recs serve": "serves the deployments until interrupted; tests/tasks/test_operations.py checks what it serves",
     "recs synth --users 138000": "writes the 20M-rating archive (a minute, 1.5 GB); tests/benchmarks/test_synth.py runs `recs synth` small",
     "https://": "downloads from the internet",
+    "--cluster tcp://scheduler-host": "needs a Dask scheduler on other hosts; tests/test_cluster_flow.py runs one on 127.0.0.1",
 }
 
 # A table whose header names one of these holds measured figures: a command that regenerates it must be
