@@ -116,15 +116,15 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                 with run.stage("refit"):
                     model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars)
             with run.stage("recommend"):
-                if cluster is not None:
+                if cluster is not None:  # the shards read the model from model.pt, which it saves first
                     recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory,
                                                                    cluster)  # fmt: skip
                     run.note(cluster=config.cluster, cluster_workers=report.workers)
                 else:
                     recommendations = recommend_task(model, ratings, maps, config, rater)
+                    save_checkpoint_task(model, maps, config, run.directory / "model.pt")
                 check_published_model_task(models[chosen], model, recommendations, metrics[chosen],
                                            train["item_idx"].n_unique(), config)  # fmt: skip
-                save_checkpoint_task(model, maps, config, run.directory / "model.pt")
                 verdict = list_coverage_task(config.warehouse, recommendations, verdict, config)
             run.note(gate_reason=verdict.reason)
         if verdict.publishes:

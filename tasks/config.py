@@ -8,6 +8,7 @@ as JSON with each run in `runs.config` and in the run's checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import typing
 import warnings
 from datetime import datetime, timezone
@@ -253,7 +254,6 @@ class PipelineConfig(BaseModel):
     )
     cluster: str | None = Field(
         None,
-        pattern=r"^(local:[1-9]\d{0,2}|(tcp|tls)://[^\s/]+:\d+)$",
         description="Where evaluation and the recommend stage run, by user shards (flows/cluster.py): unset, in "
         "this process; "
         "local:N, a Dask LocalCluster of N worker processes on this host; tcp://host:8786, a running Dask "
@@ -398,6 +398,14 @@ class PipelineConfig(BaseModel):
     def redacted(self) -> PipelineConfig:
         """This config with any credentials in `source` removed: what runs.config and the run folder keep."""
         return self.model_copy(update={"source": redact(self.source)})
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"local:[1-9]\d{0,2}|(tcp|tls)://[^\s/:]+:\d+", value):
+            raise ValueError(f"{value!r} is not a cluster: expected local:N (N Dask worker processes on this host, "
+                             "1 to 999) or a Dask scheduler's address such as tcp://host:8786")  # fmt: skip
+        return value
 
     @field_validator("as_of")
     @classmethod

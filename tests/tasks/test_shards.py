@@ -68,3 +68,10 @@ def test_evaluation_by_shards_reduces_to_the_metrics_of_one_pass(ml100k_indexed,
     expected = per_user.filter(pl.col("metric") == "ndcg").sort("user_idx")
     assert ndcg["user_idx"].to_list() == expected["user_idx"].to_list()
     assert ndcg["value"].to_list() == pytest.approx(expected["value"].to_list(), rel=1e-12)
+
+
+def test_a_cluster_setting_that_is_neither_form_says_what_is_expected():
+    for bad in ("foo", "local:0", "tcp://host", "http://host:8786"):
+        with pytest.raises(ValueError, match=f"'{bad}' is not a cluster: expected local:N .* or a Dask scheduler's address"):
+            PipelineConfig(cluster=bad)
+    assert PipelineConfig(cluster="local:4").cluster == "local:4" and PipelineConfig(cluster="tls://h:8786").cluster
