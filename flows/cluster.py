@@ -1,7 +1,7 @@
 """The evaluate and recommend stages on a Dask cluster, through Prefect's DaskTaskRunner (prefect-dask).
 
-`cluster` in the config says where: `local:N` starts a Dask LocalCluster of N worker processes on this host
-for each stage; `tcp://host:8786` (or `tls://`) uses a running scheduler, whose workers must share the run's
+`cluster` in the config says where: `local:N` starts one Dask LocalCluster of N worker processes on this host
+for the run, shared by its stages (`ClusterSession`); `tcp://host:8786` (or `tls://`) uses a running scheduler, whose workers must share the run's
 `data_dir` and be able to import this package. Each stage runs as a subflow whose task runner is the cluster,
 mapping a shard task over user shards (tasks/shards.py); each shard reads its inputs from the run's folder and
 writes its results there, and this process reads the shards' files back: lists concatenated, evaluation values
@@ -71,7 +71,7 @@ class ClusterSession:
 
 @dataclass(frozen=True)
 class ClusterReport:
-    """How the recommend stage ran on the cluster: shards, and each worker's peak resident bytes."""
+    """How a stage ran on the cluster: shards, and each worker's peak resident bytes."""
 
     shards: int
     worker_peak_bytes: dict[str, int]
@@ -143,9 +143,8 @@ def evaluate_on_cluster(model: TrainedModel, model_file: str, train: pl.DataFram
     returns the metrics, the per-user values the gate pairs, and how the shards ran."""
     assert config.cluster is not None
     save_checkpoint(model, maps, config, run_dir / model_file)
-    name = model.name
     shards = user_shards(maps.n_users, config.shard_users)
-    print(f"evaluating {name} for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
+    print(f"evaluating {model.name} for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
     done = _on_cluster(evaluate_shards, session, str(run_dir), model_file, shards)
     per_user = pl.read_parquet([values for values, *_ in done])
     shown = pl.read_parquet([items for _, items, *_ in done])["item_idx"].to_numpy()

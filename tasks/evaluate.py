@@ -51,7 +51,11 @@ def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k:
         k: cut-off.
         catalogue: the items that could be recommended, for coverage (default: all `n_items`).
     """
-    return ranking_metrics_by_user(top_items, relevant, n_items, k, catalogue)[0]
+    users, values, shown = ranking_values_by_user(top_items, relevant, n_items, k)
+    if len(users) == 0:
+        raise ValueError("no user has a test rating; cannot compute ranking metrics")
+    metrics = {metric: float(np.mean(per_user)) for metric, per_user in values.items()}
+    return {**metrics, "coverage": len(shown) / (catalogue or n_items)}
 
 
 def ranking_values_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
@@ -87,17 +91,6 @@ def ranking_values_by_user(top_items: np.ndarray, relevant: UserItems, n_items: 
         "hit_rate": (n_hits > 0).astype(np.float64),
     }
     return users, values, np.unique(ranked[ranked >= 0])
-
-
-def ranking_metrics_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
-                            catalogue: int | None = None,
-                            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
-    """`ranking_metrics`, with the evaluated users (those with a test item) and each one's nDCG@k."""
-    users, values, shown = ranking_values_by_user(top_items, relevant, n_items, k)
-    if len(users) == 0:
-        raise ValueError("no user has a test rating; cannot compute ranking metrics")
-    metrics = {metric: float(np.mean(per_user)) for metric, per_user in values.items()}
-    return {**metrics, "coverage": len(shown) / (catalogue or n_items)}, users, values["ndcg"]
 
 
 def evaluate(

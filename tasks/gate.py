@@ -81,8 +81,8 @@ class PublishedRun:
         return f"{self.model}{stars}"
 
     def to_train_here(self, config: PipelineConfig, trained: Collection[str]) -> list[str]:
-        """The published models a run with `config` has not trained with the same settings (None when their
-        settings are unreadable)."""
+        """The published models a run with `config` has not trained with the same settings (the stored settings
+        must be readable: `config` is not None)."""
         assert self.config is not None
         return [n for n in self.models if n not in trained or config.params_for(n) != self.config.params_for(n)]
 
