@@ -93,15 +93,19 @@ def evaluate_shard_files(run_dir: Path, model_file: str, first: int, last: int) 
             _write(pl.DataFrame({"item_idx": shown}), run_dir / "shards" / f"{stem}-shown.parquet"))  # fmt: skip
 
 
-def _where() -> tuple[str, int]:
-    """The Dask worker this runs on ("" in process) and this process's peak resident bytes so far."""
+def worker_address() -> str:
+    """The Dask worker this runs on ("" in process)."""
     try:
         from distributed import get_worker
 
-        worker = get_worker().address
+        return get_worker().address
     except (ImportError, ValueError):  # not on a Dask worker
-        worker = ""
-    return worker, peak_resident_bytes()
+        return ""
+
+
+def _where() -> tuple[str, int]:
+    """The Dask worker this runs on ("" in process) and this process's peak resident bytes so far."""
+    return worker_address(), peak_resident_bytes()
 
 
 @task(name="evaluate-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,

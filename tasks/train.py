@@ -181,12 +181,17 @@ def fit(
                                     label=history_label)  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
+
+
+def trained_model(name: str, module: Recommender, device: torch.device, rows: list[dict], seconds: float,
+                  interactions: Interactions, config: PipelineConfig) -> TrainedModel:  # fmt: skip
+    """What a fit returns, with the unseen-pair fallback a rating model needs; logs the fit's throughput."""
     needs_fallback = module.predicts_ratings and not module.predicts_unseen
     fallback = UnseenFallback.fit(interactions, config) if needs_fallback else None
-    model = TrainedModel(name, module.eval(), device, pl.DataFrame(rows, schema=HISTORY_SCHEMA), seconds, train.height,
-                         interactions.rating_range, fallback)  # fmt: skip
-    log.info("trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)", name, train.height, device, seconds,
+    model = TrainedModel(name, module.eval(), device, pl.DataFrame(rows, schema=HISTORY_SCHEMA), seconds,
+                         interactions.ratings.height, interactions.rating_range, fallback)  # fmt: skip
+    log.info("trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)", name, model.n_ratings, device, seconds,
              model.ratings_per_second)  # fmt: skip
     return model
 
@@ -250,11 +255,16 @@ def train_task(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, name
     split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
     with no holdout.
     """
-    if phase in ("train", "gate"):
-        fit_on, validation = holdout(ratings, config.validation_fraction, config.seed)
-    else:
-        fit_on, validation = ratings, None
+    fit_on, validation = phase_ratings(ratings, config, phase)
     return fit(fit_on, maps.n_users, maps.n_items, config, validation, history_label=phase, name=name)
+
+
+def phase_ratings(ratings: pl.DataFrame, config: PipelineConfig, phase: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The ratings a phase fits on and its validation ratings: "train" and "gate" hold out
+    `validation_fraction` of the training split; "refit" fits on all ratings, with none held out."""
+    if phase in ("train", "gate"):
+        return holdout(ratings, config.validation_fraction, config.seed)
+    return ratings, None
 
 
 @task(name="save-checkpoint", cache_policy=NO_CACHE)

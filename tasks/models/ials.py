@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
 import torch
@@ -67,6 +68,10 @@ class IalsParams(ModelParams):
     )
     chunk_ratings: int = Field(
         1 << 22, ge=1, description="Ratings whose rows are solved at once (a few floats per rating and the rows' vectors are held)."
+    )
+    shard_ratings: int = Field(
+        1 << 23, ge=1, description="On a cluster (--cluster): ratings per shard of a half-step, in whole chunks of "
+        "chunk_ratings; a worker holds one shard's ratings and the fixed side's vectors, never the whole matrix."
     )
 
 
@@ -165,18 +170,31 @@ def _weighted_sum(blocks: list[tuple[torch.Tensor, slice]], x: torch.Tensor, oth
     return total
 
 
+def gramian(other: torch.Tensor, unobserved_weight: float) -> torch.Tensor:
+    """a0 H'H: what every unrated pair adds to each row's normal equations (factors x factors)."""
+    return unobserved_weight * (other.T @ other)
+
+
+def row_penalty(indptr: torch.Tensor, n_other: int, params: IalsParams) -> torch.Tensor:
+    """Each row's regularization, reg (its count + a0 x the other side's size)^nu."""
+    return params.regularization * (indptr.diff().float() + params.unobserved_weight * n_other).pow(params.regularization_exponent)
+
+
 @torch.no_grad()
-def solve_side(vectors: torch.Tensor, other: torch.Tensor, tiles: ColumnTiles, unobserved_weight: float,
+def solve_side(vectors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor, tiles: ColumnTiles,
                penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
     """One half-step: every row of `vectors` (in place) by `steps` of conjugate gradient on its normal equations.
+
+    Each row's solve reads only its own ratings, `other` and `gram`, so rows [a, b) solved alone (a shard on a
+    cluster, tasks/ials_shards.py) come out bit for bit as in the whole half-step when a and b start chunks.
 
     Args:
         vectors: (n, f) the side being solved, updated in place; its current values start the solve.
         other: (m, f) the fixed side.
+        gram: `gramian(other, unobserved_weight)`.
         tiles: the n x m ratings holding c_ui per stored rating.
         penalty: (n,) each row's regularization.
     """
-    gram = unobserved_weight * (other.T @ other)
     for start, stop in row_chunks(tiles.indptr, max_ratings):
         blocks = tiles.chunk(start, stop)
         lam = penalty[start:stop, None]
@@ -197,16 +215,44 @@ def solve_side(vectors: torch.Tensor, other: torch.Tensor, tiles: ColumnTiles, u
         vectors[start:stop] = x
 
 
+def observed_loss(tiles: ColumnTiles, x: torch.Tensor, other: torch.Tensor, max_ratings: int) -> torch.Tensor:
+    """sum over the stored (u, i) of c_ui (x_u . h_i - 1)^2, in float64."""
+    observed = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start, stop in row_chunks(tiles.indptr, max_ratings):
+        for block, cols in tiles.chunk(start, stop):
+            observed += (block.values() * (_at_ratings(block, x[start:stop], other[cols]) - 1.0).pow(2)).sum()
+    return observed
+
+
 def ials_loss(tiles: ColumnTiles, w: torch.Tensor, h: torch.Tensor, unobserved_weight: float,
               user_penalty: torch.Tensor, item_penalty: torch.Tensor, max_ratings: int) -> float:  # fmt: skip
     """The objective in the module docstring, per rating (`tiles`: users x items holding c_ui)."""
-    observed = torch.zeros((), dtype=torch.float64, device=w.device)
-    for start, stop in row_chunks(tiles.indptr, max_ratings):
-        for block, cols in tiles.chunk(start, stop):
-            observed += (block.values() * (_at_ratings(block, w[start:stop], h[cols]) - 1.0).pow(2)).sum()
+    observed = observed_loss(tiles, w, h, max_ratings)
     unobserved = unobserved_weight * ((w.T @ w) * (h.T @ h)).sum()  # the sum over all pairs of y_ui^2
     penalty = (user_penalty * w.pow(2).sum(1)).sum() + (item_penalty * h.pow(2).sum(1)).sum()
     return float((observed + unobserved + penalty) / max(int(tiles.indptr[-1]), 1))
+
+
+@dataclass
+class IalsProblem:
+    """What a fit starts from: both sides' ratings (holding c_ui) and the initial vectors."""
+
+    by_user: RatingMatrix
+    by_item: RatingMatrix
+    w: torch.Tensor  # (n_users, f)
+    h: torch.Tensor  # (n_items, f)
+
+
+def ials_problem(interactions: Interactions, params: IalsParams, device: torch.device, seed: int) -> IalsProblem:
+    """The ratings by user and by item, holding c_ui = 1 + confidence x rating, and the seeded initial vectors."""
+    n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
+    users, items, ratings = index_tensors(interactions.ratings, device)
+    by_user = RatingMatrix.build(users, items, 1.0 + params.confidence * ratings, (n_users, n_items))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    std = params.init_std / f**0.5
+    w = torch.randn((n_users, f), generator=generator, device=device) * std
+    h = torch.randn((n_items, f), generator=generator, device=device) * std
+    return IalsProblem(by_user, by_user.transpose(), w, h)
 
 
 @torch.no_grad()
@@ -214,29 +260,30 @@ def fit_ials(interactions: Interactions, params: IalsParams, device: torch.devic
              validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train") -> tuple[Ials, list[dict]]:  # fmt: skip
     """`ials` by alternating conjugate-gradient solves (see the module docstring); one history row per epoch."""
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
-    users, items, ratings = index_tensors(interactions.ratings, device)
-    c = 1.0 + params.confidence * ratings
-    by_user = RatingMatrix.build(users, items, c, (n_users, n_items))
-    by_item = by_user.transpose()
-    a0, nu = params.unobserved_weight, params.regularization_exponent
-    user_penalty = params.regularization * (by_user.indptr.diff().float() + a0 * n_items).pow(nu)
-    item_penalty = params.regularization * (by_item.indptr.diff().float() + a0 * n_users).pow(nu)
+    problem = ials_problem(interactions, params, device, seed)
+    a0 = params.unobserved_weight
+    user_penalty = row_penalty(problem.by_user.indptr, n_items, params)
+    item_penalty = row_penalty(problem.by_item.indptr, n_users, params)
     width = tile_width(f, params.cache_bytes, device)
-    by_user, by_item = ColumnTiles(by_user, width), ColumnTiles(by_item, width)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    std = params.init_std / f**0.5
+    by_user, by_item = ColumnTiles(problem.by_user, width), ColumnTiles(problem.by_item, width)
     module = Ials(n_users, n_items, f).to(device)
     w, h = module.user_factors, module.item_factors
-    w.copy_(torch.randn((n_users, f), generator=generator, device=device) * std)
-    h.copy_(torch.randn((n_items, f), generator=generator, device=device) * std)
+    w.copy_(problem.w)
+    h.copy_(problem.h)
+    del problem
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
-        solve_side(w, h, by_user, a0, user_penalty, params.cg_steps, params.chunk_ratings)
-        solve_side(h, w, by_item, a0, item_penalty, params.cg_steps, params.chunk_ratings)
-        if not (torch.isfinite(w).all() and torch.isfinite(h).all()):
-            raise ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")
+        solve_side(w, h, gramian(h, a0), by_user, user_penalty, params.cg_steps, params.chunk_ratings)
+        solve_side(h, w, gramian(w, a0), by_item, item_penalty, params.cg_steps, params.chunk_ratings)
+        check_factors(w, h, epoch)
         loss = ials_loss(by_user, w, h, a0, user_penalty, item_penalty, params.chunk_ratings)
         rows.append({"epoch": epoch, "split": label, "loss": loss})
         log.info("epoch %d/%d: %s loss %.4f (%.2fs)", epoch, params.epochs, label, loss, time.perf_counter() - started)
     return module, rows
+
+
+def check_factors(w: torch.Tensor, h: torch.Tensor, epoch: int) -> None:
+    """ModelFitError when an epoch left a non-finite vector."""
+    if not (torch.isfinite(w).all() and torch.isfinite(h).all()):
+        raise ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")

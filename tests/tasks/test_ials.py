@@ -1,4 +1,5 @@
-"""`ials`: one half-step equals the closed-form solve of the same objective; seeded; fails loudly on divergence."""
+"""`ials`: one half-step equals the closed-form solve of the same objective; seeded; fails loudly on divergence;
+trained by shards (as on a cluster) it is the same fit bit for bit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from tasks.models.base import Interactions, ModelFitError, RatingMatrix
-from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, row_chunks, solve_side
+from tasks.ials_shards import assemble_ials, fit_by_shards, in_process, prepare_ials_shards, shard_rows
+from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, row_chunks, solve_side
 
 CPU = torch.device("cpu")
 
@@ -34,7 +36,7 @@ def test_a_half_step_is_the_closed_form_solve(max_ratings, width):
     h = torch.randn((n_items, f), generator=generator, dtype=torch.float64).float()
     w = torch.randn((n_users, f), generator=generator).float()
     penalty = reg * (matrix.indptr.diff().float() + a0 * n_items)
-    solve_side(w, h, ColumnTiles(matrix, width), a0, penalty, steps=12, max_ratings=max_ratings)
+    solve_side(w, h, gramian(h, a0), ColumnTiles(matrix, width), penalty, steps=12, max_ratings=max_ratings)
 
     dense_c = np.zeros((n_users, n_items))
     dense_c[users.numpy(), items.numpy()] = c.numpy()
@@ -96,3 +98,30 @@ def test_non_finite_factors_fail_the_fit():
     ratings = _ratings()
     with pytest.raises(ModelFitError, match="non-finite in epoch 1"):
         fit_ials(Interactions(ratings, 6, 5), IalsParams(factors=4, epochs=2, confidence=float("inf")), CPU)
+
+
+@pytest.mark.parametrize("chunk_ratings, shard_ratings", [(1 << 22, 1 << 23), (3000, 3000), (2000, 9000)])
+def test_training_by_shards_is_the_in_process_fit_bit_for_bit(ml100k_indexed, tmp_path, chunk_ratings, shard_ratings):
+    ratings, maps = ml100k_indexed
+    interactions = Interactions(ratings, maps.n_users, maps.n_items)
+    params = IalsParams(epochs=3, chunk_ratings=chunk_ratings, shard_ratings=shard_ratings)
+    whole, rows = fit_ials(interactions, params, torch.device("cpu"), seed=7)
+
+    plan = prepare_ials_shards(interactions, params, 7, tmp_path / "ials-train")
+    counts = [len(plan.shards[side]) for side in ("users", "items")]
+    assert counts == [1, 1] if shard_ratings > 100_000 else min(counts) > 10
+    sharded_rows = fit_by_shards(plan, params, "train", in_process(plan, params))
+    sharded = assemble_ials(plan, params.epochs, interactions.n_users, interactions.n_items, params.factors)
+    assert torch.equal(sharded.user_factors, whole.user_factors)
+    assert torch.equal(sharded.item_factors, whole.item_factors)
+    # the objective is summed in another order: equal to float32 precision
+    assert [row["loss"] for row in sharded_rows] == pytest.approx([row["loss"] for row in rows], rel=1e-5)
+    assert not plan.folder.exists()  # the shards' files are gone once the module holds the vectors
+
+
+def test_shards_are_whole_chunks_within_the_ratings_budget():
+    indptr = torch.tensor([0, 3, 3, 10, 11, 15])  # rows of 3, 0, 7, 1 and 4 ratings
+    # chunks of at most 4 ratings (or one row): (0, 2) (2, 3) (3, 4) (4, 5), holding 3, 7, 1 and 4 ratings
+    assert shard_rows(indptr, 4, 8) == [(0, 2), (2, 4), (4, 5)]
+    assert shard_rows(indptr, 4, 100) == [(0, 5)]
+    assert shard_rows(indptr, 1, 1) == row_chunks(indptr, 1)

@@ -1,0 +1,194 @@
+"""`ials` trained by shards on a cluster (flows/cluster.py): each half-step solves shards of users (then of items)
+as separate tasks, each against the fixed side's vectors and their Gramian, reading only its own rows of the
+ratings. The arithmetic is `tasks.models.ials.solve_side` on the shard's rows; shards are made of whole chunks
+of `chunk_ratings`, so every row is solved exactly as in process and the fit is the same bit for bit.
+
+A fit's folder (`run_dir / "ials-<phase>"`) holds:
+
+- `by_user.{indptr,indices,values}.npy`, `by_item.*`: the ratings as CSR (holding c_ui) by user and by item,
+  which a shard memory-maps and slices to its rows;
+- `users-e<epoch>-<first row>.npy`, `items-...`: each shard's vectors after an epoch (`e000`: the seeded
+  initial ones). A shard writes a new file and never changes one, so a retried shard reads the same inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.models.base import Interactions, RatingMatrix
+from tasks.models.ials import (
+    ColumnTiles, Ials, IalsParams, check_factors, gramian, ials_problem, observed_loss, row_chunks, row_penalty,
+    solve_side, tile_width,
+)  # fmt: skip
+from tasks.shards import peak_resident_bytes, worker_address
+
+log = logging.getLogger(__name__)
+
+SIDES = ("users", "items")
+MATRIX = {"users": "by_user", "items": "by_item"}  # the ratings a side's rows are solved from
+OTHER = {"users": "items", "items": "users"}
+
+
+def shard_rows(indptr: torch.Tensor, chunk_ratings: int, shard_ratings: int) -> list[tuple[int, int]]:
+    """Row ranges made of whole chunks (`row_chunks` of `chunk_ratings`), each holding at most `shard_ratings`
+    ratings, or one chunk where a chunk alone holds more."""
+    shards: list[tuple[int, int]] = []
+    for start, stop in row_chunks(indptr, chunk_ratings):
+        if shards and int(indptr[stop]) - int(indptr[shards[-1][0]]) <= shard_ratings:
+            shards[-1] = (shards[-1][0], stop)
+        else:
+            shards.append((start, stop))
+    return shards
+
+
+@dataclass(frozen=True)
+class IalsShardPlan:
+    """A fit's folder and each side's shards (row ranges)."""
+
+    folder: Path
+    shards: dict[str, list[tuple[int, int]]]  # "users" / "items" -> [(first, last), ...]
+    n_ratings: int
+
+    def firsts(self, side: str) -> list[int]:
+        return [first for first, _ in self.shards[side]]
+
+
+def vectors_path(folder: Path, side: str, epoch: int, first: int) -> Path:
+    return folder / f"{side}-e{epoch:03d}-{first:010d}.npy"
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    """Through a temporary name, so a shard killed mid-write leaves no half file under the real one."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, array)
+    partial.replace(path)
+
+
+def prepare_ials_shards(interactions: Interactions, params: IalsParams, seed: int, folder: Path) -> IalsShardPlan:
+    """Write the fit's ratings by user and by item and the seeded initial vectors (as `fit_ials` draws them) to
+    `folder` (emptied first), cut into shards; returns the plan."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    problem = ials_problem(interactions, params, torch.device("cpu"), seed)
+    shards = {}
+    for side, matrix, vectors in (("users", problem.by_user, problem.w), ("items", problem.by_item, problem.h)):
+        for part in ("indptr", "indices", "values"):
+            _save(getattr(matrix, part).numpy(), folder / f"{MATRIX[side]}.{part}.npy")
+        shards[side] = shard_rows(matrix.indptr, params.chunk_ratings, params.shard_ratings)
+        for first, last in shards[side]:
+            _save(vectors[first:last].numpy(), vectors_path(folder, side, 0, first))
+    return IalsShardPlan(folder, shards, interactions.ratings.height)
+
+
+def load_side(folder: Path, side: str, epoch: int, firsts: list[int]) -> torch.Tensor:
+    """A whole side's vectors after `epoch`, from its shards' files."""
+    return torch.from_numpy(np.concatenate([np.load(vectors_path(folder, side, epoch, first)) for first in firsts]))
+
+
+@functools.lru_cache(maxsize=2)  # a worker alternates between a user shard and an item shard
+def _shard_ratings(folder: str, side: str, first: int, last: int, width: int) -> tuple[ColumnTiles, torch.Tensor, int]:
+    """Rows first..last-1 of a side's ratings as column tiles, their CSR row pointers and the other side's size;
+    read from the memory-mapped arrays, so only these rows' ratings are loaded."""
+    name = Path(folder) / MATRIX[side]
+    indptr = np.load(f"{name}.indptr.npy", mmap_mode="r")
+    start, stop = int(indptr[first]), int(indptr[last])
+    n_other = int(np.load(Path(folder) / f"{MATRIX[OTHER[side]]}.indptr.npy", mmap_mode="r").shape[0]) - 1
+    matrix = RatingMatrix(last - first, n_other, stop - start)
+    matrix.indptr.copy_(torch.from_numpy(np.array(indptr[first : last + 1]) - start))
+    for part in ("indices", "values"):  # copies of the slices: the rest of the file is never read
+        getattr(matrix, part).copy_(torch.from_numpy(np.array(np.load(f"{name}.{part}.npy", mmap_mode="r")[start:stop])))
+    return ColumnTiles(matrix, width), matrix.indptr, n_other
+
+
+@torch.no_grad()
+def solve_shard(folder: Path, side: str, epoch: int, first: int, last: int, other_firsts: list[int],
+                params: IalsParams) -> tuple[float, bool]:  # fmt: skip
+    """Rows first..last-1 of `side` in `epoch`'s half-step, written to `vectors_path`.
+
+    Returns:
+        The shard's part of the epoch's objective (users: their penalty; items: the observed loss over their
+        ratings, their penalty and their part of the unobserved term, from the final vectors of the epoch), and
+        whether its vectors are finite.
+    """
+    other_epoch = epoch - 1 if side == "users" else epoch  # users are solved first, against last epoch's items
+    other = load_side(folder, OTHER[side], other_epoch, other_firsts)
+    x = torch.from_numpy(np.load(vectors_path(folder, side, epoch - 1, first))).clone()
+    tiles, indptr, n_other = _shard_ratings(str(folder), side, first, last,
+                                            tile_width(params.factors, params.cache_bytes, torch.device("cpu")))  # fmt: skip
+    penalty = row_penalty(indptr, n_other, params)
+    gram = gramian(other, params.unobserved_weight)
+    solve_side(x, other, gram, tiles, penalty, params.cg_steps, params.chunk_ratings)
+    part = (penalty * x.pow(2).sum(1)).double().sum()
+    if side == "items":  # the epoch's vectors are final now: this shard's ratings and its share of every pair
+        part += observed_loss(tiles, x, other, params.chunk_ratings) + (gram * (x.T @ x)).double().sum()
+    _save(x.numpy(), vectors_path(folder, side, epoch, first))
+    return float(part), bool(torch.isfinite(x).all())
+
+
+def drop_epoch(plan: IalsShardPlan, epoch: int) -> None:
+    """Delete `epoch`'s vector files once the next epoch no longer reads them."""
+    for side in SIDES:
+        for first in plan.firsts(side):
+            vectors_path(plan.folder, side, epoch, first).unlink(missing_ok=True)
+
+
+# Solves one half-step's shards somewhere: (side, epoch, shards, the other side's shard firsts) -> each shard's
+# (objective part, finite), as `solve_shard` returns them
+HalfStep = Callable[[str, int, list[tuple[int, int]], list[int]], list[tuple[float, bool]]]
+
+
+def fit_by_shards(plan: IalsShardPlan, params: IalsParams, label: str, half_step: HalfStep) -> list[dict]:
+    """The epochs of `fit_ials` with each half-step's shards solved by `half_step` (on a cluster: mapped task
+    runs); returns the history rows, as `fit_ials` records them."""
+    rows = []
+    for epoch in range(1, params.epochs + 1):
+        started = time.perf_counter()
+        parts = [part for side in SIDES for part in half_step(side, epoch, plan.shards[side], plan.firsts(OTHER[side]))]
+        if not all(finite for _, finite in parts):
+            check_factors(torch.tensor([float("nan")]), torch.zeros(1), epoch)  # raises ModelFitError
+        rows.append({"epoch": epoch, "split": label, "loss": sum(part for part, _ in parts) / max(plan.n_ratings, 1)})
+        drop_epoch(plan, epoch - 1)
+        log.info("epoch %d/%d: %s loss %.4f (%.2fs, %d + %d shards)", epoch, params.epochs, label, rows[-1]["loss"],
+                 time.perf_counter() - started, len(plan.shards["users"]), len(plan.shards["items"]))  # fmt: skip
+    return rows
+
+
+def in_process(plan: IalsShardPlan, params: IalsParams) -> HalfStep:
+    """A `HalfStep` that solves the shards one after another in this process."""
+    return lambda side, epoch, shards, other_firsts: [
+        solve_shard(plan.folder, side, epoch, first, last, other_firsts, params) for first, last in shards
+    ]
+
+
+def assemble_ials(plan: IalsShardPlan, epoch: int, n_users: int, n_items: int, factors: int) -> Ials:
+    """The fitted module from the shards' files of `epoch` (the last); the fit's folder is deleted after."""
+    module = Ials(n_users, n_items, factors)
+    module.user_factors.copy_(load_side(plan.folder, "users", epoch, plan.firsts("users")))
+    module.item_factors.copy_(load_side(plan.folder, "items", epoch, plan.firsts("items")))
+    shutil.rmtree(plan.folder, ignore_errors=True)
+    return module.eval()
+
+
+@task(name="ials-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
+      task_run_name="ials-{side}-e{epoch}-{first}-{last}")  # fmt: skip
+def ials_shard_task(folder: str, side: str, epoch: int, first: int, last: int, other_firsts: list[int],
+                    params: dict) -> tuple[float, bool, str, int]:  # fmt: skip
+    """Prefect wrapper of `solve_shard`, retried when it fails (a worker lost); returns its objective part,
+    whether it is finite, the worker and that worker's peak resident bytes."""
+    started = time.perf_counter()
+    part, finite = solve_shard(Path(folder), side, epoch, first, last, other_firsts, IalsParams(**params))
+    log.info("ials %s %d-%d epoch %d: %.2fs", side, first, last - 1, epoch, time.perf_counter() - started)
+    return part, finite, worker_address(), peak_resident_bytes()
+
