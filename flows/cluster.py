@@ -1,11 +1,15 @@
-"""The evaluate and recommend stages on a Dask cluster, through Prefect's DaskTaskRunner (prefect-dask).
+"""ials's training, the evaluate and the recommend stages on a Dask cluster, through Prefect's DaskTaskRunner
+(prefect-dask).
 
 `cluster` in the config says where: `local:N` starts one Dask LocalCluster of N worker processes on this host
 for the run, shared by its stages (`ClusterSession`); `tcp://host:8786` (or `tls://`) uses a running scheduler, whose workers must share the run's
 `data_dir` and be able to import this package. Each stage runs as a subflow whose task runner is the cluster,
 mapping a shard task over user shards (tasks/shards.py); each shard reads its inputs from the run's folder and
 writes its results there, and this process reads the shards' files back: lists concatenated, evaluation values
-summed exactly (`tasks.evaluate.reduce_evaluation`).
+summed exactly (`tasks.evaluate.reduce_evaluation`). `ials` trains by shards too, one map per half-step
+(tasks/ials_shards.py); the rating model (`dot_bias`) trains in this process, where its SGD belongs.
+
+While shards wait, a cluster left with no worker for `cluster_timeout_seconds` fails the run naming it.
 
 Dask workers report their task runs to the Prefect API of the flow that started them: a LocalCluster's
 workers are given this process's `PREFECT_API_URL`; the workers of a running cluster must be started with
@@ -15,20 +19,27 @@ it (docs/operations.md).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from prefect import flow
+import torch
+from prefect import flow, unmapped
 from prefect.client.orchestration import get_client
 
 from tasks.config import PipelineConfig, setting
-from tasks.reindex import IdMaps
 from tasks.evaluate import GATE_VALUES, reduce_evaluation
+from tasks.ials_shards import IalsShardPlan, assemble_ials, fit_by_shards, ials_shard_task, prepare_ials_shards
+from tasks.models import Interactions
+from tasks.models.ials import IalsParams
+from tasks.reindex import IdMaps
 from tasks.shards import RATER_IS_MODEL, evaluate_shard_task, recommend_shard_task, user_shards
-from tasks.train import TrainedModel, save_checkpoint
+from tasks.train import TrainedModel, phase_ratings, save_checkpoint, trained_model
 
 LOCAL = re.compile(r"^local:(\d+)$")
+TRAINS_BY_SHARDS = frozenset({"ials"})  # the models whose training runs on the cluster
+WORKER_POLL_SECONDS = 1.0
 
 
 class ClusterError(RuntimeError):
@@ -86,17 +97,57 @@ class ClusterReport:
 
 
 @flow(name="evaluate-shards", log_prints=True)
-def evaluate_shards(run_dir: str, model_file: str, shards: list[tuple[int, int]]) -> list[tuple[str, str, str, int]]:
+def evaluate_shards(run_dir: str, model_file: str, shards: list[tuple[int, int]],
+                    timeout_seconds: float) -> list[tuple[str, str, str, int]]:  # fmt: skip
     """Every shard's evaluation values, each a mapped task run on the flow's task runner."""
     futures = evaluate_shard_task.map(run_dir, model_file, [first for first, _ in shards], [last for _, last in shards])
-    return [future.result() for future in futures]
+    return _results(futures, timeout_seconds)
 
 
 @flow(name="recommend-shards", log_prints=True)
-def recommend_shards(run_dir: str, shards: list[tuple[int, int]], rater: str | None) -> list[tuple[str, str, int]]:
+def recommend_shards(run_dir: str, shards: list[tuple[int, int]], rater: str | None,
+                     timeout_seconds: float) -> list[tuple[str, str, int]]:  # fmt: skip
     """Every shard's lists, each a mapped task run on the flow's task runner; returns (file, worker, the worker's
     peak resident bytes) per shard."""
     futures = recommend_shard_task.map(run_dir, [first for first, _ in shards], [last for _, last in shards], rater)
+    return _results(futures, timeout_seconds)
+
+
+@flow(name="train-ials-shards", log_prints=True)
+def train_ials_shards(folder: str, shards: dict[str, list[tuple[int, int]]], n_ratings: int, params: dict,
+                      label: str, timeout_seconds: float) -> tuple[list[dict], list[tuple[float, bool, str, int]]]:  # fmt: skip
+    """`ials`'s epochs, each half-step's shards a map of task runs on the flow's task runner; returns the history
+    rows and every shard's result (its objective part, finite, worker, the worker's peak resident bytes)."""
+    plan = IalsShardPlan(Path(folder), {side: [tuple(rows) for rows in ranges] for side, ranges in shards.items()},
+                         n_ratings)  # fmt: skip
+    done: list[tuple[float, bool, str, int]] = []
+
+    def half_step(side: str, epoch: int, side_shards: list[tuple[int, int]], other_firsts: list[int]) -> list[tuple[float, bool]]:
+        futures = ials_shard_task.map(folder, side, epoch, [first for first, _ in side_shards],
+                                      [last for _, last in side_shards], unmapped(other_firsts), unmapped(params))  # fmt: skip
+        results = _results(futures, timeout_seconds)
+        done.extend(results)
+        return [(part, finite) for part, finite, *_ in results]
+
+    return fit_by_shards(plan, IalsParams(**params), label, half_step), done
+
+
+def _results(futures, timeout_seconds: float) -> list:  # noqa: ANN001 - Prefect's futures
+    """Each mapped task run's result, waiting for all of them; a ClusterError when the cluster has had no worker
+    for `timeout_seconds` meanwhile (without one, Dask would hold the shards until a worker joins)."""
+    if not futures:
+        return []
+    client, idle_since = futures[0].wrapped_future.client, None  # the subflow's task runner's client
+    while pending := [future for future in futures if not future.wrapped_future.done()]:
+        pending[0].wait(timeout=WORKER_POLL_SECONDS)
+        if client.nthreads():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > timeout_seconds:
+            raise ClusterError(f"{setting('cluster')} {client.scheduler.address}: the Dask scheduler lost every worker "
+                               f"while {len(pending)} shard(s) were waiting, and none joined within {timeout_seconds:g} s "
+                               f"({setting('cluster_timeout_seconds')}); nothing was published")  # fmt: skip
     return [future.result() for future in futures]
 
 
@@ -145,7 +196,7 @@ def evaluate_on_cluster(model: TrainedModel, model_file: str, train: pl.DataFram
     save_checkpoint(model, maps, config, run_dir / model_file)
     shards = user_shards(maps.n_users, config.shard_users)
     print(f"evaluating {model.name} for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
-    done = _on_cluster(evaluate_shards, session, str(run_dir), model_file, shards)
+    done = _on_cluster(evaluate_shards, session, str(run_dir), model_file, shards, config.cluster_timeout_seconds)
     per_user = pl.read_parquet([values for values, *_ in done])
     shown = pl.read_parquet([items for _, items, *_ in done])["item_idx"].to_numpy()
     metrics = reduce_evaluation(per_user, shown, train["item_idx"].n_unique(), config.k)
@@ -173,6 +224,26 @@ def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, rating
     ratings.select("user_idx", "item_idx").write_parquet(run_dir / "ratings.parquet")
     shards = user_shards(maps.n_users, config.shard_users)
     print(f"recommending for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
-    done = _on_cluster(recommend_shards, session, str(run_dir), shards, stars)
+    done = _on_cluster(recommend_shards, session, str(run_dir), shards, stars, config.cluster_timeout_seconds)
     lists = pl.read_parquet([path for path, *_ in done]).sort("user_id", "rank")
     return lists, _report(len(shards), done)
+
+
+def train_on_cluster(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: str,
+                     name: str, session: ClusterSession) -> tuple[TrainedModel, ClusterReport]:  # fmt: skip
+    """`tasks.train.train_task` of `name` (one of `TRAINS_BY_SHARDS`) with its half-steps solved by shards on
+    the cluster: the same fit bit for bit, since each shard solves whole chunks of rows as the in-process fit
+    does. The ratings and vectors go through `run_dir / ials-<phase>` (deleted once the model holds the vectors).
+    """
+    assert config.cluster is not None and name in TRAINS_BY_SHARDS
+    fit_on, _ = phase_ratings(ratings, config, phase)  # ials records no validation loss
+    interactions, params = Interactions(fit_on, maps.n_users, maps.n_items), config.params_for(name)
+    started = time.perf_counter()
+    plan = prepare_ials_shards(interactions, params, config.seed, run_dir / f"ials-{phase}")
+    print(f"training {name} on {fit_on.height:,} ratings: {len(plan.shards['users'])} user and "
+          f"{len(plan.shards['items'])} item shards per epoch on cluster {config.cluster}")  # fmt: skip
+    rows, done = _on_cluster(train_ials_shards, session, str(plan.folder), plan.shards, plan.n_ratings,
+                             params.model_dump(), phase, config.cluster_timeout_seconds)  # fmt: skip
+    module = assemble_ials(plan, params.epochs, maps.n_users, maps.n_items, params.factors)
+    model = trained_model(name, module, torch.device("cpu"), rows, time.perf_counter() - started, interactions, config)
+    return model, _report(len(plan.shards["users"]) + len(plan.shards["items"]), done)

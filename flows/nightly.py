@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
-from flows.cluster import ClusterSession, evaluate_on_cluster, recommend_on_cluster
+from flows.cluster import TRAINS_BY_SHARDS, ClusterSession, evaluate_on_cluster, recommend_on_cluster, train_on_cluster
 from flows.lock import run_lock
 from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, checkpoint_path, train_on_deployment
@@ -114,7 +114,8 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         if verdict.publishes:
             if config.refit_on_all:
                 with run.stage("refit"):
-                    model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars)
+                    model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars,
+                                                           cluster)  # fmt: skip
             with run.stage("recommend"):
                 if cluster is not None:  # the shards read the model from model.pt, which it saves first
                     recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory,
@@ -159,7 +160,7 @@ def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl
     """One model's part of the run: train, evaluate, inspect, then one write of its results; returns the model,
     its device, its metrics and the per-user values behind them."""
     with run.stage("train"):
-        model, device = _train(train, maps, config, run.directory, "train", name)
+        model, device = _train(train, maps, config, run.directory, "train", name, cluster)
     with run.stage("evaluate"):
         metrics, per_user = _evaluate(model, "train", train, test, maps, config, run.directory, cluster)
     with run.stage("inspect"):
@@ -182,7 +183,7 @@ def _published_configuration_here(published: PublishedRun | None, candidate: tup
     fitted, fitted_users = dict(metrics), dict(per_user)
     for name in retrain:
         print(f"quality gate: training the published {name} with run {published.run_id}'s settings on this split")
-        model, _ = _train(train, maps, settings, run_dir, "gate", name)
+        model, _ = _train(train, maps, settings, run_dir, "gate", name, cluster)
         fitted[name], fitted_users[name] = _evaluate(model, "gate", train, test, maps, settings, run_dir, cluster)
     return on_this_split(published, fitted, fitted_users, maps, retrain, candidate)
 
@@ -199,21 +200,25 @@ def _evaluate(model: TrainedModel, phase: Phase, train: pl.DataFrame, test: pl.D
     return with_fit_seconds(metrics, model.seconds), per_user
 
 
-def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str,
-           stars: str | None) -> tuple[TrainedModel, TrainedModel | None, dict[str, pl.DataFrame]]:  # fmt: skip
+def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str, stars: str | None,
+           cluster: ClusterSession | None) -> tuple[TrainedModel, TrainedModel | None, dict[str, pl.DataFrame]]:  # fmt: skip
     """The published model and the one behind the stars (once when they are the same), refitted on all ratings,
     with their loss histories."""
-    model, _ = _train(ratings, maps, config, run_dir, "refit", chosen)
+    model, _ = _train(ratings, maps, config, run_dir, "refit", chosen, cluster)
     if stars is None or stars == chosen:
         return model, model if stars else None, {chosen: model.history}
-    rater, _ = _train(ratings, maps, config, run_dir, "refit", stars)
+    rater, _ = _train(ratings, maps, config, run_dir, "refit", stars, cluster)
     return model, rater, {chosen: model.history, stars: rater.history}
 
 
-def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase,
-           name: str) -> tuple[TrainedModel, str]:  # fmt: skip
-    """Train here, or on the training deployment when the config names one; returns the model and its device."""
+def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase, name: str,
+           cluster: ClusterSession | None) -> tuple[TrainedModel, str]:  # fmt: skip
+    """Train on the training deployment when the config names one, by shards on the cluster for the models that
+    train there, else here; returns the model and its device."""
     if config.train_deployment:
         return train_on_deployment(ratings, config, run_dir, phase, name)
+    if cluster is not None and name in TRAINS_BY_SHARDS:
+        model, _ = train_on_cluster(ratings, maps, config, run_dir, phase, name, cluster)
+        return model, str(model.device)
     model = train_task(ratings, maps, config, name, phase=phase)
     return model, str(model.device)

@@ -43,7 +43,9 @@ def _shard_task_runs(like: str = "recommend-users-") -> list[str]:
 
 
 def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tmp_path):
-    common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 300}
+    # ials trained in shards of at most 20,000 ratings (whole chunks of 5,000): 4 per side and half-step
+    ials = {"shard_ratings": 20_000, "chunk_ratings": 5_000}
+    common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 300, "ials": ials}
     in_process = nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
     on_cluster = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
     _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb")  # ials's lists, dot_bias's stars (rater.pt)
@@ -58,6 +60,12 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
     # the evaluation of both models, by the same shards, reduced to the same metrics as in process
     assert _shard_task_runs("evaluate-model-") == sorted(f"evaluate-model-{name}-train.pt-{users}"
                                                           for name in ("dot_bias", "ials") for users in shards)  # fmt: skip
+    # ials's training: every epoch's half-steps by shards, for the split fit and the refit on all ratings
+    for side in ("users", "items"):
+        training = _shard_task_runs(f"ials-{side}-e")  # ials-users-e3-0-212: rows 0-211 in epoch 3
+        assert {name.split("-")[2] for name in training} == {f"e{epoch}" for epoch in range(1, 17)}
+        assert len(training) > 2 * 16 * 3  # two fits, 16 epochs, more than 3 shards each
+    assert not list((tmp_path / "D" / "runs").glob("*/ials-*"))  # the fits' files are gone
 
 
 def _free_port() -> int:
