@@ -36,6 +36,7 @@ from tasks.models.ials import IalsParams
 from tasks.reindex import IdMaps
 from tasks.shards import RATER_IS_MODEL, evaluate_shard_task, recommend_shard_task, user_shards
 from tasks.train import TrainedModel, phase_ratings, save_checkpoint, trained_model
+from warehouse.runs import ListFiles
 
 LOCAL = re.compile(r"^local:(\d+)$")
 TRAINS_BY_SHARDS = frozenset({"ials"})  # the models whose training runs on the cluster
@@ -205,9 +206,9 @@ def evaluate_on_cluster(model: TrainedModel, model_file: str, train: pl.DataFram
 
 def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, ratings: pl.DataFrame, maps: IdMaps,
                          config: PipelineConfig, run_dir: Path,
-                         session: ClusterSession) -> tuple[pl.DataFrame, ClusterReport]:  # fmt: skip
-    """The lists `tasks.recommend.recommend` makes, computed by user shards on `config.cluster`; returns them and
-    how the shards ran.
+                         session: ClusterSession) -> tuple[ListFiles, ClusterReport]:  # fmt: skip
+    """The lists `tasks.recommend.recommend` makes, computed by user shards on `config.cluster`; returns the
+    shards' files (which publish reads in one DuckDB statement) and how the shards ran.
 
     Raises:
         ClusterError: the scheduler could not be reached, or the shards failed after their retries; the message
@@ -225,8 +226,7 @@ def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, rating
     shards = user_shards(maps.n_users, config.shard_users)
     print(f"recommending for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
     done = _on_cluster(recommend_shards, session, str(run_dir), shards, stars, config.cluster_timeout_seconds)
-    lists = pl.read_parquet([path for path, *_ in done]).sort("user_id", "rank")
-    return lists, _report(len(shards), done)
+    return ListFiles.count([Path(path) for path, *_ in done]), _report(len(shards), done)
 
 
 def train_on_cluster(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: str,

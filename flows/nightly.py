@@ -36,6 +36,7 @@ from tasks.reindex import IdMaps, reindex_task
 from tasks.report import report_task
 from tasks.split import split_task
 from tasks.train import TrainedModel, save_checkpoint_task, train_task
+from warehouse.runs import list_counts
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
             with run.stage("publish"):
                 publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories,
                              config.keep_runs, candidate_users)  # fmt: skip
-            status, n_published = "succeeded", recommendations.height
+            status, n_published = "succeeded", list_counts(recommendations)[0]
         else:
             reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs)
             status, n_published = "rejected", 0

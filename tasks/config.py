@@ -263,7 +263,8 @@ class PipelineConfig(BaseModel):
         50_000, ge=1, description="Users per shard on a cluster (each shard one Prefect task run per stage)."
     )
     cluster_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long to try to reach the cluster's Dask scheduler before the run fails."
+        30.0, gt=0, description="How long to try to reach the cluster's Dask scheduler, or to wait for a worker when "
+        "it has none while shards wait, before the run fails."
     )
 
     # Operations

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.ingest import Dataset
-from warehouse.runs import ModelRecord, mark_rejected, publish, record_model
+from warehouse.runs import ListFiles, ModelRecord, mark_rejected, publish, record_model
 
 
 @task(name="record-model", cache_policy=NO_CACHE, task_run_name="record-{model}")
@@ -32,7 +32,7 @@ def reject_task(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int =
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish_task(path: Path, run_id: str, recommendations: pl.DataFrame, dataset: Dataset,
+def publish_task(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, dataset: Dataset,
                  facts: Callable[[], dict[str, Any]], refit_histories: dict[str, pl.DataFrame],
                  keep_runs: int = 0, user_metrics: pl.DataFrame | None = None) -> datetime:  # fmt: skip
     """Publish the lists with the parsed dataset's catalogue, in one write (`publish`), pruning the detail

@@ -26,6 +26,7 @@ from tasks.config import PipelineConfig, setting
 from tasks.evaluate import metric_value
 from tasks.gate import GateVerdict
 from tasks.train import TrainedModel
+from warehouse.runs import ListFiles, list_counts
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def last_loss(model: TrainedModel) -> float | None:
     return float(training["loss"][-1]) if training.height else None
 
 
-def check_published_model(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame,
+def check_published_model(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame | ListFiles,
                           split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig) -> str:  # fmt: skip
     """Raise `PublishCheckError` unless `published` (the refit of `split_fit`) and its `lists` are sane; returns
     what was checked, in words.
@@ -48,7 +49,7 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
     Args:
         split_fit: the model fitted on the training split, which evaluation and the gate judged.
         published: the model whose lists are about to be published.
-        lists: its recommendations (`item_id` per row).
+        lists: its recommendations (`user_id`, `item_id` per row), or the files a cluster's shards wrote.
         split_metrics: the split fit's metrics (its coverage@k).
         n_catalogue: items in the training split (what coverage is a share of).
         config: `k` and `refit_loss_tolerance`.
@@ -67,8 +68,8 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
     # what the split fit's top-k showed, scaled to lists of top_n (a rough bound: a list of 5 shows at least
     # about half the distinct items a list of 10 does)
     expected = (coverage or 0.0) * n_catalogue * min(1.0, config.top_n / config.k)
-    shown = lists["item_id"].n_unique()
-    if lists.height == 0 or shown < 0.5 * expected:
+    n_rows, _, shown = list_counts(lists)
+    if n_rows == 0 or shown < 0.5 * expected:
         problems.append(f"its lists show {shown} distinct items, against {expected:.0f} expected from the split "
                         f"fit's top-{config.k} (its coverage@{config.k})")  # fmt: skip
     if problems:
@@ -78,22 +79,22 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
 
 
 @task(name="publish-check", cache_policy=NO_CACHE)
-def check_published_model_task(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame,
+def check_published_model_task(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame | ListFiles,
                                split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig) -> None:  # fmt: skip
     """Prefect wrapper of `check_published_model`; logs what it checked."""
     checked = check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config)
     log.info("publish check passed: %s", checked)
 
 
-def list_collapse(lists: pl.DataFrame, live: dict | None, min_share: float) -> str | None:
+def list_collapse(lists: pl.DataFrame | ListFiles, live: dict | None, min_share: float) -> str | None:
     """How `lists` collapsed against the `live` lists (`run_id`, `users`, `items` of `live_list_coverage`), in
     words, or None when they cover at least `min_share` of the live users and of the live distinct items."""
     if live is None or not live["users"]:
         return None
+    _, n_users, n_items = list_counts(lists)
     shrunk = [
         f"{new:,} {what} against the live lists' {old:,}"
-        for what, new, old in (("users", lists["user_id"].n_unique(), live["users"]),
-                               ("distinct items", lists["item_id"].n_unique(), live["items"]))
+        for what, new, old in (("users", n_users, live["users"]), ("distinct items", n_items, live["items"]))
         if new < min_share * old
     ]  # fmt: skip
     if not shrunk:
@@ -103,7 +104,8 @@ def list_collapse(lists: pl.DataFrame, live: dict | None, min_share: float) -> s
 
 
 @task(name="list-coverage", cache_policy=NO_CACHE)
-def list_coverage_task(path: Path, lists: pl.DataFrame, verdict: GateVerdict, config: PipelineConfig) -> GateVerdict:
+def list_coverage_task(path: Path, lists: pl.DataFrame | ListFiles, verdict: GateVerdict,
+                       config: PipelineConfig) -> GateVerdict:  # fmt: skip
     """The gate's `verdict`, turned into a rejection when `lists` collapsed against the live lists (`list_collapse`);
     with `force` the run publishes anyway and the reason says so."""
     with warehouse.open_reader(path) as con:

@@ -80,6 +80,14 @@ def _start(*args: str, log: Path) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
+def _raised(call) -> BaseException | None:  # noqa: ANN001
+    try:
+        call()
+    except BaseException as error:  # noqa: BLE001 - the test reads it
+        return error
+    return None
+
+
 def _wait_for_workers(address: str, n: int) -> None:
     from distributed import Client
 
@@ -119,7 +127,23 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         _same_lists(tmp_path / "a.duckdb", tmp_path / "c.duckdb")
         published = query_rows(tmp_path / "b.duckdb", LISTS)
 
-        os.killpg(workers[1].pid, signal.SIGKILL)  # every worker gone: refused before any shard waits for one
+        # every worker gone while shards wait: the run fails naming the address once none joined in the timeout
+        failed = {}
+        thread = threading.Thread(target=lambda: failed.update(error=_raised(lambda: nightly(PipelineConfig(
+            warehouse=tmp_path / "b.duckdb", cluster=address, **{**common, "shard_users": 10})))))  # fmt: skip
+        before = set(shards.glob("*/shards/recommend-*.parquet"))
+        thread.start()
+        while not set(shards.glob("*/shards/recommend-*.parquet")) - before and thread.is_alive():
+            time.sleep(0.05)
+        os.killpg(workers[1].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        thread.join(timeout=120)
+        assert f"cluster (--cluster) {address}: the Dask scheduler lost every worker while" in str(failed["error"])
+        assert "none joined within 5 s (cluster_timeout_seconds (--cluster-timeout-seconds))" in str(failed["error"])
+        assert time.monotonic() - killed_at < 60
+        assert query_rows(tmp_path / "b.duckdb", LISTS) == published  # nothing was replaced
+
+        # and a run started with no worker is refused before any shard waits for one
         deadline = time.monotonic() + 30
         from distributed import Client
 
@@ -136,8 +160,8 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
             nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
         assert time.monotonic() - started < 60
         assert query_rows(tmp_path / "b.duckdb", LISTS) == published  # nothing was replaced
-        errors = query_rows(tmp_path / "b.duckdb", "SELECT status, error FROM runs ORDER BY started_at")[-2:]
-        assert [status for status, _ in errors] == ["failed", "failed"] and all(address in error for _, error in errors)
+        errors = query_rows(tmp_path / "b.duckdb", "SELECT status, error FROM runs ORDER BY started_at")[-3:]
+        assert [status for status, _ in errors] == ["failed"] * 3 and all(address in error for _, error in errors)
     finally:
         for process in [scheduler, *workers]:
             if process.poll() is None:

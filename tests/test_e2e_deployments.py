@@ -2,7 +2,8 @@
 empty machine to a scheduled run", run line by line): the server, the work pools, `prefect deploy --all` of
 deploy/prefect.yaml and a worker. Then: the server's scheduler creating the nightly's 03:00 runs and a
 short interval schedule's run completing on the worker; a deployment run that trains through the training
-deployment; the ratings-updated event triggering a run; a run that overrides one setting; two runs at once.
+deployment; the ratings-updated event triggering a run; a run that overrides one setting; two runs at once; a
+run on a real Dask cluster (`dask scheduler`, two `dask worker`) whose shards are task runs on the server.
 Every process the test starts is stopped by its pid (and its process group) at the end.
 
 Select it with `pytest -m e2e`; it takes three to four minutes.
@@ -298,3 +299,53 @@ def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deploym
         config = json.loads(config)
         assert (config["top_n"], config["models"], config["gate_tolerance"]) == (5, NIGHTLY_MODELS, 0.1)
     assert list_lengths == [(5,)]
+
+
+def _start_dask(stack: Stack, port: int, n_workers: int) -> str:
+    """`dask scheduler` and `n_workers` `dask worker` processes on 127.0.0.1, as docs/operations.md starts them:
+    the workers with the server's PREFECT_API_URL (stack.env), so their task runs report to it."""
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(BIN / "dask")
+    stack.start("dask-scheduler", dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
+    for i in range(n_workers):
+        stack.start(f"dask-worker-{i}", dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}")
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(n_workers, timeout=120)
+    return address
+
+
+def test_a_deployment_run_on_a_dask_cluster_maps_its_shards_as_task_runs_on_the_server(stack, source_url):
+    address = _start_dask(stack, _free_port(), 2)
+    nightly_id = _deployment_id(stack, "nightly/nightly")
+    overrides = {"cluster": address, "warehouse": "warehouse/cluster.duckdb", "models": ["dot_bias", "ials"],
+                 "shard_users": 300, "ials": {"shard_ratings": 20_000, "chunk_ratings": 5_000}}  # fmt: skip
+    created = _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run",
+                   json={"parameters": {"source": source_url, "overrides": overrides}})  # fmt: skip
+    run = stack.wait_for_run(created.json()["id"], timeout=420)
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.logs()}"
+
+    with duckdb.connect(str(stack.checkout / "warehouse" / "cluster.duckdb"), read_only=True) as con:
+        facts = con.execute("SELECT status, cluster, cluster_workers FROM runs WHERE flow_run_id = ?", [run["id"]]).fetchall()
+        n_users = con.execute("SELECT count(DISTINCT user_id) FROM recommendations").fetchone()[0]
+    assert facts == [("succeeded", address, 2)] and n_users == 943
+
+    # the stages' subflows and their mapped task runs, on the server, under this flow run
+    body = {"flow_runs": {"parent_flow_run_id": {"operator": "and_", "any_": [run["id"]]}}}
+    subflows = _api("POST", f"{stack.api}/flow_runs/filter", json=body).json()
+    names = sorted({_flow_name(stack, subflow["flow_id"]) for subflow in subflows})
+    assert names == ["evaluate-shards", "recommend-shards", "train-ials-shards"]
+    body = {"flow_runs": {"id": {"any_": [subflow["id"] for subflow in subflows]}}, "limit": 200}
+    offset, task_runs = 0, []
+    while page := _api("POST", f"{stack.api}/task_runs/filter", json={**body, "offset": offset}).json():
+        task_runs, offset = task_runs + page, offset + len(page)
+    recommend = sorted(r["name"] for r in task_runs if r["name"].startswith("recommend-users-"))
+    assert recommend == [f"recommend-users-{first}-{min(first + 300, 943)}" for first in (0, 300, 600, 900)]
+    training = [r for r in task_runs if r["name"].startswith(("ials-users-e", "ials-items-e"))]
+    assert len(training) > 2 * 16 * 2 * 3  # the split fit and the refit: 16 epochs, two sides, 4 shards each
+    assert {r["state"]["type"] for r in task_runs} == {"COMPLETED"}
+
+
+def _flow_name(stack: Stack, flow_id: str) -> str:
+    return _api("GET", f"{stack.api}/flows/{flow_id}").json()["name"]

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.sql import run_statement
+from warehouse.sql import query, run_statement
 from warehouse.writer import open_writer
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,32 @@ def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> No
         run_statement(con, "record_model", frames)
 
 
-def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.DataFrame,
+@dataclass(frozen=True)
+class ListFiles:
+    """Lists kept as parquet files (`user_id`, `item_id`, `rank`, `score`, `predicted_rating`), as a cluster's
+    shards write them: counted and published by DuckDB over the files, never gathered into one frame."""
+
+    paths: tuple[str, ...]
+    n_rows: int
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def count(cls, paths: list[Path]) -> ListFiles:
+        files = [str(path) for path in paths]
+        with duckdb.connect() as con:
+            n_rows, n_users, n_items = con.execute(query("list_file_counts"), {"files": files}).fetchone()
+        return cls(tuple(files), n_rows, n_users, n_items)
+
+
+def list_counts(lists: pl.DataFrame | ListFiles) -> tuple[int, int, int]:
+    """Rows, users and distinct items of lists, in a frame or in files."""
+    if isinstance(lists, ListFiles):
+        return lists.n_rows, lists.n_users, lists.n_items
+    return lists.height, lists["user_id"].n_unique(), lists["item_id"].n_unique()
+
+
+def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, items: pl.DataFrame,
             facts: dict[str, Any] | Callable[[], dict[str, Any]],
             refit_histories: dict[str, pl.DataFrame] | None = None, keep_runs: int = 0,
             user_metrics: pl.DataFrame | None = None) -> datetime:  # fmt: skip
@@ -133,7 +158,7 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
         path: the warehouse file.
         run_id: the publishing run.
         recommendations: `user_id`, `item_id`, `rank`, `score`, and `predicted_rating` when a rating model
-            predicted the stars (NULL without one).
+            predicted the stars (NULL without one); a frame, or the files a cluster's shards wrote.
         items: `item_id`, `title`, `genres`, `year`.
         facts: last `runs` fields to set (stage timings...), or a function returning them, called after the
             lists are inserted (so timings include the write's work).
@@ -148,7 +173,7 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
     """
     generated_at = utc_now()
     frames = {
-        "new_recommendations": recommendations.select(
+        "new_recommendations": None if isinstance(recommendations, ListFiles) else recommendations.select(
             "user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
             pl.lit(generated_at).cast(UTC).alias("generated_at"),
             (pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None))
@@ -162,13 +187,19 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame, items: pl.Da
         "new_user_metrics": (user_metrics if user_metrics is not None else pl.DataFrame(schema=USER_METRICS_SCHEMA))
         .select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
     }
+    lists = frames.pop("new_recommendations")
     with open_writer(path) as con:
+        if lists is None:
+            run_statement(con, "publish_lists_from_files", params={"files": list(recommendations.paths), "run_id": run_id,
+                                                                   "generated_at": generated_at})  # fmt: skip
+        else:
+            run_statement(con, "publish_lists", {"new_recommendations": lists})
         run_statement(con, "publish", frames)
         final = facts() if callable(facts) else facts
         update = _run_update(run_id, {**final, "status": "succeeded", "finished_at": utc_now()})
         run_statement(con, "update_run", {"run_update": update})
         run_statement(con, "prune_details", params={"keep_runs": keep_runs})
-    log.info("published %d recommendations for run %s", recommendations.height, run_id)
+    log.info("published %d recommendations for run %s", list_counts(recommendations)[0], run_id)
     return generated_at
 
 

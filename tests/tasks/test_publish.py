@@ -12,7 +12,7 @@ import pytest
 import warehouse
 from warehouse import open_writer
 from tests.helpers import query_rows
-from warehouse.runs import ModelRecord, mark_failed, publish, record_model, start_run
+from warehouse.runs import ListFiles, ModelRecord, list_counts, mark_failed, publish, record_model, start_run
 
 
 def _recs(user_ids, run_offset=0) -> pl.DataFrame:
@@ -59,6 +59,25 @@ def test_publish_replaces_lists_and_marks_run(tmp_path):
         assert runs == [("run-1", "succeeded", 4, "1.5"), ("run-2", "succeeded", 5, None)]
         titled = warehouse.fetch(con, "user_recommendations", {"user_id": 3})
     assert titled["title"].to_list() == ["C", "D"]
+
+
+def test_lists_in_shard_files_publish_as_the_same_lists_in_one_write(tmp_path):
+    lists = _recs([1, 2, 3]).with_columns(predicted_rating=pl.lit(3.5, pl.Float32))
+    paths = []
+    for i, shard in enumerate(lists.partition_by("user_id", maintain_order=True)):  # one file per user, as shards
+        paths.append(tmp_path / f"recommend-{i}.parquet")
+        shard.write_parquet(paths[-1])
+    files = ListFiles.count(paths)
+    assert list_counts(files) == list_counts(lists) == (6, 3, 2)
+    rows = "SELECT user_id, item_id, rank, score, predicted_rating, run_id FROM recommendations ORDER BY ALL"
+    for run_id, published in (("from-frame", lists), ("from-files", files)):
+        _start(tmp_path / f"{run_id}.duckdb", run_id)
+        publish(tmp_path / f"{run_id}.duckdb", run_id, published, ITEMS, {"n_ratings": 6})
+    frame_rows, file_rows = (query_rows(tmp_path / f"{run_id}.duckdb", rows) for run_id in ("from-frame", "from-files"))
+    assert [row[:5] for row in file_rows] == [row[:5] for row in frame_rows] and len(file_rows) == 6
+    assert {row[5] for row in file_rows} == {"from-files"}
+    stamped = "SELECT DISTINCT generated_at IS NOT NULL, (SELECT status FROM runs) FROM recommendations"
+    assert query_rows(tmp_path / "from-files.duckdb", stamped) == [(True, "succeeded")]
 
 
 def test_failed_run_leaves_published_lists_untouched(tmp_path):

@@ -1,15 +1,11 @@
--- A publishing run swaps in its lists and their catalogue, and keeps the loss of the refit that scored
--- them, all in one write. Frames: `new_recommendations` (user_id, item_id, rank, score, run_id,
--- generated_at, predicted_rating), `new_items` (item_id, title, genres, year), `new_history` (run_id, model, epoch, split, loss;
+-- A publishing run swaps in its catalogue and keeps the loss of the refit that scored its lists, in the same
+-- write as the lists themselves (publish_lists.sql, or publish_lists_from_files.sql on a cluster).
+-- Frames: `new_items` (item_id, title, genres, year), `new_history` (run_id, model, epoch, split, loss;
 -- split 'refit', empty when the run did not refit), `new_user_metrics` (run_id, model, user_id, metric, value:
 -- the per-user values behind the metrics the gate judged, for the next run's comparison).
 DELETE FROM training_history USING (SELECT DISTINCT run_id, model, split FROM new_history) AS h
 WHERE training_history.run_id = h.run_id AND training_history.model = h.model AND training_history.split = h.split;
 INSERT INTO training_history (run_id, model, epoch, split, loss) SELECT run_id, model, epoch, split, loss FROM new_history;
-
-DELETE FROM recommendations;
-INSERT INTO recommendations (user_id, item_id, rank, score, run_id, generated_at, predicted_rating)
-SELECT user_id, item_id, rank, score, run_id, generated_at, predicted_rating FROM new_recommendations;
 
 DELETE FROM items;
 INSERT INTO items SELECT item_id, title, genres, year FROM new_items;
