@@ -1,12 +1,13 @@
-"""The nightly run in process and with its recommend stage on a Dask LocalCluster, side by side.
+"""The nightly run in process and with ials's training, evaluation and the lists on a Dask LocalCluster, side by side.
 
-    python benchmarks/cluster.py [--sizes ml-100k,1m,20m] [--workers 2] [--shard-users 20000] [--json OUT]
+    python benchmarks/cluster.py [--sizes ml-100k,1m,20m,50m] [--workers 2] [--shard-users 20000] [--json OUT]
 
 Each size is two `recs run`s on the defaults in child processes (benchmarks/scale.py's `run_once`): in process,
-then `--cluster local:N --shard-users S`. Prints wall seconds, the recommend stage's seconds, the peak RSS of
-the run's process tree (the largest single process: the flow, or a worker) and, for the cluster run, the
-shard count and each worker's peak RSS as its shards reported it. On two cores no speed-up is expected; what
-the figures show is that a worker's memory is its shard's users and the model, not the whole ratings table.
+then `--cluster local:N --shard-users S`. Prints wall seconds, the stages' seconds, the peak RSS of the run's
+process tree (the largest single process: the flow, or a worker) and, for the cluster run, each stage's shard
+count (ials: user + item shards per half-step) and each worker's peak RSS as its shards reported it. On two
+cores no speed-up is expected; what the figures show is that a worker's memory is its shard and the fixed side's
+vectors (or the model), not the whole ratings table.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ REPORT = re.compile(r"(\d+) shards on (\d+) workers; peak RSS per worker: (.+)$"
 
 
 def _worker_peaks(log: Path) -> dict:
+    """Every stage's shard count, in the order the stages reported, and each worker's peak over all of them."""
     found = REPORT.findall(log.read_text())
     if not found:
         return {}
-    shards, workers, peaks = found[-1]
-    return {"shards": int(shards), "workers": int(workers),
-            "worker_peak_gb": [float(gb) for gb in re.findall(r" ([\d.]+) GB", peaks)]}  # fmt: skip
+    peaks: dict[str, float] = {}
+    for _, _, line in found:
+        for worker, gb in re.findall(r"(\S+) ([\d.]+) GB", line):
+            peaks[worker] = max(peaks.get(worker, 0.0), float(gb))
+    return {"shards": [int(shards) for shards, _, _ in found], "workers": int(found[-1][1]),
+            "worker_peak_gb": [peaks[worker] for worker in sorted(peaks)]}  # fmt: skip
 
 
 def main() -> None:
@@ -54,12 +59,16 @@ def main() -> None:
             row.update(mode=mode, size=size, **_worker_peaks(args.work / f"run-{label}" / "run.log"))
             rows.append(row)
             print(f"{size} {mode}: {row['wall_seconds']:.1f}s wall", flush=True)
-    print("\n| dataset | where | wall s | recommend s | shards | peak RSS GB (largest process) | worker peak RSS GB |")
-    print("|---|---|---|---|---|---|---|")
+    stages = ("train", "evaluate", "gate", "refit", "recommend", "publish")
+    print("\n| dataset | where | wall s | " + " | ".join(f"{stage} s" for stage in stages)
+          + " | shards (per stage) | peak RSS GB (largest process) | worker peak RSS GB |")  # fmt: skip
+    print("|---|---|---|" + "---|" * len(stages) + "---|---|---|")
     for r in rows:
         peaks = ", ".join(f"{gb:.2f}" for gb in r.get("worker_peak_gb", [])) or "-"
-        print(f"| {r['size']} | {r['mode']} | {r['wall_seconds']:.1f} | {r['stage_seconds']['recommend']:.1f} | "
-              f"{r.get('shards', '-')} | {r['peak_rss_gb']:.2f} | {peaks} |")  # fmt: skip
+        shards = " / ".join(str(n) for n in r.get("shards", [])) or "-"
+        seconds = " | ".join(f"{r['stage_seconds'].get(stage, 0):.1f}" for stage in stages)
+        print(f"| {r['size']} | {r['mode']} | {r['wall_seconds']:.1f} | {seconds} | {shards} | {r['peak_rss_gb']:.2f} | "
+              f"{peaks} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

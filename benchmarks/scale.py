@@ -32,6 +32,7 @@ from benchmarks.synth import SynthSpec, synth  # noqa: E402
 SYNTHETIC = {
     "1m": SynthSpec(users=6_040, items=3_700, ratings=1_000_000, seed=1),  # ML-1M's shape
     "20m": SynthSpec(users=138_000, items=27_000, ratings=20_000_000, seed=20),  # ML-20M's shape
+    "50m": SynthSpec(users=500_000, items=40_000, ratings=50_000_000, seed=50),  # the largest both modes fit in 24 GB
 }
 STAGES = ("ingest", "reindex", "split", "train", "evaluate", "inspect", "refit", "recommend", "publish")
 
