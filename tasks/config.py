@@ -254,13 +254,12 @@ class PipelineConfig(BaseModel):
     )
     cluster: str | None = Field(
         None,
-        description="Where evaluation and the recommend stage run, by user shards (flows/cluster.py): unset, in "
-        "this process; "
-        "local:N, a Dask LocalCluster of N worker processes on this host; tcp://host:8786, a running Dask "
+        description="Where ials's training, evaluation and the recommend stage run, by shards (flows/cluster.py): "
+        "unset, in this process; local:N, a Dask LocalCluster of N worker processes on this host; tcp://host:8786, a running Dask "
         "scheduler whose workers share data_dir.",
     )
     shard_users: int = Field(
-        50_000, ge=1, description="Users per shard on a cluster (each shard one Prefect task run per stage)."
+        50_000, ge=1, description="Users per shard of evaluation and the lists on a cluster (each shard one Prefect task run per stage)."
     )
     cluster_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to try to reach the cluster's Dask scheduler, or to wait for a worker when "

@@ -1,7 +1,8 @@
-"""The evaluate and recommend stages on a Dask cluster (flows/cluster.py): a LocalCluster (`local:2`) and a
-real `dask scheduler` with two `dask worker` processes on 127.0.0.1 publish the same lists and metrics as the
-in-process run, their shards are task runs on the flow's Prefect API, and a scheduler without workers or gone fails the run naming
-its address, leaving the published lists as they were."""
+"""ials's training, evaluation and the lists on a Dask cluster (flows/cluster.py): a LocalCluster (`local:2`) and
+a real `dask scheduler` with two `dask worker` processes on 127.0.0.1 publish the same lists and metrics as the
+in-process run, their shards are task runs on the flow's Prefect API, a worker killed mid-fit or mid-stage
+changes nothing, and a scheduler without workers (at the start or while shards wait) or gone fails the run
+naming its address, leaving the published lists as they were."""
 
 from __future__ import annotations
 
@@ -112,16 +113,34 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         assert query_rows(tmp_path / "b.duckdb", "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?",
                           [run.run_id]) == [(address, 2)]  # fmt: skip
 
+        # a worker killed while ials trains by shards: the other one solves them, the same fit and lists
+        ials = {**common, "model": "ials", "ials": {"epochs": 4, "shard_ratings": 10_000, "chunk_ratings": 5_000}}
+        nightly(PipelineConfig(warehouse=tmp_path / "ials-a.duckdb", **ials))
+        finished = {}
+        thread = threading.Thread(target=lambda: finished.update(run=nightly(PipelineConfig(
+            warehouse=tmp_path / "ials-b.duckdb", cluster=address, **ials))))  # fmt: skip
+        thread.start()
+        shards = tmp_path / "D" / "runs"
+        while not list(shards.glob("*/ials-train/users-e002-*.npy")) and thread.is_alive():
+            time.sleep(0.02)
+        os.killpg(workers[1].pid, signal.SIGKILL)  # mid-fit: epoch 2's user half-step has begun
+        thread.join(timeout=300)
+        assert finished["run"].status == "succeeded"
+        _same_lists(tmp_path / "ials-a.duckdb", tmp_path / "ials-b.duckdb")
+        workers[1] = _start(DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", "w1b",
+                            log=tmp_path / "worker-1b.log")  # fmt: skip
+        _wait_for_workers(address, 2)
+
         # a worker killed while shards are being computed: the scheduler gives its shards to the other one
         finished = {}
         thread = threading.Thread(target=lambda: finished.update(run=nightly(PipelineConfig(
             warehouse=tmp_path / "c.duckdb", cluster=address, **{**common, "shard_users": 10}))))  # fmt: skip
+        before = set(shards.glob("*/shards/recommend-*.parquet"))
         thread.start()
-        shards = tmp_path / "D" / "runs"
-        while not list(shards.glob("*/shards/recommend-*.parquet")) and thread.is_alive():
+        while not set(shards.glob("*/shards/recommend-*.parquet")) - before and thread.is_alive():
             time.sleep(0.05)
         os.killpg(workers[0].pid, signal.SIGKILL)
-        done_at_kill = len(list(shards.glob("*/shards/recommend-*.parquet")))
+        done_at_kill = len(set(shards.glob("*/shards/recommend-*.parquet")) - before)
         thread.join(timeout=300)
         assert done_at_kill < 95 and finished["run"].status == "succeeded"  # 95 shards of 10 users
         _same_lists(tmp_path / "a.duckdb", tmp_path / "c.duckdb")

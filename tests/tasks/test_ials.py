@@ -8,8 +8,10 @@ import polars as pl
 import pytest
 import torch
 
+from tasks.ials_shards import (
+    assemble_ials, fit_by_shards, in_process, prepare_ials_shards, shard_rows, solve_shard, vectors_path,
+)  # fmt: skip
 from tasks.models.base import Interactions, ModelFitError, RatingMatrix
-from tasks.ials_shards import assemble_ials, fit_by_shards, in_process, prepare_ials_shards, shard_rows
 from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, row_chunks, solve_side
 
 CPU = torch.device("cpu")
@@ -125,3 +127,16 @@ def test_shards_are_whole_chunks_within_the_ratings_budget():
     assert shard_rows(indptr, 4, 8) == [(0, 2), (2, 4), (4, 5)]
     assert shard_rows(indptr, 4, 100) == [(0, 5)]
     assert shard_rows(indptr, 1, 1) == row_chunks(indptr, 1)
+
+
+def test_a_retried_shard_reads_the_same_inputs_and_writes_the_same_vectors(ml100k_indexed, tmp_path):
+    ratings, maps = ml100k_indexed
+    params = IalsParams(epochs=1, chunk_ratings=5000, shard_ratings=20_000)
+    plan = prepare_ials_shards(Interactions(ratings, maps.n_users, maps.n_items), params, 0, tmp_path / "ials")
+    first, last = plan.shards["users"][1]
+    once = solve_shard(plan.folder, "users", 1, first, last, plan.firsts("items"), params)
+    written = vectors_path(plan.folder, "users", 1, first).read_bytes()
+    vectors_path(plan.folder, "users", 1, first).with_suffix(".npy.partial").write_bytes(b"cut short")  # a killed try
+    again = solve_shard(plan.folder, "users", 1, first, last, plan.firsts("items"), params)  # the retry
+    assert again == once and vectors_path(plan.folder, "users", 1, first).read_bytes() == written
+    assert np.load(vectors_path(plan.folder, "users", 0, first)).shape == (last - first, params.factors)  # inputs kept
