@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.models.base import Interactions, RatingMatrix
 from tasks.models.ials import (
-    ColumnTiles, Ials, IalsParams, check_factors, gramian, ials_problem, observed_loss, row_chunks, row_penalty,
+    ColumnTiles, Ials, IalsParams, gramian, ials_problem, non_finite, observed_loss, row_chunks, row_penalty,
     solve_side, tile_width,
 )  # fmt: skip
 from tasks.shards import peak_resident_bytes, worker_address
@@ -89,7 +89,7 @@ def prepare_ials_shards(interactions: Interactions, params: IalsParams, seed: in
         shards[side] = shard_rows(matrix.indptr, params.chunk_ratings, params.shard_ratings)
         for first, last in shards[side]:
             _save(vectors[first:last].numpy(), vectors_path(folder, side, 0, first))
-    return IalsShardPlan(folder, shards, interactions.ratings.height)
+    return IalsShardPlan(folder, shards, int(problem.by_user.indptr[-1]))  # the objective is per stored rating
 
 
 def load_side(folder: Path, side: str, epoch: int, firsts: list[int]) -> torch.Tensor:
@@ -157,7 +157,7 @@ def fit_by_shards(plan: IalsShardPlan, params: IalsParams, label: str, half_step
         started = time.perf_counter()
         parts = [part for side in SIDES for part in half_step(side, epoch, plan.shards[side], plan.firsts(OTHER[side]))]
         if not all(finite for _, finite in parts):
-            check_factors(torch.tensor([float("nan")]), torch.zeros(1), epoch)  # raises ModelFitError
+            raise non_finite(epoch)
         rows.append({"epoch": epoch, "split": label, "loss": sum(part for part, _ in parts) / max(plan.n_ratings, 1)})
         drop_epoch(plan, epoch - 1)
         log.info("epoch %d/%d: %s loss %.4f (%.2fs, %d + %d shards)", epoch, params.epochs, label, rows[-1]["loss"],

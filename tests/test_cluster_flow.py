@@ -44,8 +44,8 @@ def _shard_task_runs(like: str = "recommend-users-") -> list[str]:
 
 
 def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tmp_path):
-    # ials trained in shards of at most 20,000 ratings (whole chunks of 5,000): 4 per side and half-step
-    ials = {"shard_ratings": 20_000, "chunk_ratings": 5_000}
+    # ials trained in shards of at most 40,000 ratings (whole chunks of 5,000): 2 or 3 per side and half-step
+    ials = {"epochs": 8, "shard_ratings": 40_000, "chunk_ratings": 5_000}
     common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 300, "ials": ials}
     in_process = nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
     on_cluster = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
@@ -64,8 +64,8 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
     # ials's training: every epoch's half-steps by shards, for the split fit and the refit on all ratings
     for side in ("users", "items"):
         training = _shard_task_runs(f"ials-{side}-e")  # ials-users-e3-0-212: rows 0-211 in epoch 3
-        assert {name.split("-")[2] for name in training} == {f"e{epoch}" for epoch in range(1, 17)}
-        assert len(training) > 2 * 16 * 3  # two fits, 16 epochs, more than 3 shards each
+        assert {name.split("-")[2] for name in training} == {f"e{epoch}" for epoch in range(1, 9)}
+        assert len(training) == 8 * (2 + 3)  # 8 epochs of the split fit (2 shards) and the refit (all ratings: 3)
     assert not list((tmp_path / "D" / "runs").glob("*/ials-*"))  # the fits' files are gone
 
 

@@ -286,4 +286,8 @@ def fit_ials(interactions: Interactions, params: IalsParams, device: torch.devic
 def check_factors(w: torch.Tensor, h: torch.Tensor, epoch: int) -> None:
     """ModelFitError when an epoch left a non-finite vector."""
     if not (torch.isfinite(w).all() and torch.isfinite(h).all()):
-        raise ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")
+        raise non_finite(epoch)
+
+
+def non_finite(epoch: int) -> ModelFitError:
+    return ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")

@@ -96,10 +96,13 @@ def test_seeded_deterministic_and_a_single_rating_user_gets_a_finite_vector():
     assert torch.isfinite(module.user_factors[1]).all() and module.user_factors[1].abs().sum() > 0
 
 
-def test_non_finite_factors_fail_the_fit():
-    ratings = _ratings()
+def test_non_finite_factors_fail_the_fit(tmp_path):
+    interactions, params = Interactions(_ratings(), 6, 5), IalsParams(factors=4, epochs=2, confidence=float("inf"))
     with pytest.raises(ModelFitError, match="non-finite in epoch 1"):
-        fit_ials(Interactions(ratings, 6, 5), IalsParams(factors=4, epochs=2, confidence=float("inf")), CPU)
+        fit_ials(interactions, params, CPU)
+    plan = prepare_ials_shards(interactions, params, 0, tmp_path / "ials")
+    with pytest.raises(ModelFitError, match="non-finite in epoch 1"):  # by shards too
+        fit_by_shards(plan, params, "train", in_process(plan, params))
 
 
 @pytest.mark.parametrize("chunk_ratings, shard_ratings", [(1 << 22, 1 << 23), (3000, 3000), (2000, 9000)])
