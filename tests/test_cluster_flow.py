@@ -29,9 +29,9 @@ DASK = str(Path(sys.executable).parent / "dask")
 LISTS = "SELECT user_id, item_id, rank, score, predicted_rating FROM recommendations ORDER BY user_id, rank"
 
 
-def _same_lists(a: Path, b: Path) -> None:
+def _same_lists(a: Path, b: Path, n_rows: int = 9430) -> None:
     ours, theirs = query_rows(a, LISTS), query_rows(b, LISTS)
-    assert len(ours) == len(theirs) == 9430
+    assert len(ours) == len(theirs) == n_rows
     assert [row[:3] for row in ours] == [row[:3] for row in theirs]  # the same items at the same ranks
     assert max(abs(x[3] - y[3]) for x, y in zip(ours, theirs)) <= 1e-5
     assert all((x[4] is None and y[4] is None) or abs(x[4] - y[4]) <= 1e-5 for x, y in zip(ours, theirs))
@@ -67,6 +67,20 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
         assert {name.split("-")[2] for name in training} == {f"e{epoch}" for epoch in range(1, 9)}
         assert len(training) == 8 * (2 + 3)  # 8 epochs of the split fit (2 shards) and the refit (all ratings: 3)
     assert not list((tmp_path / "D" / "runs").glob("*/ials-*"))  # the fits' files are gone
+
+
+def test_local_cluster_publishes_the_in_process_lists_on_a_synthetic_archive(tmp_path):
+    from benchmarks.synth import SynthSpec, synthesize, write_archive
+
+    archive = tmp_path / "synthetic.zip"  # in ml-20m's layout: half stars, a header, sparse movie ids
+    write_archive(*synthesize(SynthSpec(users=800, items=400, ratings=40_000, seed=5)), archive)
+    common = {"source": str(archive), "data_dir": tmp_path / "D", "shard_users": 400,
+              "ials": {"epochs": 4, "shard_ratings": 20_000, "chunk_ratings": 5_000}}  # fmt: skip
+    nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
+    nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
+    _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb", n_rows=8_000)
+    metrics = "SELECT model, metric, k, round(value, 4) FROM run_metrics WHERE metric <> 'fit_seconds' ORDER BY ALL"
+    assert query_rows(tmp_path / "a.duckdb", metrics) == query_rows(tmp_path / "b.duckdb", metrics)
 
 
 def _free_port() -> int:

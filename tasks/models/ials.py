@@ -180,6 +180,13 @@ def row_penalty(indptr: torch.Tensor, n_other: int, params: IalsParams) -> torch
     return params.regularization * (indptr.diff().float() + params.unobserved_weight * n_other).pow(params.regularization_exponent)
 
 
+def _times_gram(x: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """x H'H, as (H'H x')' (the Gramian is symmetric). MKL's product of a few rows (5 to 11) by a matrix gives
+    other low bits with one thread than with two; this orientation does not, so a shard solved on a one-thread
+    Dask worker matches the flow's own fit bit for bit (tests/tasks/test_ials.py)."""
+    return (gram @ x.T).T
+
+
 @torch.no_grad()
 def solve_side(vectors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor, tiles: ColumnTiles,
                penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
@@ -200,12 +207,12 @@ def solve_side(vectors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor, t
         lam = penalty[start:stop, None]
         x = vectors[start:stop].clone()
         # r = b - A x = sum_i c_ui (1 - h_i . x) h_i - a0 H'H x - reg_u x
-        r = _weighted_sum(blocks, x, other, lambda c, v: c * (1.0 - v)).sub_(x @ gram).sub_(x * lam)
+        r = _weighted_sum(blocks, x, other, lambda c, v: c * (1.0 - v)).sub_(_times_gram(x, gram)).sub_(x * lam)
         p = r.clone()
         rs = (r * r).sum(1)
         for _ in range(steps):
             # A p = sum_i c_ui (h_i . p) h_i + a0 H'H p + reg_u p
-            ap = _weighted_sum(blocks, p, other, lambda c, v: v.mul_(c)).add_(p @ gram).add_(p * lam)
+            ap = _weighted_sum(blocks, p, other, lambda c, v: v.mul_(c)).add_(_times_gram(p, gram)).add_(p * lam)
             alpha = rs / (p * ap).sum(1).clamp(min=1e-20)
             x.addcmul_(alpha[:, None], p)
             r.addcmul_(alpha[:, None], ap, value=-1.0)

@@ -143,3 +143,19 @@ def test_a_retried_shard_reads_the_same_inputs_and_writes_the_same_vectors(ml100
     again = solve_shard(plan.folder, "users", 1, first, last, plan.firsts("items"), params)  # the retry
     assert again == once and vectors_path(plan.folder, "users", 1, first).read_bytes() == written
     assert np.load(vectors_path(plan.folder, "users", 0, first)).shape == (last - first, params.factors)  # inputs kept
+
+
+def test_the_fit_does_not_depend_on_the_thread_count(ml100k_indexed):
+    # a Dask worker runs one torch thread, the flow's process several: chunks of 5 to 11 rows (here about 8
+    # users in 800 ratings) once came out with other low bits on one thread than on two
+    ratings, maps = ml100k_indexed
+    interactions, params = Interactions(ratings, maps.n_users, maps.n_items), IalsParams(epochs=2, chunk_ratings=800)
+    threads = torch.get_num_threads()
+    fits = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fits.append(fit_ials(interactions, params, CPU, seed=3)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(fits[0].user_factors, fits[1].user_factors) and torch.equal(fits[0].item_factors, fits[1].item_factors)
