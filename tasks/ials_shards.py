@@ -98,9 +98,9 @@ def load_side(folder: Path, side: str, epoch: int, firsts: list[int]) -> torch.T
 
 
 @functools.lru_cache(maxsize=2)  # a worker alternates between a user shard and an item shard
-def _shard_ratings(folder: str, side: str, first: int, last: int, width: int) -> tuple[ColumnTiles, torch.Tensor, int]:
-    """Rows first..last-1 of a side's ratings as column tiles, their CSR row pointers and the other side's size;
-    read from the memory-mapped arrays, so only these rows' ratings are loaded."""
+def _shard_ratings(folder: str, side: str, first: int, last: int, width: int) -> ColumnTiles:
+    """Rows first..last-1 of a side's ratings (columns: the other side) as column tiles, read from the
+    memory-mapped arrays, so only these rows' ratings are loaded."""
     name = Path(folder) / MATRIX[side]
     indptr = np.load(f"{name}.indptr.npy", mmap_mode="r")
     start, stop = int(indptr[first]), int(indptr[last])
@@ -109,7 +109,7 @@ def _shard_ratings(folder: str, side: str, first: int, last: int, width: int) ->
     matrix.indptr.copy_(torch.from_numpy(np.array(indptr[first : last + 1]) - start))
     for part in ("indices", "values"):  # copies of the slices: the rest of the file is never read
         getattr(matrix, part).copy_(torch.from_numpy(np.array(np.load(f"{name}.{part}.npy", mmap_mode="r")[start:stop])))
-    return ColumnTiles(matrix, width), matrix.indptr, n_other
+    return ColumnTiles(matrix, width)
 
 
 @torch.no_grad()
@@ -125,9 +125,8 @@ def solve_shard(folder: Path, side: str, epoch: int, first: int, last: int, othe
     other_epoch = epoch - 1 if side == "users" else epoch  # users are solved first, against last epoch's items
     other = load_side(folder, OTHER[side], other_epoch, other_firsts)
     x = torch.from_numpy(np.load(vectors_path(folder, side, epoch - 1, first))).clone()
-    tiles, indptr, n_other = _shard_ratings(str(folder), side, first, last,
-                                            tile_width(params.factors, params.cache_bytes, torch.device("cpu")))  # fmt: skip
-    penalty = row_penalty(indptr, n_other, params)
+    tiles = _shard_ratings(str(folder), side, first, last, tile_width(params.factors, params.cache_bytes, torch.device("cpu")))
+    penalty = row_penalty(tiles.indptr, tiles.n_cols, params)
     gram = gramian(other, params.unobserved_weight)
     solve_side(x, other, gram, tiles, penalty, params.cg_steps, params.chunk_ratings)
     part = (penalty * x.pow(2).sum(1)).double().sum()

@@ -173,12 +173,6 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
     """
     generated_at = utc_now()
     frames = {
-        "new_recommendations": None if isinstance(recommendations, ListFiles) else recommendations.select(
-            "user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
-            pl.lit(generated_at).cast(UTC).alias("generated_at"),
-            (pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None))
-            .cast(pl.Float32).alias("predicted_rating"),
-        ),  # fmt: skip
         "new_items": items.select("item_id", "title", "genres", "year"),
         "new_history": pl.concat(
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
@@ -187,13 +181,8 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
         "new_user_metrics": (user_metrics if user_metrics is not None else pl.DataFrame(schema=USER_METRICS_SCHEMA))
         .select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
     }
-    lists = frames.pop("new_recommendations")
     with open_writer(path) as con:
-        if lists is None:
-            run_statement(con, "publish_lists_from_files", params={"files": list(recommendations.paths), "run_id": run_id,
-                                                                   "generated_at": generated_at})  # fmt: skip
-        else:
-            run_statement(con, "publish_lists", {"new_recommendations": lists})
+        _replace_lists(con, recommendations, run_id, generated_at)
         run_statement(con, "publish", frames)
         final = facts() if callable(facts) else facts
         update = _run_update(run_id, {**final, "status": "succeeded", "finished_at": utc_now()})
@@ -201,6 +190,20 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
         run_statement(con, "prune_details", params={"keep_runs": keep_runs})
     log.info("published %d recommendations for run %s", list_counts(recommendations)[0], run_id)
     return generated_at
+
+
+def _replace_lists(con: duckdb.DuckDBPyConnection, recommendations: pl.DataFrame | ListFiles, run_id: str,
+                   generated_at: datetime) -> None:  # fmt: skip
+    """The live lists replaced by the run's: from its shards' files in one statement, or from a frame."""
+    if isinstance(recommendations, ListFiles):
+        params = {"files": list(recommendations.paths), "run_id": run_id, "generated_at": generated_at}
+        run_statement(con, "publish_lists_from_files", params=params)
+        return
+    stars = pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None)
+    lists = recommendations.select("user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
+                                   pl.lit(generated_at).cast(UTC).alias("generated_at"),
+                                   stars.cast(pl.Float32).alias("predicted_rating"))  # fmt: skip
+    run_statement(con, "publish_lists", {"new_recommendations": lists})
 
 
 def record_facts(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0) -> None:
