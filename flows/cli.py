@@ -111,7 +111,7 @@ def _backfill(options: dict) -> int:
 
 
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
-    from tasks.trend import headline, metric_trend, plot_trend, series
+    from tasks.trend import LIST_METRICS, headline, metric_trend, plot_trend, series
 
     con = _open_read_only(path, "recs trend")
     if con is None:
@@ -132,6 +132,11 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
     print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
     print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")
     _print_frame(headline(newest_series))
+    lists = headline(newest_series, LIST_METRICS, deltas=False)
+    if lists.height:
+        print("the lists beyond accuracy (popularity percentile of the items, distinct genres per list, churn and "
+              "Jaccard overlap against the lists published before):")  # fmt: skip
+        _print_frame(lists)
     chart = chart or path.with_name("trend.png")
     plot_trend(newest_series, chart)
     print(f"chart written to {chart}")

@@ -107,9 +107,9 @@ def evaluate_shards(run_dir: str, model_file: str, shards: list[tuple[int, int]]
 
 @flow(name="recommend-shards", log_prints=True)
 def recommend_shards(run_dir: str, shards: list[tuple[int, int]], rater: str | None,
-                     timeout_seconds: float) -> list[tuple[str, str, int]]:  # fmt: skip
-    """Every shard's lists, each a mapped task run on the flow's task runner; returns (file, worker, the worker's
-    peak resident bytes) per shard."""
+                     timeout_seconds: float) -> list[tuple[str, str, str, int]]:  # fmt: skip
+    """Every shard's lists, each a mapped task run on the flow's task runner; returns (lists file, reasons file,
+    worker, the worker's peak resident bytes) per shard."""
     futures = recommend_shard_task.map(run_dir, [first for first, _ in shards], [last for _, last in shards], rater)
     return _results(futures, timeout_seconds)
 
@@ -226,7 +226,8 @@ def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, rating
     shards = user_shards(maps.n_users, config.shard_users)
     print(f"recommending for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
     done = _on_cluster(recommend_shards, session, str(run_dir), shards, stars, config.cluster_timeout_seconds)
-    return ListFiles.count([Path(path) for path, *_ in done]), _report(len(shards), done)
+    lists = ListFiles.count([Path(path) for path, *_ in done], [Path(reasons) for _, reasons, *_ in done])
+    return lists, _report(len(shards), done)
 
 
 def train_on_cluster(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: str,

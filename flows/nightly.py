@@ -1,6 +1,6 @@
-"""The nightly flow: ingest -> reindex -> split -> for each model: train, evaluate, inspect, record -> pick the
-model to publish (and the rating model behind its stars) -> gate -> (refit) -> recommend -> publish (README,
-the pipeline diagram).
+"""The nightly flow: ingest -> reindex -> rules -> split -> for each model: train, evaluate, inspect, record ->
+pick the model to publish (and the rating model behind its stars) -> gate -> (refit) -> recommend (the lists,
+their reasons, the fallback list and the lists' metrics) -> publish (README, the pipeline diagram).
 
 It wires stages together and does nothing else: each stage is a task in tasks/, each write to the
 warehouse goes through warehouse/runs.py, and the run's bookkeeping (lock, run log) sits beside this file.
@@ -29,14 +29,16 @@ from tasks.gate import (
 )  # fmt: skip
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
+from tasks.list_metrics import list_metrics_task
 from tasks.publish import publish_task, record_model_task, reject_task
 from tasks.publish_check import check_published_model_task, list_coverage_task
 from tasks.recommend import recommend_task
 from tasks.reindex import IdMaps, reindex_task
 from tasks.report import report_task
+from tasks.rules import ListRules, fallback_task, list_rules_task
 from tasks.split import split_task
 from tasks.train import TrainedModel, save_checkpoint_task, train_task
-from warehouse.runs import list_counts
+from warehouse.runs import ListExtras, list_counts
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,15 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                  n_bad_rows=dataset.n_bad_rows, n_duplicate_ratings=dataset.n_duplicate_ratings)  # fmt: skip
         with run.stage("reindex"):
             ratings, maps = reindex_task(dataset, run.directory, config.as_of)
+        with run.stage("rules"):  # a rule that cannot apply fails here, before any training
+            rules = list_rules_task(config, dataset.items(), ratings, maps, run.directory)
         with run.stage("split"):
             train, test = split_task(ratings, config, run.directory)
         run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height, n_test=test.height)
 
         models, devices, metrics, per_user = {}, {}, {}, {}
         for name in config.models:
-            trained = _train_evaluate_record(run, name, train, test, maps, config, cluster)
+            trained = _train_evaluate_record(run, name, train, test, maps, rules, config, cluster)
             models[name], devices[name], metrics[name], per_user[name] = trained
 
         chosen, why = published_model(metrics, config)
@@ -108,34 +112,40 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
             candidate_users = candidate_user_metrics(per_user, chosen, stars, maps)
             published = published_run_task(config.warehouse, run.run_id, archive.sha256, config.protocol)
             here = _published_configuration_here(published, (chosen, stars), metrics, per_user, train, test, maps,
-                                                 config, run.directory, cluster)  # fmt: skip
+                                                 rules, config, run.directory, cluster)  # fmt: skip
             verdict = gate_task(config.warehouse, published, candidate, candidate_users, here, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 
+        extras = None  # what goes beside the lists, once there are lists
         if verdict.publishes:
             if config.refit_on_all:
                 with run.stage("refit"):
                     model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars,
                                                            cluster)  # fmt: skip
             with run.stage("recommend"):
+                reasons = None  # on a cluster, in the shards' files beside the lists
                 if cluster is not None:  # the shards read the model from model.pt, which it saves first
                     recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory,
                                                                    cluster)  # fmt: skip
                     run.note(cluster=config.cluster, cluster_workers=report.workers)
                 else:
-                    recommendations = recommend_task(model, ratings, maps, config, rater)
+                    recommendations, reasons = recommend_task(model, ratings, maps, config, rater, rules)
                     save_checkpoint_task(model, maps, config, run.directory / "model.pt")
                 check_published_model_task(models[chosen], model, recommendations, metrics[chosen],
-                                           train["item_idx"].n_unique(), config)  # fmt: skip
-                verdict = list_coverage_task(config.warehouse, recommendations, verdict, config)
+                                           train["item_idx"].n_unique(), config, rules.n_allowed)  # fmt: skip
+                fallback = fallback_task(ratings, maps, rules, config.top_n)
+                verdict = list_coverage_task(config.warehouse, recommendations, verdict, config, rules.n_allowed)
+                list_metrics, verdict = list_metrics_task(config.warehouse, recommendations, ratings, maps,
+                                                          dataset.items(), verdict, config)  # fmt: skip
+                extras = ListExtras(reasons, fallback, list_metrics, chosen)
             run.note(gate_reason=verdict.reason)
         if verdict.publishes:
             with run.stage("publish"):
                 publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories,
-                             config.keep_runs, candidate_users)  # fmt: skip
+                             config.keep_runs, candidate_users, extras)  # fmt: skip
             status, n_published = "succeeded", list_counts(recommendations)[0]
         else:
-            reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs)
+            reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs, extras)
             status, n_published = "rejected", 0
     except BaseException as error:
         run.fail(error)
@@ -157,13 +167,14 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
 
 
 def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
-                           config: PipelineConfig, cluster: ClusterSession | None) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:  # fmt: skip
+                           rules: ListRules, config: PipelineConfig,
+                           cluster: ClusterSession | None) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """One model's part of the run: train, evaluate, inspect, then one write of its results; returns the model,
     its device, its metrics and the per-user values behind them."""
     with run.stage("train"):
         model, device = _train(train, maps, config, run.directory, "train", name, cluster)
     with run.stage("evaluate"):
-        metrics, per_user = _evaluate(model, "train", train, test, maps, config, run.directory, cluster)
+        metrics, per_user = _evaluate(model, "train", train, test, maps, rules, config, run.directory, cluster)
     with run.stage("inspect"):
         record = inspect_task(model, metrics, train, maps, config)
         record_model_task(config.warehouse, run.run_id, name, record)
@@ -172,8 +183,9 @@ def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl
 
 def _published_configuration_here(published: PublishedRun | None, candidate: tuple[str, str | None],
                                   metrics: dict[str, pl.DataFrame], per_user: dict[str, pl.DataFrame],
-                                  train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-                                  run_dir: Path, cluster: ClusterSession | None) -> OnThisSplit | None:  # fmt: skip
+                                  train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps, rules: ListRules,
+                                  config: PipelineConfig, run_dir: Path,
+                                  cluster: ClusterSession | None) -> OnThisSplit | None:  # fmt: skip
     """The published configuration scored on this run's split, for the gate: the run's own fit of each published
     model it trained with the same settings, the others trained here with the published run's settings. None when
     nothing is published, or its settings cannot be read back."""
@@ -185,17 +197,18 @@ def _published_configuration_here(published: PublishedRun | None, candidate: tup
     for name in retrain:
         print(f"quality gate: training the published {name} with run {published.run_id}'s settings on this split")
         model, _ = _train(train, maps, settings, run_dir, "gate", name, cluster)
-        fitted[name], fitted_users[name] = _evaluate(model, "gate", train, test, maps, settings, run_dir, cluster)
+        fitted[name], fitted_users[name] = _evaluate(model, "gate", train, test, maps, rules, settings, run_dir, cluster)
     return on_this_split(published, fitted, fitted_users, maps, retrain, candidate)
 
 
 def _evaluate(model: TrainedModel, phase: Phase, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
-              config: PipelineConfig, run_dir: Path,
+              rules: ListRules, config: PipelineConfig, run_dir: Path,
               cluster: ClusterSession | None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """The model's metrics (with its fit seconds) and per-user values: in process, or by user shards on the
-    config's cluster (which read the model from its `phase` checkpoint)."""
+    config's cluster (which read the model from its `phase` checkpoint, and the rules from the run's folder); the
+    top-k follows the business rules with `filter_evaluation`."""
     if cluster is None:
-        return evaluate_task(model, train, test, maps.n_items, config)
+        return evaluate_task(model, train, test, maps.n_items, config, rules.for_evaluation(config))
     model_file = checkpoint_path(run_dir, phase, model.name).name
     metrics, per_user, _ = evaluate_on_cluster(model, model_file, train, maps, config, run_dir, cluster)
     return with_fit_seconds(metrics, model.seconds), per_user

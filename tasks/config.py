@@ -151,6 +151,10 @@ def _move_legacy_fields(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _is_int(text: str) -> bool:
+    return bool(re.fullmatch(r"\s*-?\d+\s*", text))
+
+
 def describe_overrides(overrides: dict[str, Any]) -> str:
     """What a run's `overrides` changed, for its log, with any credentials in a source removed."""
     shown = {**overrides, **({"source": redact(overrides["source"])} if "source" in overrides else {})}
@@ -266,6 +270,39 @@ class PipelineConfig(BaseModel):
         "it has none while shards wait, before the run fails."
     )
 
+    # Business rules on the published lists (tasks/rules.py): applied before top-n, so every user still gets
+    # `top_n` items where enough remain; the evaluation follows them only with `filter_evaluation`.
+    exclude_items: list[int] | Path | None = Field(
+        None,
+        description="Item ids never to recommend: a list (comma-separated on the command line) or a file of ids, "
+        "one a line ('#' starts a comment).",
+    )
+    min_item_ratings: int = Field(
+        0, ge=0, description="Items with fewer ratings than this in the data are never recommended (0: no limit)."
+    )
+    include_genres: list[str] | None = Field(
+        None, description="Recommend only items with at least one of these genres (as the items file spells them, any case)."
+    )
+    exclude_genres: list[str] | None = Field(None, description="Never recommend items with any of these genres.")
+    min_year: int | None = Field(
+        None, description="Never recommend items released before this year (items without a year are left out too)."
+    )
+    max_year: int | None = Field(
+        None, description="Never recommend items released after this year (items without a year are left out too)."
+    )
+    filter_evaluation: bool = Field(
+        False,
+        description="Apply the business rules to the evaluation's top-k too; off, the metrics stay on the "
+        "unfiltered protocol, comparable with runs without rules and with the peers.",
+    )
+    reasons: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Per published item, this many of the user's rated items that contributed most to it go to "
+        "recommendation_reasons (tasks/reasons.py); 0 publishes none.",
+    )
+
     # Operations
     # 0.10 on the same split: the published configuration and the candidate are scored on the same test ratings,
     # and the paired bootstrap (gate_confidence) keeps a smaller change that is noise from rejecting.
@@ -307,6 +344,13 @@ class PipelineConfig(BaseModel):
         description="Refuse to publish lists that cover fewer than this share of the users, or of the distinct "
         "items, of the lists published now (a collapsed night, such as an archive cut to a few users); the run is "
         "rejected with the counts. 0 turns the check off.",
+    )
+    gate_max_churn: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Quality gate: reject the run when more than this share of the users who have a published list "
+        "would see it change (churn, tasks/list_metrics.py); unset, churn is recorded but not bounded.",
     )
     force: bool = Field(False, description="Publish even when the quality gate rejects the run or the lists collapsed.")
     trend_runs: int = Field(
@@ -361,6 +405,24 @@ class PipelineConfig(BaseModel):
         if isinstance(values, dict) and values.get("as_of") is not None and values.get("split") is None:
             return {**values, "split": "temporal"}
         return values
+
+    @field_validator("exclude_items", mode="before")
+    @classmethod
+    def _ids_or_file(cls, value: Any) -> Any:
+        # `--exclude-items blocked.txt` arrives as ["blocked.txt"], `--exclude-items 1,2` as ["1", "2"]
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and not _is_int(value[0]):
+            return Path(value[0])
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            return parts if parts and all(_is_int(part) for part in parts) else Path(value)
+        return value
+
+    @model_validator(mode="after")
+    def _year_range(self) -> PipelineConfig:
+        if self.min_year is not None and self.max_year is not None and self.min_year > self.max_year:
+            raise ValueError(f"{setting('min_year')} {self.min_year} is after {setting('max_year')} {self.max_year}: "
+                             "no item could be recommended")  # fmt: skip
+        return self
 
     @field_validator("source")
     @classmethod

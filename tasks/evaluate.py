@@ -110,14 +110,15 @@ def evaluate(
 
 
 def evaluate_users(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame, n_items: int,
-                   config: PipelineConfig) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+                   config: PipelineConfig, allowed: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """`evaluate`'s metrics, and the per-user values behind them, for the quality gate's paired comparison.
+    With `allowed` (the business rules, under `filter_evaluation`), the top-k shows only those items.
 
     Returns:
         (metrics, per_user); per_user is long form: `user_idx`, `metric` (`ndcg`; and, for a rating model,
         `squared_error`, the sum over the user's test ratings, and `n_ratings`), `value`.
     """
-    per_user, shown = evaluate_shard(model, train, test, n_items, config)
+    per_user, shown = evaluate_shard(model, train, test, n_items, config, allowed=allowed)
     metrics = reduce_evaluation(per_user, shown, train["item_idx"].n_unique(), config.k)
     return metrics, per_user.filter(pl.col("metric").is_in(GATE_VALUES))
 
@@ -128,12 +129,14 @@ _PER_USER_SCHEMA = {"user_idx": pl.Int64, "metric": pl.String, "value": pl.Float
 
 
 def evaluate_shard(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame, n_items: int,
-                   config: PipelineConfig, users: tuple[int, int] | None = None) -> tuple[pl.DataFrame, np.ndarray]:  # fmt: skip
+                   config: PipelineConfig, users: tuple[int, int] | None = None,
+                   allowed: np.ndarray | None = None) -> tuple[pl.DataFrame, np.ndarray]:  # fmt: skip
     """The per-user values behind every metric, for users first..last-1 (default all): what `reduce_evaluation`
     sums into the metrics, exactly, however the users were split into shards.
 
     Args:
         train, test: the splits (only the shard's users' rows are needed).
+        allowed: one boolean per item: the top-k shows only these (the business rules under `filter_evaluation`).
 
     Returns:
         (per_user, shown): per_user long form (`user_idx`, `metric`, `value`): `squared_error` and `abs_error`
@@ -152,7 +155,7 @@ def evaluate_shard(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame,
         parts.append(by_user.unpivot(index="user_idx", variable_name="metric"))
     top_items, _ = top_k_unseen(
         model.rank_users, model.n_users, n_items, UserItems.from_ratings(train, model.n_users), config.k, model.device,
-        config.score_chunk_users, users=(first, last),
+        config.score_chunk_users, users=(first, last), allowed=allowed,
     )  # fmt: skip
     evaluated, values, shown = ranking_values_by_user(top_items, UserItems.from_ratings(test, model.n_users), n_items,
                                                       config.k, first)  # fmt: skip
@@ -225,7 +228,8 @@ def evaluate_task(
     test: pl.DataFrame,
     n_items: int,
     config: PipelineConfig,
+    allowed: np.ndarray | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Prefect wrapper of `evaluate_users`, with the model's fit seconds added to its metrics (`with_fit_seconds`)."""
-    metrics, per_user = evaluate_users(model, train, test, n_items, config)
+    metrics, per_user = evaluate_users(model, train, test, n_items, config, allowed)
     return with_fit_seconds(metrics, model.seconds), per_user

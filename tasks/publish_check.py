@@ -42,7 +42,8 @@ def last_loss(model: TrainedModel) -> float | None:
 
 
 def check_published_model(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame | ListFiles,
-                          split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig) -> str:  # fmt: skip
+                          split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig,
+                          n_allowed: int | None = None) -> str:  # fmt: skip
     """Raise `PublishCheckError` unless `published` (the refit of `split_fit`) and its `lists` are sane; returns
     what was checked, in words.
 
@@ -53,6 +54,7 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
         split_metrics: the split fit's metrics (its coverage@k).
         n_catalogue: items in the training split (what coverage is a share of).
         config: `k` and `refit_loss_tolerance`.
+        n_allowed: the items the business rules allow (tasks/rules.py); the lists cannot show more.
     """
     problems = []
     broken = [name for name, tensor in (*published.module.named_parameters(), *published.module.named_buffers())
@@ -68,6 +70,8 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
     # what the split fit's top-k showed, scaled to lists of top_n (a rough bound: a list of 5 shows at least
     # about half the distinct items a list of 10 does)
     expected = (coverage or 0.0) * n_catalogue * min(1.0, config.top_n / config.k)
+    if n_allowed is not None:
+        expected = min(expected, n_allowed)
     n_rows, _, shown = list_counts(lists)
     if n_rows == 0 or shown < 0.5 * expected:
         problems.append(f"its lists show {shown} distinct items, against {expected:.0f} expected from the split "
@@ -80,21 +84,25 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
 
 @task(name="publish-check", cache_policy=NO_CACHE)
 def check_published_model_task(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame | ListFiles,
-                               split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig) -> None:  # fmt: skip
+                               split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig,
+                               n_allowed: int | None = None) -> None:  # fmt: skip
     """Prefect wrapper of `check_published_model`; logs what it checked."""
-    checked = check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config)
+    checked = check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config, n_allowed)
     log.info("publish check passed: %s", checked)
 
 
-def list_collapse(lists: pl.DataFrame | ListFiles, live: dict | None, min_share: float) -> str | None:
+def list_collapse(lists: pl.DataFrame | ListFiles, live: dict | None, min_share: float,
+                  n_allowed: int | None = None) -> str | None:  # fmt: skip
     """How `lists` collapsed against the `live` lists (`run_id`, `users`, `items` of `live_list_coverage`), in
-    words, or None when they cover at least `min_share` of the live users and of the live distinct items."""
+    words, or None when they cover at least `min_share` of the live users and of the live distinct items (of as
+    many of those as the business rules allow, `n_allowed`: tightening a rule is not a collapse)."""
     if live is None or not live["users"]:
         return None
     _, n_users, n_items = list_counts(lists)
+    live_items = min(live["items"], n_allowed) if n_allowed is not None else live["items"]
     shrunk = [
         f"{new:,} {what} against the live lists' {old:,}"
-        for what, new, old in (("users", n_users, live["users"]), ("distinct items", n_items, live["items"]))
+        for what, new, old in (("users", n_users, live["users"]), ("distinct items", n_items, live_items))
         if new < min_share * old
     ]  # fmt: skip
     if not shrunk:
@@ -105,12 +113,12 @@ def list_collapse(lists: pl.DataFrame | ListFiles, live: dict | None, min_share:
 
 @task(name="list-coverage", cache_policy=NO_CACHE)
 def list_coverage_task(path: Path, lists: pl.DataFrame | ListFiles, verdict: GateVerdict,
-                       config: PipelineConfig) -> GateVerdict:  # fmt: skip
+                       config: PipelineConfig, n_allowed: int | None = None) -> GateVerdict:  # fmt: skip
     """The gate's `verdict`, turned into a rejection when `lists` collapsed against the live lists (`list_collapse`);
     with `force` the run publishes anyway and the reason says so."""
     with warehouse.open_reader(path) as con:
         live = warehouse.fetch(con, "live_list_coverage", {})
-    collapse = list_collapse(lists, live.row(0, named=True) if live.height else None, config.min_list_share)
+    collapse = list_collapse(lists, live.row(0, named=True) if live.height else None, config.min_list_share, n_allowed)
     if collapse is None:
         return verdict
     if config.force:

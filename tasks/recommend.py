@@ -1,4 +1,5 @@
-"""Recommend: every user's top-n among the items they have not rated anywhere in the dataset."""
+"""Recommend: every user's top-n among the items they have not rated anywhere in the dataset and that the business
+rules allow (tasks/rules.py), with the rated items behind each one (tasks/reasons.py)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,49 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
+from tasks.reasons import REASON_SCHEMA, explain
 from tasks.reindex import IdMaps
+from tasks.rules import ListRules
 from tasks.scoring import UserItems, top_k_unseen
 from tasks.train import TrainedModel
 
+REASONS_COLUMNS = ("user_id", "item_id", "reason_rank", "reason_item_id", "contribution")
+
 
 def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-              rater: TrainedModel | None = None, users: tuple[int, int] | None = None) -> pl.DataFrame:  # fmt: skip
-    """Top-n per user, in the dataset's own ids, with the stars a rating model predicts for each item.
+              rater: TrainedModel | None = None, users: tuple[int, int] | None = None,
+              rules: ListRules | None = None) -> pl.DataFrame:  # fmt: skip
+    """The lists of `recommend_with_reasons`, without their reasons."""
+    return recommend_with_reasons(model, ratings, maps, config.model_copy(update={"reasons": 0}), rater, users, rules)[0]
+
+
+def recommend_with_reasons(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
+                           rater: TrainedModel | None = None, users: tuple[int, int] | None = None,
+                           rules: ListRules | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+    """Top-n per user, in the dataset's own ids, with the stars a rating model predicts for each item, and the
+    reasons behind each item.
 
     Args:
         model: the model that scores the lists.
         ratings: all indexed ratings; none of a user's rated items is recommended to them.
         maps: index to id maps.
-        config: `top_n` and `score_chunk_users`.
+        config: `top_n`, `score_chunk_users` and `reasons` (per item; 0 gives none).
         rater: a rating model whose predictions, clipped to its rating scale, fill `predicted_rating`.
         users: only the users of indices first..last-1 (a shard, tasks/shards.py); default every user.
+        rules: the items that may be recommended (default: all).
 
     Returns:
-        `user_id`, `item_id`, `rank` (1 = best), `score` (the model's score), `predicted_rating` (null
-        without a rater), by user then rank. A user who has rated all but m < n items gets m rows.
+        (lists, reasons). lists: `user_id`, `item_id`, `rank` (1 = best), `score` (the model's score),
+        `predicted_rating` (null without a rater), by user then rank; a user who has rated all but m < n of the
+        allowed items gets m rows. reasons: `user_id`, `item_id`, `reason_rank` (1 = strongest),
+        `reason_item_id` (an item the user rated), `contribution` (tasks/reasons.py); empty when the model has no
+        item affinity.
     """
     first, last = users or (0, maps.n_users)
+    seen = UserItems.from_ratings(ratings, maps.n_users)
     top_items, top_scores = top_k_unseen(
-        model.rank_users, maps.n_users, maps.n_items, UserItems.from_ratings(ratings, maps.n_users), config.top_n,
-        model.device, config.score_chunk_users, model.rank_to_score, (first, last),
+        model.rank_users, maps.n_users, maps.n_items, seen, config.top_n, model.device, config.score_chunk_users,
+        model.rank_to_score, (first, last), rules.allowed if rules is not None and rules.restricts else None,
     )  # fmt: skip
     n = top_items.shape[1]
     lists = pl.DataFrame(
@@ -49,11 +68,18 @@ def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: 
         pairs = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
         stars = rater.predict(*pairs).numpy()
     lists = lists.with_columns(predicted_rating=pl.Series(stars, dtype=pl.Float32) if stars is not None else pl.lit(None, pl.Float32))
-    return maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating")
+    affinity = model.module.item_affinity() if config.reasons else None
+    reasons = pl.DataFrame(schema=REASON_SCHEMA)
+    if affinity is not None:
+        reasons = explain(affinity, lists["user_idx"].to_numpy(), lists["item_idx"].to_numpy(), seen, config.reasons,
+                          model.device)  # fmt: skip
+    reasons = reasons.with_columns(reason_item_id=maps.items["item_id"].gather(reasons["reason_item_idx"]))
+    return (maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating"),
+            maps.to_dataset_ids(reasons.drop("reason_item_idx")).select(REASONS_COLUMNS))  # fmt: skip
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
 def recommend_task(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-                   rater: TrainedModel | None = None) -> pl.DataFrame:  # fmt: skip
-    """Prefect wrapper of `recommend`."""
-    return recommend(model, ratings, maps, config, rater)
+                   rater: TrainedModel | None, rules: ListRules) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+    """Prefect wrapper of `recommend_with_reasons`."""
+    return recommend_with_reasons(model, ratings, maps, config, rater, rules=rules)

@@ -45,6 +45,11 @@ class UserItems:
     def counts(self) -> np.ndarray:
         return np.diff(self.indptr)
 
+    def counts_within(self, allowed: np.ndarray) -> np.ndarray:
+        """Per user, how many of their items are `allowed` (one boolean per item index)."""
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), self.counts())
+        return np.bincount(rows[allowed[self.indices]], minlength=self.n_users)
+
     def block_positions(self, start: int, stop: int, n_items: int) -> np.ndarray:
         """Flat positions, in a row-major (stop - start, n_items) block, of the items of users start..stop-1:
         what to blank in a chunk of scores, in time proportional to the ratings rather than to the block."""
@@ -106,8 +111,9 @@ def top_k_unseen(
     chunk_users: int = 2048,
     to_score: Callable[[torch.Tensor], torch.Tensor] | None = None,
     users: tuple[int, int] | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's k best-scored items among those not in `exclude`.
+    """Each user's k best-scored items among those not in `exclude` (and `allowed`, when given).
 
     Args:
         score_users: maps a tensor of user indices to their (len, n_items) scores, or to any increasing
@@ -121,6 +127,8 @@ def top_k_unseen(
         to_score: applied to the k best values of each user only (a model's output transform, skipped on
             the other items).
         users: score only users first..last-1 (a shard); default all `n_users`.
+        allowed: one boolean per item: only these may be returned (the business rules, tasks/rules.py); their
+            scores are blanked before the top-k, so a user still gets k items where k allowed unseen ones remain.
 
     Returns:
         (items, scores), both (number of users scored, min(k, n_items)); where a user has fewer than k unseen
@@ -130,8 +138,13 @@ def top_k_unseen(
     first, last = users or (0, n_users)
     top_items = np.empty((last - first, k), dtype=np.int64)
     top_scores = np.empty((last - first, k), dtype=np.float32)
-    # where a user has fewer than k unseen items, the list's tail is -inf padding: that many, and no more
-    n_padding = torch.from_numpy(np.maximum(k - (n_items - exclude.counts()), 0)).to(device)
+    # where a user has fewer than k unseen (allowed) items, the list's tail is -inf padding: that many, and no more
+    if allowed is None:
+        n_padding, blocked = np.maximum(k - (n_items - exclude.counts()), 0), None
+    else:
+        n_padding = np.maximum(k - (int(allowed.sum()) - exclude.counts_within(allowed)), 0)
+        blocked = torch.from_numpy(np.flatnonzero(~allowed)).to(device)
+    n_padding = torch.from_numpy(n_padding).to(device)
     started = last_report = time.perf_counter()
     for start in range(first, last, chunk_users):
         stop = min(start + chunk_users, last)
@@ -139,6 +152,8 @@ def top_k_unseen(
         scores = score_users(torch.arange(start, stop, device=device)).float().contiguous()
         seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
         scores.view(-1).index_fill_(0, seen, float("-inf"))
+        if blocked is not None and len(blocked):
+            scores.index_fill_(1, blocked, float("-inf"))
         values, indices = top_k_stable(scores, k)
         # NaN and +inf rank above every number, so they show at the top; a model's -inf shows as more -inf than
         # the padding

@@ -5,8 +5,9 @@ model, the id maps and its own users' ratings, never the whole ratings table in 
 The run's folder holds what every shard reads: `config.json`, the id maps (`user_map.parquet`,
 `item_map.parquet`); for evaluation a model's split fit (`model-<name>-train.pt`) and `train.parquet`,
 `test.parquet`; for the lists `model.pt` (and `rater.pt` when another model gives the stars) and
-`ratings.parquet`. Shards write `shards/evaluate-<model file>-<first user>.parquet` (per-user values, and the items
-shown in `...-shown.parquet`) and `shards/recommend-<first user>.parquet`.
+`ratings.parquet`; the business rules in `allowed_items.npy` (tasks/rules.py). Shards write
+`shards/evaluate-<model file>-<first user>.parquet` (per-user values, and the items shown in `...-shown.parquet`),
+`shards/recommend-<first user>.parquet` and the lists' reasons in `shards/reasons-<first user>.parquet`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_shard
-from tasks.recommend import recommend
+from tasks.recommend import recommend_with_reasons
 from tasks.reindex import IdMaps
+from tasks.rules import ListRules
 from tasks.train import load_trained_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ def shard_path(run_dir: Path, first_user: int) -> Path:
     return run_dir / "shards" / f"recommend-{first_user:010d}.parquet"
 
 
-def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> Path:
-    """Users first..last-1's lists (`tasks.recommend.recommend`), written to `shard_path`; returns the path.
+def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> tuple[Path, Path]:
+    """Users first..last-1's lists and their reasons (`tasks.recommend.recommend_with_reasons`), written to
+    `shard_path` and beside it; returns the two paths.
 
     Args:
         run_dir: the run's folder, on storage the worker shares with the flow.
@@ -64,8 +67,11 @@ def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> 
     stars = model if rater == RATER_IS_MODEL else load_trained_model(run_dir / rater, device)[0] if rater else None
     # only this shard's users' ratings: the seen items to leave out of their lists
     ratings = _shard_of(run_dir / "ratings.parquet", first, last)
-    lists = recommend(model, ratings, IdMaps.load(run_dir), config, stars, (first, last))
-    return _write(lists, shard_path(run_dir, first))
+    maps = IdMaps.load(run_dir)
+    rules = ListRules.load(run_dir, maps.n_items)
+    lists, reasons = recommend_with_reasons(model, ratings, maps, config, stars, (first, last), rules)
+    reasons_path = run_dir / "shards" / f"reasons-{first:010d}.parquet"
+    return _write(lists, shard_path(run_dir, first)), _write(reasons, reasons_path)
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:
@@ -87,7 +93,9 @@ def evaluate_shard_files(run_dir: Path, model_file: str, first: int, last: int) 
     config = PipelineConfig.from_stored((run_dir / "config.json").read_text())
     model, _ = load_trained_model(run_dir / model_file, pick_device(config.device))
     train, test = (_shard_of(run_dir / name, first, last) for name in ("train.parquet", "test.parquet"))
-    per_user, shown = evaluate_shard(model, train, test, IdMaps.load(run_dir).n_items, config, (first, last))
+    n_items = IdMaps.load(run_dir).n_items
+    allowed = ListRules.load(run_dir, n_items).for_evaluation(config)
+    per_user, shown = evaluate_shard(model, train, test, n_items, config, (first, last), allowed)
     stem = f"evaluate-{Path(model_file).stem}-{first:010d}"
     return (_write(per_user, run_dir / "shards" / f"{stem}.parquet"),
             _write(pl.DataFrame({"item_idx": shown}), run_dir / "shards" / f"{stem}-shown.parquet"))  # fmt: skip
@@ -119,10 +127,11 @@ def evaluate_shard_task(run_dir: str, model_file: str, first: int, last: int) ->
 
 @task(name="recommend-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
       task_run_name="recommend-users-{first}-{last}")  # fmt: skip
-def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None) -> tuple[str, str, int]:
+def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None) -> tuple[str, str, str, int]:
     """Prefect wrapper of `recommend_shard`, retried on another attempt when it fails (a worker lost); returns
-    the shard's file, the worker that wrote it ("" in process) and that process's peak resident bytes so far."""
-    path = recommend_shard(Path(run_dir), first, last, rater)
+    the shard's lists and reasons files, the worker that wrote them ("" in process) and that process's peak
+    resident bytes so far."""
+    path, reasons = recommend_shard(Path(run_dir), first, last, rater)
     worker, peak = _where()
     log.info("users %d-%d: %s (worker peak RSS %.2f GB)", first, last - 1, path.name, peak / 1e9)
-    return str(path), worker, peak
+    return str(path), str(reasons), worker, peak

@@ -16,8 +16,10 @@ import warehouse
 
 # The metrics a trend charts by default: the gate's two and the list quality users see; the printed table
 # keeps to the gate's two so that it fits a terminal.
-HEADLINE_METRICS = ("rmse", "ndcg", "precision", "recall")
+HEADLINE_METRICS = ("rmse", "ndcg", "precision", "recall", "churn", "popularity_percentile", "genre_diversity")
 GATE_METRICS = ("rmse", "ndcg")
+# What the published lists look like beyond accuracy (tasks/list_metrics.py), printed as values alone.
+LIST_METRICS = ("popularity_percentile", "genre_diversity", "churn", "jaccard")
 
 
 def metric_trend(con: duckdb.DuckDBPyConnection, n_runs: int) -> pl.DataFrame:
@@ -37,8 +39,9 @@ def _label(metric: str, k: int | None) -> str:
 _LABEL = pl.when(pl.col("k").is_null()).then(pl.col("metric")).otherwise(pl.format("{}@{}", "metric", "k"))
 
 
-def headline(trend: pl.DataFrame, metrics: tuple[str, ...] = GATE_METRICS) -> pl.DataFrame:
-    """One row per run (oldest first): its status, as_of and, per metric, value, Δ previous and Δ median."""
+def headline(trend: pl.DataFrame, metrics: tuple[str, ...] = GATE_METRICS, deltas: bool = True) -> pl.DataFrame:
+    """One row per run (oldest first): its status, as_of and, per metric, value, Δ previous and Δ median (the
+    value alone without `deltas`)."""
     chosen = trend.filter(pl.col("metric").is_in(metrics)).with_columns(label=_LABEL)
     if chosen.height == 0:
         return pl.DataFrame()
@@ -51,11 +54,12 @@ def headline(trend: pl.DataFrame, metrics: tuple[str, ...] = GATE_METRICS) -> pl
     )
     columns = []
     for label in order:
-        columns += [
-            pl.col(f"value_{label}").round(4).alias(label),
-            pl.col(f"delta_previous_{label}").round(4).alias(f"{label} Δprev"),
-            pl.col(f"delta_median_{label}").round(4).alias(f"{label} Δmedian"),
-        ]
+        columns.append(pl.col(f"value_{label}").round(4).alias(label))
+        if deltas:
+            columns += [
+                pl.col(f"delta_previous_{label}").round(4).alias(f"{label} Δprev"),
+                pl.col(f"delta_median_{label}").round(4).alias(f"{label} Δmedian"),
+            ]
     return wide.sort("started_at", "run_id").select(
         "run_id", pl.col("as_of").dt.date(), "status", *columns
     )

@@ -80,7 +80,7 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
         extremes = con.sql(warehouse.query("item_bias_extremes"), params={"model": "dot_bias", "min_ratings": 20, "n": 5}).fetchall()
         compared = con.sql(warehouse.query("model_comparison")).fetchall()
     assert rmse < 0.95 and source.endswith("/ml-100k.zip") and sha.startswith("f6399316")
-    assert stages == ["ingest", "reindex", "split", "train", "evaluate", "inspect", "gate", "refit", "recommend", "publish"]
+    assert stages == ["ingest", "reindex", "rules", "split", "train", "evaluate", "inspect", "gate", "refit", "recommend", "publish"]
     # Every model evaluated; the default publishes the best nDCG@10, which on ML-100k is a ranking model.
     assert set(ndcg) == set(MODEL_NAMES) and published == max(ndcg, key=ndcg.get) and published in {"ials", "ease", "bpr"}
     assert ndcg["ease"] > 0.4 and ndcg["ials"] > 0.4 and ndcg["popularity"] > ndcg["bias"]
@@ -154,3 +154,48 @@ def test_the_default_run_publishes_ials_with_dot_bias_stars_beside_each_item(ml1
     assert refits == [("dot_bias",), ("ials",)]  # both refitted on all ratings
     assert main(["recommend", "1", "--warehouse", str(warehouse_path)]) == 0
     assert "predicted_rating" in capsys.readouterr().out
+
+
+def test_business_rules_reasons_fallback_and_churn_through_the_flow(ml100k_zip, ml100k_dataset, tmp_path, capsys):
+    warehouse_path, raw, items = tmp_path / "W.duckdb", ml100k_dataset.ratings(), ml100k_dataset.items()
+    config = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
+                            models=["ials"], exclude_items=[50, 181], min_item_ratings=30,
+                            exclude_genres=["Horror"], min_year=1980)  # fmt: skip
+    first = nightly(config)
+    assert first.status == "succeeded"
+    counts = raw.group_by("item_id").len("n_ratings")
+
+    def broken(lists: pl.DataFrame) -> int:
+        rows = lists.join(items, on="item_id").join(counts, on="item_id")
+        return rows.filter(pl.col("item_id").is_in([50, 181]) | (pl.col("n_ratings") < 30)
+                           | pl.col("genres").list.contains("Horror") | (pl.col("year") < 1980)).height  # fmt: skip
+
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        lists = pl.from_arrow(con.sql("SELECT * FROM recommendations").to_arrow_table())
+        fallback = pl.from_arrow(con.sql("SELECT * FROM fallback_recommendations ORDER BY rank").to_arrow_table())
+        reasons = pl.from_arrow(con.sql("SELECT * FROM recommendation_reasons").to_arrow_table())
+        because = con.execute("SELECT reason FROM recommendations_with_reasons WHERE user_id = 1 AND rank = 1").fetchone()[0]
+        unknown = con.execute("SELECT source, count(*) FROM recommendations_for(99999) GROUP BY ALL").fetchall()
+        known = con.execute("SELECT source, count(*) FROM recommendations_for(1) GROUP BY ALL").fetchall()
+        beyond = dict(con.execute("SELECT metric, value FROM run_metrics WHERE run_id = ? AND k = 10 AND metric IN "
+                                  "('popularity_percentile', 'genre_diversity', 'churn')", [first.run_id]).fetchall())  # fmt: skip
+    assert broken(lists) == 0 and lists.group_by("user_id").len()["len"].to_list() == [10] * 943
+    assert fallback["rank"].to_list() == list(range(1, 11)) and broken(fallback) == 0
+    assert fallback["run_id"].unique().to_list() == [first.run_id]
+    rated = raw.select("user_id", pl.col("item_id").alias("reason_item_id"))
+    assert reasons.height > 0 and reasons.join(rated, on=["user_id", "reason_item_id"], how="anti").height == 0
+    assert because.startswith("because you rated ")
+    assert unknown == [("fallback", 10)] and known == [("personal", 10)]
+    assert set(beyond) == {"popularity_percentile", "genre_diversity"} and 0 < beyond["popularity_percentile"] < 1
+
+    # Another seed moves most lists: a churn bound holds them back, and the lists published stay.
+    second = nightly(config, overrides={"seed": 7, "gate_max_churn": 0.05})
+    assert second.status == "rejected" and "gate_max_churn" in second.gate
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        live = con.execute("SELECT DISTINCT run_id FROM recommendations UNION SELECT DISTINCT run_id FROM "
+                           "fallback_recommendations").fetchall()  # fmt: skip
+        churn = con.execute("SELECT value FROM run_metrics WHERE run_id = ? AND metric = 'churn'", [second.run_id]).fetchone()
+    assert live == [(first.run_id,)] and churn[0] > 0.05
+    capsys.readouterr()
+    assert main(["trend", "--warehouse", str(warehouse_path)]) == 0
+    assert "churn@10" in capsys.readouterr().out

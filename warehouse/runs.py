@@ -54,6 +54,22 @@ class ModelRecord:
 
 
 USER_METRICS_SCHEMA = {"model": pl.String, "user_id": pl.Int64, "metric": pl.String, "value": pl.Float64}
+METRICS_SCHEMA = {"metric": pl.String, "k": pl.Int32, "value": pl.Float64}
+FALLBACK_SCHEMA = {"item_id": pl.Int64, "rank": pl.Int16, "score": pl.Float32}
+REASONS_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "reason_rank": pl.Int16, "reason_item_id": pl.Int64,
+                  "contribution": pl.Float32}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ListExtras:
+    """What a run publishes beside its lists, in the same write: the reasons behind each item (a frame, when the
+    lists are one; a cluster's shards' files are in `ListFiles.reason_paths`), the list for unknown users and the
+    lists' beyond-accuracy metrics (kept under the published `model`)."""
+
+    reasons: pl.DataFrame | None = None  # REASONS_SCHEMA
+    fallback: pl.DataFrame | None = None  # FALLBACK_SCHEMA
+    list_metrics: pl.DataFrame | None = None  # METRICS_SCHEMA
+    model: str = ""
 
 
 def _keyed(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str, model: str) -> pl.DataFrame:
@@ -114,7 +130,7 @@ def record_model(path: Path, run_id: str, model: str, record: ModelRecord) -> No
     """
     frames = {
         "model_key": pl.DataFrame({"run_id": [run_id], "model": [model]}),
-        "new_metrics": _keyed(record.metrics, {"metric": pl.String, "k": pl.Int32, "value": pl.Float64}, run_id, model),
+        "new_metrics": _keyed(record.metrics, METRICS_SCHEMA, run_id, model),
         "new_history": _keyed(record.history, HISTORY_SCHEMA, run_id, model),
         "new_item_biases": _keyed(record.item_biases, ITEM_BIASES_SCHEMA, run_id, model),
         "new_similar_items": _keyed(record.similar_items, SIMILAR_ITEMS_SCHEMA, run_id, model),
@@ -132,13 +148,14 @@ class ListFiles:
     n_rows: int
     n_users: int
     n_items: int
+    reason_paths: tuple[str, ...] = ()  # the shards' reasons (user_id, item_id, reason_rank, reason_item_id, contribution)
 
     @classmethod
-    def count(cls, paths: list[Path]) -> ListFiles:
+    def count(cls, paths: list[Path], reason_paths: list[Path] | None = None) -> ListFiles:
         files = [str(path) for path in paths]
         with duckdb.connect() as con:
             n_rows, n_users, n_items = con.execute(query("list_file_counts"), {"files": files}).fetchone()
-        return cls(tuple(files), n_rows, n_users, n_items)
+        return cls(tuple(files), n_rows, n_users, n_items, tuple(str(path) for path in reason_paths or ()))
 
 
 def list_counts(lists: pl.DataFrame | ListFiles) -> tuple[int, int, int]:
@@ -151,8 +168,9 @@ def list_counts(lists: pl.DataFrame | ListFiles) -> tuple[int, int, int]:
 def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, items: pl.DataFrame,
             facts: dict[str, Any] | Callable[[], dict[str, Any]],
             refit_histories: dict[str, pl.DataFrame] | None = None, keep_runs: int = 0,
-            user_metrics: pl.DataFrame | None = None) -> datetime:  # fmt: skip
-    """Replace the published lists and the catalogue and mark the run succeeded, in one write.
+            user_metrics: pl.DataFrame | None = None, extras: ListExtras | None = None) -> datetime:  # fmt: skip
+    """Replace the published lists, their reasons, the fallback list and the catalogue and mark the run succeeded,
+    in one write.
 
     Args:
         path: the warehouse file.
@@ -167,13 +185,18 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
         keep_runs: retention of the per-run detail tables: the runs since the last `keep_runs` published
             runs keep theirs (statements/prune_details.sql); 0 keeps all.
         user_metrics: `model`, `user_id`, `metric`, `value`: the per-user values behind the judged metrics.
+        extras: the lists' reasons (when they are a frame), the fallback list and the lists' metrics.
 
     Returns:
         The `generated_at` stamped on the rows.
     """
     generated_at = utc_now()
+    extras = extras or ListExtras()
     frames = {
         "new_items": items.select("item_id", "title", "genres", "year"),
+        "new_fallback": _stamped(extras.fallback, FALLBACK_SCHEMA, run_id).with_columns(
+            generated_at=pl.lit(generated_at).cast(UTC)),
+        "new_list_metrics": _keyed(extras.list_metrics, METRICS_SCHEMA, run_id, extras.model),
         "new_history": pl.concat(
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
             or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
@@ -182,7 +205,7 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
         .select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
     }
     with open_writer(path) as con:
-        _replace_lists(con, recommendations, run_id, generated_at)
+        _replace_lists(con, recommendations, extras.reasons, run_id, generated_at)
         run_statement(con, "publish", frames)
         final = facts() if callable(facts) else facts
         update = _run_update(run_id, {**final, "status": "succeeded", "finished_at": utc_now()})
@@ -192,18 +215,35 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
     return generated_at
 
 
-def _replace_lists(con: duckdb.DuckDBPyConnection, recommendations: pl.DataFrame | ListFiles, run_id: str,
-                   generated_at: datetime) -> None:  # fmt: skip
-    """The live lists replaced by the run's: from its shards' files in one statement, or from a frame."""
+def _replace_lists(con: duckdb.DuckDBPyConnection, recommendations: pl.DataFrame | ListFiles,
+                   reasons: pl.DataFrame | None, run_id: str, generated_at: datetime) -> None:  # fmt: skip
+    """The live lists and their reasons replaced by the run's: from its shards' files in one statement, or from
+    frames."""
     if isinstance(recommendations, ListFiles):
-        params = {"files": list(recommendations.paths), "run_id": run_id, "generated_at": generated_at}
+        params = {"files": list(recommendations.paths), "reason_files": list(recommendations.reason_paths),
+                  "run_id": run_id, "generated_at": generated_at}  # fmt: skip
+        if not recommendations.reason_paths:  # read_parquet needs a file: an empty one of the reasons' columns
+            params["reason_files"] = [_empty_reasons_file(Path(recommendations.paths[0]).parent)]
         run_statement(con, "publish_lists_from_files", params=params)
         return
     stars = pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None)
     lists = recommendations.select("user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
                                    pl.lit(generated_at).cast(UTC).alias("generated_at"),
                                    stars.cast(pl.Float32).alias("predicted_rating"))  # fmt: skip
-    run_statement(con, "publish_lists", {"new_recommendations": lists})
+    run_statement(con, "publish_lists", {"new_recommendations": lists,
+                                         "new_reasons": _stamped(reasons, REASONS_SCHEMA, run_id)})  # fmt: skip
+
+
+def _stamped(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str) -> pl.DataFrame:
+    """`frame` (or an empty one of `schema`) in `schema`'s columns and types, with the `run_id`."""
+    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(schema)
+    return frame.with_columns(run_id=pl.lit(run_id))
+
+
+def _empty_reasons_file(folder: Path) -> str:
+    path = folder / "no-reasons.parquet"
+    pl.DataFrame(schema=REASONS_SCHEMA).write_parquet(path)
+    return str(path)
 
 
 def record_facts(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0) -> None:
@@ -220,6 +260,15 @@ def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> N
     record_facts(path, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
 
 
-def mark_rejected(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0) -> None:
-    """Record the run as rejected by the quality gate (`facts` carries `gate_reason`); the lists are not touched."""
-    record_facts(path, run_id, {**facts, "status": "rejected", "finished_at": utc_now()}, keep_runs)
+def mark_rejected(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0,
+                  extras: ListExtras | None = None) -> None:  # fmt: skip
+    """Record the run as rejected by the quality gate (`facts` carries `gate_reason`), with its lists' metrics when
+    it made lists (`extras`); the published lists are not touched."""
+    with open_writer(path) as con:
+        if extras is not None and extras.list_metrics is not None:
+            metrics = _keyed(extras.list_metrics, METRICS_SCHEMA, run_id, extras.model)
+            run_statement(con, "record_list_metrics", {"new_list_metrics": metrics})
+        update = _run_update(run_id, {**facts, "status": "rejected", "finished_at": utc_now()})
+        run_statement(con, "update_run", {"run_update": update})
+        if keep_runs:
+            run_statement(con, "prune_details", params={"keep_runs": keep_runs})

@@ -126,6 +126,18 @@ class Recommender(nn.Module):
         """One bias per item, for the item-bias inspection; None when the model has none."""
         return None
 
+    def item_affinity(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """How much a rated item speaks for a recommended one, for the published reasons (tasks/reasons.py): a
+        function of (recommended items, rated items), elementwise; None when the model has no such measure.
+
+        Here the cosine of their embeddings, the model's item space; a model that scores from item-item weights
+        (EASE) gives the weight the rated item adds to the recommended one's score instead."""
+        vectors = self.item_embeddings()
+        if vectors is None:
+            return None
+        unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+        return lambda items, rated: (unit[items] * unit[rated]).sum(1)
+
 
 def index_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`user_idx`, `item_idx` (int64) and `rating` (float32) as tensors on `device`."""

@@ -31,6 +31,10 @@ class Ease(Recommender):
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.history.rows(users, binary=True) @ self.weights
 
+    def item_affinity(self):  # noqa: ANN201 - Recommender's
+        # score(u, i) = sum over the user's rated j of B[j, i]: each term is that item's contribution
+        return lambda items, rated: self.weights[rated, items]
+
 
 class BiasModel(Recommender):
     """rating = mu + b_u + b_i."""

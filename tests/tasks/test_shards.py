@@ -11,7 +11,8 @@ import pytest
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_shard, evaluate_users, reduce_evaluation
-from tasks.recommend import recommend
+from tasks.recommend import recommend_with_reasons
+from tasks.rules import resolve_rules
 from tasks.shards import RATER_IS_MODEL, evaluate_shard_files, recommend_shard, user_shards
 from tasks.split import split_ratings
 from tasks.train import fit, save_checkpoint
@@ -22,20 +23,26 @@ def test_user_shards_cover_every_user_once():
     assert user_shards(10, 50) == [(0, 10)] and user_shards(0, 5) == []
 
 
-def test_the_shards_lists_are_the_lists_of_one_pass(ml100k_indexed, tmp_path):
+def test_the_shards_lists_are_the_lists_of_one_pass(ml100k_dataset, ml100k_indexed, tmp_path):
     ratings, maps = ml100k_indexed
-    config = PipelineConfig(device="cpu", top_n=7)
-    model = fit(ratings, maps.n_users, maps.n_items, config, name="bias")
+    config = PipelineConfig(device="cpu", top_n=7, exclude_genres=["comedy"])
+    model = fit(ratings, maps.n_users, maps.n_items, config, name="ials")
+    rater = fit(ratings, maps.n_users, maps.n_items, config, name="bias")
+    rules = resolve_rules(config, ml100k_dataset.items(), ratings, maps)
     save_checkpoint(model, maps, config, tmp_path / "model.pt")
+    save_checkpoint(rater, maps, config, tmp_path / "rater.pt")
     maps.save(tmp_path)
+    rules.save(tmp_path)
     ratings.select("user_idx", "item_idx").write_parquet(tmp_path / "ratings.parquet")
     (tmp_path / "config.json").write_text(config.model_dump_json())
-    shards = [recommend_shard(tmp_path, first, last, RATER_IS_MODEL) for first, last in user_shards(maps.n_users, 250)]
-    assert [path.name for path in shards] == [f"recommend-{first:010d}.parquet" for first in (0, 250, 500, 750)]
+    shards = [recommend_shard(tmp_path, first, last, "rater.pt") for first, last in user_shards(maps.n_users, 250)]
+    assert [path.name for path, _ in shards] == [f"recommend-{first:010d}.parquet" for first in (0, 250, 500, 750)]
     assert not list(tmp_path.glob("shards/*.partial"))
-    whole = recommend(model, ratings, maps, config, model)
-    assert_frame_equal(pl.read_parquet(shards).sort("user_id", "rank"), whole)
-    assert whole["user_id"].n_unique() == 943 and whole.height == 943 * 7
+    whole, reasons = recommend_with_reasons(model, ratings, maps, config, rater, rules=rules)
+    assert_frame_equal(pl.read_parquet([path for path, _ in shards]).sort("user_id", "rank"), whole)
+    assert_frame_equal(pl.read_parquet([path for _, path in shards]).sort("user_id", "item_id", "reason_rank"),
+                       reasons.sort("user_id", "item_id", "reason_rank"))  # fmt: skip
+    assert whole["user_id"].n_unique() == 943 and whole.height == 943 * 7 and reasons.height > 0
 
 
 def _same_metrics(ours: pl.DataFrame, theirs: pl.DataFrame) -> None:

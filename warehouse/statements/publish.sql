@@ -2,7 +2,9 @@
 -- write as the lists themselves (publish_lists.sql, or publish_lists_from_files.sql on a cluster).
 -- Frames: `new_items` (item_id, title, genres, year), `new_history` (run_id, model, epoch, split, loss;
 -- split 'refit', empty when the run did not refit), `new_user_metrics` (run_id, model, user_id, metric, value:
--- the per-user values behind the metrics the gate judged, for the next run's comparison).
+-- the per-user values behind the metrics the gate judged, for the next run's comparison), `new_fallback`
+-- (item_id, rank, score, run_id, generated_at: the list for unknown users), `new_list_metrics` (run_id, model,
+-- metric, k, value: the lists' beyond-accuracy metrics, tasks/list_metrics.py).
 DELETE FROM training_history USING (SELECT DISTINCT run_id, model, split FROM new_history) AS h
 WHERE training_history.run_id = h.run_id AND training_history.model = h.model AND training_history.split = h.split;
 INSERT INTO training_history (run_id, model, epoch, split, loss) SELECT run_id, model, epoch, split, loss FROM new_history;
@@ -11,3 +13,9 @@ DELETE FROM items;
 INSERT INTO items SELECT item_id, title, genres, year FROM new_items;
 
 INSERT INTO user_metrics SELECT run_id, model, user_id, metric, value FROM new_user_metrics;
+
+DELETE FROM fallback_recommendations;
+INSERT INTO fallback_recommendations (item_id, rank, score, run_id, generated_at)
+SELECT item_id, rank, score, run_id, generated_at FROM new_fallback;
+
+INSERT INTO run_metrics (run_id, model, metric, k, value) SELECT run_id, model, metric, k, value FROM new_list_metrics;
