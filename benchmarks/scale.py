@@ -34,7 +34,7 @@ SYNTHETIC = {
     "20m": SynthSpec(users=138_000, items=27_000, ratings=20_000_000, seed=20),  # ML-20M's shape
     "50m": SynthSpec(users=500_000, items=40_000, ratings=50_000_000, seed=50),  # the largest both modes fit in 24 GB
 }
-STAGES = ("ingest", "reindex", "split", "train", "evaluate", "inspect", "refit", "recommend", "publish")
+STAGES = ("ingest", "reindex", "rules", "split", "train", "evaluate", "inspect", "refit", "recommend", "publish")
 
 
 def _archive(size: str, ml100k: Path, work: Path) -> tuple[Path, float | None]:
@@ -48,16 +48,20 @@ def _archive(size: str, ml100k: Path, work: Path) -> tuple[Path, float | None]:
     return path, made["generate_seconds"] + made["write_seconds"]
 
 
-def run_once(size: str, archive: Path, work: Path, extra: list[str]) -> dict:
-    """One `recs run` on `archive` in a child process: wall seconds, peak RSS and the run's row in `runs`."""
-    folder = work / f"run-{size}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def run_once(size: str, archive: Path, work: Path, extra: list[str], folder: Path | None = None,
+             fresh: bool = True) -> dict:  # fmt: skip
+    """One `recs run` on `archive` in a child process: wall seconds, peak RSS and the run's row in `runs`.
+
+    Its warehouse and data folder are in `folder` (default `work/run-<size>`), emptied first when `fresh`."""
+    folder = folder or work / f"run-{size}"
+    if fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
     warehouse_path = folder / "warehouse.duckdb"
     command = [sys.executable, "-m", "flows.cli", "run", "--source", str(archive), "--warehouse", str(warehouse_path),
                "--data-dir", str(folder / "data"), *extra]  # fmt: skip
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    with open(folder / "run.log", "w") as log:
+    with open(folder / "run.log", "a") as log:
         started = time.perf_counter()
         child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)

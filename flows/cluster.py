@@ -32,10 +32,11 @@ from tasks.config import PipelineConfig, setting
 from tasks.evaluate import GATE_VALUES, reduce_evaluation
 from tasks.ials_shards import IalsShardPlan, assemble_ials, fit_by_shards, ials_shard_task, prepare_ials_shards
 from tasks.models import Interactions
+from tasks.models.base import InitialRows
 from tasks.models.ials import IalsParams
 from tasks.reindex import IdMaps
 from tasks.shards import RATER_IS_MODEL, evaluate_shard_task, recommend_shard_task, user_shards
-from tasks.train import TrainedModel, phase_ratings, save_checkpoint, trained_model
+from tasks.train import TrainedModel, fit_params, phase_ratings, save_checkpoint, trained_model
 from warehouse.runs import ListFiles
 
 LOCAL = re.compile(r"^local:(\d+)$")
@@ -231,16 +232,18 @@ def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, rating
 
 
 def train_on_cluster(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: str,
-                     name: str, session: ClusterSession) -> tuple[TrainedModel, ClusterReport]:  # fmt: skip
+                     name: str, session: ClusterSession,
+                     init: InitialRows | None = None) -> tuple[TrainedModel, ClusterReport]:  # fmt: skip
     """`tasks.train.train_task` of `name` (one of `TRAINS_BY_SHARDS`) with its half-steps solved by shards on
     the cluster: the same fit bit for bit, since each shard solves whole chunks of rows as the in-process fit
     does. The ratings and vectors go through `run_dir / ials-<phase>` (deleted once the model holds the vectors).
+    `init`: a warm start's initial rows (tasks/warm.py).
     """
     assert config.cluster is not None and name in TRAINS_BY_SHARDS
     fit_on, _ = phase_ratings(ratings, config, phase)  # ials records no validation loss
-    interactions, params = Interactions(fit_on, maps.n_users, maps.n_items), config.params_for(name)
+    interactions, (params, _) = Interactions(fit_on, maps.n_users, maps.n_items), fit_params(config, name, init)
     started = time.perf_counter()
-    plan = prepare_ials_shards(interactions, params, config.seed, run_dir / f"ials-{phase}")
+    plan = prepare_ials_shards(interactions, params, config.seed, run_dir / f"ials-{phase}", init)
     print(f"training {name} on {fit_on.height:,} ratings: {len(plan.shards['users'])} user and "
           f"{len(plan.shards['items'])} item shards per epoch on cluster {config.cluster}")  # fmt: skip
     rows, done = _on_cluster(train_ials_shards, session, str(plan.folder), plan.shards, plan.n_ratings,

@@ -38,6 +38,7 @@ from tasks.report import report_task
 from tasks.rules import ListRules, fallback_task, list_rules_task
 from tasks.split import split_task
 from tasks.train import TrainedModel, save_checkpoint_task, train_task
+from tasks.warm import WARM_STARTS, warm_phase, warm_start_task
 from warehouse.runs import ListExtras, list_counts
 
 
@@ -229,10 +230,14 @@ def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir:
            cluster: ClusterSession | None) -> tuple[TrainedModel, str]:  # fmt: skip
     """Train on the training deployment when the config names one, by shards on the cluster for the models that
     train there, else here; returns the model and its device."""
-    if config.train_deployment:
+    if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
         return train_on_deployment(ratings, config, run_dir, phase, name)
+    warm = warm_phase(config, phase) and name in WARM_STARTS
+    init = warm_start_task(config, run_dir.name, name, phase, maps) if warm else None
     if cluster is not None and name in TRAINS_BY_SHARDS:
-        model, _ = train_on_cluster(ratings, maps, config, run_dir, phase, name, cluster)
-        return model, str(model.device)
-    model = train_task(ratings, maps, config, name, phase=phase)
+        model, _ = train_on_cluster(ratings, maps, config, run_dir, phase, name, cluster, init)
+    else:
+        model = train_task(ratings, maps, config, name, phase=phase, init=init)
+    if config.warm_start and phase in ("train", "refit") and name in WARM_STARTS:  # for the next night's warm start
+        save_checkpoint_task(model, maps, config, checkpoint_path(run_dir, phase, name))
     return model, str(model.device)

@@ -18,16 +18,15 @@ from prefect.deployments import run_deployment
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 from tasks.config import ModelName, PipelineConfig
 from tasks.reindex import IdMaps
-from tasks.train import TrainedModel, load_trained_model, pick_device, save_checkpoint_task, train_task
+from tasks.train import TrainedModel, checkpoint_path, load_trained_model, pick_device, save_checkpoint_task, train_task
+from tasks.warm import WARM_STARTS, warm_phase, warm_start_task
+
+__all__ = ["Phase", "checkpoint_path", "train", "train_on_deployment"]  # checkpoint_path: re-exported
 
 Phase = Literal["train", "refit", "gate"]
 
 # What each phase trains on, saved in the run's folder by the nightly flow.
 PHASE_INPUT = {"train": "train.parquet", "refit": "ratings.parquet", "gate": "train.parquet"}
-
-
-def checkpoint_path(run_dir: Path, phase: Phase, model: str) -> Path:
-    return run_dir / f"model-{model}-{phase}.pt"
 
 
 @flow(name="train", log_prints=True)
@@ -46,7 +45,9 @@ def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: 
     """
     maps = IdMaps.load(run_dir)
     ratings = pl.read_parquet(run_dir / PHASE_INPUT[phase])
-    trained = train_task(ratings, maps, config, model, phase=phase)
+    warm = warm_phase(config, phase) and model in WARM_STARTS  # finds the last published run's checkpoint
+    init = warm_start_task(config, run_dir.name, model, phase, maps) if warm else None
+    trained = train_task(ratings, maps, config, model, phase=phase, init=init)
     path = checkpoint_path(run_dir, phase, model)
     save_checkpoint_task(trained, maps, config, path)
     return str(path)

@@ -240,6 +240,11 @@ class PipelineConfig(BaseModel):
     ease: EaseParams = Field(EaseParams(), description=EaseParams.__doc__)
     bias: BiasParams = Field(BiasParams(), description=BiasParams.__doc__)
     popularity: PopularityParams = Field(PopularityParams(), description=PopularityParams.__doc__)
+    warm_start: bool = Field(
+        False,
+        description="Start ials's and dot_bias's fits from the last published run's vectors, matched by user and item "
+        "id (new ones start fresh), for their warm_epochs; the split fit only on the temporal split (tasks/warm.py).",
+    )
     device: Device = Field("auto", description="Training and scoring device; auto picks cuda, then mps, then cpu.")
     train_deployment: str | None = Field(
         None,

@@ -26,7 +26,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.models.base import Interactions, RatingMatrix
+from tasks.models.base import InitialRows, Interactions, RatingMatrix
 from tasks.models.ials import (
     ColumnTiles, Ials, IalsParams, gramian, ials_problem, non_finite, observed_loss, row_chunks, row_penalty,
     solve_side, tile_width,
@@ -76,12 +76,13 @@ def _save(array: np.ndarray, path: Path) -> None:
     partial.replace(path)
 
 
-def prepare_ials_shards(interactions: Interactions, params: IalsParams, seed: int, folder: Path) -> IalsShardPlan:
-    """Write the fit's ratings by user and by item and the seeded initial vectors (as `fit_ials` draws them) to
-    `folder` (emptied first), cut into shards; returns the plan."""
+def prepare_ials_shards(interactions: Interactions, params: IalsParams, seed: int, folder: Path,
+                        init: InitialRows | None = None) -> IalsShardPlan:  # fmt: skip
+    """Write the fit's ratings by user and by item and the seeded initial vectors (as `fit_ials` draws them, with a
+    warm start's `init` rows) to `folder` (emptied first), cut into shards; returns the plan."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    problem = ials_problem(interactions, params, torch.device("cpu"), seed)
+    problem = ials_problem(interactions, params, torch.device("cpu"), seed, init)
     shards = {}
     for side, matrix, vectors in (("users", problem.by_user, problem.w), ("items", problem.by_item, problem.h)):
         for part in ("indptr", "indices", "values"):

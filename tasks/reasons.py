@@ -6,8 +6,9 @@ B[j, i] that j adds to i's score for EASE. The kNN, bias and popularity models g
 published without reasons.
 
 Vectorised like scoring: the published pairs are taken in chunks of at most `MAX_ENTRIES` (pair, rated item)
-entries; each chunk's affinities are one gather, and the best `n` per pair are `n` passes of a segment max
-(`scatter_reduce`), with no loop over users. Only positive contributions are reasons.
+entries; each chunk's affinities are one sampled product over that sparse pattern (no entries x factors block is
+gathered), and the best `n` per pair are `n` passes of a segment max (`scatter_reduce`), with no loop over users.
+Only positive contributions are reasons.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from tasks.scoring import UserItems
 
-MAX_ENTRIES = 1 << 22  # (pair, rated item) entries per chunk: a few hundred MB of gathered vectors at most
+MAX_ENTRIES = 1 << 22  # (pair, rated item) entries per chunk: about 30 bytes each while it is explained
 
 REASON_SCHEMA = {"user_idx": pl.Int32, "item_idx": pl.Int32, "reason_rank": pl.Int16, "reason_item_idx": pl.Int32,
                  "contribution": pl.Float32}  # fmt: skip
@@ -43,7 +44,8 @@ def explain(affinity, users: np.ndarray, items: np.ndarray, rated: UserItems, n:
     """Up to `n` reasons per (user, item) pair: the user's rated items with the largest positive affinity.
 
     Args:
-        affinity: the model's `item_affinity()`: (recommended items, rated items) -> contribution, elementwise.
+        affinity: the model's `item_affinity()`: (the chunk's recommended items, the offsets of each one's rated
+            items, the rated items) -> one contribution per rated item.
         users, items: the published pairs, as user and item indices.
         rated: every user's rated items (all their ratings).
         n: reasons per pair.
@@ -63,8 +65,9 @@ def explain(affinity, users: np.ndarray, items: np.ndarray, rated: UserItems, n:
         offset = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
         rated_items = rated.indices[np.repeat(rated.indptr[users[start:stop]], c) + offset]
         pair_t = torch.from_numpy(pair).to(device)
-        rated_t = torch.from_numpy(rated_items).to(device)
-        values = affinity(torch.from_numpy(items[start:stop].astype(np.int64)).to(device)[pair_t], rated_t).float()
+        crow = torch.from_numpy(np.concatenate([[0], np.cumsum(c)]).astype(np.int64)).to(device)
+        chunk_items = torch.from_numpy(items[start:stop].astype(np.int64)).to(device)
+        values = affinity(chunk_items, crow, torch.from_numpy(rated_items).to(device)).float()
         positions = torch.arange(total, device=device)
         for rank in range(1, n + 1):
             best = torch.full((stop - start,), float("-inf"), device=device)

@@ -13,8 +13,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
-from tasks.models import MODELS, Interactions, ModelFitError, Recommender
-from tasks.models.base import index_tensors
+from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, Recommender
+from tasks.models.base import InitialRows, index_tensors
 from tasks.reindex import IdMaps
 from tasks.split import holdout
 from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
@@ -155,6 +155,7 @@ def fit(
     validation: pl.DataFrame | None = None,
     history_label: str = "train",
     name: str = "dot_bias",
+    init: InitialRows | None = None,
 ) -> TrainedModel:
     """Fit the registered model `name` on indexed ratings with its hyperparameters from `config`.
 
@@ -166,6 +167,7 @@ def fit(
         validation: held-out ratings whose loss the gradient-trained models record after each epoch.
         history_label: the `split` the training loss is recorded under ("train", or "refit").
         name: which model (tasks/models MODELS).
+        init: a warm start's initial rows (tasks/warm.py; ials and dot_bias): the fit then runs `warm_epochs`.
 
     Raises:
         ModelFitError: when a gradient-trained model's loss becomes NaN or infinite.
@@ -177,11 +179,21 @@ def fit(
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     interactions = Interactions(train, n_users, n_items)
-    module, rows = MODELS[name].fit(interactions, config.params_for(name), device, validation, seed=config.seed,
-                                    label=history_label)  # fmt: skip
+    params, warm = fit_params(config, name, init)
+    module, rows = MODELS[name].fit(interactions, params, device, validation, seed=config.seed, label=history_label,
+                                    **warm)  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize()
     return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
+
+
+def fit_params(config: PipelineConfig, name: str, init: InitialRows | None) -> tuple[ModelParams, dict]:
+    """The model's parameters for a fit and the fit's extra arguments: with a warm start's `init`, its
+    `warm_epochs` as the epochs and `init` passed on."""
+    params = config.params_for(name)
+    if init is None:
+        return params, {}
+    return params.model_copy(update={"epochs": params.warm_epochs}), {"init": init}
 
 
 def trained_model(name: str, module: Recommender, device: torch.device, rows: list[dict], seconds: float,
@@ -194,6 +206,12 @@ def trained_model(name: str, module: Recommender, device: torch.device, rows: li
     log.info("trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)", name, model.n_ratings, device, seconds,
              model.ratings_per_second)  # fmt: skip
     return model
+
+
+def checkpoint_path(run_dir: Path, phase: str, model: str) -> Path:
+    """A model's checkpoint of one phase in a run's folder: what a training deployment, a cluster's evaluation
+    shards and a later night's warm start (tasks/warm.py) read."""
+    return run_dir / f"model-{model}-{phase}.pt"
 
 
 def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, path: Path) -> None:
@@ -248,15 +266,16 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, 
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="train-{name}-{phase}")
-def train_task(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, name: str, phase: str = "train") -> TrainedModel:
+def train_task(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, name: str, phase: str = "train",
+               init: InitialRows | None = None) -> TrainedModel:  # fmt: skip
     """Prefect wrapper of `fit` for model `name`.
 
     phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
     split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
-    with no holdout.
+    with no holdout. `init`: a warm start's initial rows (tasks/warm.py).
     """
     fit_on, validation = phase_ratings(ratings, config, phase)
-    return fit(fit_on, maps.n_users, maps.n_items, config, validation, history_label=phase, name=name)
+    return fit(fit_on, maps.n_users, maps.n_items, config, validation, history_label=phase, name=name, init=init)
 
 
 def phase_ratings(ratings: pl.DataFrame, config: PipelineConfig, phase: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:

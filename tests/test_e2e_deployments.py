@@ -286,8 +286,10 @@ def test_the_ratings_updated_event_triggers_a_nightly_run(stack, source_url):
 
 def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deployments_config(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
-    # One setting changed for these runs; the deployment's models and everything else stay.
-    parameters = {"source": source_url, "overrides": {"top_n": 5}}
+    # Some settings changed for these runs (the list length, business rules, warm starts); the deployment's models
+    # and everything else stay.
+    overrides = {"top_n": 5, "exclude_genres": ["Horror"], "min_item_ratings": 20, "warm_start": True}
+    parameters = {"source": source_url, "overrides": overrides}
     ids = [
         _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters}).json()["id"]
         for _ in range(2)
@@ -299,11 +301,20 @@ def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deploym
     with duckdb.connect(str(stack.checkout / "warehouse" / "recs.duckdb"), read_only=True) as con:
         rows = con.execute("SELECT status, config FROM runs WHERE flow_run_id IN (?, ?)", ids).fetchall()
         list_lengths = con.execute("SELECT DISTINCT count(*) FROM recommendations GROUP BY user_id").fetchall()
+        horror = con.execute("SELECT count(*) FROM recommendations_with_titles WHERE list_contains(genres, 'Horror')").fetchone()
+        extras = con.execute("SELECT (SELECT count(*) FROM fallback_recommendations), "
+                             "(SELECT count(*) FROM recommendations_with_reasons WHERE reason IS NOT NULL)").fetchone()  # fmt: skip
+        second_run = con.execute("SELECT run_id FROM runs WHERE flow_run_id = ?", [second["id"]]).fetchone()[0]
+        churn = con.execute("SELECT count(*) FROM run_metrics WHERE run_id = ? AND metric = 'churn'", [second_run]).fetchone()
+        warm_refit = con.execute("SELECT model, max(epoch) FROM training_history WHERE run_id = ? AND split = 'refit' "
+                                 "GROUP BY ALL ORDER BY 1", [second_run]).fetchall()  # fmt: skip
     assert sorted(status for status, _ in rows) == ["succeeded", "succeeded"]
     for _, config in rows:
         config = json.loads(config)
         assert (config["top_n"], config["models"], config["gate_tolerance"]) == (5, NIGHTLY_MODELS, 0.1)
-    assert list_lengths == [(5,)]
+    assert list_lengths == [(5,)] and horror == (0,) and extras[0] == 5 and extras[1] > 0 and churn == (1,)
+    # the second run's refits started from the first's vectors: their warm_epochs, not their epochs
+    assert dict(warm_refit) == {"dot_bias": 5, "ials": 4}
 
 
 def _start_dask(stack: Stack, port: int, n_workers: int) -> str:

@@ -9,12 +9,15 @@ import zipfile
 import duckdb
 import polars as pl
 import pytest
+import torch
 
 import warehouse
 
 from flows.cli import main
 from flows.nightly import nightly
 from tasks.config import MODEL_NAMES, PipelineConfig
+from tasks.list_metrics import LIST_METRICS
+from tasks.train import checkpoint_path, load_trained_model
 from tasks.models import MODELS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -25,7 +28,7 @@ def _check_published(warehouse_path, ratings: pl.DataFrame, n_users: int) -> str
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         assert con.execute("SELECT count(*), count(DISTINCT user_id) FROM recommendations").fetchall()[0] == (n_users * 10, n_users)
         recs = pl.from_arrow(con.sql("SELECT * FROM recommendations").to_arrow_table())
-        run_id, status, error = con.execute("SELECT run_id, status, error FROM runs ORDER BY started_at DESC").fetchall()[0]
+        run_id, status, error, published = con.execute("SELECT run_id, status, error, model FROM runs ORDER BY started_at DESC").fetchall()[0]
         metrics = pl.from_arrow(con.sql("SELECT model, metric, k FROM run_metrics WHERE run_id = ?", params=[run_id]).to_arrow_table())
         titled = con.execute("SELECT count(*) FROM recommendations_with_titles WHERE title IS NOT NULL").fetchall()[0][0]
         history = con.execute("SELECT count(*) FROM training_history WHERE run_id = ?", [run_id]).fetchall()[0][0]
@@ -38,7 +41,8 @@ def _check_published(warehouse_path, ratings: pl.DataFrame, n_users: int) -> str
     ranking = {(m, 10) for m in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")} | {("fit_seconds", None)}
     for (model,), rows in metrics.group_by("model"):
         rating = {("rmse", None), ("mae", None)} if MODELS[model].module.predicts_ratings else set()
-        assert set(rows.select("metric", "k").rows()) == ranking | rating, model
+        lists = {(m, 10) for m in LIST_METRICS if m not in ("churn", "jaccard")} if model == published else set()
+        assert set(rows.select("metric", "k").rows()) == ranking | rating | lists, model
     assert titled == n_users * 10 and history > 0
     return run_id
 
@@ -160,7 +164,7 @@ def test_business_rules_reasons_fallback_and_churn_through_the_flow(ml100k_zip, 
     warehouse_path, raw, items = tmp_path / "W.duckdb", ml100k_dataset.ratings(), ml100k_dataset.items()
     config = PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
                             models=["ials"], exclude_items=[50, 181], min_item_ratings=30,
-                            exclude_genres=["Horror"], min_year=1980)  # fmt: skip
+                            exclude_genres=["Horror"], min_year=1980, warm_start=True)  # fmt: skip
     first = nightly(config)
     assert first.status == "succeeded"
     counts = raw.group_by("item_id").len("n_ratings")
@@ -188,14 +192,19 @@ def test_business_rules_reasons_fallback_and_churn_through_the_flow(ml100k_zip, 
     assert unknown == [("fallback", 10)] and known == [("personal", 10)]
     assert set(beyond) == {"popularity_percentile", "genre_diversity"} and 0 < beyond["popularity_percentile"] < 1
 
-    # Another seed moves most lists: a churn bound holds them back, and the lists published stay.
+    # Another seed moves many lists: a churn bound holds them back, and the lists published stay. Its refit starts
+    # from the first run's vectors (warm_start): ials's warm_epochs, 4.
     second = nightly(config, overrides={"seed": 7, "gate_max_churn": 0.05})
     assert second.status == "rejected" and "gate_max_churn" in second.gate
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         live = con.execute("SELECT DISTINCT run_id FROM recommendations UNION SELECT DISTINCT run_id FROM "
                            "fallback_recommendations").fetchall()  # fmt: skip
         churn = con.execute("SELECT value FROM run_metrics WHERE run_id = ? AND metric = 'churn'", [second.run_id]).fetchone()
+        epochs = con.execute("SELECT max(epoch) FROM training_history WHERE run_id = ? AND split = 'train'",
+                             [second.run_id]).fetchone()  # fmt: skip
     assert live == [(first.run_id,)] and churn[0] > 0.05
+    refit, _ = load_trained_model(checkpoint_path(tmp_path / "D" / "runs" / second.run_id, "refit", "ials"), torch.device("cpu"))
+    assert refit.history["epoch"].max() == 4 and epochs == (16,)  # the stratified split's evaluated fit starts cold
     capsys.readouterr()
     assert main(["trend", "--warehouse", str(warehouse_path)]) == 0
     assert "churn@10" in capsys.readouterr().out

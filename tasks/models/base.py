@@ -32,6 +32,19 @@ class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A fit's initial state from a previous fit (a warm start, tasks/warm.py): by state tensor name (`user_factors`,
+# `item_bias.weight`, ...), the row indices in this fit's index space and their values.
+InitialRows = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def apply_initial_rows(tensors: dict[str, torch.Tensor], rows: InitialRows | None) -> None:
+    """Copy `rows` into the named tensors in place (on their device); names not in `tensors` are skipped."""
+    for name, (index, values) in (rows or {}).items():
+        if name in tensors:
+            target = tensors[name]
+            target[index.to(target.device)] = values.to(target.device, target.dtype).view(-1, *target.shape[1:])
+
+
 @dataclass(frozen=True)
 class Interactions:
     """What a model is fitted on: indexed ratings and the sizes of the vocabularies they index into."""
@@ -126,17 +139,26 @@ class Recommender(nn.Module):
         """One bias per item, for the item-bias inspection; None when the model has none."""
         return None
 
-    def item_affinity(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-        """How much a rated item speaks for a recommended one, for the published reasons (tasks/reasons.py): a
-        function of (recommended items, rated items), elementwise; None when the model has no such measure.
+    def item_affinity(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """How much a rated item speaks for a recommended one, for the published reasons (tasks/reasons.py); None
+        when the model has no such measure.
 
-        Here the cosine of their embeddings, the model's item space; a model that scores from item-item weights
-        (EASE) gives the weight the rated item adds to the recommended one's score instead."""
+        A function of (recommended items, p of them; `crow`, p + 1 offsets; rated items) giving one value per
+        rated item: rated[crow[j]:crow[j + 1]] are those of pair j. Here the cosine of their embeddings (the model's
+        item space), as a sampled product over that pattern, so no (entries x factors) block is gathered; a model
+        that scores from item-item weights (EASE) gives the weight the rated item adds to the recommended one's
+        score instead."""
         vectors = self.item_embeddings()
         if vectors is None:
             return None
         unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
-        return lambda items, rated: (unit[items] * unit[rated]).sum(1)
+
+        def cosine(items: torch.Tensor, crow: torch.Tensor, rated: torch.Tensor) -> torch.Tensor:
+            pattern = torch.sparse_csr_tensor(crow, rated, torch.zeros(len(rated), device=unit.device),
+                                              (len(items), len(unit)))  # fmt: skip
+            return torch.sparse.sampled_addmm(pattern, unit[items], unit.T, beta=0.0).values()
+
+        return cosine
 
 
 def index_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

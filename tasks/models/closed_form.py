@@ -33,7 +33,7 @@ class Ease(Recommender):
 
     def item_affinity(self):  # noqa: ANN201 - Recommender's
         # score(u, i) = sum over the user's rated j of B[j, i]: each term is that item's contribution
-        return lambda items, rated: self.weights[rated, items]
+        return lambda items, crow, rated: self.weights[rated, items.repeat_interleave(crow.diff())]
 
 
 class BiasModel(Recommender):

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tasks.models.base import Interactions, ModelParams, Recommender, index_tensors
+from tasks.models.base import InitialRows, Interactions, ModelParams, Recommender, apply_initial_rows, index_tensors
 from tasks.models.sgd import auto_batch_size, sgd_fit_dot_bias
 from tasks.models.training import adam, fit_mse, minibatch_fit, validation_loss
 
@@ -183,6 +183,9 @@ class DotBiasParams(ModelParams):
 
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
     epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
+    warm_epochs: int = Field(
+        5, ge=1, description="Passes when the fit starts from the last published run's vectors (warm_start)."
+    )
     batch_size: int | None = Field(
         None,
         ge=1,
@@ -197,12 +200,15 @@ class DotBiasParams(ModelParams):
 
 
 def fit_dot_bias(interactions: Interactions, params: DotBiasParams, device: torch.device,
-                 validation: pl.DataFrame | None = None, *, seed: int = 0,
-                 label: str = "train") -> tuple[EmbeddingDotBias, list[dict]]:  # fmt: skip
-    """`dot_bias` by per-rating SGD (tasks/models/sgd.py)."""
+                 validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train",
+                 init: InitialRows | None = None) -> tuple[EmbeddingDotBias, list[dict]]:  # fmt: skip
+    """`dot_bias` by per-rating SGD (tasks/models/sgd.py); `init`: rows of the tables from a previous fit (a warm
+    start)."""
     train = interactions.ratings
     module = EmbeddingDotBias(interactions.n_users, interactions.n_items, params.factors,
                               _y_range(interactions, params.y_margin)).to(device)  # fmt: skip
+    with torch.no_grad():
+        apply_initial_rows(module.state_dict(), init)
     generator = torch.Generator(device=device).manual_seed(seed)
     batch_size = params.batch_size or auto_batch_size(train.height)
     rows = sgd_fit_dot_bias(module, index_tensors(train, device), params.epochs, batch_size, params.learning_rate,

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from tasks.models.base import Interactions, ModelFitError, ModelParams, RatingMatrix, Recommender, index_tensors
+from tasks.models.base import (
+    InitialRows, Interactions, ModelFitError, ModelParams, RatingMatrix, Recommender, apply_initial_rows, index_tensors,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class IalsParams(ModelParams):
 
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
     epochs: int = Field(16, ge=1, description="Alternations: each solves every user, then every item.")
+    warm_epochs: int = Field(
+        4, ge=1, description="Alternations when the fit starts from the last published run's vectors (warm_start)."
+    )
     regularization: float = Field(
         0.02, ge=0, description="L2 penalty, scaled per row by (its count + unobserved_weight x the other side's size)^regularization_exponent."
     )
@@ -250,8 +255,10 @@ class IalsProblem:
     h: torch.Tensor  # (n_items, f)
 
 
-def ials_problem(interactions: Interactions, params: IalsParams, device: torch.device, seed: int) -> IalsProblem:
-    """The ratings by user and by item, holding c_ui = 1 + confidence x rating, and the seeded initial vectors."""
+def ials_problem(interactions: Interactions, params: IalsParams, device: torch.device, seed: int,
+                 init: InitialRows | None = None) -> IalsProblem:  # fmt: skip
+    """The ratings by user and by item, holding c_ui = 1 + confidence x rating, and the seeded initial vectors
+    (the rows `init` gives taken from a previous fit: a warm start)."""
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
     users, items, ratings = index_tensors(interactions.ratings, device)
     by_user = RatingMatrix.build(users, items, 1.0 + params.confidence * ratings, (n_users, n_items))
@@ -259,15 +266,18 @@ def ials_problem(interactions: Interactions, params: IalsParams, device: torch.d
     std = params.init_std / f**0.5
     w = torch.randn((n_users, f), generator=generator, device=device) * std
     h = torch.randn((n_items, f), generator=generator, device=device) * std
+    apply_initial_rows({"user_factors": w, "item_factors": h}, init)
     return IalsProblem(by_user, by_user.transpose(), w, h)
 
 
 @torch.no_grad()
 def fit_ials(interactions: Interactions, params: IalsParams, device: torch.device,
-             validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train") -> tuple[Ials, list[dict]]:  # fmt: skip
-    """`ials` by alternating conjugate-gradient solves (see the module docstring); one history row per epoch."""
+             validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train",
+             init: InitialRows | None = None) -> tuple[Ials, list[dict]]:  # fmt: skip
+    """`ials` by alternating conjugate-gradient solves (see the module docstring); one history row per epoch.
+    `init`: rows of the initial vectors from a previous fit (a warm start)."""
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
-    problem = ials_problem(interactions, params, device, seed)
+    problem = ials_problem(interactions, params, device, seed, init)
     a0 = params.unobserved_weight
     user_penalty = row_penalty(problem.by_user.indptr, n_items, params)
     item_penalty = row_penalty(problem.by_item.indptr, n_users, params)

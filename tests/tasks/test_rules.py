@@ -89,8 +89,10 @@ def test_blocked_items_leave_the_list_and_the_padding_counts_only_allowed_items(
 def test_reasons_are_the_rated_items_of_largest_affinity():
     rated = UserItems.from_ratings(pl.DataFrame({"user_idx": [0, 0, 0, 1], "item_idx": [1, 2, 3, 2]}), 2)
     affinity = torch.tensor([[0.0, 0.9, 0.1, 0.5], [0.9, 0, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]])
-    reasons = explain(lambda items, others: affinity[items, others], np.array([0, 1]), np.array([0, 0]), rated, 2,
-                      torch.device("cpu"), max_entries=2)  # fmt: skip
+    def lookup(items: torch.Tensor, crow: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        return affinity[items.repeat_interleave(crow.diff()), others]
+
+    reasons = explain(lookup, np.array([0, 1]), np.array([0, 0]), rated, 2, torch.device("cpu"), max_entries=2)
     assert reasons.select("user_idx", "reason_rank", "reason_item_idx").rows() == [(0, 1, 1), (0, 2, 3), (1, 1, 2)]
     assert reasons["contribution"].to_list() == pytest.approx([0.9, 0.5, 0.1])
 

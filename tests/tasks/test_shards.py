@@ -13,7 +13,7 @@ from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_shard, evaluate_users, reduce_evaluation
 from tasks.recommend import recommend_with_reasons
 from tasks.rules import resolve_rules
-from tasks.shards import RATER_IS_MODEL, evaluate_shard_files, recommend_shard, user_shards
+from tasks.shards import evaluate_shard_files, recommend_shard, user_shards
 from tasks.split import split_ratings
 from tasks.train import fit, save_checkpoint
 
