@@ -417,6 +417,8 @@ class PipelineConfig(BaseModel):
         # `--exclude-items blocked.txt` arrives as ["blocked.txt"], `--exclude-items 1,2` as ["1", "2"]
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and not _is_int(value[0]):
             return Path(value[0])
+        if isinstance(value, list) and (bad := [v for v in value if isinstance(v, str) and not _is_int(v)]):
+            raise ValueError(f"{bad[0]!r} is not an item id: expected item ids (integers) or the path of one file of ids")
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",") if part.strip()]
             return parts if parts and all(_is_int(part) for part in parts) else Path(value)

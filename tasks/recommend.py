@@ -15,8 +15,7 @@ from tasks.reindex import IdMaps
 from tasks.rules import ListRules
 from tasks.scoring import UserItems, top_k_unseen
 from tasks.train import TrainedModel
-
-REASONS_COLUMNS = ("user_id", "item_id", "reason_rank", "reason_item_id", "contribution")
+from warehouse.runs import REASONS_SCHEMA  # the reasons as the warehouse keeps them
 
 
 def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
@@ -75,7 +74,7 @@ def recommend_with_reasons(model: TrainedModel, ratings: pl.DataFrame, maps: IdM
                           model.device)  # fmt: skip
     reasons = reasons.with_columns(reason_item_id=maps.items["item_id"].gather(reasons["reason_item_idx"]))
     return (maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating"),
-            maps.to_dataset_ids(reasons.drop("reason_item_idx")).select(REASONS_COLUMNS))  # fmt: skip
+            maps.to_dataset_ids(reasons.drop("reason_item_idx")).select(list(REASONS_SCHEMA)))  # fmt: skip
 
 
 @task(name="recommend", cache_policy=NO_CACHE)

@@ -73,6 +73,11 @@ def test_a_rule_that_leaves_too_few_items_names_the_settings(ml100k_dataset, ml1
     assert "(at least 50 ratings; genres Documentary) leave 5 of 1,682 items to recommend, fewer than top_n (--top-n) 10" in few
     ids.write_text("1\n2\n")
     assert resolve_rules(PipelineConfig(exclude_items=ids), items, ratings, maps).n_allowed == 1680
+    # on the command line `--exclude-items 1,2` is ids, `--exclude-items blocked.txt` a file, `1,x` neither
+    assert PipelineConfig(exclude_items=["1", "2"]).exclude_items == [1, 2]
+    assert PipelineConfig(exclude_items=[str(ids)]).exclude_items == ids
+    with pytest.raises(ValueError, match="'x' is not an item id: expected item ids"):
+        PipelineConfig(exclude_items=["1", "x"])
     assert not resolve_rules(PipelineConfig(), items, ratings, maps).restricts
 
 
