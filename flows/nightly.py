@@ -38,7 +38,7 @@ from tasks.report import report_task
 from tasks.rules import ListRules, fallback_task, list_rules_task
 from tasks.split import split_task
 from tasks.train import TrainedModel, save_checkpoint_task, train_task
-from tasks.warm import WARM_STARTS, warm_phase, warm_start_task
+from tasks.warm import WARM_STARTS, starts_warm, warm_start_task
 from warehouse.runs import ListExtras, list_counts
 
 
@@ -232,8 +232,7 @@ def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir:
     train there, else here; returns the model and its device."""
     if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
         return train_on_deployment(ratings, config, run_dir, phase, name)
-    warm = warm_phase(config, phase) and name in WARM_STARTS
-    init = warm_start_task(config, run_dir.name, name, phase, maps) if warm else None
+    init = warm_start_task(config, run_dir.name, name, phase, maps) if starts_warm(config, name, phase) else None
     if cluster is not None and name in TRAINS_BY_SHARDS:
         model, _ = train_on_cluster(ratings, maps, config, run_dir, phase, name, cluster, init)
     else:

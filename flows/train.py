@@ -19,7 +19,7 @@ import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 from tasks.config import ModelName, PipelineConfig
 from tasks.reindex import IdMaps
 from tasks.train import TrainedModel, checkpoint_path, load_trained_model, pick_device, save_checkpoint_task, train_task
-from tasks.warm import WARM_STARTS, warm_phase, warm_start_task
+from tasks.warm import starts_warm, warm_start_task
 
 __all__ = ["Phase", "checkpoint_path", "train", "train_on_deployment"]  # checkpoint_path: re-exported
 
@@ -45,8 +45,8 @@ def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: 
     """
     maps = IdMaps.load(run_dir)
     ratings = pl.read_parquet(run_dir / PHASE_INPUT[phase])
-    warm = warm_phase(config, phase) and model in WARM_STARTS  # finds the last published run's checkpoint
-    init = warm_start_task(config, run_dir.name, model, phase, maps) if warm else None
+    # the last published run's checkpoint, found here: the nightly flow leaves the warm start to this flow
+    init = warm_start_task(config, run_dir.name, model, phase, maps) if starts_warm(config, model, phase) else None
     trained = train_task(ratings, maps, config, model, phase=phase, init=init)
     path = checkpoint_path(run_dir, phase, model)
     save_checkpoint_task(trained, maps, config, path)

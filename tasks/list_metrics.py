@@ -22,6 +22,7 @@ import warehouse
 from tasks.config import PipelineConfig, setting
 from tasks.gate import GateVerdict
 from tasks.reindex import IdMaps
+from tasks.rules import ratings_per_item
 from warehouse.runs import ListFiles
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _LISTS = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int16}
 
 def item_popularity(ratings: pl.DataFrame, maps: IdMaps) -> pl.DataFrame:
     """`item_id`, `n_ratings` of every item with a rating."""
-    counts = np.bincount(ratings["item_idx"].to_numpy(), minlength=maps.n_items)
+    counts = ratings_per_item(ratings, maps.n_items)
     return pl.DataFrame({"item_id": maps.items["item_id"], "n_ratings": counts.astype(np.int64)})
 
 

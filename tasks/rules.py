@@ -69,6 +69,11 @@ class ListRules:
         return self.allowed if config.filter_evaluation and self.restricts else None
 
 
+def ratings_per_item(ratings: pl.DataFrame, n_items: int) -> np.ndarray:
+    """How many ratings each item index has (`item_idx`)."""
+    return np.bincount(ratings["item_idx"].to_numpy(), minlength=n_items)
+
+
 def read_item_ids(path: Path) -> list[int]:
     """Item ids from a file, one a line; blank lines and `#` comments are skipped.
 
@@ -131,8 +136,7 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
         allowed &= ~catalogue["item_id"].is_in(ids).to_numpy()
         said.append(f"{len(set(ids))} excluded item(s)")
     if config.min_item_ratings:
-        counts = np.bincount(ratings["item_idx"].to_numpy(), minlength=maps.n_items)
-        allowed &= counts >= config.min_item_ratings
+        allowed &= ratings_per_item(ratings, maps.n_items) >= config.min_item_ratings
         said.append(f"at least {config.min_item_ratings} ratings")
     known_genres = items["genres"].explode().drop_nulls().unique().to_list()
     if config.include_genres:
@@ -162,7 +166,7 @@ def fallback_list(ratings: pl.DataFrame, maps: IdMaps, rules: ListRules, top_n: 
     Returns:
         `item_id`, `rank` (1 = best), `score` (the item's number of ratings).
     """
-    counts = np.bincount(ratings["item_idx"].to_numpy(), minlength=maps.n_items)
+    counts = ratings_per_item(ratings, maps.n_items)
     popular = pl.DataFrame({"item_idx": np.arange(maps.n_items, dtype=np.int32), "score": counts.astype(np.float32)})
     popular = popular.filter(pl.Series(rules.allowed)).sort("score", "item_idx", descending=[True, False]).head(top_n)
     ranked = popular.with_columns(rank=pl.int_range(1, popular.height + 1, dtype=pl.Int16))

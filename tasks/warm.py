@@ -79,6 +79,12 @@ def warm_phase(config: PipelineConfig, phase: str) -> bool:
     return config.warm_start and (phase == "refit" or (phase == "train" and config.split == "temporal"))
 
 
+def starts_warm(config: PipelineConfig, name: str, phase: str) -> bool:
+    """Whether `name`'s fit of `phase` starts from the last published run's vectors: a model that takes an initial
+    state, in a phase that starts warm (`warm_phase`)."""
+    return name in WARM_STARTS and warm_phase(config, phase)
+
+
 def find_warm_start(path: Path, run_id: str, name: str, phase: str, config: PipelineConfig) -> WarmStart | None:
     """The last published run's checkpoint of `name` for `phase`, when it is there and has tonight's settings;
     None (a cold start, said in the log) otherwise."""
@@ -106,7 +112,7 @@ def find_warm_start(path: Path, run_id: str, name: str, phase: str, config: Pipe
 @task(name="warm-start", cache_policy=NO_CACHE, task_run_name="warm-start-{name}-{phase}")
 def warm_start_task(config: PipelineConfig, run_id: str, name: str, phase: str, maps: IdMaps) -> InitialRows | None:
     """The initial rows of `name`'s `phase` fit (`find_warm_start`), or None for a cold start."""
-    if name not in WARM_STARTS or not warm_phase(config, phase):
+    if not starts_warm(config, name, phase):
         return None
     warm = find_warm_start(config.warehouse, run_id, name, phase, config)
     if warm is None:

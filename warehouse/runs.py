@@ -250,9 +250,13 @@ def record_facts(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int 
     """Set what the run has learnt about itself (dataset size, device, timings...), in a write of its own
     (which applies the detail tables' retention when `keep_runs` is set)."""
     with open_writer(path) as con:
-        run_statement(con, "update_run", {"run_update": _run_update(run_id, facts)})
-        if keep_runs:
-            run_statement(con, "prune_details", params={"keep_runs": keep_runs})
+        _update_run(con, run_id, facts, keep_runs)
+
+
+def _update_run(con: duckdb.DuckDBPyConnection, run_id: str, facts: dict[str, Any], keep_runs: int) -> None:
+    run_statement(con, "update_run", {"run_update": _run_update(run_id, facts)})
+    if keep_runs:
+        run_statement(con, "prune_details", params={"keep_runs": keep_runs})
 
 
 def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> None:
@@ -268,7 +272,4 @@ def mark_rejected(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int
         if extras is not None and extras.list_metrics is not None:
             metrics = _keyed(extras.list_metrics, METRICS_SCHEMA, run_id, extras.model)
             run_statement(con, "record_list_metrics", {"new_list_metrics": metrics})
-        update = _run_update(run_id, {**facts, "status": "rejected", "finished_at": utc_now()})
-        run_statement(con, "update_run", {"run_update": update})
-        if keep_runs:
-            run_statement(con, "prune_details", params={"keep_runs": keep_runs})
+        _update_run(con, run_id, {**facts, "status": "rejected", "finished_at": utc_now()}, keep_runs)
