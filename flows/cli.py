@@ -29,8 +29,10 @@ def _print_frame(frame: pl.DataFrame) -> None:
     print(text_table(frame, terminal_width()))
 
 
-# Exit statuses of `recs run`: 0 published, 1 failed, 2 bad option, 3 rejected by the quality gate.
+# Exit statuses of `recs run`: 0 published, 1 failed, 2 bad option, 3 rejected by the quality gate, 4 cancelled
+# (a signal or run_timeout_seconds ended it).
 EXIT_REJECTED = 3
+EXIT_CANCELLED = 4
 
 
 def _log_path(config: PipelineConfig, command: str) -> Path:
@@ -43,13 +45,24 @@ def _run(options: dict) -> int:
     config = config_from_options("run", options)
     if config is None:
         return 2
+    from flows.api import TemporaryApiError, temporary_api
+    from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
     from flows.logs import log_to_file
     from flows.nightly import nightly  # imported here: Prefect's import is slow and `--help` should not wait
+    from flows.runlog import record_unstarted
 
     log_path = _log_path(config, "run")
     try:
-        with log_to_file(log_path):
+        with log_to_file(log_path), signals_cancel(), temporary_api():
             result = nightly(config, return_state=True).result()
+    except TemporaryApiError as exc:  # the flow never ran: record the run here
+        run_id = record_unstarted(config, f"{type(exc).__name__}: {exc}")
+        print(f"recs run: the run {run_id or ''} could not start: {exc}", file=sys.stderr)
+        return 1
+    except (RunCancelled, KeyboardInterrupt) as exc:  # recorded as cancelled by the flow when it had started
+        print(f"recs run: the run was cancelled: {cancellation_reason(exc)}; the published recommendations in "
+              f"{config.warehouse} are unchanged. Log: {log_path}", file=sys.stderr)  # fmt: skip
+        return EXIT_CANCELLED
     except Exception as exc:  # the flow already recorded the failure; the traceback is in the log file
         print(f"recs run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"recs run: the full log, tracebacks included, is {log_path}", file=sys.stderr)
@@ -94,11 +107,13 @@ def _backfill(options: dict) -> int:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
     print(f"replaying {len(cutoffs)} dates into {config.warehouse}", flush=True)
+    from flows.api import temporary_api
+    from flows.deadline import signals_cancel
     from flows.logs import log_to_file
 
     failed = 0
     log_path = _log_path(config, "backfill")
-    with log_to_file(log_path):
+    with log_to_file(log_path), signals_cancel(), temporary_api():
         for i, outcome in enumerate(backfill(nested(options), cutoffs), start=1):
             failed += outcome.status == "failed"
             print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
@@ -255,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `recs` console script; returns the exit status."""
     # The temporary Prefect API `recs run` starts needs no telemetry (its heartbeat also logged lock errors).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    warehouse.no_world_access()  # what recs writes (logs, data, the warehouse) is not for other users
     parser = command_parser()
     try:
         namespace, extras = parser.parse_known_args(argv)

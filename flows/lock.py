@@ -19,6 +19,7 @@ from pathlib import Path
 import warehouse
 from tasks.config import setting
 from warehouse.runs import mark_abandoned, utc_now
+from warehouse.writer import resolved
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ class RunLockedError(RuntimeError):
 
 
 def lock_path(warehouse_path: Path) -> Path:
-    return warehouse_path.with_name(warehouse_path.name + ".lock")
+    """`<warehouse>.lock` beside the file the path names, links followed: two names of one file share one lock."""
+    target = resolved(warehouse_path)
+    return target.with_name(target.name + ".lock")
 
 
 def _holder(path: Path) -> str:

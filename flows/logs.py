@@ -2,6 +2,7 @@
 functions reach the run's logs in the Prefect UI."""
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,13 +54,26 @@ class _WithoutTraceback(logging.Formatter):
         return self.inner.format(bare)
 
 
+class _RunLogFile(logging.FileHandler):
+    """The run's log file. When a record cannot be written (a full disk), says so once on stderr and writes no more,
+    instead of logging's `--- Logging error ---` and a traceback for every record that follows."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.level > logging.CRITICAL:
+            return
+        self.setLevel(logging.CRITICAL + 1)
+        error = sys.exc_info()[1]
+        print(f"recs: cannot write the log file {self.baseFilename} ({type(error).__name__}: {error}); the rest of this "
+              "run's log goes to the console only", file=sys.stderr)  # fmt: skip
+
+
 @contextmanager
 def log_to_file(path: Path) -> Iterator[Path]:
     """Within the block, send every log record of this process to `path`, tracebacks included, and keep
     tracebacks off the console, where each record stays one line. For `recs run` and `recs backfill`: a
     failed run prints its reason and this path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file = _RunLogFile(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
     logging.getLogger().addHandler(to_file)
     consoles = [(handler, handler.formatter) for handler in _console_handlers()]

@@ -18,7 +18,9 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
+import warehouse
 from flows.cluster import TRAINS_BY_SHARDS, ClusterSession, evaluate_on_cluster, recommend_on_cluster, train_on_cluster
+from flows.deadline import run_deadline
 from flows.lock import run_lock
 from flows.runlog import RunLog, start_run_task
 from flows.train import Phase, checkpoint_path, train_on_deployment
@@ -73,9 +75,12 @@ def nightly(
             `{"mlp": {"epochs": 8}}`; the result is validated as a whole.
     """
     config = config.with_overrides({**(overrides or {}), **({"source": source} if source else {})})
+    config = config.model_copy(update={"warehouse": warehouse.resolved(config.warehouse)})  # a link, followed once
     if overrides:
         print(describe_overrides(overrides))
-    with run_lock(config.warehouse, owner=flow_run.name or "nightly", timeout_seconds=config.lock_timeout_seconds):
+    warehouse.no_world_access()
+    with run_deadline(config.run_timeout_seconds), run_lock(config.warehouse, owner=flow_run.name or "nightly",
+                                                            timeout_seconds=config.lock_timeout_seconds):  # fmt: skip
         return _nightly_run(config)
 
 
@@ -138,7 +143,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
                 verdict = list_coverage_task(config.warehouse, recommendations, verdict, config, rules.n_allowed)
                 list_metrics, verdict = list_metrics_task(config.warehouse, recommendations, ratings, maps,
                                                           dataset.items(), verdict, config)  # fmt: skip
-                extras = ListExtras(reasons, fallback, list_metrics, chosen)
+                extras = ListExtras(reasons, fallback, list_metrics, chosen, maps.users.select("user_id"))
             run.note(gate_reason=verdict.reason)
         if verdict.publishes:
             with run.stage("publish"):

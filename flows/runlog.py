@@ -16,6 +16,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.deadline import cancellation_reason
+from flows.lock import run_lock
 from tasks.config import PipelineConfig
 from warehouse.runs import mark_failed, start_run, utc_now
 
@@ -67,14 +69,31 @@ class RunLog:
         return {**self.facts, "stage_seconds": self._seconds()}
 
     def fail(self, error: BaseException) -> None:
-        """Record the run as failed with the error's type and message.
+        """Record the run as failed with the error's type and message, or as cancelled with the reason when a
+        signal or the time limit ended it (flows/deadline.py).
 
         Never raises: if the warehouse cannot be written, that is logged and the original error stands.
         """
+        reason = cancellation_reason(error)
+        status, said = ("cancelled", reason) if reason else ("failed", f"{type(error).__name__}: {error}")
         try:
-            mark_failed(self.config.warehouse, self.run_id, f"{type(error).__name__}: {error}", self.final_facts())
+            mark_failed(self.config.warehouse, self.run_id, said, self.final_facts(), status)
         except Exception:
-            log.exception("could not record run %s as failed in %s", self.run_id, self.config.warehouse)
+            log.exception("could not record run %s as %s in %s", self.run_id, status, self.config.warehouse)
+
+
+def record_unstarted(config: PipelineConfig, reason: str) -> str | None:
+    """Record a run that could not start (its flow never ran) as failed with `reason`; returns its id, or None
+    when another run holds the warehouse (that run is recorded) or the warehouse cannot be written (logged)."""
+    run_id = new_run_id()
+    try:
+        with run_lock(config.warehouse, owner=run_id):
+            start_run(config.warehouse, run_id, None, config.model_dump_json(), utc_now())
+            mark_failed(config.warehouse, run_id, reason, {})
+    except Exception:
+        log.exception("could not record the run that did not start in %s", config.warehouse)
+        return None
+    return run_id
 
 
 @task(name="start-run", cache_policy=NO_CACHE)

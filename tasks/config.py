@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from tasks.models import ModelParams
 from tasks.models.closed_form import BiasParams, EaseParams, PopularityParams
@@ -41,13 +41,29 @@ DEFAULT_TEST_FRACTION: dict[str, float] = {"stratified": 0.25, "random": 0.2, "t
 
 
 def redact(source: str) -> str:
-    """The source with any user:password in its URL replaced, safe to log and store."""
+    """The source, safe to log and store: a URL's user:password and every query value and fragment replaced.
+
+    A query string is where signed URLs keep their credentials (S3's `X-Amz-Signature` and
+    `X-Amz-Security-Token`, GCS's `X-Goog-Signature`, Azure's SAS `sig`, a plain `token=`): every value is
+    replaced, the names kept, so the URL still says what it was (`...?X-Amz-Signature=***&token=***`).
+    """
+    if not _url_scheme(source):
+        return source  # a path: nothing in it is a credential
     parts = urlsplit(source)
-    if parts.username is None and parts.password is None:
-        return source
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        parts = parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else ""))
+    if parts.query:
+        names = [pair.partition("=")[0] for pair in parts.query.split("&") if pair]
+        parts = parts._replace(query="&".join(f"{name}=***" for name in names))
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return urlunsplit(parts)
+
+
+def _url_scheme(source: str) -> str:
+    """The source's scheme as `urlsplit` reads it ("" for a plain path), without `source_scheme`'s checks."""
+    return urlsplit(source).scheme.lower() if "://" in source else ""
 
 
 def source_scheme(source: str) -> str:
@@ -210,7 +226,9 @@ class PipelineConfig(BaseModel):
     validation_fraction: float = Field(
         0.0, ge=0, lt=1, description="Share of the training ratings held out to report a validation loss per epoch."
     )
-    seed: int = Field(42, description="Seed for the split, the initialisation and the batch order.")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed for the split, the initialisation and the batch order (0 to 2**32-1)."
+    )
     as_of: datetime | None = Field(
         None,
         description="Replay history: keep only ratings at or before this time (UTC unless a zone is given); "
@@ -253,8 +271,8 @@ class PipelineConfig(BaseModel):
     )
 
     # Evaluation and output
-    k: int = Field(10, ge=1, description="Cut-off of the ranking metrics (precision@k, nDCG@k, ...).")
-    top_n: int = Field(10, ge=1, description="Length of each user's published list.")
+    k: int = Field(10, ge=1, le=1000, description="Cut-off of the ranking metrics (precision@k, nDCG@k, ...).")
+    top_n: int = Field(10, ge=1, le=1000, description="Length of each user's published list.")
     refit_on_all: bool = Field(
         True, description="After evaluation, refit on all ratings before scoring the published lists."
     )
@@ -335,7 +353,7 @@ class PipelineConfig(BaseModel):
         description="Quality gate: a worsening beyond a tolerance rejects only when this interval of a paired "
         "bootstrap over the users judged on both sides excludes no change; 0 rejects on the tolerances alone.",
     )
-    gate_resamples: int = Field(1000, ge=10, description="Quality gate: bootstrap resamples of the users.")
+    gate_resamples: int = Field(1000, ge=10, le=100_000, description="Quality gate: bootstrap resamples of the users.")
     refit_loss_tolerance: float = Field(
         0.5,
         ge=0,
@@ -365,6 +383,14 @@ class PipelineConfig(BaseModel):
         0.0,
         ge=0,
         description="How long a run waits for another run on the same warehouse to finish; 0 refuses at once.",
+    )
+    # 6 hours: the default night takes 7.5 minutes at 20M ratings on two cores (docs/scale.md); a run still going
+    # after this holds the run lock against the next nights, so it is ended and recorded as cancelled.
+    run_timeout_seconds: float | None = Field(
+        21_600.0,
+        gt=0,
+        description="End the run, recorded as cancelled with this reason, when it has taken longer than this (its "
+        "wait for the run lock included); the published lists stay. Unset (null) never ends it.",
     )
 
     keep_runs: int = Field(
@@ -436,6 +462,12 @@ class PipelineConfig(BaseModel):
     def _supported_scheme(cls, value: str) -> str:
         source_scheme(value)
         return value
+
+    @field_serializer("source", when_used="json")
+    def _source_without_credentials(self, value: str) -> str:
+        # The config's JSON is what Prefect stores as a flow run's parameters, what a training deployment is sent and
+        # what runs.config keeps: a signed URL's credentials never reach it (the run itself holds the config object).
+        return redact(value)
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """This config with some fields changed and the rest kept, validated as a whole.

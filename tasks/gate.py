@@ -1,9 +1,8 @@
 """The quality gate between evaluation and publishing.
 
-A candidate run is held to the lists published now: the last published run on the same dataset (the archive's
-SHA-256, so a path and a file:// URL of one archive share a history) and protocol (split, test share, seed, k),
-whichever model made them. The candidate's published model is judged on nDCG@k, its rating model (the stars
-beside the lists) on RMSE, twice:
+A candidate run is held to the lists published now, whichever dataset, protocol and model made them: the last
+run that published. The candidate's published model is judged on nDCG@k, its rating model (the stars beside the
+lists) on RMSE, twice:
 
 - On this run's split, against the published configuration: the published run's model and rating model, with
   the settings it published them with, trained on the candidate's training ratings and scored on its test
@@ -14,11 +13,16 @@ beside the lists) on RMSE, twice:
 - Against the published run's recorded metrics, measured on its own test set: this catches a collapse that any
   configuration would share (broken data, a bug in training), which the first comparison cannot see. Test sets
   differ from night to night (a temporal split's nDCG moves by 40% between neighbouring nights on ML-100k), so
-  this drift check allows `gate_drift_tolerance`, beyond noise as above (users of both test sets).
+  this drift check allows `gate_drift_tolerance`, beyond noise as above (users of both test sets). It applies only
+  when the published run measured them on the same dataset (the archive's SHA-256, so a path and a file:// URL of
+  one archive share a history) under the same protocol (split, test share, seed, k): a run that changes the
+  protocol (`--seed`, `--k`, `--split`, `--test-fraction`, `--as-of`) or the data is judged on its own split alone,
+  against the published configuration, so no protocol change side-steps the gate.
 
 A metric the candidate must be judged on that is missing or not finite rejects. When the published run's stored
-settings no longer validate, the recorded metrics are held to `gate_tolerance` instead. Only a dataset and
-protocol with nothing published yet passes unjudged.
+settings no longer validate, the recorded metrics are held to `gate_tolerance` instead, and a run on another
+dataset or protocol, which has nothing comparable, is rejected unless `force`. Only a warehouse with nothing
+published yet passes unjudged.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class PublishedRun:
     rating_model: str | None
     config: PipelineConfig | None  # None when its stored config no longer validates (see `unreadable`)
     unreadable: str | None = None
+    elsewhere: str | None = None  # how its dataset or protocol differ from the candidate's; None: the same
 
     @property
     def models(self) -> list[str]:
@@ -163,38 +168,45 @@ def decide(candidate: pl.DataFrame, candidate_users: pl.DataFrame, published: Pu
            config: PipelineConfig) -> GateVerdict:  # fmt: skip
     """The gate's verdict from both comparisons (the module's docstring): on this run's split with `here`, and
     against the published run's `recorded` metrics; rejected when either rejects, the reason naming both."""
-    if published is None or recorded.height == 0:
+    if published is None:
         return judge(candidate, None, config.k, config.gate_tolerance)
     noise = {"confidence": config.gate_confidence, "resamples": config.gate_resamples, "seed": config.seed}
     recorded_as = f"run {published.run_id}'s recorded metrics (its own test set)"
+    comparable = published.elsewhere is None and recorded.height > 0  # its recorded metrics measure what ours do
+    notes: list[str] = []
     parts: list[GateVerdict] = []
-    if here is not None and here.same_as_candidate:
-        same_split = None
-        note = f"this run trains the published configuration ({published.describe()}) with the same settings"
-    elif here is not None:
-        trained = f", trained here ({', '.join(here.trained_here)})" if here.trained_here else ""
-        against = f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
-        same_split = judge(candidate, here.metrics, config.k, config.gate_tolerance, candidate_users, here.users,
-                           against=against, **noise)  # fmt: skip
-        parts.append(same_split)
-        note = ""
-    else:
-        note = f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded metrics are held to {setting('gate_tolerance')}"
+    if published.elsewhere is not None:
+        notes.append(f"the published lists (run {published.run_id}) were made {published.elsewhere}, so this run is "
+                     "judged against their configuration on its own split")  # fmt: skip
+    if here is None and not comparable:
+        notes.append(f"that configuration cannot be rebuilt ({published.unreadable}), so this run cannot be judged "
+                     f"against the published lists; {setting('force')} publishes anyway")  # fmt: skip
+        return GateVerdict(False, "; ".join(notes), published.run_id)
+    if here is None:
+        notes.append(f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded "
+                     f"metrics are held to {setting('gate_tolerance')}")  # fmt: skip
         parts.append(judge(candidate, recorded, config.k, config.gate_tolerance, candidate_users, recorded_users,
                            against=recorded_as, **noise))  # fmt: skip
-    if here is not None:
+    elif here.same_as_candidate:
+        notes.append(f"this run trains the published configuration ({published.describe()}) with the same settings")
+    else:
+        trained = f", trained here ({', '.join(here.trained_here)})" if here.trained_here else ""
+        against = f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
+        parts.append(judge(candidate, here.metrics, config.k, config.gate_tolerance, candidate_users, here.users,
+                           against=against, **noise))  # fmt: skip
+    if here is not None and comparable:
         parts.append(judge(candidate, recorded, config.k, config.gate_drift_tolerance, candidate_users, recorded_users,
                            against=recorded_as, tolerance_setting="gate_drift_tolerance", **noise))  # fmt: skip
     passed = all(part.passed for part in parts)
     shown = [part.reason for part in parts if not part.passed] if not passed else [part.reason for part in parts]
-    reason = "; ".join(([note] if note else []) + shown)
-    return GateVerdict(passed, reason, published.run_id)
+    return GateVerdict(passed, "; ".join(notes + shown), published.run_id)
 
 
 def published_run(path: Path, run_id: str, dataset: str, protocol: str) -> PublishedRun | None:
-    """The last published run on the same dataset (`source_sha256`) and protocol other than `run_id`, or None."""
+    """The run whose lists are published now (other than `run_id`), or None; its `elsewhere` says how its dataset
+    (`source_sha256`) or protocol differ from the candidate's `dataset` and `protocol`."""
     with warehouse.open_reader(path) as con:
-        rows = warehouse.fetch(con, "published_run", {"dataset": dataset, "protocol": protocol, "run_id": run_id})
+        rows = warehouse.fetch(con, "published_run", {"run_id": run_id})
     if rows.height == 0:
         return None
     row = rows.row(0, named=True)
@@ -202,7 +214,13 @@ def published_run(path: Path, run_id: str, dataset: str, protocol: str) -> Publi
         config, unreadable = PipelineConfig.from_stored(row["config"]), None
     except (ValidationError, ValueError, TypeError) as error:
         config, unreadable = None, f"runs.config of run {row['run_id']} does not validate: {str(error).splitlines()[0]}"
-    return PublishedRun(row["run_id"], row["model"], row["rating_model"], config, unreadable)
+    differences = []
+    if row["source_sha256"] != dataset:
+        differences.append(f"from another archive (sha256 {str(row['source_sha256'])[:12]}, this run's {dataset[:12]})")
+    if row["protocol"] != protocol:
+        differences.append(f"under another protocol ('{row['protocol']}', this run's '{protocol}')")
+    elsewhere = " and ".join(differences) or None
+    return PublishedRun(row["run_id"], row["model"], row["rating_model"], config, unreadable, elsewhere)
 
 
 def recorded_metrics(path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -153,6 +153,9 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
         allowed &= (year <= config.max_year).fill_null(False).to_numpy()
         said.append(f"until {config.max_year}")
     rules = ListRules(allowed, "; ".join(said) or "none")
+    if maps.n_items < config.top_n:
+        raise ListRuleError(f"{setting('top_n')} {config.top_n:,} is more than the {maps.n_items:,} items in the "
+                            f"catalogue: no list could be that long; set it to at most {maps.n_items:,}")  # fmt: skip
     if rules.n_allowed < config.top_n:
         raise ListRuleError(f"the business rules ({rules.description}) leave {rules.n_allowed} of {maps.n_items:,} "
                             f"items to recommend, fewer than {setting('top_n')} {config.top_n}; loosen them")  # fmt: skip

@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-from warehouse.reader import BUSY_TIMEOUT_SECONDS, WarehouseBusyError, connect, open_reader
+from warehouse.reader import BUSY_TIMEOUT_SECONDS, NotAWarehouseError, WarehouseBusyError, connect, open_reader
 from warehouse.sql import fetch, fetch_value, query, schema_scripts, statement
-from warehouse.writer import WarehouseSpaceError, open_writer
+from warehouse.writer import WarehouseSpaceError, no_world_access, open_writer, resolved
 
 __all__ = [
-    "BUSY_TIMEOUT_SECONDS", "WarehouseBusyError", "WarehouseSpaceError", "connect", "fetch", "fetch_value",
-    "open_reader", "open_writer", "query", "schema_scripts", "statement",
+    "BUSY_TIMEOUT_SECONDS", "NotAWarehouseError", "WarehouseBusyError", "WarehouseSpaceError", "connect", "fetch",
+    "fetch_value", "no_world_access", "open_reader", "open_writer", "query", "resolved", "schema_scripts", "statement",
 ]  # fmt: skip

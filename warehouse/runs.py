@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.sql import query, run_statement
+from warehouse.sql import query, run_statement, schema_scripts
 from warehouse.writer import open_writer
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class ListExtras:
     fallback: pl.DataFrame | None = None  # FALLBACK_SCHEMA
     list_metrics: pl.DataFrame | None = None  # METRICS_SCHEMA
     model: str = ""
+    known_users: pl.DataFrame | None = None  # user_id: every user with ratings (those without a list are recorded)
 
 
 def _keyed(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str, model: str) -> pl.DataFrame:
@@ -88,11 +89,48 @@ def _run_update(run_id: str, fields: dict[str, Any]) -> pl.DataFrame:
     return pl.DataFrame({"run_id": [run_id], **row}, schema={"run_id": pl.String, **RUN_FIELDS})
 
 
+class WarehouseContractError(RuntimeError):
+    """The warehouse lacks a column the pipeline writes (dropped or altered by hand)."""
+
+
+def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    columns: dict[str, set[str]] = {}
+    for table, column in con.execute(query("table_columns")).fetchall():
+        columns.setdefault(table, set()).add(column)
+    return columns
+
+
+def check_contract(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Fail, naming them, when the warehouse's tables lack columns that the schema (schema/*.sql) gives them: a
+    run checks this at its start, before any training, rather than failing at publish.
+
+    Raises:
+        WarehouseContractError: the tables and their missing columns.
+    """
+    with duckdb.connect() as blank:
+        for script in schema_scripts():
+            blank.execute(script)
+        expected = _columns(blank)
+    present = _columns(con)
+    missing = {table: sorted(columns - present.get(table, set())) for table, columns in expected.items()}
+    missing = {table: columns for table, columns in missing.items() if columns}
+    if missing:
+        said = "; ".join(f"{table} lacks {', '.join(columns)}" for table, columns in sorted(missing.items()))
+        raise WarehouseContractError(
+            f"{path}: {said}: columns the pipeline writes (warehouse/schema/). Was the table altered by hand? Add them "
+            "back (ALTER TABLE ... ADD COLUMN, docs/warehouse.md has each column's type) or publish to a new "
+            "warehouse (--warehouse). Nothing was trained or changed."
+        )
+
+
 def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str, started_at: datetime) -> int:
     """Insert the run as `running`, first marking runs left `running` by a dead process as failed.
 
     Call it only while holding the run lock (flows/lock.py): then no other run on this warehouse is alive,
     and any `running` row is one whose process was killed or crashed before it could record an outcome.
+
+    Raises:
+        WarehouseContractError: a table lacks a column the pipeline writes (`check_contract`); nothing is written.
 
     Returns:
         How many abandoned runs were marked failed.
@@ -102,6 +140,7 @@ def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str
         schema={"run_id": pl.String, "flow_run_id": pl.String, "started_at": UTC, "config": pl.String},
     )
     with open_writer(path) as con:
+        check_contract(con, path)
         abandoned = _mark_abandoned(con, f"run {run_id}", started_at)
         run_statement(con, "insert_run", {"new_run": new_run})
     return len(abandoned)
@@ -197,6 +236,7 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
         "new_fallback": _stamped(extras.fallback, FALLBACK_SCHEMA, run_id).with_columns(
             generated_at=pl.lit(generated_at).cast(UTC)),
         "new_list_metrics": _keyed(extras.list_metrics, METRICS_SCHEMA, run_id, extras.model),
+        "new_known_users": _stamped(extras.known_users, {"user_id": pl.Int64}, run_id),
         "new_history": pl.concat(
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
             or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
@@ -259,9 +299,10 @@ def _update_run(con: duckdb.DuckDBPyConnection, run_id: str, facts: dict[str, An
         run_statement(con, "prune_details", params={"keep_runs": keep_runs})
 
 
-def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any]) -> None:
-    """Record the run as failed with its error; the published lists are not touched."""
-    record_facts(path, run_id, {**facts, "status": "failed", "error": error, "finished_at": utc_now()})
+def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any], status: str = "failed") -> None:
+    """Record the run as failed (or `cancelled`: ended by a signal or its time limit) with its error or reason;
+    the published lists are not touched."""
+    record_facts(path, run_id, {**facts, "status": status, "error": error, "finished_at": utc_now()})
 
 
 def mark_rejected(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0,

@@ -14,10 +14,22 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.reader import open_waiting
+from warehouse.reader import WRITER_SETTINGS, check_is_duckdb, open_waiting
 from warehouse.sql import schema_scripts
 
 log = logging.getLogger(__name__)
+
+
+def no_world_access() -> None:
+    """Files and folders this process creates from now on are not readable, writable or listable by other users
+    (the umask gains o-rwx; the group's bits stay as the operator's umask sets them): the warehouse, the data
+    folder, logs, checkpoints. A warehouse someone made readable keeps its mode across writes."""
+    os.umask(os.umask(0) | 0o007)
+
+
+def resolved(path: str | Path) -> Path:
+    """The warehouse file a path names, symbolic links followed: the one name its locks and replacements use."""
+    return Path(os.path.realpath(path))
 
 
 @contextmanager
@@ -82,7 +94,9 @@ def open_writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     use copies the whole file, so a run writes a handful of times: at its start, once per trained model, and
     when it publishes, is rejected or fails (warehouse/runs.py).
     """
+    path = resolved(path)  # a link's target is written, locked and replaced, never the link itself
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_is_duckdb(path)
     started = time.perf_counter()
     with _write_lock(path):
         for leftover in path.parent.glob(f"{path.name}.*.staging*"):  # from a writer killed mid-write
@@ -97,7 +111,7 @@ def open_writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
                 _fold_wal(path)
                 with open_waiting(path, read_only=True):  # a shared lock: no one writes it in place meanwhile
                     shutil.copyfile(path, staging)
-            con = duckdb.connect(str(staging))
+            con = duckdb.connect(str(staging), config=dict(WRITER_SETTINGS))
             for script in schema_scripts():
                 con.execute(script)
             yield con
@@ -108,12 +122,12 @@ def open_writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             if original is not None:
                 _keep_mode_and_owner(staging, original)
             _fsync(staging)
+            os.replace(staging, path)  # inside the try: a refused rename (an immutable file) removes the copy too
         except BaseException:
             if con is not None:
                 con.close()
             staging.unlink(missing_ok=True)
             staging.with_name(staging.name + ".wal").unlink(missing_ok=True)
             raise
-        os.replace(staging, path)
         _fsync(path.parent)
     log.debug("rewrote %s (%.1f MB) in %.2fs", path, path.stat().st_size / 1e6, time.perf_counter() - started)

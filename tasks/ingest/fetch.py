@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from tasks.config import local_path, local_source_problem, redact, setting
 from tasks.ingest.errors import IngestError
+from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,20 @@ def _check_expected(sha256: str, expected: str | None, source: str) -> None:
         )
 
 
+def _verified_cached(archive_dir: Path, sha256: str) -> Path | None:
+    """The cached `archive_dir/<sha256>.zip` if it exists and its bytes still hash to its name; a cached archive
+    that was changed on disk (overwritten, truncated) is deleted, so that it is downloaded again, never used."""
+    path = archive_dir / f"{sha256}.zip"
+    if not path.exists():
+        return None
+    actual = sha256_of(path)
+    if actual == sha256:
+        return path
+    log.warning("cached archive %s no longer has sha256 %s (it has %s): deleted, downloading it again", path, sha256, actual)
+    path.unlink()
+    return None
+
+
 class _SourceIndex:
     """`archives/sources.json`: what each URL served last time, for conditional requests."""
 
@@ -69,8 +84,9 @@ class _SourceIndex:
         self.entries: dict[str, dict[str, str]] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def cached(self, source: str, archive_dir: Path) -> dict[str, str] | None:
+        """What `source` served last time, if its archive is still cached intact (verified: a 304 reuses it)."""
         entry = self.entries.get(redact(source))
-        return entry if entry and (archive_dir / f"{entry['sha256']}.zip").exists() else None
+        return entry if entry and _verified_cached(archive_dir, entry["sha256"]) else None
 
     def remember(self, source: str, sha256: str, response: httpx.Response) -> None:
         entry = {"sha256": sha256}
@@ -106,7 +122,7 @@ def _download(source: str, archive_dir: Path, timeout: float, index: _SourceInde
             total = int(response.headers.get("content-length", 0)) or None
             digest = hashlib.sha256()
             received = 0
-            fd, tmp_name = tempfile.mkstemp(dir=archive_dir, prefix=".partial-", suffix=".zip")
+            fd, tmp_name = tempfile.mkstemp(dir=archive_dir, prefix=f"{scratch_prefix()}partial-", suffix=".zip")
             tmp = Path(tmp_name)
             try:
                 with os.fdopen(fd, "wb") as out, _DownloadProgress(shown, total) as advance:
@@ -164,7 +180,8 @@ def fetch_archive(source: str, data_dir: Path, expected_sha256: str | None = Non
 
     A local path or `file://` URL is used in place. An http(s) URL is downloaded once into
     `data_dir/archives/<sha256>.zip`; later calls reuse it when `expected_sha256` names a cached archive,
-    or when the server answers a conditional request with 304 Not Modified.
+    or when the server answers a conditional request with 304 Not Modified, in both cases only after hashing
+    the cached file again: one changed on disk is deleted and downloaded anew.
 
     Args:
         source: http(s) URL, `file://` URL or local path.
@@ -188,9 +205,10 @@ def fetch_archive(source: str, data_dir: Path, expected_sha256: str | None = Non
         return Archive(local, sha256, str(local))
     archive_dir = data_dir / "archives"
     archive_dir.mkdir(parents=True, exist_ok=True)
-    if expected_sha256 and (archive_dir / f"{expected_sha256.lower()}.zip").exists():
-        log.info("archive %s already downloaded; not fetching %s", expected_sha256.lower(), redact(source))
-        return Archive(archive_dir / f"{expected_sha256.lower()}.zip", expected_sha256.lower(), redact(source))
+    remove_dead_scratch(archive_dir)
+    if expected_sha256 and (cached := _verified_cached(archive_dir, expected_sha256.lower())):
+        log.info("archive %s already downloaded (verified); not fetching %s", expected_sha256.lower(), redact(source))
+        return Archive(cached, expected_sha256.lower(), redact(source))
     path, sha256 = _download(source, archive_dir, timeout, _SourceIndex(archive_dir))
     _check_expected(sha256, expected_sha256, source)
     return Archive(path, sha256, redact(source))

@@ -17,6 +17,7 @@ import polars as pl
 from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive
+from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 from tasks.ingest.movielens import ParsedRatings, RatingsFormatError, keep_latest_ratings
 from tasks.ingest.unzip import extract_members
 
@@ -83,6 +84,9 @@ def load_dataset(
     out_dir = data_dir / "datasets" / archive.sha256
     meta_path = out_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("parser") == PARSER_VERSION and (damaged := _damaged_parquet(out_dir)):
+        log.warning("the cached parse %s cannot be read (%s); parsing archive %s again", *damaged, archive.sha256[:12])
+        meta = {}
     if meta.get("parser") == PARSER_VERSION:
         log.info("archive %s already parsed (%s, %d ratings)", archive.sha256[:12], meta["layout"], meta["n_ratings"])
     else:
@@ -92,10 +96,23 @@ def load_dataset(
                    meta["n_bad_rows"], meta["n_duplicate_ratings"])  # fmt: skip
 
 
+def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
+    """The first cached parquet file of a parse that cannot be read (truncated, overwritten, missing) and why;
+    None when both read their footer. Only the footer is read: the whole file is read by the next stage."""
+    for name in ("ratings.parquet", "items.parquet"):
+        path = out_dir / name
+        try:
+            pl.read_parquet_schema(path)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            return path, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return None
+
+
 def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
     """Parse the archive into `out_dir` (written whole or not at all) and return its meta."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{archive.sha256[:12]}-"))
+    remove_dead_scratch(out_dir.parent)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f"{scratch_prefix()}{archive.sha256[:12]}-"))
     try:
         raw_dir = work / "raw"
         raw_dir.mkdir()

@@ -26,6 +26,12 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
+# The most passes a fit may be asked for: settings that multiply a run's time are bounded, so that a typo
+# (`--dot-bias-epochs 100000`) is refused at once rather than holding the run lock for hours. The defaults
+# are 5 to 30; the tuning searches stay far below this.
+MAX_EPOCHS = 1000
+
+
 class ModelParams(BaseModel):
     """Base of each model's parameter group: frozen, and a misspelt setting is an error, not a default."""
 

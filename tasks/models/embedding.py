@@ -21,7 +21,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tasks.models.base import InitialRows, Interactions, ModelParams, Recommender, apply_initial_rows, index_tensors
+from tasks.models.base import (
+    MAX_EPOCHS, InitialRows, Interactions, ModelParams, Recommender, apply_initial_rows, index_tensors,
+)  # fmt: skip
 from tasks.models.sgd import auto_batch_size, sgd_fit_dot_bias
 from tasks.models.training import adam, fit_mse, minibatch_fit, validation_loss
 
@@ -182,9 +184,9 @@ class DotBiasParams(ModelParams):
     64, 20, 0.1, 0.05 is the best, validation RMSE 0.9284."""
 
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
-    epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS, description="Passes over the training ratings.")
     warm_epochs: int = Field(
-        5, ge=1, description="Passes when the fit starts from the last published run's vectors (warm_start)."
+        5, ge=1, le=MAX_EPOCHS, description="Passes when the fit starts from the last published run's vectors (warm_start)."
     )
     batch_size: int | None = Field(
         None,
@@ -220,7 +222,7 @@ class DotParams(ModelParams):
     """`dot`: plain dot product of user and item embeddings, trained on squared error."""
 
     factors: int = Field(32, ge=1, le=4096, description="Embedding size.")
-    epochs: int = Field(20, ge=1, description="Passes over the training ratings.")
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS, description="Passes over the training ratings.")
     batch_size: int = Field(1024, ge=1, description="Ratings per optimiser step.")
     learning_rate: float = Field(0.01, ge=0, description="Adam learning rate (peak of the one-cycle schedule).")
     regularization: float = Field(0.1, ge=0, description="L2 penalty on the embeddings looked up in each batch.")
@@ -242,7 +244,7 @@ class MlpParams(ModelParams):
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and of items (not searched).")
     hidden: list[int] = Field([128], min_length=1, description="Sizes of the hidden layers ([256, 64] was no better).")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout after each hidden layer (not searched).")
-    epochs: int = Field(5, ge=1, description="Passes over the training ratings.")
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="Passes over the training ratings.")
     batch_size: int = Field(1024, ge=1, description="Ratings per optimiser step.")
     learning_rate: float = Field(0.003, ge=0, description="AdamW learning rate (peak of the one-cycle schedule).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -266,7 +268,7 @@ class BprParams(ModelParams):
     """`bpr`: Bayesian personalised ranking on implicit feedback (every rating is a positive)."""
 
     factors: int = Field(64, ge=1, le=4096, description="Embedding size.")
-    epochs: int = Field(30, ge=1, description="Passes over the training interactions.")
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS, description="Passes over the training interactions.")
     batch_size: int = Field(1024, ge=1, description="Positives per optimiser step (one sampled negative each).")
     learning_rate: float = Field(0.003, ge=0, description="Adam learning rate (peak of the one-cycle schedule).")
     regularization: float = Field(0.01, ge=0, description="L2 penalty on the vectors and biases in each batch.")

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tasks.models.base import (
-    InitialRows, Interactions, ModelFitError, ModelParams, RatingMatrix, Recommender, apply_initial_rows, index_tensors,
+    MAX_EPOCHS, InitialRows, Interactions, ModelFitError, ModelParams, RatingMatrix, Recommender, apply_initial_rows,
+    index_tensors,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ class IalsParams(ModelParams):
     validation nDCG@10 0.2829 (ease: 0.2712)."""
 
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
-    epochs: int = Field(16, ge=1, description="Alternations: each solves every user, then every item.")
+    epochs: int = Field(16, ge=1, le=MAX_EPOCHS, description="Alternations: each solves every user, then every item.")
     warm_epochs: int = Field(
-        4, ge=1, description="Alternations when the fit starts from the last published run's vectors (warm_start)."
+        4, ge=1, le=MAX_EPOCHS, description="Alternations when the fit starts from the last published run's vectors (warm_start)."
     )
     regularization: float = Field(
         0.02, ge=0, description="L2 penalty, scaled per row by (its count + unobserved_weight x the other side's size)^regularization_exponent."
@@ -65,7 +66,7 @@ class IalsParams(ModelParams):
     confidence: float = Field(
         0.0, ge=0, description="A rating r weighs 1 + confidence x r as a positive; 0 treats every rating alike."
     )
-    cg_steps: int = Field(3, ge=1, description="Conjugate-gradient steps per row and half-step (warm-started).")
+    cg_steps: int = Field(3, ge=1, le=100, description="Conjugate-gradient steps per row and half-step (warm-started).")
     init_std: float = Field(0.1, gt=0, description="Initial vectors ~ N(0, init_std / sqrt(factors)).")
     cache_bytes: int = Field(
         2 << 20, ge=1, description="CPU only: the products read the fixed side's vectors in tiles of this many bytes, "
@@ -176,8 +177,19 @@ def _weighted_sum(blocks: list[tuple[torch.Tensor, slice]], x: torch.Tensor, oth
 
 
 def gramian(other: torch.Tensor, unobserved_weight: float) -> torch.Tensor:
-    """a0 H'H: what every unrated pair adds to each row's normal equations (factors x factors)."""
-    return unobserved_weight * (other.T @ other)
+    """a0 H'H: what every unrated pair adds to each row's normal equations (factors x factors).
+
+    On CPU it is computed on one thread: MKL splits the long reduction between threads (AVX-512 machines), which
+    changes the low bits, and a one-thread Dask worker's shards must match the flow's own fit bit for bit. It is a
+    small product (items x factors^2: 0.6 GFLOP at 20M ratings), done once per half-step."""
+    if other.device.type != "cpu":
+        return unobserved_weight * (other.T @ other)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return unobserved_weight * (other.T @ other)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def row_penalty(indptr: torch.Tensor, n_other: int, params: IalsParams) -> torch.Tensor:

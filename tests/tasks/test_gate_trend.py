@@ -98,13 +98,20 @@ def test_trend_deltas_from_previous_run_and_median_of_published(history_warehous
     assert view == [(pytest.approx(0.9),)]
 
 
-def test_gate_baseline_is_the_last_published_run_on_the_same_dataset_and_protocol(history_warehouse):
-    published = published_run(history_warehouse, "new", "sha-src", PROTOCOL)
-    assert (published.run_id, published.model, published.rating_model) == ("r5", "dot_bias", "dot_bias")
-    assert published.config == PipelineConfig()  # r5 stored `{}`: every setting at its default
+def test_gate_baseline_is_the_live_lists_run_whatever_its_dataset_and_protocol(history_warehouse):
+    # issue 27: a run under another protocol was held to nothing ("nothing is published for this dataset and
+    # protocol yet") and replaced the live lists unjudged. The live lists are run `other`'s (published last).
+    temporal = "temporal test=0.25 seed=42 k=10"
+    published = published_run(history_warehouse, "new", "sha-src", temporal)
+    assert (published.run_id, published.model, published.rating_model) == ("other", "dot_bias", "dot_bias")
+    assert published.config == PipelineConfig() and published.elsewhere is None  # `{}`: every setting at its default
     baseline, users = recorded_metrics(history_warehouse, published.run_id)
-    assert baseline["run_id"].unique().to_list() == ["r5"] and users.height == 0  # published without per-user rows
-    assert published_run(history_warehouse, "new", "sha-elsewhere", PROTOCOL) is None
+    assert baseline["run_id"].unique().to_list() == ["other"] and users.height == 0  # published without per-user rows
+    on_another_protocol = published_run(history_warehouse, "new", "sha-src", PROTOCOL)
+    assert on_another_protocol.run_id == "other"
+    assert on_another_protocol.elsewhere == f"under another protocol ('{temporal}', this run's '{PROTOCOL}')"
+    on_another_archive = published_run(history_warehouse, "new", "sha-elsewhere", temporal)
+    assert on_another_archive.elsewhere == "from another archive (sha256 sha-src, this run's sha-elsewher)"
 
 
 def test_a_published_run_whose_settings_no_longer_validate_is_still_the_baseline(tmp_path):

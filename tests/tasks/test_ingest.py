@@ -129,7 +129,7 @@ def test_download_caches_and_reuses_unchanged_source(ml100k_zip, tmp_path, serve
     assert first.sha256 == "f6399316c2793efe71b296b24c481a4a3e888982b85f93ffb392adc221391eb8"
     assert first.path == data_dir / "archives" / f"{first.sha256}.zip"
     assert first.path.read_bytes() == ml100k_zip.read_bytes()
-    assert not list((data_dir / "archives").glob(".partial-*"))
+    assert not list((data_dir / "archives").glob(".scratch-*"))
 
     again = fetch_archive(f"{server.url}/ml-100k.zip", data_dir)
     assert again == first

@@ -1,8 +1,8 @@
--- The run whose lists are published now on a dataset (the archive's SHA-256, however its source was spelled)
--- and protocol, whichever model made them: what the quality gate holds a candidate to.
--- Parameters: $dataset (source_sha256), $protocol, $run_id (the candidate run, left out).
-SELECT run_id, model, rating_model, CAST(config AS VARCHAR) AS config
+-- The run whose lists are published now (the last run that published, whichever dataset, protocol and model):
+-- what the quality gate holds a candidate to. Its archive's SHA-256 and protocol say whether its recorded metrics
+-- measure what the candidate's do (tasks/gate.py). Parameters: $run_id (the candidate run, left out).
+SELECT run_id, model, rating_model, CAST(config AS VARCHAR) AS config, source_sha256, protocol
 FROM runs
-WHERE status = 'succeeded' AND source_sha256 = $dataset AND protocol = $protocol AND run_id <> $run_id
+WHERE status = 'succeeded' AND run_id <> $run_id
 ORDER BY finished_at DESC
 LIMIT 1;

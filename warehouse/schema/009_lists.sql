@@ -37,7 +37,15 @@ LEFT JOIN recommendation_reasons AS x ON x.user_id = r.user_id AND x.item_id = r
 LEFT JOIN items AS ri ON ri.item_id = x.reason_item_id
 GROUP BY r.user_id, r.rank, r.item_id, i.title, r.score, r.predicted_rating, r.run_id;
 
--- Any user id's list: their published one, else the fallback, with `source` saying which. FROM recommendations_for(42).
+-- Users the publishing run knew (they have ratings) who got no list: they rated every item the business rules
+-- allow, so nothing is left to recommend to them. They get no fallback either: its items are ones they rated.
+CREATE TABLE IF NOT EXISTS users_without_lists (
+    user_id BIGINT  NOT NULL,
+    run_id  VARCHAR NOT NULL
+);
+
+-- Any user id's list: their published one, else the fallback (for a user the run did not know), with `source`
+-- saying which; no rows for a user in users_without_lists. FROM recommendations_for(42).
 CREATE OR REPLACE MACRO recommendations_for(uid) AS TABLE
 SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.predicted_rating, 'personal' AS source
 FROM recommendations AS r LEFT JOIN items AS i USING (item_id)
@@ -45,4 +53,5 @@ WHERE r.user_id = uid
 UNION ALL
 SELECT uid AS user_id, f.rank, f.item_id, i.title, f.score, NULL AS predicted_rating, 'fallback' AS source
 FROM fallback_recommendations AS f LEFT JOIN items AS i USING (item_id)
-WHERE NOT EXISTS (SELECT 1 FROM recommendations WHERE user_id = uid);
+WHERE NOT EXISTS (SELECT 1 FROM recommendations WHERE user_id = uid)
+  AND NOT EXISTS (SELECT 1 FROM users_without_lists WHERE user_id = uid);
