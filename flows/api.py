@@ -23,10 +23,18 @@ from typing import Any
 
 import prefect
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, get_current_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
-# Prefect's own default is 20 s: 20 readers at normal priority on 2 cores starved it past that.
+# Prefect's own default is 20 s: 20 readers at normal priority on 2 cores starved it past that. Prefect's setting
+# PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, when set, is used instead.
 STARTUP_TIMEOUT_SECONDS = 120
+
+
+def startup_timeout_seconds() -> float:
+    """How long to wait for the temporary API to answer: Prefect's setting when set, else 120 s."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        return float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    return STARTUP_TIMEOUT_SECONDS
 _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
@@ -60,23 +68,24 @@ class _ServerDyingWithUs(SubprocessASGIServer):
 
 
 @contextmanager
-def temporary_api(startup_timeout_seconds: int = STARTUP_TIMEOUT_SECONDS) -> Iterator[str | None]:
+def temporary_api(timeout_seconds: float | None = None) -> Iterator[str | None]:
     """Start Prefect's temporary API server as a child that dies with this process; yields its URL (None, and
     nothing started, when PREFECT_API_URL names a server). It serves until this process exits.
 
     Raises:
-        TemporaryApiError: the server did not answer within `startup_timeout_seconds`.
+        TemporaryApiError: the server did not answer within `timeout_seconds` (default: `startup_timeout_seconds`).
     """
     if PREFECT_API_URL.value():
         yield None
         return
+    timeout_seconds = timeout_seconds or startup_timeout_seconds()
     server = _ServerDyingWithUs()
     try:
-        server.start(timeout=startup_timeout_seconds)
+        server.start(timeout=timeout_seconds)  # type: ignore[arg-type]  # Prefect's loop compares it as a number
     except RuntimeError as exc:
         server.stop()
         raise TemporaryApiError(
-            f"Prefect's temporary API server did not answer within {startup_timeout_seconds}s ({str(exc).splitlines()[0]}); "
+            f"Prefect's temporary API server did not answer within {timeout_seconds:g}s ({str(exc).splitlines()[0]}); "
             "the machine may be too busy. Nothing was trained or published. Try again, or run against a Prefect "
             "server: set PREFECT_API_URL (docs/operations.md)"
         ) from exc

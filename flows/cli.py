@@ -107,17 +107,25 @@ def _backfill(options: dict) -> int:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
     print(f"replaying {len(cutoffs)} dates into {config.warehouse}", flush=True)
-    from flows.api import temporary_api
-    from flows.deadline import signals_cancel
+    from flows.api import TemporaryApiError, temporary_api
+    from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
     from flows.logs import log_to_file
 
     failed = 0
     log_path = _log_path(config, "backfill")
-    with log_to_file(log_path), signals_cancel(), temporary_api():
-        for i, outcome in enumerate(backfill(nested(options), cutoffs), start=1):
-            failed += outcome.status == "failed"
-            print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
-                  f"({outcome.detail})", flush=True)  # fmt: skip
+    try:
+        with log_to_file(log_path), signals_cancel(), temporary_api():
+            for i, outcome in enumerate(backfill(nested(options), cutoffs), start=1):
+                failed += outcome.status == "failed"
+                print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
+                      f"({outcome.detail})", flush=True)  # fmt: skip
+    except TemporaryApiError as exc:
+        print(f"recs backfill: {exc}", file=sys.stderr)
+        return 1
+    except (RunCancelled, KeyboardInterrupt) as exc:  # the night in progress is recorded as cancelled
+        print(f"recs backfill: cancelled: {cancellation_reason(exc)}; the dates before it are replayed. Log: {log_path}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CANCELLED
     print()
     _trend(config.warehouse, config.trend_runs, None)
     if failed:
@@ -166,8 +174,12 @@ def _open_read_only(path: Path, command: str) -> duckdb.DuckDBPyConnection | Non
     if not path.exists():
         print(f"recs: warehouse {path} does not exist; run `recs run` first", file=sys.stderr)
         return None
-    settle_dead_runs(path, found_by=command)
-    return warehouse.open_reader(path)
+    try:
+        settle_dead_runs(path, found_by=command)
+        return warehouse.open_reader(path)
+    except warehouse.NotAWarehouseError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
 
 
 def _recommend(user_id: int, path: Path) -> int:
@@ -241,6 +253,9 @@ def _sql(args: dict) -> int:
             result = pl.from_arrow(relation.to_arrow_table()) if relation is not None else None
         except duckdb.Error as exc:
             print(f"recs sql: {type(exc).__name__}: {exc}", file=sys.stderr)
+            if isinstance(exc, duckdb.PermissionException):
+                print("recs sql: a reader queries the warehouse's tables, views and macros and nothing else: no "
+                      "files, no other databases, no extensions, no settings (docs/warehouse.md)", file=sys.stderr)  # fmt: skip
             return 1
     if result is None:
         print("recs sql: the last statement returns no result")

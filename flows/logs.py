@@ -66,6 +66,12 @@ class _RunLogFile(logging.FileHandler):
         print(f"recs: cannot write the log file {self.baseFilename} ({type(error).__name__}: {error}); the rest of this "
               "run's log goes to the console only", file=sys.stderr)  # fmt: skip
 
+    def close(self) -> None:
+        try:
+            super().close()  # flushes what is buffered: on a full disk, that fails too
+        except OSError:
+            self.stream = None  # type: ignore[assignment]  # closed as far as this handler is concerned
+
 
 @contextmanager
 def log_to_file(path: Path) -> Iterator[Path]:

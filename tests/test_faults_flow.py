@@ -110,14 +110,17 @@ def test_a_diverging_model_fails_the_run_and_publishes_nothing(published):
 
 
 def test_credentials_in_the_source_url_never_reach_logs_or_the_warehouse(ml100k_zip, faulty_server, tmp_path):
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     good = faulty_server(ml100k_zip.read_bytes(), "none")
     failing = faulty_server(b"", "503")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "DEBUG"}
     outputs = []
+    # issue 27: a pre-signed URL's query string (S3's signature and token) was kept whole everywhere
+    signed = "?X-Amz-Credential=AKIAs3cret&X-Amz-Signature=s3cret0sig&X-Amz-Security-Token=s3cret1tok"
     for server, expected_rc in ((good, 0), (failing, 1)):
-        source = server.url.replace("http://", "http://alice:s3cret@")
+        source = server.url.replace("http://", "http://alice:s3cret@") + signed
         run = subprocess.run(
             [sys.executable, "-m", "flows.cli", "run", "--source", source, "--warehouse", str(tmp_path / "W.duckdb"),
              "--data-dir", str(tmp_path / "D"), "--model", "popularity", "--no-refit-on-all", "--download-retries", "1",
@@ -127,10 +130,18 @@ def test_credentials_in_the_source_url_never_reach_logs_or_the_warehouse(ml100k_
         assert run.returncode == expected_rc, run.stderr[-3000:]
         outputs.append(run.stdout + run.stderr)
     assert "http://***@127.0.0.1" in outputs[1]  # the failure names the source, without its credentials
+    assert "X-Amz-Signature=***" in outputs[1]
     assert all("s3cret" not in output for output in outputs)
     with duckdb.connect(str(tmp_path / "W.duckdb"), read_only=True) as con:
         runs = con.execute("SELECT status, source, error, config::VARCHAR FROM runs ORDER BY started_at").fetchall()
+        every_table = [con.execute(f"SELECT * FROM {table}").fetchall() for (table,) in con.execute("SHOW TABLES").fetchall()]
     assert [r[0] for r in runs] == ["succeeded", "failed"] and runs[0][1].startswith("http://***@127.0.0.1")
-    assert "s3cret" not in repr(runs)
-    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()]
-    assert leaked == []  # run folders (config.json), checkpoints, parsed data, sources.json
+    assert runs[0][1].endswith("/ml-100k.zip?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***")
+    assert "s3cret" not in repr(runs) and "s3cret" not in repr(every_table)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    leaked = [p for p in written if b"s3cret" in p.read_bytes()]
+    assert leaked == []  # run folders (config.json), checkpoints, parsed data, sources.json, the logs, the warehouse
+    assert [p for p in written if p.stat().st_mode & 0o007] == []  # and none of it is readable by other users
+    with get_client(sync_client=True) as client:  # what Prefect keeps of the runs: their parameters
+        parameters = [run.parameters for run in client.read_flow_runs() if run.parameters.get("config")]
+    assert parameters and "s3cret" not in repr(parameters)

@@ -3,10 +3,17 @@ artifacts, and the refresh flow's event."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from datetime import datetime, timezone
+from pathlib import Path
 
+import psutil
 import pytest
 from prefect.artifacts import Artifact
 
@@ -15,7 +22,7 @@ from flows.nightly import nightly
 from flows.refresh import refresh
 from tasks.config import PipelineConfig
 from flows.lock import RunLockedError, run_lock
-from tests.helpers import query_rows, write_zip
+from tests.helpers import REPO, query_rows, write_zip
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -174,3 +181,93 @@ def test_lists_that_collapse_against_the_live_ones_are_not_published_unless_forc
     forced = nightly(PipelineConfig(source=cut({"1", "2"}), force=True, **where))
     assert forced.status == "succeeded" and forced.gate.startswith("overridden by force: its lists cover 2 users")
     assert query_rows(where["warehouse"], "SELECT count(DISTINCT user_id) FROM recommendations") == [(2,)]
+
+
+def test_a_changed_protocol_is_judged_against_the_live_lists_not_waved_through(ml100k_zip, tmp_path):
+    # issue 27: with ials published, `--seed 43` and a broken dot_bias exited 0 ("nothing is published for this
+    # dataset and protocol yet") and its lists (nDCG@10 0.015) replaced the live ones; --as-of and --k did the same.
+    where = {"source": str(ml100k_zip), "warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
+    live = nightly(PipelineConfig(**where))
+    assert live.status == "succeeded" and live.model == "ials"
+    live_lists = query_rows(where["warehouse"], "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL")
+    broken = {"model": "dot_bias", "dot_bias": {"epochs": 1, "learning_rate": 0.0}}
+    for change, protocol in (({"seed": 43}, "stratified test=0.25 seed=43 k=10"), ({"k": 5}, "stratified test=0.25 seed=42 k=5"),
+                             ({"as_of": datetime(1998, 3, 1, tzinfo=timezone.utc)}, "temporal test=0.25 seed=42 k=10")):  # fmt: skip
+        run = nightly(PipelineConfig(**where, **broken, **change), return_state=True).result()
+        assert run.status == "rejected", (change, run.gate)
+        assert run.gate.startswith(f"the published lists (run {live.run_id}) were made under another protocol "
+                                   f"('stratified test=0.25 seed=42 k=10', this run's '{protocol}')")  # fmt: skip
+        assert "trained here (ials, dot_bias)" in run.gate and "fell from" in run.gate
+        assert query_rows(where["warehouse"], "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL") == live_lists
+    # the published configuration under a new seed is itself: it publishes, saying why
+    reseeded = nightly(PipelineConfig(**where, seed=43))
+    assert reseeded.status == "succeeded" and "this run trains the published configuration (ials with dot_bias's stars) with the same settings" in reseeded.gate
+    # and --force still replaces live lists under a new protocol, in so many words
+    forced = nightly(PipelineConfig(**where, **broken, seed=44, force=True))
+    assert forced.status == "succeeded" and forced.gate.startswith("overridden by force: the published lists (run ")
+
+
+def test_a_run_past_its_time_limit_is_cancelled_and_keeps_the_lists(ml100k_zip, tmp_path):
+    from flows.deadline import RunCancelled
+
+    where = {"source": str(ml100k_zip), "warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
+    live = nightly(PipelineConfig(**where, model="popularity"))
+    started = datetime.now(timezone.utc)
+    with pytest.raises(RunCancelled, match=r"the run took longer than run_timeout_seconds \(--run-timeout-seconds\) 3s"):
+        nightly(PipelineConfig(**where, model="dot_bias", dot_bias={"epochs": 1000}, run_timeout_seconds=3))
+    took = (datetime.now(timezone.utc) - started).total_seconds()
+    assert took < 30  # 1000 epochs take minutes
+    status, error = query_rows(where["warehouse"], "SELECT status, error FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+    assert status == "cancelled" and error == "the run took longer than run_timeout_seconds (--run-timeout-seconds) 3s and was ended"
+    assert query_rows(where["warehouse"], "SELECT DISTINCT run_id FROM recommendations") == [(live.run_id,)]
+    assert nightly(PipelineConfig(**where, model="popularity")).status == "succeeded"  # the run lock was let go
+
+
+def _recs_run(tmp_path, *flags: str) -> tuple[subprocess.Popen, Path]:
+    """`recs run` in its own process, on its own temporary Prefect API (no PREFECT_API_URL), its console to a file."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    console = tmp_path / f"console-{len(list(tmp_path.glob('console-*')))}.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--warehouse", str(tmp_path / "W.duckdb"), "--data-dir",
+         str(tmp_path / "D"), *flags], cwd=REPO, env=env, stdout=console.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return process, console
+
+
+def _training(process: subprocess.Popen, console: Path) -> list[psutil.Process]:
+    """Wait until the run trains; its child processes then (Prefect's temporary API among them)."""
+    deadline = time.monotonic() + 120
+    while "epoch 5/" not in console.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, console.read_text()[-3000:]
+        time.sleep(0.2)
+    return psutil.Process(process.pid).children(recursive=True)
+
+
+def test_sigterm_ends_a_run_within_seconds_and_no_kill_leaves_a_process_or_scratch_behind(ml100k_zip, tmp_path):
+    # issue 27: SIGTERM took about 140 s; SIGKILL left Prefect's temporary API (220 MB) running, and a scratch folder
+    long_run = ["--source", str(ml100k_zip), "--models", "dot_bias", "--dot-bias-epochs", "1000"]
+    process, console = _recs_run(tmp_path, *long_run)
+    children = _training(process, console)
+    assert any("uvicorn" in " ".join(child.cmdline()) for child in children)
+    asked = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 4 and time.monotonic() - asked < 15
+    assert "recs run: the run was cancelled: ended by SIGTERM (the process was asked to stop)" in console.read_text()
+    assert psutil.wait_procs(children, timeout=15)[1] == []
+    assert query_rows(tmp_path / "W.duckdb", "SELECT status, error FROM runs") == [("cancelled", "ended by SIGTERM (the process was asked to stop)")]
+
+    process, console = _recs_run(tmp_path, *long_run)
+    children = _training(process, console)
+    process.kill()
+    process.wait(timeout=30)
+    assert psutil.wait_procs(children, timeout=15)[1] == []  # the temporary API died with its parent
+    # what a run killed while parsing leaves: its scratch folder, removed by the next run's ingest
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    scratch = tmp_path / "D" / "datasets" / f".scratch-{finished.stdout.strip()}-0123456789ab-x"
+    (scratch / "raw").mkdir(parents=True)
+    process, console = _recs_run(tmp_path, "--source", str(ml100k_zip), "--model", "popularity")
+    assert process.wait(timeout=300) == 0, console.read_text()[-3000:]
+    assert not scratch.exists()
+    statuses = query_rows(tmp_path / "W.duckdb", "SELECT status, error FROM runs ORDER BY started_at")
+    assert [status for status, _ in statuses] == ["cancelled", "failed", "succeeded"]
+    assert statuses[1][1].startswith("abandoned: its process ended")

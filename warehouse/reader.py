@@ -49,7 +49,7 @@ def check_is_duckdb(path: str | Path) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb") as handle:
-        header = handle.read(12)
+        header = handle.read(16)
     if header[8:12] != _DUCKDB_MAGIC:
         kind = "a SQLite database" if header.startswith(b"SQLite format") else "not a DuckDB database"
         raise NotAWarehouseError(

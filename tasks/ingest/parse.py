@@ -82,6 +82,7 @@ def load_dataset(
             bad rows under `fail`.
     """
     out_dir = data_dir / "datasets" / archive.sha256
+    remove_dead_scratch(out_dir.parent)  # what a run killed mid-parse left
     meta_path = out_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if meta.get("parser") == PARSER_VERSION and (damaged := _damaged_parquet(out_dir)):
@@ -111,7 +112,6 @@ def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
 def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
     """Parse the archive into `out_dir` (written whole or not at all) and return its meta."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_scratch(out_dir.parent)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f"{scratch_prefix()}{archive.sha256[:12]}-"))
     try:
         raw_dir = work / "raw"

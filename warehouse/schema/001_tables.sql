@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS items (
 );
 
 -- One row per run, inserted as 'running' when the run starts and updated when it ends.
--- status: 'running' | 'succeeded' | 'failed' (see `error`) | 'rejected' (see gate_reason, 003_operations.sql).
+-- status: 'running' | 'succeeded' | 'failed' (see `error`) | 'rejected' (see gate_reason, 003_operations.sql)
+-- | 'cancelled' (ended by a signal or run_timeout_seconds; the reason in `error`).
 CREATE TABLE IF NOT EXISTS runs (
     run_id                   VARCHAR PRIMARY KEY,
     flow_run_id              VARCHAR,
