@@ -35,7 +35,9 @@ def startup_timeout_seconds() -> float:
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
         return float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     return STARTUP_TIMEOUT_SECONDS
-_PR_SET_PDEATHSIG = 1
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 

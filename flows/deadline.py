@@ -21,16 +21,9 @@ from tasks.config import setting
 
 log = logging.getLogger(__name__)
 
-# What ends a run from outside: Prefect's SIGTERM bridge, Ctrl-C, and ours below.
-CANCELLATIONS: tuple[type[BaseException], ...] = (TerminationSignal, KeyboardInterrupt)
-
-
 class RunCancelled(BaseException):
     """The run was ended from outside its work: a signal or its time limit. A BaseException, like
     KeyboardInterrupt, so that no `except Exception` on the way (a retry, a cleanup) holds it back."""
-
-
-CANCELLATIONS += (RunCancelled,)
 
 
 def cancellation_reason(error: BaseException) -> str | None:

@@ -257,6 +257,7 @@ def test_files_recs_writes_are_not_world_readable(tmp_path):
 
 
 # Unclear: 20 readers on 2 cores starved Prefect's temporary API past its 20 s, and the run left no `runs` row.
+@pytest.mark.slow
 def test_an_api_that_does_not_answer_in_time_is_recorded_as_a_failed_run(ml100k_zip, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "0"  # no wait at all: as if it never answered
