@@ -74,7 +74,7 @@ def nightly(
         overrides: config fields to change, the others kept as `config` has them, e.g. `{"top_n": 20}` or
             `{"mlp": {"epochs": 8}}`; the result is validated as a whole.
     """
-    config = config.with_overrides({**(overrides or {}), **({"source": source} if source else {})})
+    config = config.with_overrides(overrides).with_source(source)
     config = config.model_copy(update={"warehouse": warehouse.resolved(config.warehouse)})  # a link, followed once
     if overrides:
         print(describe_overrides(overrides))

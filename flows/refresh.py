@@ -33,7 +33,8 @@ def refresh(config: PipelineConfig = PipelineConfig()) -> bool:
     emit_event(
         event=RATINGS_UPDATED,
         resource={"prefect.resource.id": source_resource_id(config.source), "prefect.resource.name": check.source},
-        payload={"source": config.source, "sha256": check.sha256, "previous_sha256": check.previous_sha256},
+        # the source without credentials: Prefect keeps events; the nightly run keeps its configured URL for it
+        payload={"source": check.source, "sha256": check.sha256, "previous_sha256": check.previous_sha256},
     )
     remember_announced(config.data_dir, check)
     log.info("source %s changed (sha256 %s -> %s): announced %s", check.source,

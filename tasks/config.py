@@ -483,6 +483,14 @@ class PipelineConfig(BaseModel):
             return self
         return PipelineConfig.model_validate(_deep_merge(self.model_dump(exclude_unset=True), overrides))
 
+    def with_source(self, source: str | None) -> PipelineConfig:
+        """This config with `source` (a run's or an event's), or unchanged when `source` is unset or is this config's
+        own source with its credentials removed: the refresh flow announces a source that way, and the run then
+        downloads from the configured URL, credentials and all."""
+        if not source or (source == redact(self.source) and source != self.source):
+            return self
+        return self.with_overrides({"source": source})
+
     def params_for(self, model: str) -> ModelParams:
         """The parameter group of `model` (a name of tasks.models.MODELS)."""
         return getattr(self, model)

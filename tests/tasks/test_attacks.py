@@ -110,6 +110,10 @@ def test_signed_urls_lose_every_query_value_and_the_fragment():
     config = PipelineConfig(source=signed)
     assert "deadbeef" not in config.model_dump_json() and "deadbeef" not in json.dumps(config.model_dump(mode="json"))
     assert config.source == signed  # the run itself keeps what it downloads from
+    # the refresh flow announces the source redacted; a run triggered by it downloads from the configured URL
+    assert config.with_source(redact(signed)).source == signed
+    assert config.with_source("https://mirror/ml.zip").source == "https://mirror/ml.zip"
+    assert config.with_source(None) is config
 
 
 # Data 4: a symlinked warehouse.
