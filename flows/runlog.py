@@ -100,7 +100,7 @@ def record_unstarted(config: PipelineConfig, reason: str) -> str | None:
 def start_run_task(config: PipelineConfig, flow_run_id: str | None) -> RunLog:
     """Insert the run as `running` in the warehouse and return its log."""
     run = RunLog(new_run_id(), config)
-    start_run(config.warehouse, run.run_id, flow_run_id, config.redacted().model_dump_json(), utc_now())
+    start_run(config.warehouse, run.run_id, flow_run_id, config.model_dump_json(), utc_now())
     run.directory.mkdir(parents=True, exist_ok=True)
-    (run.directory / "config.json").write_text(config.redacted().model_dump_json(indent=2))
+    (run.directory / "config.json").write_text(config.model_dump_json(indent=2))
     return run

@@ -47,7 +47,7 @@ def redact(source: str) -> str:
     `X-Amz-Security-Token`, GCS's `X-Goog-Signature`, Azure's SAS `sig`, a plain `token=`): every value is
     replaced, the names kept, so the URL still says what it was (`...?X-Amz-Signature=***&token=***`).
     """
-    if not _url_scheme(source):
+    if "://" not in source:
         return source  # a path: nothing in it is a credential
     parts = urlsplit(source)
     if parts.username is not None or parts.password is not None:
@@ -60,10 +60,6 @@ def redact(source: str) -> str:
         parts = parts._replace(fragment="***")
     return urlunsplit(parts)
 
-
-def _url_scheme(source: str) -> str:
-    """The source's scheme as `urlsplit` reads it ("" for a plain path), without `source_scheme`'s checks."""
-    return urlsplit(source).scheme.lower() if "://" in source else ""
 
 
 def source_scheme(source: str) -> str:
@@ -503,10 +499,6 @@ class PipelineConfig(BaseModel):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return cls.model_validate(data)
-
-    def redacted(self) -> PipelineConfig:
-        """This config with any credentials in `source` removed: what runs.config and the run folder keep."""
-        return self.model_copy(update={"source": redact(self.source)})
 
     @field_validator("cluster")
     @classmethod

@@ -223,7 +223,7 @@ def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, p
         "state_dict": {name: tensor.cpu() for name, tensor in model.module.state_dict().items()},
         "user_ids": torch.from_numpy(maps.users["user_id"].to_numpy().copy()),
         "item_ids": torch.from_numpy(maps.items["item_id"].to_numpy().copy()),
-        "config": config.redacted().model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
         # What the training recorded, so a model trained elsewhere (a training deployment) reports the same.
         "training": {
             "history": model.history.to_dict(as_series=False),

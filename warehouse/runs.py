@@ -7,6 +7,7 @@ goes through Arrow frames registered for the statements in `statements/` to sele
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -100,6 +101,15 @@ def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     return columns
 
 
+@functools.cache
+def _schema_columns() -> dict[str, set[str]]:
+    """Every table's columns as the schema scripts make them, on an empty in-memory database (once a process)."""
+    with duckdb.connect() as blank:
+        for script in schema_scripts():
+            blank.execute(script)
+        return _columns(blank)
+
+
 def check_contract(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Fail, naming them, when the warehouse's tables lack columns that the schema (schema/*.sql) gives them: a
     run checks this at its start, before any training, rather than failing at publish.
@@ -107,11 +117,7 @@ def check_contract(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     Raises:
         WarehouseContractError: the tables and their missing columns.
     """
-    with duckdb.connect() as blank:
-        for script in schema_scripts():
-            blank.execute(script)
-        expected = _columns(blank)
-    present = _columns(con)
+    expected, present = _schema_columns(), _columns(con)
     missing = {table: sorted(columns - present.get(table, set())) for table, columns in expected.items()}
     missing = {table: columns for table, columns in missing.items() if columns}
     if missing:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.reader import WRITER_SETTINGS, check_is_duckdb, open_waiting
+from warehouse.reader import WRITER_SETTINGS, open_waiting
 from warehouse.sql import schema_scripts
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,6 @@ def open_writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """
     path = resolved(path)  # a link's target is written, locked and replaced, never the link itself
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_is_duckdb(path)
     started = time.perf_counter()
     with _write_lock(path):
         for leftover in path.parent.glob(f"{path.name}.*.staging*"):  # from a writer killed mid-write
