@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import warehouse  # noqa: E402
-from benchmarks.synth import SynthSpec, synth  # noqa: E402
+from tasks.synth import SynthSpec, synth  # noqa: E402
 
 SYNTHETIC = {
     "1m": SynthSpec(users=6_040, items=3_700, ratings=1_000_000, seed=1),  # ML-1M's shape

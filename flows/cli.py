@@ -19,7 +19,7 @@ import duckdb
 import polars as pl
 
 import warehouse
-from benchmarks.synth import SynthSpec
+from tasks.synth import SynthSpec
 from flows.console import show, terminal_width, text_table
 from flows.options import command_parser, config_from_options, nested, unknown_arguments
 from tasks.config import PipelineConfig
@@ -265,7 +265,7 @@ def _sql(args: dict) -> int:
 
 
 def _synth(options: dict) -> int:
-    from benchmarks.synth import synth
+    from tasks.synth import synth
 
     out = options.pop("out")
     spec = SynthSpec(**options)

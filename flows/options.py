@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from benchmarks.synth import SynthSpec
+from tasks.synth import SynthSpec
 from tasks.config import LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
 
 _DEFAULTS = PipelineConfig()

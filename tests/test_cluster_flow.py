@@ -70,7 +70,7 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
 
 
 def test_local_cluster_publishes_the_in_process_lists_on_a_synthetic_archive(tmp_path):
-    from benchmarks.synth import SynthSpec, synthesize, write_archive
+    from tasks.synth import SynthSpec, synthesize, write_archive
 
     archive = tmp_path / "synthetic.zip"  # in ml-20m's layout: half stars, a header, sparse movie ids
     write_archive(*synthesize(SynthSpec(users=800, items=400, ratings=40_000, seed=5)), archive)

@@ -10,7 +10,7 @@ import pytest
 
 from flows.cli import main
 from tasks.ingest import fetch_archive, load_dataset
-from benchmarks.synth import (
+from tasks.synth import (
     FIRST_TIMESTAMP, HALF_STARS, LAST_TIMESTAMP, MIN_USER_RATINGS, ML_20M_HISTOGRAM, SynthSpec, synthesize, write_archive,
 )  # fmt: skip
 
