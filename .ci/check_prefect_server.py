@@ -47,20 +47,25 @@ def main() -> int:
 
     try:
         import prefect.server.api.server  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure is the finding
+    except Exception as exc:
         print(f"CI: prefect's server does not import with fastapi {fastapi.__version__}: {exc}", file=sys.stderr)
         return 1
     try:
         created = asyncio.run(scheduled_runs())
-    except Exception as exc:  # noqa: BLE001
-        print(f"CI: prefect's scheduler cannot create runs with SQLAlchemy {sqlalchemy.__version__}: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)  # fmt: skip
+    except Exception as exc:
+        print(
+            f"CI: prefect's scheduler cannot create runs with SQLAlchemy {sqlalchemy.__version__}: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     if created < 1:
         print("CI: prefect's scheduler created no run for an hourly schedule", file=sys.stderr)
         return 1
-    print(f"prefect server: imports with fastapi {fastapi.__version__}; the scheduler created {created} runs "
-          f"with SQLAlchemy {sqlalchemy.__version__}")  # fmt: skip
+    print(
+        f"prefect server: imports with fastapi {fastapi.__version__}; the scheduler created {created} runs "
+        f"with SQLAlchemy {sqlalchemy.__version__}"
+    )
     return 0
 
 

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.protocol import fit_and_score, load_indexed, stratified  # noqa: E402
-from tasks.config import MODEL_NAMES, PipelineConfig  # noqa: E402
+from benchmarks.protocol import fit_and_score, load_indexed, stratified
+from tasks.config import MODEL_NAMES, PipelineConfig
 
 COLUMNS = ("fit_seconds", "rmse", "mae", "precision", "recall", "ndcg", "map", "coverage")
 
@@ -32,15 +32,22 @@ def markdown_table(rows: list[dict]) -> str:
     """The rows as a markdown table (blank where a ranking model has no rating error)."""
     lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in rows:
-        cells = ["" if row[c] is None else (f"{row[c]:.2f}" if c == "fit_seconds" else f"{row[c]:.4f}") for c in COLUMNS]
+        cells = [
+            "" if row[c] is None else (f"{row[c]:.2f}" if c == "fit_seconds" else f"{row[c]:.4f}") for c in COLUMNS
+        ]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -56,19 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     ratings, maps = load_indexed(args.dataset)
     train, test = stratified(ratings, seed=42)
     config = PipelineConfig(device=args.device, k=10, seed=42)
-    print(f"{args.dataset.name}: {ratings.height} ratings, {maps.n_users} users, {maps.n_items} items; "
-          f"stratified 75/25 seed 42 ({train.height} train / {test.height} test), k = 10; commit {_commit()}, "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads", flush=True)  # fmt: skip
+    print(
+        f"{args.dataset.name}: {ratings.height} ratings, {maps.n_users} users, {maps.n_items} items; "
+        f"stratified 75/25 seed 42 ({train.height} train / {test.height} test), k = 10; commit {_commit()}, "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     # torch's first training step in a process pays one-off set-up (thread pool, kernels, allocator): about
     # 1.5 s here. A throwaway fit on 1,000 ratings pays it, so each model's fit_seconds is its own work.
-    fit_and_score("dot_bias", train.head(1000), test.head(1000), maps, config.with_overrides({"dot_bias": {"epochs": 1}}))
+    fit_and_score(
+        "dot_bias", train.head(1000), test.head(1000), maps, config.with_overrides({"dot_bias": {"epochs": 1}})
+    )
     rows = []
     for name in args.models:
         rows.append(fit_and_score(name, train, test, maps, config))
         row = rows[-1]
-        print(f"  {name}: fit {row['fit_seconds']:.2f}s, nDCG@10 {row['ndcg']:.4f}"
-              + (f", RMSE {row['rmse']:.4f}" if row["rmse"] is not None else ""), flush=True)  # fmt: skip
+        print(
+            f"  {name}: fit {row['fit_seconds']:.2f}s, nDCG@10 {row['ndcg']:.4f}"
+            + (f", RMSE {row['rmse']:.4f}" if row["rmse"] is not None else ""),
+            flush=True,
+        )
     print()
     print(markdown_table(rows))
     if args.json:

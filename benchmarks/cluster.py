@@ -35,8 +35,11 @@ def _worker_peaks(log: Path) -> dict:
     for _, _, line in found:
         for worker, gb in re.findall(r"(\S+) ([\d.]+) GB", line):
             peaks[worker] = max(peaks.get(worker, 0.0), float(gb))
-    return {"shards": [int(shards) for shards, _, _ in found], "workers": int(found[-1][1]),
-            "worker_peak_gb": [peaks[worker] for worker in sorted(peaks)]}  # fmt: skip
+    return {
+        "shards": [int(shards) for shards, _, _ in found],
+        "workers": int(found[-1][1]),
+        "worker_peak_gb": [peaks[worker] for worker in sorted(peaks)],
+    }
 
 
 def main() -> None:
@@ -60,15 +63,20 @@ def main() -> None:
             rows.append(row)
             print(f"{size} {mode}: {row['wall_seconds']:.1f}s wall", flush=True)
     stages = ("train", "evaluate", "gate", "refit", "recommend", "publish")
-    print("\n| dataset | where | wall s | " + " | ".join(f"{stage} s" for stage in stages)
-          + " | shards (per stage) | peak RSS GB (largest process) | worker peak RSS GB |")  # fmt: skip
+    print(
+        "\n| dataset | where | wall s | "
+        + " | ".join(f"{stage} s" for stage in stages)
+        + " | shards (per stage) | peak RSS GB (largest process) | worker peak RSS GB |"
+    )
     print("|---|---|---|" + "---|" * len(stages) + "---|---|---|")
     for r in rows:
         peaks = ", ".join(f"{gb:.2f}" for gb in r.get("worker_peak_gb", [])) or "-"
         shards = " / ".join(str(n) for n in r.get("shards", [])) or "-"
         seconds = " | ".join(f"{r['stage_seconds'].get(stage, 0):.1f}" for stage in stages)
-        print(f"| {r['size']} | {r['mode']} | {r['wall_seconds']:.1f} | {seconds} | {shards} | {r['peak_rss_gb']:.2f} | "
-              f"{peaks} |")  # fmt: skip
+        print(
+            f"| {r['size']} | {r['mode']} | {r['wall_seconds']:.1f} | {seconds} | {shards} | {r['peak_rss_gb']:.2f} | "
+            f"{peaks} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.backfill import replay_dates  # noqa: E402
-from flows.nightly import nightly  # noqa: E402
-from tasks.config import PipelineConfig  # noqa: E402
+from flows.backfill import replay_dates
+from flows.nightly import nightly
+from tasks.config import PipelineConfig
 
 RULES = {
     "recorded metrics, 10% alone": {"gate_drift_tolerance": 0.1, "gate_confidence": 0.0},
@@ -50,12 +50,25 @@ def replay(dataset: Path, rule: dict, work: Path) -> list[dict]:
     """The 14 nights, each a healthy run then a broken one, into a warehouse of their own."""
     rows = []
     for as_of in replay_dates(date(1997, 10, 15), date(1998, 4, 22), timedelta(days=14)):
-        common = {"source": str(dataset), "as_of": as_of, "model": "dot_bias", **rule,
-                  "warehouse": work / "replay.duckdb", "data_dir": work / "data"}  # fmt: skip
+        common = {
+            "source": str(dataset),
+            "as_of": as_of,
+            "model": "dot_bias",
+            **rule,
+            "warehouse": work / "replay.duckdb",
+            "data_dir": work / "data",
+        }
         healthy, healthy_reason = _night(PipelineConfig(**common))
         broken, broken_reason = _night(PipelineConfig(**common, **BROKEN))
-        rows.append({"as_of": f"{as_of:%Y-%m-%d}", "healthy": healthy, "healthy_gate": healthy_reason,
-                     "broken": broken, "broken_gate": broken_reason})  # fmt: skip
+        rows.append(
+            {
+                "as_of": f"{as_of:%Y-%m-%d}",
+                "healthy": healthy,
+                "healthy_gate": healthy_reason,
+                "broken": broken,
+                "broken_gate": broken_reason,
+            }
+        )
         print(f"{as_of:%Y-%m-%d} {rule or 'defaults'}: healthy {healthy}, broken {broken}", flush=True)
     return rows
 

@@ -27,32 +27,41 @@ from pathlib import Path
 # implicit asks for a single-threaded BLAS (its own threads do the work); set before numpy loads it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import polars as pl
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.protocol import load_indexed, stratified  # noqa: E402
-from tasks.config import PipelineConfig  # noqa: E402
-from tasks.evaluate import evaluate  # noqa: E402
-from tasks.models.base import Interactions  # noqa: E402
-from tasks.models.ials import Ials, fit_ials  # noqa: E402
-from tasks.train import TrainedModel  # noqa: E402
+from benchmarks.protocol import load_indexed, stratified
+from tasks.config import PipelineConfig
+from tasks.evaluate import evaluate
+from tasks.models.base import Interactions
+from tasks.models.ials import Ials, fit_ials
+from tasks.train import TrainedModel
 
 
-def _implicit_fit(ratings: pl.DataFrame, n_users: int, n_items: int, factors: int, iterations: int,
-                  cg_steps: int, threads: int) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
+def _implicit_fit(
+    ratings: pl.DataFrame, n_users: int, n_items: int, factors: int, iterations: int, cg_steps: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """implicit's CPU ALS on the binary matrix: user factors, item factors, fit seconds."""
     try:
         from implicit.cpu.als import AlternatingLeastSquares
         from scipy.sparse import csr_matrix
     except ImportError as exc:
         raise SystemExit(f"{exc}: install the peers extra first: pip install -e '.[peers]'") from exc
-    matrix = csr_matrix((np.ones(ratings.height, dtype=np.float32),
-                         (ratings["user_idx"].to_numpy(), ratings["item_idx"].to_numpy())), shape=(n_users, n_items))  # fmt: skip
-    model = AlternatingLeastSquares(factors=factors, iterations=iterations, use_cg=True, num_threads=threads,
-                                    random_state=42, calculate_training_loss=False)  # fmt: skip
+    matrix = csr_matrix(
+        (np.ones(ratings.height, dtype=np.float32), (ratings["user_idx"].to_numpy(), ratings["item_idx"].to_numpy())),
+        shape=(n_users, n_items),
+    )
+    model = AlternatingLeastSquares(
+        factors=factors,
+        iterations=iterations,
+        use_cg=True,
+        num_threads=threads,
+        random_state=42,
+        calculate_training_loss=False,
+    )
     model.cg_steps = cg_steps  # an attribute, not a constructor argument, in implicit 0.7 (3 by default)
     started = time.perf_counter()
     model.fit(matrix, show_progress=False)
@@ -100,39 +109,67 @@ def main(argv: list[str] | None = None) -> int:
     p = config.ials
     threads = torch.get_num_threads()
     rate = matmul_gflops()
-    print(f"ials {p.factors} factors, {p.epochs} iterations, {p.cg_steps} CG steps, {threads} threads; "
-          f"dense float32 matmul here: {rate:.0f} GFLOP/s", flush=True)  # fmt: skip
+    print(
+        f"ials {p.factors} factors, {p.epochs} iterations, {p.cg_steps} CG steps, {threads} threads; "
+        f"dense float32 matmul here: {rate:.0f} GFLOP/s",
+        flush=True,
+    )
     rows = []
     ratings, maps = load_indexed(args.dataset)
     train, test = stratified(ratings, seed=42)
     ours, ours_seconds = _ials_fit(train, maps.n_users, maps.n_items, config)
-    users, items, theirs_seconds = _implicit_fit(train, maps.n_users, maps.n_items, p.factors, p.epochs, p.cg_steps, threads)
+    users, items, theirs_seconds = _implicit_fit(
+        train, maps.n_users, maps.n_items, p.factors, p.epochs, p.cg_steps, threads
+    )
     theirs = Ials(maps.n_users, maps.n_items, p.factors)
     theirs.user_factors.copy_(torch.from_numpy(users))
     theirs.item_factors.copy_(torch.from_numpy(items))
-    rows.append({"dataset": args.dataset.name, "n_ratings": train.height, "n_users": maps.n_users,
-                 "n_items": maps.n_items, "ials_seconds": ours_seconds,
-                 "implicit_seconds": theirs_seconds, "ials_ndcg": _ndcg(ours, train, test, maps.n_items, config),
-                 "implicit_ndcg": _ndcg(theirs, train, test, maps.n_items, config)})  # fmt: skip
+    rows.append(
+        {
+            "dataset": args.dataset.name,
+            "n_ratings": train.height,
+            "n_users": maps.n_users,
+            "n_items": maps.n_items,
+            "ials_seconds": ours_seconds,
+            "implicit_seconds": theirs_seconds,
+            "ials_ndcg": _ndcg(ours, train, test, maps.n_items, config),
+            "implicit_ndcg": _ndcg(theirs, train, test, maps.n_items, config),
+        }
+    )
     if args.large:
         ratings, maps = load_indexed(args.large)
         ours_times, theirs_times = [], []
         for _ in range(args.repeats):  # alternating, so that a slow spell of a shared machine hits both
             ours_times.append(_ials_fit(ratings, maps.n_users, maps.n_items, config)[1])
-            theirs_times.append(_implicit_fit(ratings, maps.n_users, maps.n_items, p.factors, p.epochs, p.cg_steps, threads)[2])
+            theirs_times.append(
+                _implicit_fit(ratings, maps.n_users, maps.n_items, p.factors, p.epochs, p.cg_steps, threads)[2]
+            )
             print(f"{args.large.name}: ials {ours_times[-1]:.2f} s, implicit {theirs_times[-1]:.2f} s", flush=True)
         ours_seconds, theirs_seconds = statistics.median(ours_times), statistics.median(theirs_times)
-        rows.append({"dataset": args.large.name, "n_ratings": ratings.height, "n_users": maps.n_users,
-                     "n_items": maps.n_items, "ials_seconds": ours_seconds,
-                     "implicit_seconds": theirs_seconds, "ials_ndcg": None, "implicit_ndcg": None})  # fmt: skip
-    print("\n| dataset | ratings | ials s | implicit s | ials / implicit | ials GFLOP/s | ials nDCG@10 | implicit nDCG@10 |")
+        rows.append(
+            {
+                "dataset": args.large.name,
+                "n_ratings": ratings.height,
+                "n_users": maps.n_users,
+                "n_items": maps.n_items,
+                "ials_seconds": ours_seconds,
+                "implicit_seconds": theirs_seconds,
+                "ials_ndcg": None,
+                "implicit_ndcg": None,
+            }
+        )
+    print(
+        "\n| dataset | ratings | ials s | implicit s | ials / implicit | ials GFLOP/s | ials nDCG@10 | implicit nDCG@10 |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         work = epoch_gflop(row["n_ratings"], row["n_users"], row["n_items"], p.factors, p.cg_steps) * p.epochs
         row["ials_gflops"] = work / row["ials_seconds"]
         ndcg = [f"{row[k]:.4f}" if row[k] is not None else "" for k in ("ials_ndcg", "implicit_ndcg")]
-        print(f"| {row['dataset']} | {row['n_ratings']:,} | {row['ials_seconds']:.2f} | {row['implicit_seconds']:.2f} | "
-              f"{row['ials_seconds'] / row['implicit_seconds']:.2f} | {row['ials_gflops']:.1f} | {ndcg[0]} | {ndcg[1]} |")  # fmt: skip
+        print(
+            f"| {row['dataset']} | {row['n_ratings']:,} | {row['ials_seconds']:.2f} | {row['implicit_seconds']:.2f} | "
+            f"{row['ials_seconds'] / row['implicit_seconds']:.2f} | {row['ials_gflops']:.1f} | {ndcg[0]} | {ndcg[1]} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"matmul_gflops": rate, "threads": threads, "rows": rows}, indent=1) + "\n")
     return 0

@@ -33,5 +33,10 @@ def fit_and_score(name: str, train: pl.DataFrame, test: pl.DataFrame, maps: IdMa
     """Fit `name` on train and evaluate on test: fit seconds plus every metric (rmse/mae None for rankers)."""
     model = fit(train, maps.n_users, maps.n_items, config, name=name)
     metrics = dict(evaluate(model, train, test, maps.n_items, config).select("metric", "value").iter_rows())
-    return {"model": name, "fit_seconds": model.seconds, "rmse": metrics.get("rmse"), "mae": metrics.get("mae"),
-            **{m: metrics[m] for m in ("precision", "recall", "ndcg", "map", "coverage")}}  # fmt: skip
+    return {
+        "model": name,
+        "fit_seconds": model.seconds,
+        "rmse": metrics.get("rmse"),
+        "mae": metrics.get("mae"),
+        **{m: metrics[m] for m in ("precision", "recall", "ndcg", "map", "coverage")},
+    }

@@ -48,8 +48,9 @@ def _archive(size: str, ml100k: Path, work: Path) -> tuple[Path, float | None]:
     return path, made["generate_seconds"] + made["write_seconds"]
 
 
-def run_once(size: str, archive: Path, work: Path, extra: list[str], folder: Path | None = None,
-             fresh: bool = True) -> dict:  # fmt: skip
+def run_once(
+    size: str, archive: Path, work: Path, extra: list[str], folder: Path | None = None, fresh: bool = True
+) -> dict:
     """One `recs run` on `archive` in a child process: wall seconds, peak RSS and the run's row in `runs`.
 
     Its warehouse and data folder are in `folder` (default `work/run-<size>`), emptied first when `fresh`."""
@@ -58,8 +59,19 @@ def run_once(size: str, archive: Path, work: Path, extra: list[str], folder: Pat
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     warehouse_path = folder / "warehouse.duckdb"
-    command = [sys.executable, "-m", "flows.cli", "run", "--source", str(archive), "--warehouse", str(warehouse_path),
-               "--data-dir", str(folder / "data"), *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "--source",
+        str(archive),
+        "--warehouse",
+        str(warehouse_path),
+        "--data-dir",
+        str(folder / "data"),
+        *extra,
+    ]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with open(folder / "run.log", "a") as log:
         started = time.perf_counter()
@@ -73,21 +85,46 @@ def run_once(size: str, archive: Path, work: Path, extra: list[str], folder: Pat
     n_ratings, n_users, n_items, model, device, rate, stages, n_recommendations = row
     stages = json.loads(stages)
     return {
-        "dataset": size, "n_ratings": n_ratings, "n_users": n_users, "n_items": n_items, "model": model,
-        "device": device, "wall_seconds": wall, "peak_rss_gb": usage.ru_maxrss / 1024**2,  # ru_maxrss is in KiB
-        "stage_seconds": stages, "train_ratings_per_second": rate,
-        "scoring_users_per_second": n_users / stages["recommend"], "n_recommendations": n_recommendations,
-    }  # fmt: skip
+        "dataset": size,
+        "n_ratings": n_ratings,
+        "n_users": n_users,
+        "n_items": n_items,
+        "model": model,
+        "device": device,
+        "wall_seconds": wall,
+        "peak_rss_gb": usage.ru_maxrss / 1024**2,  # ru_maxrss is in KiB
+        "stage_seconds": stages,
+        "train_ratings_per_second": rate,
+        "scoring_users_per_second": n_users / stages["recommend"],
+        "n_recommendations": n_recommendations,
+    }
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["dataset", "ratings", "users", "items", "wall s", *[f"{s} s" for s in STAGES], "train M ratings/s",
-              "scoring users/s", "peak RSS GB"]  # fmt: skip
+    header = [
+        "dataset",
+        "ratings",
+        "users",
+        "items",
+        "wall s",
+        *[f"{s} s" for s in STAGES],
+        "train M ratings/s",
+        "scoring users/s",
+        "peak RSS GB",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["dataset"], f"{r['n_ratings']:,}", f"{r['n_users']:,}", f"{r['n_items']:,}", f"{r['wall_seconds']:.1f}",
-                 *[f"{r['stage_seconds'].get(s, 0):.1f}" for s in STAGES], f"{r['train_ratings_per_second'] / 1e6:.2f}",
-                 f"{r['scoring_users_per_second']:,.0f}", f"{r['peak_rss_gb']:.2f}"]  # fmt: skip
+        cells = [
+            r["dataset"],
+            f"{r['n_ratings']:,}",
+            f"{r['n_users']:,}",
+            f"{r['n_items']:,}",
+            f"{r['wall_seconds']:.1f}",
+            *[f"{r['stage_seconds'].get(s, 0):.1f}" for s in STAGES],
+            f"{r['train_ratings_per_second'] / 1e6:.2f}",
+            f"{r['scoring_users_per_second']:,.0f}",
+            f"{r['peak_rss_gb']:.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -109,9 +146,14 @@ def main() -> None:
             print(f"generated {archive} in {generated:.1f}s", flush=True)
         rows.append({**run_once(size, archive, args.work, extra), "generate_seconds": generated})
         print(f"{size}: {rows[-1]['wall_seconds']:.1f}s wall, {rows[-1]['peak_rss_gb']:.2f} GB peak", flush=True)
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-               "recs_run_options": extra}  # fmt: skip
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "recs_run_options": extra,
+    }
     print(f"\nmachine: {machine}\n")
     print(markdown(rows))
     if args.json:

@@ -18,7 +18,7 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from warehouse.runs import ModelRecord, publish, record_model, start_run  # noqa: E402
+from warehouse.runs import ModelRecord, publish, record_model, start_run
 
 EPOCHS = 16
 
@@ -35,26 +35,58 @@ def _tables(users: int, items: int, night: int) -> dict[str, pl.DataFrame]:
     """One night's frames, shaped as a default run's on `users` x `items` (values differ night to night)."""
     rng = np.random.default_rng(night)
     item_ids = np.arange(1, items + 1)
-    metrics = pl.DataFrame({"metric": ["ndcg", "precision", "coverage"], "k": [10] * 3, "value": rng.random(3)},
-                           schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})  # fmt: skip
+    metrics = pl.DataFrame(
+        {"metric": ["ndcg", "precision", "coverage"], "k": [10] * 3, "value": rng.random(3)},
+        schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64},
+    )
     history = pl.DataFrame({"epoch": range(1, EPOCHS + 1), "split": ["train"] * EPOCHS, "loss": rng.random(EPOCHS)})
-    similar = pl.DataFrame({"item_id": np.repeat(item_ids, 10), "rank": np.tile(np.arange(1, 11), items),
-                            "similar_item_id": rng.integers(1, items + 1, items * 10),
-                            "score": rng.random(items * 10).astype(np.float32)})  # fmt: skip
-    biases = pl.DataFrame({"item_id": item_ids, "bias": rng.normal(size=items), "mean_rating": rng.uniform(1, 5, items),
-                           "n_ratings": rng.integers(1, 500, items)})  # fmt: skip
-    lists = pl.DataFrame({"user_id": np.repeat(np.arange(1, users + 1), 10), "item_id": rng.integers(1, items + 1, users * 10),
-                          "rank": np.tile(np.arange(1, 11), users), "score": rng.random(users * 10).astype(np.float32),
-                          "predicted_rating": rng.uniform(1, 5, users * 10).astype(np.float32)})  # fmt: skip
-    catalogue = pl.DataFrame({"item_id": item_ids, "title": [f"Movie {i} (1995)" for i in item_ids],
-                              "genres": [["Drama"]] * items, "year": [1995] * items},
-                             schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32})  # fmt: skip
-    return {"metrics": metrics, "history": history, "similar": similar, "biases": biases, "lists": lists, "catalogue": catalogue}
+    similar = pl.DataFrame(
+        {
+            "item_id": np.repeat(item_ids, 10),
+            "rank": np.tile(np.arange(1, 11), items),
+            "similar_item_id": rng.integers(1, items + 1, items * 10),
+            "score": rng.random(items * 10).astype(np.float32),
+        }
+    )
+    biases = pl.DataFrame(
+        {
+            "item_id": item_ids,
+            "bias": rng.normal(size=items),
+            "mean_rating": rng.uniform(1, 5, items),
+            "n_ratings": rng.integers(1, 500, items),
+        }
+    )
+    lists = pl.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(1, users + 1), 10),
+            "item_id": rng.integers(1, items + 1, users * 10),
+            "rank": np.tile(np.arange(1, 11), users),
+            "score": rng.random(users * 10).astype(np.float32),
+            "predicted_rating": rng.uniform(1, 5, users * 10).astype(np.float32),
+        }
+    )
+    catalogue = pl.DataFrame(
+        {
+            "item_id": item_ids,
+            "title": [f"Movie {i} (1995)" for i in item_ids],
+            "genres": [["Drama"]] * items,
+            "year": [1995] * items,
+        },
+        schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32},
+    )
+    return {
+        "metrics": metrics,
+        "history": history,
+        "similar": similar,
+        "biases": biases,
+        "lists": lists,
+        "catalogue": catalogue,
+    }
 
 
 def soak(path: Path, nights: int, keep_runs: int, users: int, items: int, every: int) -> list[dict]:
     """Run `nights` nights into `path`; one row every `every` nights (and the last)."""
-    rows, first = [], datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
+    rows, first = [], datetime(2026, 1, 1, 3, tzinfo=UTC)
     for night in range(1, nights + 1):
         t = _tables(users, items, night)
         run_id = f"night-{night:04d}"
@@ -64,21 +96,33 @@ def soak(path: Path, nights: int, keep_runs: int, users: int, items: int, every:
         record_model(path, run_id, "dot_bias", ModelRecord(t["metrics"], t["history"], t["biases"], None))
         publish_started = time.perf_counter()
         refits = {"ials": t["history"], "dot_bias": t["history"]}
-        publish(path, run_id, t["lists"], t["catalogue"], {"model": "ials", "rating_model": "dot_bias"}, refits, keep_runs)
+        publish(
+            path, run_id, t["lists"], t["catalogue"], {"model": "ials", "rating_model": "dot_bias"}, refits, keep_runs
+        )
         done = time.perf_counter()
         if night % every == 0 or night == nights:
-            row = {"keep_runs": keep_runs, "night": night, "size_mb": path.stat().st_size / 1e6,
-                   "publish_seconds": done - publish_started, "night_write_seconds": done - started}  # fmt: skip
+            row = {
+                "keep_runs": keep_runs,
+                "night": night,
+                "size_mb": path.stat().st_size / 1e6,
+                "publish_seconds": done - publish_started,
+                "night_write_seconds": done - started,
+            }
             rows.append(row)
-            print(f"keep_runs {keep_runs:>3}  night {night:>4}: {row['size_mb']:8.1f} MB, publish {row['publish_seconds']:.2f} s, "
-                  f"the night's four writes {row['night_write_seconds']:.2f} s", flush=True)  # fmt: skip
+            print(
+                f"keep_runs {keep_runs:>3}  night {night:>4}: {row['size_mb']:8.1f} MB, publish {row['publish_seconds']:.2f} s, "
+                f"the night's four writes {row['night_write_seconds']:.2f} s",
+                flush=True,
+            )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nights", type=int, default=365)
-    parser.add_argument("--keep-runs", default="30,0", help="comma-separated keep_runs values, one soak each (0: keep all)")
+    parser.add_argument(
+        "--keep-runs", default="30,0", help="comma-separated keep_runs values, one soak each (0: keep all)"
+    )
     parser.add_argument("--every", type=int, default=30, help="print every this many nights")
     parser.add_argument("--users", type=int, default=6_040)
     parser.add_argument("--items", type=int, default=3_700)

@@ -19,7 +19,7 @@ import json
 import sys
 import tempfile
 import zipfile
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -53,18 +53,27 @@ def replay_ml100k(dataset: Path, work: Path) -> list[dict]:
     for mode, extra in (("cold", {}), ("warm", {"warm_start": True})):
         folder = work / f"ml-100k-{mode}"
         for as_of in replay_dates(*NIGHTS):
-            config = PipelineConfig(source=str(dataset), as_of=as_of, warehouse=folder / "replay.duckdb",
-                                    data_dir=folder / "data", **extra)  # fmt: skip
+            config = PipelineConfig(
+                source=str(dataset), as_of=as_of, warehouse=folder / "replay.duckdb", data_dir=folder / "data", **extra
+            )
             result = nightly(config, return_state=True).result()
             print(f"{mode} {as_of:%Y-%m-%d}: {result.status}", flush=True)
         frames[mode] = _runs(folder / "replay.duckdb")
     cold, warm = frames["cold"], frames["warm"]
     return [
-        {"as_of": f"{c['as_of']:%Y-%m-%d}", "cold_status": c["status"], "warm_status": w["status"],
-         "cold_ndcg": c["ndcg"], "warm_ndcg": w["ndcg"], "cold_train_s": c["train_s"], "warm_train_s": w["train_s"],
-         "cold_refit_s": c["refit_s"], "warm_refit_s": w["refit_s"]}
+        {
+            "as_of": f"{c['as_of']:%Y-%m-%d}",
+            "cold_status": c["status"],
+            "warm_status": w["status"],
+            "cold_ndcg": c["ndcg"],
+            "warm_ndcg": w["ndcg"],
+            "cold_train_s": c["train_s"],
+            "warm_train_s": w["train_s"],
+            "cold_refit_s": c["refit_s"],
+            "warm_refit_s": w["refit_s"],
+        }
         for c, w in zip(cold.iter_rows(named=True), warm.iter_rows(named=True), strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def _cutoff_of_share(archive: Path, share: float) -> datetime:
@@ -73,7 +82,7 @@ def _cutoff_of_share(archive: Path, share: float) -> datetime:
         name = next(n for n in zipped.namelist() if n.endswith("ratings.csv"))
         with zipped.open(name) as handle:
             stamps = pl.read_csv(handle.read(), columns=["timestamp"])["timestamp"]
-    return datetime.fromtimestamp(int(stamps.quantile(share, "lower")), tz=timezone.utc)
+    return datetime.fromtimestamp(int(stamps.quantile(share, "lower")), tz=UTC)
 
 
 def grow_20m(size: str, ml100k: Path, work: Path) -> list[dict]:
@@ -105,11 +114,15 @@ def main() -> None:
         if size == "ml-100k":
             with tempfile.TemporaryDirectory() as work:
                 out[size] = replay_ml100k(args.ml100k, Path(work))
-            print("\n| as_of | nDCG@10 cold | nDCG@10 warm | train s cold | train s warm | refit s cold | refit s warm |")
+            print(
+                "\n| as_of | nDCG@10 cold | nDCG@10 warm | train s cold | train s warm | refit s cold | refit s warm |"
+            )
             print("|---|---|---|---|---|---|---|")
             for r in out[size]:
-                print(f"| {r['as_of']} | {r['cold_ndcg']:.4f} | {r['warm_ndcg']:.4f} | {r['cold_train_s']:.2f} | "
-                      f"{r['warm_train_s']:.2f} | {r['cold_refit_s']:.2f} | {r['warm_refit_s']:.2f} |")
+                print(
+                    f"| {r['as_of']} | {r['cold_ndcg']:.4f} | {r['warm_ndcg']:.4f} | {r['cold_train_s']:.2f} | "
+                    f"{r['warm_train_s']:.2f} | {r['cold_refit_s']:.2f} | {r['warm_refit_s']:.2f} |"
+                )
         else:
             args.work.mkdir(parents=True, exist_ok=True)
             out[size] = grow_20m(size, args.ml100k, args.work)
@@ -117,8 +130,10 @@ def main() -> None:
             print("|---|---|---|---|---|---|")
             for r in out[size]:
                 stages = r["stage_seconds"]
-                print(f"| {r['night']} | {r['wall_seconds']:.1f} | {stages['train']:.1f} | {stages['refit']:.1f} | "
-                      f"{stages['recommend']:.1f} | {r['peak_rss_gb']:.2f} |")
+                print(
+                    f"| {r['night']} | {r['wall_seconds']:.1f} | {stages['train']:.1f} | {stages['refit']:.1f} | "
+                    f"{stages['recommend']:.1f} | {r['peak_rss_gb']:.2f} |"
+                )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")

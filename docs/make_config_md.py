@@ -71,10 +71,12 @@ def render() -> str:
         "",
         "| old field / option | now |",
         "|---|---|",
-        *[f"| `{old}` / `{flag(old)}` | {', '.join(f'`{new}` / `{flag(new)}`' for new in news)} |"
-          for old, news in LEGACY_FIELDS.items()],
+        *[
+            f"| `{old}` / `{flag(old)}` | {', '.join(f'`{new}` / `{flag(new)}`' for new in news)} |"
+            for old, news in LEGACY_FIELDS.items()
+        ],
         "",
-    ]  # fmt: skip
+    ]
     return "\n".join(parts)
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
-
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import warehouse
@@ -39,7 +38,7 @@ def replay_dates(start: date, end: date, every: timedelta) -> list[datetime]:
         raise ValueError(f"--end {end} is before --start {start}")
     cutoffs, day = [], start
     while day <= end:
-        cutoffs.append(datetime.combine(day, time(23, 59, 59), tzinfo=timezone.utc))
+        cutoffs.append(datetime.combine(day, time(23, 59, 59), tzinfo=UTC))
         day += every
     return cutoffs
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 import warehouse
-from tasks.synth import SynthSpec
 from flows.console import show, terminal_width, text_table
 from flows.options import command_parser, config_from_options, nested, unknown_arguments
 from tasks.config import PipelineConfig
+from tasks.synth import SynthSpec
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -37,7 +37,7 @@ EXIT_CANCELLED = 4
 
 def _log_path(config: PipelineConfig, command: str) -> Path:
     """Where this command's full log goes (tracebacks included): `data_dir/logs/recs-<command>-<UTC time>-<pid>.log`."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return config.data_dir / "logs" / f"recs-{command}-{stamp}-{os.getpid()}.log"
 
 
@@ -60,8 +60,11 @@ def _run(options: dict) -> int:
         print(f"recs run: the run {run_id or ''} could not start: {exc}", file=sys.stderr)
         return 1
     except (RunCancelled, KeyboardInterrupt) as exc:  # recorded as cancelled by the flow when it had started
-        print(f"recs run: the run was cancelled: {cancellation_reason(exc)}; the published recommendations in "
-              f"{config.warehouse} are unchanged. Log: {log_path}", file=sys.stderr)  # fmt: skip
+        print(
+            f"recs run: the run was cancelled: {cancellation_reason(exc)}; the published recommendations in "
+            f"{config.warehouse} are unchanged. Log: {log_path}",
+            file=sys.stderr,
+        )
         return EXIT_CANCELLED
     except Exception as exc:  # the flow already recorded the failure; the traceback is in the log file
         print(f"recs run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -70,10 +73,14 @@ def _run(options: dict) -> int:
     print()
     if result.status == "rejected":
         print(f"run {result.run_id} rejected by the quality gate: {result.gate}")
-        print(f"the previously published recommendations in {config.warehouse} are unchanged (--force publishes anyway)")
+        print(
+            f"the previously published recommendations in {config.warehouse} are unchanged (--force publishes anyway)"
+        )
         print(f"metrics of the candidate model, {result.model}, on the test split (not published):")
     else:
-        print(f"run {result.run_id} succeeded: {result.n_recommendations} recommendations published to {config.warehouse}")
+        print(
+            f"run {result.run_id} succeeded: {result.n_recommendations} recommendations published to {config.warehouse}"
+        )
         print(f"quality gate: {result.gate}")
         print(f"metrics of the published model, {result.model}, on the test split:")
     _print_frame(result.metrics)
@@ -89,8 +96,14 @@ def _run(options: dict) -> int:
 
 
 def _backfill(options: dict) -> int:
-    from flows.backfill import (LiveWarehouseError, backfill, parse_every, refuse_live_warehouse, replay_dates,
-                                replay_options)  # fmt: skip
+    from flows.backfill import (
+        LiveWarehouseError,
+        backfill,
+        parse_every,
+        refuse_live_warehouse,
+        replay_dates,
+        replay_options,
+    )
 
     start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
     try:
@@ -117,19 +130,27 @@ def _backfill(options: dict) -> int:
         with log_to_file(log_path), signals_cancel(), temporary_api():
             for i, outcome in enumerate(backfill(nested(options), cutoffs), start=1):
                 failed += outcome.status == "failed"
-                print(f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
-                      f"({outcome.detail})", flush=True)  # fmt: skip
+                print(
+                    f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
+                    f"({outcome.detail})",
+                    flush=True,
+                )
     except TemporaryApiError as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 1
     except (RunCancelled, KeyboardInterrupt) as exc:  # the night in progress is recorded as cancelled
-        print(f"recs backfill: cancelled: {cancellation_reason(exc)}; the dates before it are replayed. Log: {log_path}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"recs backfill: cancelled: {cancellation_reason(exc)}; the dates before it are replayed. Log: {log_path}",
+            file=sys.stderr,
+        )
         return EXIT_CANCELLED
     print()
     _trend(config.warehouse, config.trend_runs, None)
     if failed:
-        print(f"recs backfill: {failed} of {len(cutoffs)} runs failed; see `recs runs` and the log {log_path}", file=sys.stderr)
+        print(
+            f"recs backfill: {failed} of {len(cutoffs)} runs failed; see `recs runs` and the log {log_path}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -157,8 +178,10 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
     _print_frame(headline(newest_series))
     lists = headline(newest_series, LIST_METRICS, deltas=False)
     if lists.height:
-        print("the lists beyond accuracy (popularity percentile of the items, distinct genres per list, churn and "
-              "Jaccard overlap against the lists published before):")  # fmt: skip
+        print(
+            "the lists beyond accuracy (popularity percentile of the items, distinct genres per list, churn and "
+            "Jaccard overlap against the lists published before):"
+        )
         _print_frame(lists)
     chart = chart or path.with_name("trend.png")
     plot_trend(newest_series, chart)
@@ -190,12 +213,17 @@ def _recommend(user_id: int, path: Path) -> int:
         try:
             rows = warehouse.fetch(con, "user_recommendations", {"user_id": user_id})
         except duckdb.BinderException:
-            print(f"recs recommend: {path} predates the predicted_rating column; any new `recs run` adds it", file=sys.stderr)
+            print(
+                f"recs recommend: {path} predates the predicted_rating column; any new `recs run` adds it",
+                file=sys.stderr,
+            )
             return 1
         if rows.height == 0:
             n_users = warehouse.fetch_value(con, "users_with_lists")
-            print(f"recs: user {user_id} has no published recommendations in {path} ({n_users} users have lists)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"recs: user {user_id} has no published recommendations in {path} ({n_users} users have lists)",
+                file=sys.stderr,
+            )
             return 1
     print(f"recommendations for user {user_id}:")
     _print_frame(rows.with_columns(pl.col("score").round(3), pl.col("predicted_rating").round(1)))
@@ -254,8 +282,11 @@ def _sql(args: dict) -> int:
         except duckdb.Error as exc:
             print(f"recs sql: {type(exc).__name__}: {exc}", file=sys.stderr)
             if isinstance(exc, duckdb.PermissionException):
-                print("recs sql: a reader queries the warehouse's tables, views and macros and nothing else: no "
-                      "files, no other databases, no extensions, no settings (docs/warehouse.md)", file=sys.stderr)  # fmt: skip
+                print(
+                    "recs sql: a reader queries the warehouse's tables, views and macros and nothing else: no "
+                    "files, no other databases, no extensions, no settings (docs/warehouse.md)",
+                    file=sys.stderr,
+                )
             return 1
     if result is None:
         print("recs sql: the last statement returns no result")
@@ -275,9 +306,11 @@ def _synth(options: dict) -> int:
         print(f"recs synth: {exc}", file=sys.stderr)
         return 2
     made = synth(spec, out)
-    print(f"wrote {out}: {made['ratings']:,} ratings by {made['users']:,} users of {made['items']:,} movies, "
-          f"{made['bytes'] / 1e6:.1f} MB (generated in {made['generate_seconds']:.1f}s, "
-          f"written in {made['write_seconds']:.1f}s)")  # fmt: skip
+    print(
+        f"wrote {out}: {made['ratings']:,} ratings by {made['users']:,} users of {made['items']:,} movies, "
+        f"{made['bytes'] / 1e6:.1f} MB (generated in {made['generate_seconds']:.1f}s, "
+        f"written in {made['write_seconds']:.1f}s)"
+    )
     return 0
 
 
@@ -290,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         namespace, extras = parser.parse_known_args(argv)
         if extras:
-            subparser = parser._subparsers._group_actions[0].choices[namespace.command]  # noqa: SLF001
+            subparser = parser._subparsers._group_actions[0].choices[namespace.command]
             subparser.error(unknown_arguments(subparser, extras))
     except SystemExit as exc:  # a bad option (2) or --help (0): argparse has printed why
         return int(exc.code or 0)

@@ -72,8 +72,13 @@ class ClusterSession:
             from distributed import LocalCluster
 
             api = get_client().api_url  # the flow's API, also when Prefect started a temporary one for this process
-            self._local = LocalCluster(n_workers=int(local.group(1)), threads_per_worker=1, processes=True,
-                                       dashboard_address=None, env={"PREFECT_API_URL": str(api)} if api else {})  # fmt: skip
+            self._local = LocalCluster(
+                n_workers=int(local.group(1)),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env={"PREFECT_API_URL": str(api)} if api else {},
+            )
         return self._local.scheduler_address
 
     def close(self) -> None:
@@ -99,16 +104,18 @@ class ClusterReport:
 
 
 @flow(name="evaluate-shards", log_prints=True)
-def evaluate_shards(run_dir: str, model_file: str, shards: list[tuple[int, int]],
-                    timeout_seconds: float) -> list[tuple[str, str, str, int]]:  # fmt: skip
+def evaluate_shards(
+    run_dir: str, model_file: str, shards: list[tuple[int, int]], timeout_seconds: float
+) -> list[tuple[str, str, str, int]]:
     """Every shard's evaluation values, each a mapped task run on the flow's task runner."""
     futures = evaluate_shard_task.map(run_dir, model_file, [first for first, _ in shards], [last for _, last in shards])
     return _results(futures, timeout_seconds)
 
 
 @flow(name="recommend-shards", log_prints=True)
-def recommend_shards(run_dir: str, shards: list[tuple[int, int]], rater: str | None,
-                     timeout_seconds: float) -> list[tuple[str, str, str, int]]:  # fmt: skip
+def recommend_shards(
+    run_dir: str, shards: list[tuple[int, int]], rater: str | None, timeout_seconds: float
+) -> list[tuple[str, str, str, int]]:
     """Every shard's lists, each a mapped task run on the flow's task runner; returns (lists file, reasons file,
     worker, the worker's peak resident bytes) per shard."""
     futures = recommend_shard_task.map(run_dir, [first for first, _ in shards], [last for _, last in shards], rater)
@@ -116,17 +123,33 @@ def recommend_shards(run_dir: str, shards: list[tuple[int, int]], rater: str | N
 
 
 @flow(name="train-ials-shards", log_prints=True)
-def train_ials_shards(folder: str, shards: dict[str, list[tuple[int, int]]], n_ratings: int, params: dict,
-                      label: str, timeout_seconds: float) -> tuple[list[dict], list[tuple[float, bool, str, int]]]:  # fmt: skip
+def train_ials_shards(
+    folder: str,
+    shards: dict[str, list[tuple[int, int]]],
+    n_ratings: int,
+    params: dict,
+    label: str,
+    timeout_seconds: float,
+) -> tuple[list[dict], list[tuple[float, bool, str, int]]]:
     """`ials`'s epochs, each half-step's shards a map of task runs on the flow's task runner; returns the history
     rows and every shard's result (its objective part, finite, worker, the worker's peak resident bytes)."""
-    plan = IalsShardPlan(Path(folder), {side: [tuple(rows) for rows in ranges] for side, ranges in shards.items()},
-                         n_ratings)  # fmt: skip
+    plan = IalsShardPlan(
+        Path(folder), {side: [tuple(rows) for rows in ranges] for side, ranges in shards.items()}, n_ratings
+    )
     done: list[tuple[float, bool, str, int]] = []
 
-    def half_step(side: str, epoch: int, side_shards: list[tuple[int, int]], other_firsts: list[int]) -> list[tuple[float, bool]]:
-        futures = ials_shard_task.map(folder, side, epoch, [first for first, _ in side_shards],
-                                      [last for _, last in side_shards], unmapped(other_firsts), unmapped(params))  # fmt: skip
+    def half_step(
+        side: str, epoch: int, side_shards: list[tuple[int, int]], other_firsts: list[int]
+    ) -> list[tuple[float, bool]]:
+        futures = ials_shard_task.map(
+            folder,
+            side,
+            epoch,
+            [first for first, _ in side_shards],
+            [last for _, last in side_shards],
+            unmapped(other_firsts),
+            unmapped(params),
+        )
         results = _results(futures, timeout_seconds)
         done.extend(results)
         return [(part, finite) for part, finite, *_ in results]
@@ -134,7 +157,7 @@ def train_ials_shards(folder: str, shards: dict[str, list[tuple[int, int]]], n_r
     return fit_by_shards(plan, IalsParams(**params), label, half_step), done
 
 
-def _results(futures, timeout_seconds: float) -> list:  # noqa: ANN001 - Prefect's futures
+def _results(futures, timeout_seconds: float) -> list:
     """Each mapped task run's result, waiting for all of them; a ClusterError when the cluster has had no worker
     for `timeout_seconds` meanwhile (without one, Dask would hold the shards until a worker joins)."""
     if not futures:
@@ -147,9 +170,11 @@ def _results(futures, timeout_seconds: float) -> list:  # noqa: ANN001 - Prefect
         elif idle_since is None:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > timeout_seconds:
-            raise ClusterError(f"{setting('cluster')} {client.scheduler.address}: the Dask scheduler lost every worker "
-                               f"while {len(pending)} shard(s) were waiting, and none joined within {timeout_seconds:g} s "
-                               f"({setting('cluster_timeout_seconds')}); nothing was published")  # fmt: skip
+            raise ClusterError(
+                f"{setting('cluster')} {client.scheduler.address}: the Dask scheduler lost every worker "
+                f"while {len(pending)} shard(s) were waiting, and none joined within {timeout_seconds:g} s "
+                f"({setting('cluster_timeout_seconds')}); nothing was published"
+            )
     return [future.result() for future in futures]
 
 
@@ -162,11 +187,15 @@ def _require_workers(address: str, timeout_seconds: float) -> int:
         with Client(address, timeout=timeout_seconds) as client:
             workers = len(client.scheduler_info()["workers"])
     except (OSError, TimeoutError) as error:
-        raise ClusterError(f"{setting('cluster')} {address}: the Dask scheduler could not be reached "
-                           f"({type(error).__name__}: {error}); nothing was published") from error  # fmt: skip
+        raise ClusterError(
+            f"{setting('cluster')} {address}: the Dask scheduler could not be reached "
+            f"({type(error).__name__}: {error}); nothing was published"
+        ) from error
     if workers == 0:
-        raise ClusterError(f"{setting('cluster')} {address}: the Dask scheduler has no workers; start some with "
-                           f"`dask worker {address}` (nothing was published)")  # fmt: skip
+        raise ClusterError(
+            f"{setting('cluster')} {address}: the Dask scheduler has no workers; start some with "
+            f"`dask worker {address}` (nothing was published)"
+        )
     return workers
 
 
@@ -175,8 +204,10 @@ def _on_cluster(subflow, session: ClusterSession, *args):
     try:
         return subflow.with_options(task_runner=session.task_runner())(*args)
     except (OSError, TimeoutError) as error:
-        raise ClusterError(f"{setting('cluster')} {session.name}: the Dask scheduler could not be reached or "
-                           f"lost its workers ({type(error).__name__}: {error}); nothing was published") from error
+        raise ClusterError(
+            f"{setting('cluster')} {session.name}: the Dask scheduler could not be reached or "
+            f"lost its workers ({type(error).__name__}: {error}); nothing was published"
+        ) from error
 
 
 def _report(shards: int, done: list[tuple]) -> ClusterReport:
@@ -188,9 +219,15 @@ def _report(shards: int, done: list[tuple]) -> ClusterReport:
     return report
 
 
-def evaluate_on_cluster(model: TrainedModel, model_file: str, train: pl.DataFrame, maps: IdMaps,
-                        config: PipelineConfig, run_dir: Path,
-                        session: ClusterSession) -> tuple[pl.DataFrame, pl.DataFrame, ClusterReport]:  # fmt: skip
+def evaluate_on_cluster(
+    model: TrainedModel,
+    model_file: str,
+    train: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    run_dir: Path,
+    session: ClusterSession,
+) -> tuple[pl.DataFrame, pl.DataFrame, ClusterReport]:
     """`tasks.evaluate.evaluate_users` of `model` (a split fit, saved to `model_file` in the run's folder for the
     workers), computed by user shards on `config.cluster` from the run's saved splits and reduced exactly here;
     returns the metrics, the per-user values the gate pairs, and how the shards ran."""
@@ -205,9 +242,15 @@ def evaluate_on_cluster(model: TrainedModel, model_file: str, train: pl.DataFram
     return metrics, per_user.filter(pl.col("metric").is_in(GATE_VALUES)), _report(len(shards), done)
 
 
-def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, ratings: pl.DataFrame, maps: IdMaps,
-                         config: PipelineConfig, run_dir: Path,
-                         session: ClusterSession) -> tuple[ListFiles, ClusterReport]:  # fmt: skip
+def recommend_on_cluster(
+    model: TrainedModel,
+    rater: TrainedModel | None,
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    run_dir: Path,
+    session: ClusterSession,
+) -> tuple[ListFiles, ClusterReport]:
     """The lists `tasks.recommend.recommend` makes, computed by user shards on `config.cluster`; returns the
     shards' files (which publish reads in one DuckDB statement) and how the shards ran.
 
@@ -231,9 +274,16 @@ def recommend_on_cluster(model: TrainedModel, rater: TrainedModel | None, rating
     return lists, _report(len(shards), done)
 
 
-def train_on_cluster(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: str,
-                     name: str, session: ClusterSession,
-                     init: InitialRows | None = None) -> tuple[TrainedModel, ClusterReport]:  # fmt: skip
+def train_on_cluster(
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    run_dir: Path,
+    phase: str,
+    name: str,
+    session: ClusterSession,
+    init: InitialRows | None = None,
+) -> tuple[TrainedModel, ClusterReport]:
     """`tasks.train.train_task` of `name` (one of `TRAINS_BY_SHARDS`) with its half-steps solved by shards on
     the cluster: the same fit bit for bit, since each shard solves whole chunks of rows as the in-process fit
     does. The ratings and vectors go through `run_dir / ials-<phase>` (deleted once the model holds the vectors).
@@ -244,10 +294,20 @@ def train_on_cluster(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig
     interactions, (params, _) = Interactions(fit_on, maps.n_users, maps.n_items), fit_params(config, name, init)
     started = time.perf_counter()
     plan = prepare_ials_shards(interactions, params, config.seed, run_dir / f"ials-{phase}", init)
-    print(f"training {name} on {fit_on.height:,} ratings: {len(plan.shards['users'])} user and "
-          f"{len(plan.shards['items'])} item shards per epoch on cluster {config.cluster}")  # fmt: skip
-    rows, done = _on_cluster(train_ials_shards, session, str(plan.folder), plan.shards, plan.n_ratings,
-                             params.model_dump(), phase, config.cluster_timeout_seconds)  # fmt: skip
+    print(
+        f"training {name} on {fit_on.height:,} ratings: {len(plan.shards['users'])} user and "
+        f"{len(plan.shards['items'])} item shards per epoch on cluster {config.cluster}"
+    )
+    rows, done = _on_cluster(
+        train_ials_shards,
+        session,
+        str(plan.folder),
+        plan.shards,
+        plan.n_ratings,
+        params.model_dump(),
+        phase,
+        config.cluster_timeout_seconds,
+    )
     module = assemble_ials(plan, params.epochs, maps.n_users, maps.n_items, params.factors)
     model = trained_model(name, module, torch.device("cpu"), rows, time.perf_counter() - started, interactions, config)
     return model, _report(len(plan.shards["users"]) + len(plan.shards["items"]), done)

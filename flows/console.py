@@ -57,23 +57,26 @@ def text_table(frame: pl.DataFrame, width: int | None = None) -> str:
         widths[widest] -= 1
 
     def line(cells: list[str]) -> str:
-        cut = [cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(cells, widths)]
-        return "  ".join(cell.ljust(w) for cell, w in zip(cut, widths)).rstrip()
+        cut = [cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(cells, widths, strict=False)]
+        return "  ".join(cell.ljust(w) for cell, w in zip(cut, widths, strict=False)).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
 def as_json(frame: pl.DataFrame) -> str:
     """The rows as a JSON array of objects; times in ISO 8601."""
-    return json.dumps(frame.to_dicts(), default=lambda value: value.isoformat() if isinstance(value, date) else str(value),
-                      indent=1)  # fmt: skip
+    return json.dumps(
+        frame.to_dicts(), default=lambda value: value.isoformat() if isinstance(value, date) else str(value), indent=1
+    )
 
 
 def show(frame: pl.DataFrame, output: str = "table", wide: bool = False) -> None:
     """Print the frame: `table` (fitted to the terminal unless `wide`), `csv` or `json`."""
     if output == "csv":
         lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)]
-        flat = frame.with_columns(pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(", ") for name in lists)
+        flat = frame.with_columns(
+            pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(", ") for name in lists
+        )
         print(flat.write_csv(), end="")
     elif output == "json":
         print(as_json(frame))

@@ -21,6 +21,7 @@ from tasks.config import setting
 
 log = logging.getLogger(__name__)
 
+
 class RunCancelled(BaseException):
     """The run was ended from outside its work: a signal or its time limit. A BaseException, like
     KeyboardInterrupt, so that no `except Exception` on the way (a retry, a cleanup) holds it back."""
@@ -47,7 +48,9 @@ def run_deadline(seconds: float | None) -> Iterator[None]:
         yield
         return
     if threading.current_thread() is not threading.main_thread():
-        log.warning("%s cannot be enforced outside the main thread; this run is not bounded", setting("run_timeout_seconds"))
+        log.warning(
+            "%s cannot be enforced outside the main thread; this run is not bounded", setting("run_timeout_seconds")
+        )
         yield
         return
 

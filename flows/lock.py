@@ -43,7 +43,9 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def run_lock(warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, poll_seconds: float = 1.0) -> Iterator[None]:
+def run_lock(
+    warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, poll_seconds: float = 1.0
+) -> Iterator[None]:
     """Hold the warehouse's run lock for the block.
 
     Args:
@@ -57,7 +59,7 @@ def run_lock(warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, pol
     """
     path = lock_path(warehouse_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block: the lock lives with the handle
+    handle = open(path, "a+")  # held open for the whole block: the lock lives with the handle
     try:
         deadline = time.monotonic() + timeout_seconds
         waited = False

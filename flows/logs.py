@@ -58,13 +58,16 @@ class _RunLogFile(logging.FileHandler):
     """The run's log file. When a record cannot be written (a full disk), says so once on stderr and writes no more,
     instead of logging's `--- Logging error ---` and a traceback for every record that follows."""
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:  # logging's name
         if self.level > logging.CRITICAL:
             return
         self.setLevel(logging.CRITICAL + 1)
         error = sys.exc_info()[1]
-        print(f"recs: cannot write the log file {self.baseFilename} ({type(error).__name__}: {error}); the rest of this "
-              "run's log goes to the console only", file=sys.stderr)  # fmt: skip
+        print(
+            f"recs: cannot write the log file {self.baseFilename} ({type(error).__name__}: {error}); the rest of this "
+            "run's log goes to the console only",
+            file=sys.stderr,
+        )
 
     def close(self) -> None:
         try:

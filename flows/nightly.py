@@ -27,8 +27,14 @@ from flows.train import Phase, checkpoint_path, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
 from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model, with_fit_seconds
 from tasks.gate import (
-    OnThisSplit, PublishedRun, candidate_metrics, candidate_user_metrics, gate_task, on_this_split, published_run_task,
-)  # fmt: skip
+    OnThisSplit,
+    PublishedRun,
+    candidate_metrics,
+    candidate_user_metrics,
+    gate_task,
+    on_this_split,
+    published_run_task,
+)
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.list_metrics import list_metrics_task
@@ -79,8 +85,10 @@ def nightly(
     if overrides:
         print(describe_overrides(overrides))
     warehouse.no_world_access()
-    with run_deadline(config.run_timeout_seconds), run_lock(config.warehouse, owner=flow_run.name or "nightly",
-                                                            timeout_seconds=config.lock_timeout_seconds):  # fmt: skip
+    with (
+        run_deadline(config.run_timeout_seconds),
+        run_lock(config.warehouse, owner=flow_run.name or "nightly", timeout_seconds=config.lock_timeout_seconds),
+    ):
         return _nightly_run(config)
 
 
@@ -92,15 +100,26 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         with run.stage("ingest"):
             archive = fetch_with_retries(config)
             dataset = load_dataset_task(archive, config)
-        run.note(source=archive.source, source_sha256=archive.sha256, dataset_layout=dataset.layout,
-                 n_bad_rows=dataset.n_bad_rows, n_duplicate_ratings=dataset.n_duplicate_ratings)  # fmt: skip
+        run.note(
+            source=archive.source,
+            source_sha256=archive.sha256,
+            dataset_layout=dataset.layout,
+            n_bad_rows=dataset.n_bad_rows,
+            n_duplicate_ratings=dataset.n_duplicate_ratings,
+        )
         with run.stage("reindex"):
             ratings, maps = reindex_task(dataset, run.directory, config.as_of)
         with run.stage("rules"):  # a rule that cannot apply fails here, before any training
             rules = list_rules_task(config, dataset.items(), ratings, maps, run.directory)
         with run.stage("split"):
             train, test = split_task(ratings, config, run.directory)
-        run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height, n_test=test.height)
+        run.note(
+            n_ratings=ratings.height,
+            n_users=maps.n_users,
+            n_items=maps.n_items,
+            n_train=train.height,
+            n_test=test.height,
+        )
 
         models, devices, metrics, per_user = {}, {}, {}, {}
         for name in config.models:
@@ -110,15 +129,21 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         chosen, why = published_model(metrics, config)
         stars = rating_model(metrics)  # the model whose predicted ratings go beside the lists
         model, rater, refit_histories = models[chosen], models.get(stars), {}
-        run.note(model=chosen, rating_model=stars, device=devices[chosen], train_seconds=model.seconds,
-                 train_ratings_per_second=model.ratings_per_second)  # fmt: skip
+        run.note(
+            model=chosen,
+            rating_model=stars,
+            device=devices[chosen],
+            train_seconds=model.seconds,
+            train_ratings_per_second=model.ratings_per_second,
+        )
         print(f"publishing model {chosen}: {why}")
         with run.stage("gate"):
             candidate = candidate_metrics(metrics, chosen, stars)
             candidate_users = candidate_user_metrics(per_user, chosen, stars, maps)
             published = published_run_task(config.warehouse, run.run_id, archive.sha256, config.protocol)
-            here = _published_configuration_here(published, (chosen, stars), metrics, per_user, train, test, maps,
-                                                 rules, config, run.directory, cluster)  # fmt: skip
+            here = _published_configuration_here(
+                published, (chosen, stars), metrics, per_user, train, test, maps, rules, config, run.directory, cluster
+            )
             verdict = gate_task(config.warehouse, published, candidate, candidate_users, here, config)
         run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
 
@@ -126,29 +151,46 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         if verdict.publishes:
             if config.refit_on_all:
                 with run.stage("refit"):
-                    model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars,
-                                                           cluster)  # fmt: skip
+                    model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars, cluster)
             with run.stage("recommend"):
                 reasons = None  # on a cluster, in the shards' files beside the lists
                 if cluster is not None:  # the shards read the model from model.pt, which it saves first
-                    recommendations, report = recommend_on_cluster(model, rater, ratings, maps, config, run.directory,
-                                                                   cluster)  # fmt: skip
+                    recommendations, report = recommend_on_cluster(
+                        model, rater, ratings, maps, config, run.directory, cluster
+                    )
                     run.note(cluster=config.cluster, cluster_workers=report.workers)
                 else:
                     recommendations, reasons = recommend_task(model, ratings, maps, config, rater, rules)
                     save_checkpoint_task(model, maps, config, run.directory / "model.pt")
-                check_published_model_task(models[chosen], model, recommendations, metrics[chosen],
-                                           train["item_idx"].n_unique(), config, rules.n_allowed)  # fmt: skip
+                check_published_model_task(
+                    models[chosen],
+                    model,
+                    recommendations,
+                    metrics[chosen],
+                    train["item_idx"].n_unique(),
+                    config,
+                    rules.n_allowed,
+                )
                 fallback = fallback_task(ratings, maps, rules, config.top_n)
                 verdict = list_coverage_task(config.warehouse, recommendations, verdict, config, rules.n_allowed)
-                list_metrics, verdict = list_metrics_task(config.warehouse, recommendations, ratings, maps,
-                                                          dataset.items(), verdict, config)  # fmt: skip
+                list_metrics, verdict = list_metrics_task(
+                    config.warehouse, recommendations, ratings, maps, dataset.items(), verdict, config
+                )
                 extras = ListExtras(reasons, fallback, list_metrics, chosen, maps.users.select("user_id"))
             run.note(gate_reason=verdict.reason)
         if verdict.publishes:
             with run.stage("publish"):
-                publish_task(config.warehouse, run.run_id, recommendations, dataset, run.final_facts, refit_histories,
-                             config.keep_runs, candidate_users, extras)  # fmt: skip
+                publish_task(
+                    config.warehouse,
+                    run.run_id,
+                    recommendations,
+                    dataset,
+                    run.final_facts,
+                    refit_histories,
+                    config.keep_runs,
+                    candidate_users,
+                    extras,
+                )
             status, n_published = "succeeded", list_counts(recommendations)[0]
         else:
             reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs, extras)
@@ -162,19 +204,39 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
 
     comparison = comparison_table(metrics)
     history = pl.concat([models[chosen].history, *([refit_histories[chosen]] if chosen in refit_histories else [])])
-    summary = report_task(run.run_id, status, verdict.reason, chosen, run.final_facts(), history, run.directory,
-                          config.warehouse, config.trend_runs, comparison)  # fmt: skip
-    result = RunResult(run.run_id, status, verdict.reason, chosen, metrics[chosen], comparison, n_published,
-                       run.final_facts(), summary)  # fmt: skip
+    summary = report_task(
+        run.run_id,
+        status,
+        verdict.reason,
+        chosen,
+        run.final_facts(),
+        history,
+        run.directory,
+        config.warehouse,
+        config.trend_runs,
+        comparison,
+    )
+    result = RunResult(
+        run.run_id, status, verdict.reason, chosen, metrics[chosen], comparison, n_published, run.final_facts(), summary
+    )
     if status == "rejected":
         # The flow run ends Completed but named "Rejected", with the reason: visible in the UI and to automations.
-        return Completed(name="Rejected", message=f"quality gate rejected run {run.run_id}: {verdict.reason}", data=result)
+        return Completed(
+            name="Rejected", message=f"quality gate rejected run {run.run_id}: {verdict.reason}", data=result
+        )
     return result
 
 
-def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
-                           rules: ListRules, config: PipelineConfig,
-                           cluster: ClusterSession | None) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:  # fmt: skip
+def _train_evaluate_record(
+    run: RunLog,
+    name: str,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    maps: IdMaps,
+    rules: ListRules,
+    config: PipelineConfig,
+    cluster: ClusterSession | None,
+) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:
     """One model's part of the run: train, evaluate, inspect, then one write of its results; returns the model,
     its device, its metrics and the per-user values behind them."""
     with run.stage("train"):
@@ -187,11 +249,19 @@ def _train_evaluate_record(run: RunLog, name: str, train: pl.DataFrame, test: pl
     return model, device, metrics, per_user
 
 
-def _published_configuration_here(published: PublishedRun | None, candidate: tuple[str, str | None],
-                                  metrics: dict[str, pl.DataFrame], per_user: dict[str, pl.DataFrame],
-                                  train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps, rules: ListRules,
-                                  config: PipelineConfig, run_dir: Path,
-                                  cluster: ClusterSession | None) -> OnThisSplit | None:  # fmt: skip
+def _published_configuration_here(
+    published: PublishedRun | None,
+    candidate: tuple[str, str | None],
+    metrics: dict[str, pl.DataFrame],
+    per_user: dict[str, pl.DataFrame],
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    maps: IdMaps,
+    rules: ListRules,
+    config: PipelineConfig,
+    run_dir: Path,
+    cluster: ClusterSession | None,
+) -> OnThisSplit | None:
     """The published configuration scored on this run's split, for the gate: the run's own fit of each published
     model it trained with the same settings, the others trained here with the published run's settings. None when
     nothing is published, or its settings cannot be read back."""
@@ -203,13 +273,23 @@ def _published_configuration_here(published: PublishedRun | None, candidate: tup
     for name in retrain:
         print(f"quality gate: training the published {name} with run {published.run_id}'s settings on this split")
         model, _ = _train(train, maps, settings, run_dir, "gate", name, cluster)
-        fitted[name], fitted_users[name] = _evaluate(model, "gate", train, test, maps, rules, settings, run_dir, cluster)
+        fitted[name], fitted_users[name] = _evaluate(
+            model, "gate", train, test, maps, rules, settings, run_dir, cluster
+        )
     return on_this_split(published, fitted, fitted_users, maps, retrain, candidate)
 
 
-def _evaluate(model: TrainedModel, phase: Phase, train: pl.DataFrame, test: pl.DataFrame, maps: IdMaps,
-              rules: ListRules, config: PipelineConfig, run_dir: Path,
-              cluster: ClusterSession | None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+def _evaluate(
+    model: TrainedModel,
+    phase: Phase,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    maps: IdMaps,
+    rules: ListRules,
+    config: PipelineConfig,
+    run_dir: Path,
+    cluster: ClusterSession | None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The model's metrics (with its fit seconds) and per-user values: in process, or by user shards on the
     config's cluster (which read the model from its `phase` checkpoint, and the rules from the run's folder); the
     top-k follows the business rules with `filter_evaluation`."""
@@ -220,8 +300,15 @@ def _evaluate(model: TrainedModel, phase: Phase, train: pl.DataFrame, test: pl.D
     return with_fit_seconds(metrics, model.seconds), per_user
 
 
-def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, chosen: str, stars: str | None,
-           cluster: ClusterSession | None) -> tuple[TrainedModel, TrainedModel | None, dict[str, pl.DataFrame]]:  # fmt: skip
+def _refit(
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    run_dir: Path,
+    chosen: str,
+    stars: str | None,
+    cluster: ClusterSession | None,
+) -> tuple[TrainedModel, TrainedModel | None, dict[str, pl.DataFrame]]:
     """The published model and the one behind the stars (once when they are the same), refitted on all ratings,
     with their loss histories."""
     model, _ = _train(ratings, maps, config, run_dir, "refit", chosen, cluster)
@@ -231,8 +318,15 @@ def _refit(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir:
     return model, rater, {chosen: model.history, stars: rater.history}
 
 
-def _train(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, run_dir: Path, phase: Phase, name: str,
-           cluster: ClusterSession | None) -> tuple[TrainedModel, str]:  # fmt: skip
+def _train(
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    run_dir: Path,
+    phase: Phase,
+    name: str,
+    cluster: ClusterSession | None,
+) -> tuple[TrainedModel, str]:
     """Train on the training deployment when the config names one, by shards on the cluster for the models that
     train there, else here; returns the model and its device."""
     if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from datetime import date
-from pathlib import Path
 import re
 import sys
 import types
 import typing
 import warnings
+from datetime import date
+from pathlib import Path
 from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.synth import SynthSpec
 from tasks.config import LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
+from tasks.synth import SynthSpec
 
 _DEFAULTS = PipelineConfig()
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
@@ -43,7 +43,7 @@ class Parser(argparse.ArgumentParser):
 
 def unknown_arguments(parser: argparse.ArgumentParser, extras: list[str]) -> str:
     """What to say about arguments no option took: each unknown flag with the closest known one."""
-    options = sorted({option for action in parser._actions for option in action.option_strings})  # noqa: SLF001
+    options = sorted({option for action in parser._actions for option in action.option_strings})
     unknown = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")]
     if not unknown:
         return f"unexpected argument(s) {' '.join(map(repr, extras))}"
@@ -68,8 +68,13 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             group = getattr(_DEFAULTS, name)
             for sub, sub_field in annotation.model_fields.items():
-                _add_option(parser, f"{name}.{sub}", _option_type(sub_field.annotation), sub_field.description,
-                            getattr(group, sub))  # fmt: skip
+                _add_option(
+                    parser,
+                    f"{name}.{sub}",
+                    _option_type(sub_field.annotation),
+                    sub_field.description,
+                    getattr(group, sub),
+                )
         else:
             _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
     for name in LEGACY_FIELDS:  # still accepted for a release; the config warns, naming the new flag
@@ -80,19 +85,28 @@ def _split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _add_option(parser: argparse.ArgumentParser, dest: str, annotation: object, description: str | None,
-                default: object) -> None:  # fmt: skip
+def _add_option(
+    parser: argparse.ArgumentParser, dest: str, annotation: object, description: str | None, default: object
+) -> None:
     help_text = f"{description} (default: {default})".replace("%", "%%")
     if annotation is bool:
-        parser.add_argument(flag(dest), dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                            help=help_text)  # fmt: skip
+        parser.add_argument(
+            flag(dest), dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+        )
     elif typing.get_origin(annotation) is typing.Literal:
-        parser.add_argument(flag(dest), dest=dest, choices=typing.get_args(annotation), default=argparse.SUPPRESS,
-                            help=help_text)  # fmt: skip
+        parser.add_argument(
+            flag(dest), dest=dest, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=help_text
+        )
     elif typing.get_origin(annotation) is list:
-        parser.add_argument(flag(dest), dest=dest, type=_split_list, metavar="A,B", default=argparse.SUPPRESS, help=help_text)
+        parser.add_argument(
+            flag(dest), dest=dest, type=_split_list, metavar="A,B", default=argparse.SUPPRESS, help=help_text
+        )
     else:
-        metavar = "PATH" if getattr(annotation, "__name__", "") == "Path" else getattr(annotation, "__name__", "VALUE").upper()
+        metavar = (
+            "PATH"
+            if getattr(annotation, "__name__", "") == "Path"
+            else getattr(annotation, "__name__", "VALUE").upper()
+        )
         parser.add_argument(flag(dest), dest=dest, type=str, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
 
 
@@ -182,7 +196,9 @@ def command_parser() -> argparse.ArgumentParser:
         description="Run the nightly flow once per date from --start to --end, each on the ratings up to the end "
         "of that day (UTC), with a temporal split unless --split says otherwise. Other options as for `recs run`.",
     )
-    backfill.add_argument("--start", type=date.fromisoformat, required=True, metavar="DATE", help="first date, YYYY-MM-DD")
+    backfill.add_argument(
+        "--start", type=date.fromisoformat, required=True, metavar="DATE", help="first date, YYYY-MM-DD"
+    )
     backfill.add_argument("--end", type=date.fromisoformat, required=True, metavar="DATE", help="last date, YYYY-MM-DD")
     backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
     add_config_options(backfill)
@@ -194,8 +210,11 @@ def command_parser() -> argparse.ArgumentParser:
         "recs.ratings.updated trigger) from this process until interrupted; needs a Prefect API "
         "(`prefect server start` or Prefect Cloud).",
     )
-    serve.add_argument("--with-training", action="store_true",
-                       help="also serve the training deployment (train/gpu) that config.train_deployment can name")  # fmt: skip
+    serve.add_argument(
+        "--with-training",
+        action="store_true",
+        help="also serve the training deployment (train/gpu) that config.train_deployment can name",
+    )
 
     synth = commands.add_parser(
         "synth",
@@ -225,14 +244,26 @@ def command_parser() -> argparse.ArgumentParser:
         "and print the result. Several statements may be given; the last one's result is printed.",
     )
     sql_text = sql.add_mutually_exclusive_group(required=True)
-    sql_text.add_argument("query", nargs="?", help="the SQL, e.g. \"SELECT count(*) FROM recommendations\"")
-    sql_text.add_argument("--file", type=Path, metavar="FILE.sql", help="read the SQL from a file, e.g. warehouse/queries/*.sql")
-    sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="bind $NAME in the SQL to VALUE (a number when it reads as one); repeatable")  # fmt: skip
+    sql_text.add_argument("query", nargs="?", help='the SQL, e.g. "SELECT count(*) FROM recommendations"')
+    sql_text.add_argument(
+        "--file", type=Path, metavar="FILE.sql", help="read the SQL from a file, e.g. warehouse/queries/*.sql"
+    )
+    sql.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="bind $NAME in the SQL to VALUE (a number when it reads as one); repeatable",
+    )
     for reader in (runs, sql):
         form = reader.add_mutually_exclusive_group()
-        form.add_argument("--wide", action="store_const", dest="output", const="wide",
-                          help="a table with every cell whole, however wide")  # fmt: skip
+        form.add_argument(
+            "--wide",
+            action="store_const",
+            dest="output",
+            const="wide",
+            help="a table with every cell whole, however wide",
+        )
         form.add_argument("--csv", action="store_const", dest="output", const="csv", help="CSV with a header line")
         form.add_argument("--json", action="store_const", dest="output", const="json", help="a JSON array of objects")
     trend = commands.add_parser(
@@ -241,11 +272,26 @@ def command_parser() -> argparse.ArgumentParser:
         description="The metric series of the newest run's source, protocol and model: each run's value, its "
         "delta from the run before and from the median of the last N published runs.",
     )
-    trend.add_argument("--runs", type=int, default=_DEFAULTS.trend_runs, metavar="N",
-                       help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})")  # fmt: skip
-    trend.add_argument("--chart", type=Path, default=None, metavar="PNG",
-                       help="where to write the chart (default: trend.png beside the warehouse)")  # fmt: skip
+    trend.add_argument(
+        "--runs",
+        type=int,
+        default=_DEFAULTS.trend_runs,
+        metavar="N",
+        help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})",
+    )
+    trend.add_argument(
+        "--chart",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="where to write the chart (default: trend.png beside the warehouse)",
+    )
     for reader in (recommend, runs, trend, sql):
-        reader.add_argument("--warehouse", type=Path, default=_DEFAULTS.warehouse, metavar="PATH",
-                            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})")  # fmt: skip
+        reader.add_argument(
+            "--warehouse",
+            type=Path,
+            default=_DEFAULTS.warehouse,
+            metavar="PATH",
+            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})",
+        )
     return parser

@@ -37,6 +37,11 @@ def refresh(config: PipelineConfig = PipelineConfig()) -> bool:
         payload={"source": check.source, "sha256": check.sha256, "previous_sha256": check.previous_sha256},
     )
     remember_announced(config.data_dir, check)
-    log.info("source %s changed (sha256 %s -> %s): announced %s", check.source,
-             (check.previous_sha256 or "none")[:12], check.sha256[:12], RATINGS_UPDATED)  # fmt: skip
+    log.info(
+        "source %s changed (sha256 %s -> %s): announced %s",
+        check.source,
+        (check.previous_sha256 or "none")[:12],
+        check.sha256[:12],
+        RATINGS_UPDATED,
+    )
     return True

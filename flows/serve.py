@@ -19,7 +19,11 @@ from flows.refresh import refresh
 from flows.train import train
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "deploy" / "prefect.yaml"
-FLOWS: dict[str, Flow] = {"flows/nightly.py:nightly": nightly, "flows/refresh.py:refresh": refresh, "flows/train.py:train": train}
+FLOWS: dict[str, Flow] = {
+    "flows/nightly.py:nightly": nightly,
+    "flows/refresh.py:refresh": refresh,
+    "flows/train.py:train": train,
+}
 _TRIGGERS = TypeAdapter(DeploymentTriggerTypes)
 
 

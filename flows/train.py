@@ -69,13 +69,19 @@ def train_on_deployment(
         ratings.write_parquet(run_dir / PHASE_INPUT[phase])
     flow_run = run_deployment(
         config.train_deployment,
-        parameters={"config": config.model_dump(mode="json"), "run_dir": str(run_dir.resolve()), "phase": phase,
-                    "model": model},
+        parameters={
+            "config": config.model_dump(mode="json"),
+            "run_dir": str(run_dir.resolve()),
+            "phase": phase,
+            "model": model,
+        },
         timeout=None,  # wait as long as training takes; the deployment's own timeout applies
     )
     if flow_run.state is None or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         message = flow_run.state.message if flow_run.state else ""
-        raise RuntimeError(f"training deployment {config.train_deployment!r} run {flow_run.name} ended {state}: {message}")
+        raise RuntimeError(
+            f"training deployment {config.train_deployment!r} run {flow_run.name} ended {state}: {message}"
+        )
     # `auto` here: the config's device names the training worker's (say cuda), which this one may lack.
     return load_trained_model(checkpoint_path(run_dir, phase, model), pick_device("auto"))

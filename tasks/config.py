@@ -11,7 +11,7 @@ import json
 import re
 import typing
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -59,7 +59,6 @@ def redact(source: str) -> str:
     if parts.fragment:
         parts = parts._replace(fragment="***")
     return urlunsplit(parts)
-
 
 
 def source_scheme(source: str) -> str:
@@ -196,7 +195,9 @@ class PipelineConfig(BaseModel):
     download_timeout_seconds: float = Field(60.0, gt=0, description="Connect/read timeout of the download.")
     download_retries: int = Field(3, ge=0, le=10, description="Download retries on network faults and HTTP 5xx.")
     download_retry_delay_seconds: float = Field(
-        2.0, ge=0, description="Wait before the first download retry; it doubles with each retry (randomised to 0.6-1.5x, same average)."
+        2.0,
+        ge=0,
+        description="Wait before the first download retry; it doubles with each retry (randomised to 0.6-1.5x, same average).",
     )
     max_extracted_bytes: int = Field(
         MAX_EXTRACTED_BYTES,
@@ -282,11 +283,15 @@ class PipelineConfig(BaseModel):
         "scheduler whose workers share data_dir.",
     )
     shard_users: int = Field(
-        50_000, ge=1, description="Users per shard of evaluation and the lists on a cluster (each shard one Prefect task run per stage)."
+        50_000,
+        ge=1,
+        description="Users per shard of evaluation and the lists on a cluster (each shard one Prefect task run per stage).",
     )
     cluster_timeout_seconds: float = Field(
-        30.0, gt=0, description="How long to try to reach the cluster's Dask scheduler, or to wait for a worker when "
-        "it has none while shards wait, before the run fails."
+        30.0,
+        gt=0,
+        description="How long to try to reach the cluster's Dask scheduler, or to wait for a worker when "
+        "it has none while shards wait, before the run fails.",
     )
 
     # Business rules on the published lists (tasks/rules.py): applied before top-n, so every user still gets
@@ -300,7 +305,8 @@ class PipelineConfig(BaseModel):
         0, ge=0, description="Items with fewer ratings than this in the data are never recommended (0: no limit)."
     )
     include_genres: list[str] | None = Field(
-        None, description="Recommend only items with at least one of these genres (as the items file spells them, any case)."
+        None,
+        description="Recommend only items with at least one of these genres (as the items file spells them, any case).",
     )
     exclude_genres: list[str] | None = Field(None, description="Never recommend items with any of these genres.")
     min_year: int | None = Field(
@@ -440,7 +446,9 @@ class PipelineConfig(BaseModel):
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and not _is_int(value[0]):
             return Path(value[0])
         if isinstance(value, list) and (bad := [v for v in value if isinstance(v, str) and not _is_int(v)]):
-            raise ValueError(f"{bad[0]!r} is not an item id: expected item ids (integers) or the path of one file of ids")
+            raise ValueError(
+                f"{bad[0]!r} is not an item id: expected item ids (integers) or the path of one file of ids"
+            )
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",") if part.strip()]
             return parts if parts and all(_is_int(part) for part in parts) else Path(value)
@@ -449,8 +457,10 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _year_range(self) -> PipelineConfig:
         if self.min_year is not None and self.max_year is not None and self.min_year > self.max_year:
-            raise ValueError(f"{setting('min_year')} {self.min_year} is after {setting('max_year')} {self.max_year}: "
-                             "no item could be recommended")  # fmt: skip
+            raise ValueError(
+                f"{setting('min_year')} {self.min_year} is after {setting('max_year')} {self.max_year}: "
+                "no item could be recommended"
+            )
         return self
 
     @field_validator("source")
@@ -504,15 +514,17 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _cluster_form(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"local:[1-9]\d{0,2}|(tcp|tls)://[^\s/:]+:\d+", value):
-            raise ValueError(f"{value!r} is not a cluster: expected local:N (N Dask worker processes on this host, "
-                             "1 to 999) or a Dask scheduler's address such as tcp://host:8786")  # fmt: skip
+            raise ValueError(
+                f"{value!r} is not a cluster: expected local:N (N Dask worker processes on this host, "
+                "1 to 999) or a Dask scheduler's address such as tcp://host:8786"
+            )
         return value
 
     @field_validator("as_of")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
     @property

@@ -40,8 +40,9 @@ def rating_errors(predictions: np.ndarray, truth: np.ndarray) -> dict[str, float
     return {"rmse": math.sqrt(float(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors)))}
 
 
-def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
-                    catalogue: int | None = None) -> dict[str, float]:  # fmt: skip
+def ranking_metrics(
+    top_items: np.ndarray, relevant: UserItems, n_items: int, k: int, catalogue: int | None = None
+) -> dict[str, float]:
     """Precision, recall, nDCG, MAP, hit rate and coverage at k (definitions in the module docstring).
 
     Args:
@@ -58,8 +59,9 @@ def ranking_metrics(top_items: np.ndarray, relevant: UserItems, n_items: int, k:
     return {**metrics, "coverage": len(shown) / (catalogue or n_items)}
 
 
-def ranking_values_by_user(top_items: np.ndarray, relevant: UserItems, n_items: int, k: int,
-                           first_user: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+def ranking_values_by_user(
+    top_items: np.ndarray, relevant: UserItems, n_items: int, k: int, first_user: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Each evaluated user's precision, recall, nDCG, AP and hit at k, and the items their top-k show.
 
     Args:
@@ -109,8 +111,14 @@ def evaluate(
     return evaluate_users(model, train, test, n_items, config)[0]
 
 
-def evaluate_users(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame, n_items: int,
-                   config: PipelineConfig, allowed: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+def evaluate_users(
+    model: TrainedModel,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    n_items: int,
+    config: PipelineConfig,
+    allowed: np.ndarray | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`evaluate`'s metrics, and the per-user values behind them, for the quality gate's paired comparison.
     With `allowed` (the business rules, under `filter_evaluation`), the top-k shows only those items.
 
@@ -128,9 +136,15 @@ GATE_VALUES = ("ndcg", "squared_error", "n_ratings")
 _PER_USER_SCHEMA = {"user_idx": pl.Int64, "metric": pl.String, "value": pl.Float64}
 
 
-def evaluate_shard(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame, n_items: int,
-                   config: PipelineConfig, users: tuple[int, int] | None = None,
-                   allowed: np.ndarray | None = None) -> tuple[pl.DataFrame, np.ndarray]:  # fmt: skip
+def evaluate_shard(
+    model: TrainedModel,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    n_items: int,
+    config: PipelineConfig,
+    users: tuple[int, int] | None = None,
+    allowed: np.ndarray | None = None,
+) -> tuple[pl.DataFrame, np.ndarray]:
     """The per-user values behind every metric, for users first..last-1 (default all): what `reduce_evaluation`
     sums into the metrics, exactly, however the users were split into shards.
 
@@ -147,19 +161,33 @@ def evaluate_shard(model: TrainedModel, train: pl.DataFrame, test: pl.DataFrame,
     parts: list[pl.DataFrame] = []
     if model.predicts_ratings:
         judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
-        predicted = model.predict(*(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx")))
+        predicted = model.predict(
+            *(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+        )
         errors = judged.select("user_idx", error=pl.Series(predicted.numpy(), dtype=pl.Float64) - pl.col("rating"))
-        by_user = errors.group_by("user_idx").agg(squared_error=(pl.col("error") ** 2).sum(),
-                                                  abs_error=pl.col("error").abs().sum(),
-                                                  n_ratings=pl.len().cast(pl.Float64))  # fmt: skip
+        by_user = errors.group_by("user_idx").agg(
+            squared_error=(pl.col("error") ** 2).sum(),
+            abs_error=pl.col("error").abs().sum(),
+            n_ratings=pl.len().cast(pl.Float64),
+        )
         parts.append(by_user.unpivot(index="user_idx", variable_name="metric"))
     top_items, _ = top_k_unseen(
-        model.rank_users, model.n_users, n_items, UserItems.from_ratings(train, model.n_users), config.k, model.device,
-        config.score_chunk_users, users=(first, last), allowed=allowed,
-    )  # fmt: skip
-    evaluated, values, shown = ranking_values_by_user(top_items, UserItems.from_ratings(test, model.n_users), n_items,
-                                                      config.k, first)  # fmt: skip
-    parts += [pl.DataFrame({"user_idx": evaluated, "metric": metric, "value": value}) for metric, value in values.items()]
+        model.rank_users,
+        model.n_users,
+        n_items,
+        UserItems.from_ratings(train, model.n_users),
+        config.k,
+        model.device,
+        config.score_chunk_users,
+        users=(first, last),
+        allowed=allowed,
+    )
+    evaluated, values, shown = ranking_values_by_user(
+        top_items, UserItems.from_ratings(test, model.n_users), n_items, config.k, first
+    )
+    parts += [
+        pl.DataFrame({"user_idx": evaluated, "metric": metric, "value": value}) for metric, value in values.items()
+    ]
     return pl.concat([part.cast(_PER_USER_SCHEMA).select(list(_PER_USER_SCHEMA)) for part in parts]), shown
 
 

@@ -108,10 +108,20 @@ class OnThisSplit:
     same_as_candidate: bool  # the candidate is the published configuration: nothing to compare on this split
 
 
-def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolerance: float,
-          candidate_users: pl.DataFrame | None = None, baseline_users: pl.DataFrame | None = None,
-          confidence: float = 0.0, resamples: int = 1000, seed: int = 0, *, against: str | None = None,
-          tolerance_setting: str = "gate_tolerance") -> GateVerdict:  # fmt: skip
+def judge(
+    candidate: pl.DataFrame,
+    baseline: pl.DataFrame | None,
+    k: int,
+    tolerance: float,
+    candidate_users: pl.DataFrame | None = None,
+    baseline_users: pl.DataFrame | None = None,
+    confidence: float = 0.0,
+    resamples: int = 1000,
+    seed: int = 0,
+    *,
+    against: str | None = None,
+    tolerance_setting: str = "gate_tolerance",
+) -> GateVerdict:
     """Compare a candidate's metrics with a baseline's (both long form: `metric`, `k`, `value`): one comparison.
 
     Args:
@@ -163,9 +173,15 @@ def judge(candidate: pl.DataFrame, baseline: pl.DataFrame | None, k: int, tolera
     return GateVerdict(True, f"within {tolerance:.1%} of {against}: {', '.join(compared)}", baseline_run_id)
 
 
-def decide(candidate: pl.DataFrame, candidate_users: pl.DataFrame, published: PublishedRun | None,
-           recorded: pl.DataFrame, recorded_users: pl.DataFrame | None, here: OnThisSplit | None,
-           config: PipelineConfig) -> GateVerdict:  # fmt: skip
+def decide(
+    candidate: pl.DataFrame,
+    candidate_users: pl.DataFrame,
+    published: PublishedRun | None,
+    recorded: pl.DataFrame,
+    recorded_users: pl.DataFrame | None,
+    here: OnThisSplit | None,
+    config: PipelineConfig,
+) -> GateVerdict:
     """The gate's verdict from both comparisons (the module's docstring): on this run's split with `here`, and
     against the published run's `recorded` metrics; rejected when either rejects, the reason naming both."""
     if published is None:
@@ -176,27 +192,66 @@ def decide(candidate: pl.DataFrame, candidate_users: pl.DataFrame, published: Pu
     notes: list[str] = []
     parts: list[GateVerdict] = []
     if published.elsewhere is not None:
-        notes.append(f"the published lists (run {published.run_id}) were made {published.elsewhere}, so this run is "
-                     "judged against their configuration on its own split")  # fmt: skip
+        notes.append(
+            f"the published lists (run {published.run_id}) were made {published.elsewhere}, so this run is "
+            "judged against their configuration on its own split"
+        )
     if here is None and not comparable:
-        notes.append(f"that configuration cannot be rebuilt ({published.unreadable}), so this run cannot be judged "
-                     f"against the published lists; {setting('force')} publishes anyway")  # fmt: skip
+        notes.append(
+            f"that configuration cannot be rebuilt ({published.unreadable}), so this run cannot be judged "
+            f"against the published lists; {setting('force')} publishes anyway"
+        )
         return GateVerdict(False, "; ".join(notes), published.run_id)
     if here is None:
-        notes.append(f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded "
-                     f"metrics are held to {setting('gate_tolerance')}")  # fmt: skip
-        parts.append(judge(candidate, recorded, config.k, config.gate_tolerance, candidate_users, recorded_users,
-                           against=recorded_as, **noise))  # fmt: skip
+        notes.append(
+            f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded "
+            f"metrics are held to {setting('gate_tolerance')}"
+        )
+        parts.append(
+            judge(
+                candidate,
+                recorded,
+                config.k,
+                config.gate_tolerance,
+                candidate_users,
+                recorded_users,
+                against=recorded_as,
+                **noise,
+            )
+        )
     elif here.same_as_candidate:
         notes.append(f"this run trains the published configuration ({published.describe()}) with the same settings")
     else:
         trained = f", trained here ({', '.join(here.trained_here)})" if here.trained_here else ""
-        against = f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
-        parts.append(judge(candidate, here.metrics, config.k, config.gate_tolerance, candidate_users, here.users,
-                           against=against, **noise))  # fmt: skip
+        against = (
+            f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
+        )
+        parts.append(
+            judge(
+                candidate,
+                here.metrics,
+                config.k,
+                config.gate_tolerance,
+                candidate_users,
+                here.users,
+                against=against,
+                **noise,
+            )
+        )
     if here is not None and comparable:
-        parts.append(judge(candidate, recorded, config.k, config.gate_drift_tolerance, candidate_users, recorded_users,
-                           against=recorded_as, tolerance_setting="gate_drift_tolerance", **noise))  # fmt: skip
+        parts.append(
+            judge(
+                candidate,
+                recorded,
+                config.k,
+                config.gate_drift_tolerance,
+                candidate_users,
+                recorded_users,
+                against=recorded_as,
+                tolerance_setting="gate_drift_tolerance",
+                **noise,
+            )
+        )
     passed = all(part.passed for part in parts)
     shown = [part.reason for part in parts if not part.passed] if not passed else [part.reason for part in parts]
     return GateVerdict(passed, "; ".join(notes + shown), published.run_id)
@@ -227,8 +282,10 @@ def recorded_metrics(path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFram
     """A published run's metrics as the gate judges them (its published model's ranking metrics, its rating model's
     errors) and the per-user values stored with its lists (empty for runs published before they were kept)."""
     with warehouse.open_reader(path) as con:
-        return (warehouse.fetch(con, "gate_baseline", {"run_id": run_id}),
-                warehouse.fetch(con, "gate_baseline_users", {"run_id": run_id}))  # fmt: skip
+        return (
+            warehouse.fetch(con, "gate_baseline", {"run_id": run_id}),
+            warehouse.fetch(con, "gate_baseline_users", {"run_id": run_id}),
+        )
 
 
 def candidate_metrics(metrics: Mapping[str, pl.DataFrame], model: str, rating_model: str | None) -> pl.DataFrame:
@@ -238,8 +295,9 @@ def candidate_metrics(metrics: Mapping[str, pl.DataFrame], model: str, rating_mo
     return pl.concat([ranking, *errors], how="diagonal_relaxed")
 
 
-def candidate_user_metrics(per_user: Mapping[str, pl.DataFrame], model: str, rating_model: str | None,
-                           maps: IdMaps) -> pl.DataFrame:  # fmt: skip
+def candidate_user_metrics(
+    per_user: Mapping[str, pl.DataFrame], model: str, rating_model: str | None, maps: IdMaps
+) -> pl.DataFrame:
     """The per-user values behind `candidate_metrics`, by the dataset's user ids (so that runs with other
     indexings pair up): `model`, `user_id`, `metric`, `value`. Stored with the lists when they are published."""
     parts = [per_user[model].filter(pl.col("metric") == "ndcg").with_columns(model=pl.lit(model))]
@@ -250,14 +308,23 @@ def candidate_user_metrics(per_user: Mapping[str, pl.DataFrame], model: str, rat
     return pl.concat(parts).join(ids, on="user_idx").select("model", "user_id", "metric", "value")
 
 
-def on_this_split(published: PublishedRun, metrics: Mapping[str, pl.DataFrame], per_user: Mapping[str, pl.DataFrame],
-                  maps: IdMaps, trained_here: Collection[str], candidate: tuple[str, str | None]) -> OnThisSplit:  # fmt: skip
+def on_this_split(
+    published: PublishedRun,
+    metrics: Mapping[str, pl.DataFrame],
+    per_user: Mapping[str, pl.DataFrame],
+    maps: IdMaps,
+    trained_here: Collection[str],
+    candidate: tuple[str, str | None],
+) -> OnThisSplit:
     """The published configuration's side of the comparison on this split, from every model's metrics on it (the
     run's own and those trained for the gate); `candidate` is the run's (published model, rating model)."""
     same = not trained_here and (published.model, published.rating_model) == candidate
-    return OnThisSplit(candidate_metrics(metrics, published.model, published.rating_model),
-                       candidate_user_metrics(per_user, published.model, published.rating_model, maps),
-                       tuple(trained_here), same)  # fmt: skip
+    return OnThisSplit(
+        candidate_metrics(metrics, published.model, published.rating_model),
+        candidate_user_metrics(per_user, published.model, published.rating_model, maps),
+        tuple(trained_here),
+        same,
+    )
 
 
 @task(name="published-run", cache_policy=NO_CACHE)
@@ -270,8 +337,14 @@ def published_run_task(path: Path, run_id: str, dataset: str, protocol: str) -> 
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(path: Path, published: PublishedRun | None, candidate: pl.DataFrame, candidate_users: pl.DataFrame,
-              here: OnThisSplit | None, config: PipelineConfig) -> GateVerdict:  # fmt: skip
+def gate_task(
+    path: Path,
+    published: PublishedRun | None,
+    candidate: pl.DataFrame,
+    candidate_users: pl.DataFrame,
+    here: OnThisSplit | None,
+    config: PipelineConfig,
+) -> GateVerdict:
     """Judge the run's `candidate_metrics` (and `candidate_user_metrics`) against the published configuration on
     this split (`here`) and the published run's recorded metrics (`decide`); logs the verdict.
 

@@ -28,9 +28,18 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.models.base import InitialRows, Interactions, RatingMatrix
 from tasks.models.ials import (
-    ColumnTiles, Ials, IalsParams, gramian, ials_problem, non_finite, observed_loss, row_chunks, row_penalty,
-    solve_side, tile_width,
-)  # fmt: skip
+    ColumnTiles,
+    Ials,
+    IalsParams,
+    gramian,
+    ials_problem,
+    non_finite,
+    observed_loss,
+    row_chunks,
+    row_penalty,
+    solve_side,
+    tile_width,
+)
 from tasks.shards import peak_resident_bytes, worker_address
 
 log = logging.getLogger(__name__)
@@ -76,8 +85,9 @@ def _save(array: np.ndarray, path: Path) -> None:
     partial.replace(path)
 
 
-def prepare_ials_shards(interactions: Interactions, params: IalsParams, seed: int, folder: Path,
-                        init: InitialRows | None = None) -> IalsShardPlan:  # fmt: skip
+def prepare_ials_shards(
+    interactions: Interactions, params: IalsParams, seed: int, folder: Path, init: InitialRows | None = None
+) -> IalsShardPlan:
     """Write the fit's ratings by user and by item and the seeded initial vectors (as `fit_ials` draws them, with a
     warm start's `init` rows) to `folder` (emptied first), cut into shards; returns the plan."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -109,13 +119,16 @@ def _shard_ratings(folder: str, side: str, first: int, last: int, width: int) ->
     matrix = RatingMatrix(last - first, n_other, stop - start)
     matrix.indptr.copy_(torch.from_numpy(np.array(indptr[first : last + 1]) - start))
     for part in ("indices", "values"):  # copies of the slices: the rest of the file is never read
-        getattr(matrix, part).copy_(torch.from_numpy(np.array(np.load(f"{name}.{part}.npy", mmap_mode="r")[start:stop])))
+        getattr(matrix, part).copy_(
+            torch.from_numpy(np.array(np.load(f"{name}.{part}.npy", mmap_mode="r")[start:stop]))
+        )
     return ColumnTiles(matrix, width)
 
 
 @torch.no_grad()
-def solve_shard(folder: Path, side: str, epoch: int, first: int, last: int, other_firsts: list[int],
-                params: IalsParams) -> tuple[float, bool]:  # fmt: skip
+def solve_shard(
+    folder: Path, side: str, epoch: int, first: int, last: int, other_firsts: list[int], params: IalsParams
+) -> tuple[float, bool]:
     """Rows first..last-1 of `side` in `epoch`'s half-step, written to `vectors_path`.
 
     Returns:
@@ -126,7 +139,9 @@ def solve_shard(folder: Path, side: str, epoch: int, first: int, last: int, othe
     other_epoch = epoch - 1 if side == "users" else epoch  # users are solved first, against last epoch's items
     other = load_side(folder, OTHER[side], other_epoch, other_firsts)
     x = torch.from_numpy(np.load(vectors_path(folder, side, epoch - 1, first))).clone()
-    tiles = _shard_ratings(str(folder), side, first, last, tile_width(params.factors, params.cache_bytes, torch.device("cpu")))
+    tiles = _shard_ratings(
+        str(folder), side, first, last, tile_width(params.factors, params.cache_bytes, torch.device("cpu"))
+    )
     penalty = row_penalty(tiles.indptr, tiles.n_cols, params)
     gram = gramian(other, params.unobserved_weight)
     solve_side(x, other, gram, tiles, penalty, params.cg_steps, params.chunk_ratings)
@@ -160,8 +175,16 @@ def fit_by_shards(plan: IalsShardPlan, params: IalsParams, label: str, half_step
             raise non_finite(epoch)
         rows.append({"epoch": epoch, "split": label, "loss": sum(part for part, _ in parts) / max(plan.n_ratings, 1)})
         drop_epoch(plan, epoch - 1)
-        log.info("epoch %d/%d: %s loss %.4f (%.2fs, %d + %d shards)", epoch, params.epochs, label, rows[-1]["loss"],
-                 time.perf_counter() - started, len(plan.shards["users"]), len(plan.shards["items"]))  # fmt: skip
+        log.info(
+            "epoch %d/%d: %s loss %.4f (%.2fs, %d + %d shards)",
+            epoch,
+            params.epochs,
+            label,
+            rows[-1]["loss"],
+            time.perf_counter() - started,
+            len(plan.shards["users"]),
+            len(plan.shards["items"]),
+        )
     return rows
 
 
@@ -181,14 +204,19 @@ def assemble_ials(plan: IalsShardPlan, epoch: int, n_users: int, n_items: int, f
     return module.eval()
 
 
-@task(name="ials-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
-      task_run_name="ials-{side}-e{epoch}-{first}-{last}")  # fmt: skip
-def ials_shard_task(folder: str, side: str, epoch: int, first: int, last: int, other_firsts: list[int],
-                    params: dict) -> tuple[float, bool, str, int]:  # fmt: skip
+@task(
+    name="ials-shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=1,
+    task_run_name="ials-{side}-e{epoch}-{first}-{last}",
+)
+def ials_shard_task(
+    folder: str, side: str, epoch: int, first: int, last: int, other_firsts: list[int], params: dict
+) -> tuple[float, bool, str, int]:
     """Prefect wrapper of `solve_shard`, retried when it fails (a worker lost); returns its objective part,
     whether it is finite, the worker and that worker's peak resident bytes."""
     started = time.perf_counter()
     part, finite = solve_shard(Path(folder), side, epoch, first, last, other_firsts, IalsParams(**params))
     log.info("ials %s %d-%d epoch %d: %.2fs", side, first, last - 1, epoch, time.perf_counter() - started)
     return part, finite, worker_address(), peak_resident_bytes()
-

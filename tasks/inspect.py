@@ -25,7 +25,9 @@ def item_bias_table(model: TrainedModel, train: pl.DataFrame, maps: IdMaps) -> p
     if biases is None:
         return None
     stats = train.group_by("item_idx").agg(mean_rating=pl.col("rating").mean(), n_ratings=pl.len())
-    table = pl.DataFrame({"item_idx": np.arange(maps.n_items, dtype=np.int32), "bias": biases.detach().float().cpu().numpy()})
+    table = pl.DataFrame(
+        {"item_idx": np.arange(maps.n_items, dtype=np.int32), "bias": biases.detach().float().cpu().numpy()}
+    )
     table = table.join(stats, on="item_idx", how="left").with_columns(pl.col("n_ratings").fill_null(0))
     return maps.to_dataset_ids(table).select("item_id", "bias", "mean_rating", "n_ratings")
 
@@ -53,8 +55,9 @@ def similar_items_table(model: TrainedModel, maps: IdMaps, n: int, chunk: int) -
 
 
 @task(name="inspect", cache_policy=NO_CACHE, task_run_name="inspect-{model.name}")
-def inspect_task(model: TrainedModel, metrics: pl.DataFrame, train: pl.DataFrame, maps: IdMaps,
-                 config: PipelineConfig) -> ModelRecord:  # fmt: skip
+def inspect_task(
+    model: TrainedModel, metrics: pl.DataFrame, train: pl.DataFrame, maps: IdMaps, config: PipelineConfig
+) -> ModelRecord:
     """What the run keeps of a trained model: its metrics and loss history with its item biases and similar
     items (whichever it has), ready for one write (warehouse/runs.py, `record_model`)."""
     biases = item_bias_table(model, train, maps)

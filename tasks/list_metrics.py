@@ -37,8 +37,13 @@ def item_popularity(ratings: pl.DataFrame, maps: IdMaps) -> pl.DataFrame:
     return pl.DataFrame({"item_id": maps.items["item_id"], "n_ratings": counts.astype(np.int64)})
 
 
-def list_metrics(lists: pl.DataFrame | ListFiles, previous: pl.DataFrame, popularity: pl.DataFrame,
-                 catalogue: pl.DataFrame, top_n: int) -> pl.DataFrame:  # fmt: skip
+def list_metrics(
+    lists: pl.DataFrame | ListFiles,
+    previous: pl.DataFrame,
+    popularity: pl.DataFrame,
+    catalogue: pl.DataFrame,
+    top_n: int,
+) -> pl.DataFrame:
     """The lists' beyond-accuracy metrics (module docstring), against the `previous` (live) lists.
 
     Args:
@@ -60,8 +65,11 @@ def list_metrics(lists: pl.DataFrame | ListFiles, previous: pl.DataFrame, popula
         con.register("item_popularity", popularity.to_arrow())
         con.register("catalogue", catalogue.select("item_id", "genres").to_arrow())
         rows = con.execute(warehouse.query("list_metrics")).fetchall()
-    return pl.DataFrame([(metric, top_n, value) for metric, value in rows if value is not None],
-                        schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64}, orient="row")  # fmt: skip
+    return pl.DataFrame(
+        [(metric, top_n, value) for metric, value in rows if value is not None],
+        schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64},
+        orient="row",
+    )
 
 
 def churn_rejection(metrics: pl.DataFrame, verdict: GateVerdict, config: PipelineConfig) -> GateVerdict:
@@ -69,8 +77,10 @@ def churn_rejection(metrics: pl.DataFrame, verdict: GateVerdict, config: Pipelin
     churn = metrics.filter(pl.col("metric") == "churn")["value"]
     if config.gate_max_churn is None or churn.len() == 0 or churn[0] <= config.gate_max_churn:
         return verdict
-    why = (f"{churn[0]:.1%} of the users' lists would change, above the {config.gate_max_churn:.1%} "
-           f"{setting('gate_max_churn')} allows (an upstream change to check)")  # fmt: skip
+    why = (
+        f"{churn[0]:.1%} of the users' lists would change, above the {config.gate_max_churn:.1%} "
+        f"{setting('gate_max_churn')} allows (an upstream change to check)"
+    )
     if config.force:
         log.warning("churn is high but %s publishes anyway: %s", setting("force"), why)
         return GateVerdict(False, f"overridden by force: {why}; {verdict.reason}", verdict.baseline_run_id, forced=True)
@@ -79,9 +89,15 @@ def churn_rejection(metrics: pl.DataFrame, verdict: GateVerdict, config: Pipelin
 
 
 @task(name="list-metrics", cache_policy=NO_CACHE)
-def list_metrics_task(path: Path, lists: pl.DataFrame | ListFiles, ratings: pl.DataFrame, maps: IdMaps,
-                      catalogue: pl.DataFrame, verdict: GateVerdict,
-                      config: PipelineConfig) -> tuple[pl.DataFrame, GateVerdict]:  # fmt: skip
+def list_metrics_task(
+    path: Path,
+    lists: pl.DataFrame | ListFiles,
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    catalogue: pl.DataFrame,
+    verdict: GateVerdict,
+    config: PipelineConfig,
+) -> tuple[pl.DataFrame, GateVerdict]:
     """The lists' beyond-accuracy metrics against the live lists, and the verdict after the churn bound."""
     with warehouse.open_reader(path) as con:
         previous = warehouse.fetch(con, "live_lists", {})

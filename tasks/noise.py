@@ -27,8 +27,10 @@ class PairedInterval:
     confidence: float
 
     def describe(self, name: str) -> str:
-        return (f"{self.confidence:.0%} interval of the paired {name} difference over {self.n_users:,} users "
-                f"[{self.low:+.4f}, {self.high:+.4f}]")  # fmt: skip
+        return (
+            f"{self.confidence:.0%} interval of the paired {name} difference over {self.n_users:,} users "
+            f"[{self.low:+.4f}, {self.high:+.4f}]"
+        )
 
 
 def _statistic(metric: str, values: dict[str, np.ndarray], picks: np.ndarray) -> np.ndarray:
@@ -39,8 +41,9 @@ def _statistic(metric: str, values: dict[str, np.ndarray], picks: np.ndarray) ->
     return values[metric][picks].mean(1)
 
 
-def paired_interval(candidate: pl.DataFrame, baseline: pl.DataFrame, metric: str, confidence: float,
-                    resamples: int, seed: int = 0) -> PairedInterval | None:  # fmt: skip
+def paired_interval(
+    candidate: pl.DataFrame, baseline: pl.DataFrame, metric: str, confidence: float, resamples: int, seed: int = 0
+) -> PairedInterval | None:
     """The bootstrap interval of candidate minus baseline for `metric` (`ndcg` or `rmse`), or None when the two
     runs share no user with it.
 

@@ -41,9 +41,15 @@ def last_loss(model: TrainedModel) -> float | None:
     return float(training["loss"][-1]) if training.height else None
 
 
-def check_published_model(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame | ListFiles,
-                          split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig,
-                          n_allowed: int | None = None) -> str:  # fmt: skip
+def check_published_model(
+    split_fit: TrainedModel,
+    published: TrainedModel,
+    lists: pl.DataFrame | ListFiles,
+    split_metrics: pl.DataFrame,
+    n_catalogue: int,
+    config: PipelineConfig,
+    n_allowed: int | None = None,
+) -> str:
     """Raise `PublishCheckError` unless `published` (the refit of `split_fit`) and its `lists` are sane; returns
     what was checked, in words.
 
@@ -57,15 +63,20 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
         n_allowed: the items the business rules allow (tasks/rules.py); the lists cannot show more.
     """
     problems = []
-    broken = [name for name, tensor in (*published.module.named_parameters(), *published.module.named_buffers())
-              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]  # fmt: skip
+    broken = [
+        name
+        for name, tensor in (*published.module.named_parameters(), *published.module.named_buffers())
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
     if broken:
         problems.append(f"non-finite values in {', '.join(broken)}")
     before, after = last_loss(split_fit), last_loss(published)
     if before is not None and after is not None:
         if not after <= before * (1 + config.refit_loss_tolerance):  # also catches a NaN loss
-            problems.append(f"its last training loss {after:.4f} is more than {config.refit_loss_tolerance:.0%} above "
-                            f"the split fit's {before:.4f} ({setting('refit_loss_tolerance')})")  # fmt: skip
+            problems.append(
+                f"its last training loss {after:.4f} is more than {config.refit_loss_tolerance:.0%} above "
+                f"the split fit's {before:.4f} ({setting('refit_loss_tolerance')})"
+            )
     coverage = metric_value(split_metrics, "coverage", config.k)
     # what the split fit's top-k showed, scaled to lists of top_n (a rough bound: a list of 5 shows at least
     # about half the distinct items a list of 10 does)
@@ -74,8 +85,10 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
         expected = min(expected, n_allowed)
     n_rows, _, shown = list_counts(lists)
     if n_rows == 0 or shown < 0.5 * expected:
-        problems.append(f"its lists show {shown} distinct items, against {expected:.0f} expected from the split "
-                        f"fit's top-{config.k} (its coverage@{config.k})")  # fmt: skip
+        problems.append(
+            f"its lists show {shown} distinct items, against {expected:.0f} expected from the split "
+            f"fit's top-{config.k} (its coverage@{config.k})"
+        )
     if problems:
         raise PublishCheckError(f"the refitted {published.name} was not published: {'; '.join(problems)}")
     loss = f"last loss {after:.4f} (split fit {before:.4f}), " if before is not None and after is not None else ""
@@ -83,16 +96,23 @@ def check_published_model(split_fit: TrainedModel, published: TrainedModel, list
 
 
 @task(name="publish-check", cache_policy=NO_CACHE)
-def check_published_model_task(split_fit: TrainedModel, published: TrainedModel, lists: pl.DataFrame | ListFiles,
-                               split_metrics: pl.DataFrame, n_catalogue: int, config: PipelineConfig,
-                               n_allowed: int | None = None) -> None:  # fmt: skip
+def check_published_model_task(
+    split_fit: TrainedModel,
+    published: TrainedModel,
+    lists: pl.DataFrame | ListFiles,
+    split_metrics: pl.DataFrame,
+    n_catalogue: int,
+    config: PipelineConfig,
+    n_allowed: int | None = None,
+) -> None:
     """Prefect wrapper of `check_published_model`; logs what it checked."""
     checked = check_published_model(split_fit, published, lists, split_metrics, n_catalogue, config, n_allowed)
     log.info("publish check passed: %s", checked)
 
 
-def list_collapse(lists: pl.DataFrame | ListFiles, live: dict | None, min_share: float,
-                  n_allowed: int | None = None) -> str | None:  # fmt: skip
+def list_collapse(
+    lists: pl.DataFrame | ListFiles, live: dict | None, min_share: float, n_allowed: int | None = None
+) -> str | None:
     """How `lists` collapsed against the `live` lists (`run_id`, `users`, `items` of `live_list_coverage`), in
     words, or None when they cover at least `min_share` of the live users and of the live distinct items (of as
     many of those as the business rules allow, `n_allowed`: tightening a rule is not a collapse)."""
@@ -104,16 +124,23 @@ def list_collapse(lists: pl.DataFrame | ListFiles, live: dict | None, min_share:
         f"{new:,} {what} against the live lists' {old:,}"
         for what, new, old in (("users", n_users, live["users"]), ("distinct items", n_items, live_items))
         if new < min_share * old
-    ]  # fmt: skip
+    ]
     if not shrunk:
         return None
-    return (f"its lists cover {' and '.join(shrunk)} (run {live['run_id']}), under the {min_share:.0%} share "
-            f"{setting('min_list_share')} allows")  # fmt: skip
+    return (
+        f"its lists cover {' and '.join(shrunk)} (run {live['run_id']}), under the {min_share:.0%} share "
+        f"{setting('min_list_share')} allows"
+    )
 
 
 @task(name="list-coverage", cache_policy=NO_CACHE)
-def list_coverage_task(path: Path, lists: pl.DataFrame | ListFiles, verdict: GateVerdict,
-                       config: PipelineConfig, n_allowed: int | None = None) -> GateVerdict:  # fmt: skip
+def list_coverage_task(
+    path: Path,
+    lists: pl.DataFrame | ListFiles,
+    verdict: GateVerdict,
+    config: PipelineConfig,
+    n_allowed: int | None = None,
+) -> GateVerdict:
     """The gate's `verdict`, turned into a rejection when `lists` collapsed against the live lists (`list_collapse`);
     with `force` the run publishes anyway and the reason says so."""
     with warehouse.open_reader(path) as con:
@@ -123,6 +150,8 @@ def list_coverage_task(path: Path, lists: pl.DataFrame | ListFiles, verdict: Gat
         return verdict
     if config.force:
         log.warning("the lists collapsed but %s publishes them anyway: %s", setting("force"), collapse)
-        return GateVerdict(False, f"overridden by force: {collapse}; {verdict.reason}", verdict.baseline_run_id, forced=True)
+        return GateVerdict(
+            False, f"overridden by force: {collapse}; {verdict.reason}", verdict.baseline_run_id, forced=True
+        )
     log.warning("the run's lists were not published: %s", collapse)
     return GateVerdict(False, f"{collapse}; the quality gate had said: {verdict.reason}", verdict.baseline_run_id)

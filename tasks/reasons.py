@@ -21,8 +21,13 @@ from tasks.scoring import UserItems
 
 MAX_ENTRIES = 1 << 22  # (pair, rated item) entries per chunk: about 30 bytes each while it is explained
 
-REASON_SCHEMA = {"user_idx": pl.Int32, "item_idx": pl.Int32, "reason_rank": pl.Int16, "reason_item_idx": pl.Int32,
-                 "contribution": pl.Float32}  # fmt: skip
+REASON_SCHEMA = {
+    "user_idx": pl.Int32,
+    "item_idx": pl.Int32,
+    "reason_rank": pl.Int16,
+    "reason_item_idx": pl.Int32,
+    "contribution": pl.Float32,
+}
 
 
 def _chunks(counts: np.ndarray, max_entries: int) -> list[tuple[int, int]]:
@@ -39,8 +44,15 @@ def _chunks(counts: np.ndarray, max_entries: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def explain(affinity, users: np.ndarray, items: np.ndarray, rated: UserItems, n: int,  # noqa: ANN001
-            device: torch.device, max_entries: int = MAX_ENTRIES) -> pl.DataFrame:  # fmt: skip
+def explain(
+    affinity,
+    users: np.ndarray,
+    items: np.ndarray,
+    rated: UserItems,
+    n: int,
+    device: torch.device,
+    max_entries: int = MAX_ENTRIES,
+) -> pl.DataFrame:
     """Up to `n` reasons per (user, item) pair: the user's rated items with the largest positive affinity.
 
     Args:
@@ -80,11 +92,17 @@ def explain(affinity, users: np.ndarray, items: np.ndarray, rated: UserItems, n:
             if len(found) == 0:
                 break
             chosen = first[found]
-            parts.append(pl.DataFrame({
-                "user_idx": users[start:stop][found.cpu().numpy()], "item_idx": items[start:stop][found.cpu().numpy()],
-                "reason_rank": np.full(len(found), rank), "reason_item_idx": rated_items[chosen.cpu().numpy()],
-                "contribution": values[chosen].cpu().numpy(),
-            }).cast(REASON_SCHEMA))  # fmt: skip
+            parts.append(
+                pl.DataFrame(
+                    {
+                        "user_idx": users[start:stop][found.cpu().numpy()],
+                        "item_idx": items[start:stop][found.cpu().numpy()],
+                        "reason_rank": np.full(len(found), rank),
+                        "reason_item_idx": rated_items[chosen.cpu().numpy()],
+                        "contribution": values[chosen].cpu().numpy(),
+                    }
+                ).cast(REASON_SCHEMA)
+            )
             values[chosen] = float("-inf")
     if not parts:
         return pl.DataFrame(schema=REASON_SCHEMA)

@@ -18,16 +18,30 @@ from tasks.train import TrainedModel
 from warehouse.runs import REASONS_SCHEMA  # the reasons as the warehouse keeps them
 
 
-def recommend(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-              rater: TrainedModel | None = None, users: tuple[int, int] | None = None,
-              rules: ListRules | None = None) -> pl.DataFrame:  # fmt: skip
+def recommend(
+    model: TrainedModel,
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    rater: TrainedModel | None = None,
+    users: tuple[int, int] | None = None,
+    rules: ListRules | None = None,
+) -> pl.DataFrame:
     """The lists of `recommend_with_reasons`, without their reasons."""
-    return recommend_with_reasons(model, ratings, maps, config.model_copy(update={"reasons": 0}), rater, users, rules)[0]
+    return recommend_with_reasons(model, ratings, maps, config.model_copy(update={"reasons": 0}), rater, users, rules)[
+        0
+    ]
 
 
-def recommend_with_reasons(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-                           rater: TrainedModel | None = None, users: tuple[int, int] | None = None,
-                           rules: ListRules | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+def recommend_with_reasons(
+    model: TrainedModel,
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    rater: TrainedModel | None = None,
+    users: tuple[int, int] | None = None,
+    rules: ListRules | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Top-n per user, in the dataset's own ids, with the stars a rating model predicts for each item, and the
     reasons behind each item.
 
@@ -50,9 +64,17 @@ def recommend_with_reasons(model: TrainedModel, ratings: pl.DataFrame, maps: IdM
     first, last = users or (0, maps.n_users)
     seen = UserItems.from_ratings(ratings, maps.n_users)
     top_items, top_scores = top_k_unseen(
-        model.rank_users, maps.n_users, maps.n_items, seen, config.top_n, model.device, config.score_chunk_users,
-        model.rank_to_score, (first, last), rules.allowed if rules is not None and rules.restricts else None,
-    )  # fmt: skip
+        model.rank_users,
+        maps.n_users,
+        maps.n_items,
+        seen,
+        config.top_n,
+        model.device,
+        config.score_chunk_users,
+        model.rank_to_score,
+        (first, last),
+        rules.allowed if rules is not None and rules.restricts else None,
+    )
     n = top_items.shape[1]
     lists = pl.DataFrame(
         {
@@ -66,19 +88,30 @@ def recommend_with_reasons(model: TrainedModel, ratings: pl.DataFrame, maps: IdM
     if rater is not None:
         pairs = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
         stars = rater.predict(*pairs).numpy()
-    lists = lists.with_columns(predicted_rating=pl.Series(stars, dtype=pl.Float32) if stars is not None else pl.lit(None, pl.Float32))
+    lists = lists.with_columns(
+        predicted_rating=pl.Series(stars, dtype=pl.Float32) if stars is not None else pl.lit(None, pl.Float32)
+    )
     affinity = model.module.item_affinity() if config.reasons else None
     reasons = pl.DataFrame(schema=REASON_SCHEMA)
     if affinity is not None:
-        reasons = explain(affinity, lists["user_idx"].to_numpy(), lists["item_idx"].to_numpy(), seen, config.reasons,
-                          model.device)  # fmt: skip
+        reasons = explain(
+            affinity, lists["user_idx"].to_numpy(), lists["item_idx"].to_numpy(), seen, config.reasons, model.device
+        )
     reasons = reasons.with_columns(reason_item_id=maps.items["item_id"].gather(reasons["reason_item_idx"]))
-    return (maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating"),
-            maps.to_dataset_ids(reasons.drop("reason_item_idx")).select(list(REASONS_SCHEMA)))  # fmt: skip
+    return (
+        maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating"),
+        maps.to_dataset_ids(reasons.drop("reason_item_idx")).select(list(REASONS_SCHEMA)),
+    )
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
-def recommend_task(model: TrainedModel, ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig,
-                   rater: TrainedModel | None, rules: ListRules) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+def recommend_task(
+    model: TrainedModel,
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    rater: TrainedModel | None,
+    rules: ListRules,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Prefect wrapper of `recommend_with_reasons`."""
     return recommend_with_reasons(model, ratings, maps, config, rater, rules=rules)

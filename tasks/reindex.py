@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -94,7 +94,7 @@ def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
 def _day(timestamp: int) -> str:
     """A Unix timestamp as its UTC day, or as itself when it is no date Python can write."""
     try:
-        return f"{datetime.fromtimestamp(int(timestamp), timezone.utc):%Y-%m-%d}"
+        return f"{datetime.fromtimestamp(int(timestamp), UTC):%Y-%m-%d}"
     except (ValueError, OverflowError, OSError):
         return f"timestamp {timestamp} (beyond the year 9999 as Unix seconds)"
 

@@ -24,7 +24,9 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
     lines = ["| metric | k | value | Δ previous run | Δ median of published |", "|---|---|---|---|---|"]
     for row in metrics.iter_rows(named=True):
         k = "" if row["k"] is None else row["k"]
-        lines.append(f"| {row['metric']} | {k} | {row['value']:.4f} | {_signed(row['delta_previous'])} | {_signed(row['delta_median'])} |")
+        lines.append(
+            f"| {row['metric']} | {k} | {row['value']:.4f} | {_signed(row['delta_previous'])} | {_signed(row['delta_median'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -37,7 +39,9 @@ def comparison_wide(comparison: pl.DataFrame) -> pl.DataFrame:
 def comparison_markdown(comparison: pl.DataFrame, published: str) -> str:
     """A markdown table of every trained model's headline metrics."""
     wide = comparison_wide(comparison)
-    columns = [c for c in ("rmse", "mae", "precision", "recall", "ndcg", "map", "coverage", "fit_seconds") if c in wide.columns]
+    columns = [
+        c for c in ("rmse", "mae", "precision", "recall", "ndcg", "map", "coverage", "fit_seconds") if c in wide.columns
+    ]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in wide.iter_rows(named=True):
         name = f"**{row['model']}** (published)" if row["model"] == published else row["model"]
@@ -83,9 +87,17 @@ def summary_markdown(
 
 
 def write_report(
-    run_id: str, status: str, gate: str, model: str, facts: dict, history: pl.DataFrame, run_dir: Path,
-    warehouse_path: Path, trend_runs: int, comparison: pl.DataFrame,
-) -> tuple[str, pl.DataFrame, Path, Path]:  # fmt: skip
+    run_id: str,
+    status: str,
+    gate: str,
+    model: str,
+    facts: dict,
+    history: pl.DataFrame,
+    run_dir: Path,
+    warehouse_path: Path,
+    trend_runs: int,
+    comparison: pl.DataFrame,
+) -> tuple[str, pl.DataFrame, Path, Path]:
     """Compute the run's deltas and draw its charts into `run_dir`.
 
     Returns:
@@ -103,15 +115,27 @@ def write_report(
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(
-    run_id: str, status: str, gate: str, model: str, facts: dict, history: pl.DataFrame, run_dir: Path,
-    warehouse_path: Path, trend_runs: int, comparison: pl.DataFrame,
-) -> str:  # fmt: skip
+    run_id: str,
+    status: str,
+    gate: str,
+    model: str,
+    facts: dict,
+    history: pl.DataFrame,
+    run_dir: Path,
+    warehouse_path: Path,
+    trend_runs: int,
+    comparison: pl.DataFrame,
+) -> str:
     """Leave the run's artifacts in Prefect: the markdown summary, the metrics table and links to the PNGs."""
     markdown, metrics, loss_png, trend_png = write_report(
         run_id, status, gate, model, facts, history, run_dir, warehouse_path, trend_runs, comparison
     )
     create_markdown_artifact(markdown, key="nightly-run-summary", description=f"Nightly run {run_id}: {status}")
-    create_table_artifact(metrics.to_dicts(), key="nightly-run-metrics", description=f"Metrics of run {run_id} with deltas")
+    create_table_artifact(
+        metrics.to_dicts(), key="nightly-run-metrics", description=f"Metrics of run {run_id} with deltas"
+    )
     create_link_artifact(loss_png.resolve().as_uri(), link_text=f"loss curve of {run_id}", key="nightly-loss-curve")
-    create_link_artifact(trend_png.resolve().as_uri(), link_text=f"metric trend up to {run_id}", key="nightly-metric-trend")
+    create_link_artifact(
+        trend_png.resolve().as_uri(), link_text=f"metric trend up to {run_id}", key="nightly-metric-trend"
+    )
     return markdown

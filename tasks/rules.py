@@ -81,7 +81,9 @@ def read_item_ids(path: Path) -> list[int]:
         ListRuleError: the file does not exist, or a line is not an integer id (its line number named).
     """
     if not path.is_file():
-        raise ListRuleError(f"{setting('exclude_items')}: no such file {str(path)!r}; expected a file of item ids, one a line")
+        raise ListRuleError(
+            f"{setting('exclude_items')}: no such file {str(path)!r}; expected a file of item ids, one a line"
+        )
     ids = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
@@ -90,8 +92,10 @@ def read_item_ids(path: Path) -> list[int]:
         try:
             ids.append(int(text))
         except ValueError:
-            raise ListRuleError(f"{setting('exclude_items')} file {path}, line {number}: {text!r} is not an item id "
-                                "(expected one integer id a line)") from None  # fmt: skip
+            raise ListRuleError(
+                f"{setting('exclude_items')} file {path}, line {number}: {text!r} is not an item id "
+                "(expected one integer id a line)"
+            ) from None
     return ids
 
 
@@ -100,10 +104,18 @@ def _genre_mask(wanted: list[str], name: str, genres: pl.Series, known: list[str
     by_lower = {genre.lower(): genre for genre in known}
     unknown = [genre for genre in wanted if genre.lower() not in by_lower]
     if unknown:
-        hints = [f"{genre!r}" + (f" (did you mean {by_lower[close[0]]!r}?)" if (close := difflib.get_close_matches(
-            genre.lower(), list(by_lower), n=1)) else "") for genre in unknown]  # fmt: skip
-        raise ListRuleError(f"{setting(name)}: unknown genre {', '.join(hints)}; the catalogue's genres are "
-                            f"{', '.join(sorted(known))}")  # fmt: skip
+        hints = [
+            f"{genre!r}"
+            + (
+                f" (did you mean {by_lower[close[0]]!r}?)"
+                if (close := difflib.get_close_matches(genre.lower(), list(by_lower), n=1))
+                else ""
+            )
+            for genre in unknown
+        ]
+        raise ListRuleError(
+            f"{setting(name)}: unknown genre {', '.join(hints)}; the catalogue's genres are {', '.join(sorted(known))}"
+        )
     chosen = pl.Series([by_lower[genre.lower()] for genre in wanted], dtype=pl.String)
     return genres.list.eval(pl.element().is_in(chosen.implode())).list.any().fill_null(False).to_numpy()
 
@@ -131,8 +143,10 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             where = f" (file {given})" if isinstance(given, Path) else ""
-            raise ListRuleError(f"{setting('exclude_items')}{where}: item id(s) {shown} are not in the catalogue "
-                                f"({items.height:,} items)")  # fmt: skip
+            raise ListRuleError(
+                f"{setting('exclude_items')}{where}: item id(s) {shown} are not in the catalogue "
+                f"({items.height:,} items)"
+            )
         allowed &= ~catalogue["item_id"].is_in(ids).to_numpy()
         said.append(f"{len(set(ids))} excluded item(s)")
     if config.min_item_ratings:
@@ -154,11 +168,15 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
         said.append(f"until {config.max_year}")
     rules = ListRules(allowed, "; ".join(said) or "none")
     if maps.n_items < config.top_n:
-        raise ListRuleError(f"{setting('top_n')} {config.top_n:,} is more than the {maps.n_items:,} items in the "
-                            f"catalogue: no list could be that long; set it to at most {maps.n_items:,}")  # fmt: skip
+        raise ListRuleError(
+            f"{setting('top_n')} {config.top_n:,} is more than the {maps.n_items:,} items in the "
+            f"catalogue: no list could be that long; set it to at most {maps.n_items:,}"
+        )
     if rules.n_allowed < config.top_n:
-        raise ListRuleError(f"the business rules ({rules.description}) leave {rules.n_allowed} of {maps.n_items:,} "
-                            f"items to recommend, fewer than {setting('top_n')} {config.top_n}; loosen them")  # fmt: skip
+        raise ListRuleError(
+            f"the business rules ({rules.description}) leave {rules.n_allowed} of {maps.n_items:,} "
+            f"items to recommend, fewer than {setting('top_n')} {config.top_n}; loosen them"
+        )
     return rules
 
 
@@ -177,13 +195,16 @@ def fallback_list(ratings: pl.DataFrame, maps: IdMaps, rules: ListRules, top_n: 
 
 
 @task(name="list-rules", cache_policy=NO_CACHE)
-def list_rules_task(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataFrame, maps: IdMaps,
-                    run_dir: Path) -> ListRules:  # fmt: skip
+def list_rules_task(
+    config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataFrame, maps: IdMaps, run_dir: Path
+) -> ListRules:
     """Prefect wrapper of `resolve_rules`; saves the result in the run's folder for a cluster's shards."""
     rules = resolve_rules(config, items, ratings, maps)
     rules.save(run_dir)
     if rules.restricts:
-        log.info("business rules: %s; %d of %d items may be recommended", rules.description, rules.n_allowed, maps.n_items)
+        log.info(
+            "business rules: %s; %d of %d items may be recommended", rules.description, rules.n_allowed, maps.n_items
+        )
     return rules
 
 

@@ -161,8 +161,10 @@ def top_k_unseen(
         broken = torch.isnan(values[:, 0]) | (values[:, 0] == float("inf")) | (padding.sum(1) > n_padding[start:stop])
         if broken.any():
             bad = start + int(torch.nonzero(broken)[0, 0])
-            raise NonFiniteScoreError(f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
-                                      "nothing is ranked or published from it")  # fmt: skip
+            raise NonFiniteScoreError(
+                f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
+                "nothing is ranked or published from it"
+            )
         indices[padding] = -1
         if to_score is not None:
             values = to_score(values).masked_fill_(padding, float("-inf"))

@@ -97,8 +97,10 @@ def evaluate_shard_files(run_dir: Path, model_file: str, first: int, last: int) 
     allowed = ListRules.load(run_dir, n_items).for_evaluation(config)
     per_user, shown = evaluate_shard(model, train, test, n_items, config, (first, last), allowed)
     stem = f"evaluate-{Path(model_file).stem}-{first:010d}"
-    return (_write(per_user, run_dir / "shards" / f"{stem}.parquet"),
-            _write(pl.DataFrame({"item_idx": shown}), run_dir / "shards" / f"{stem}-shown.parquet"))  # fmt: skip
+    return (
+        _write(per_user, run_dir / "shards" / f"{stem}.parquet"),
+        _write(pl.DataFrame({"item_idx": shown}), run_dir / "shards" / f"{stem}-shown.parquet"),
+    )
 
 
 def worker_address() -> str:
@@ -116,8 +118,13 @@ def _where() -> tuple[str, int]:
     return worker_address(), peak_resident_bytes()
 
 
-@task(name="evaluate-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
-      task_run_name="evaluate-{model_file}-users-{first}-{last}")  # fmt: skip
+@task(
+    name="evaluate-shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=1,
+    task_run_name="evaluate-{model_file}-users-{first}-{last}",
+)
 def evaluate_shard_task(run_dir: str, model_file: str, first: int, last: int) -> tuple[str, str, str, int]:
     """Prefect wrapper of `evaluate_shard_files`, retried when it fails (a worker lost); returns the two files,
     the worker and its peak resident bytes."""
@@ -125,8 +132,13 @@ def evaluate_shard_task(run_dir: str, model_file: str, first: int, last: int) ->
     return (str(values), str(shown), *_where())
 
 
-@task(name="recommend-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
-      task_run_name="recommend-users-{first}-{last}")  # fmt: skip
+@task(
+    name="recommend-shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=1,
+    task_run_name="recommend-users-{first}-{last}",
+)
 def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None) -> tuple[str, str, str, int]:
     """Prefect wrapper of `recommend_shard`, retried on another attempt when it fails (a worker lost); returns
     the shard's lists and reasons files, the worker that wrote them ("" in process) and that process's peak

@@ -84,12 +84,18 @@ def _why_no_test_rating(ratings: pl.DataFrame, method: SplitMethod, test_fractio
     """Why the split left nothing to test on (every user keeps a training rating), and what would work."""
     per_user = ratings.group_by("user_idx").len()["len"]
     n_users, most = per_user.len(), int(per_user.max())
-    shape = (f"every one of the {n_users:,} users has a single rating" if most == 1
-             else f"no user of {n_users:,} has more than {most} ratings")  # fmt: skip
+    shape = (
+        f"every one of the {n_users:,} users has a single rating"
+        if most == 1
+        else f"no user of {n_users:,} has more than {most} ratings"
+    )
     # the fewest ratings a user needs for the per-user splits to hold one out at this test share
     needed = next((n for n in range(2, 1000) if n - max(1, round(n * (1 - test_fraction))) >= 1), 1000)
-    works = (f"users with at least {needed} ratings, or a larger {setting('test_fraction')}" if method != "random"
-             else "users with at least 2 ratings")  # fmt: skip
+    works = (
+        f"users with at least {needed} ratings, or a larger {setting('test_fraction')}"
+        if method != "random"
+        else "users with at least 2 ratings"
+    )
     return (
         f"the {method} split left no rating to test on: {shape} ({ratings['item_idx'].n_unique():,} items), and each "
         f"user keeps at least one rating for training. Ranking metrics need {works} (MovieLens archives have at "

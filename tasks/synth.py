@@ -29,9 +29,26 @@ HALF_STARS = np.arange(1, 11) / 2
 ML_20M_HISTOGRAM = np.array([1.19, 3.34, 1.40, 7.19, 4.41, 21.41, 10.51, 27.76, 7.69, 14.50])
 FIRST_TIMESTAMP, LAST_TIMESTAMP = 789_652_009, 1_427_784_002  # ML-20M's span: 1995-01-09 .. 2015-03-31
 GENRES = (
-    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "IMAX",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 ZIP_DATE = (2015, 3, 31, 0, 0, 0)  # fixed entry dates: the archive's bytes depend only on the arguments
 
 
@@ -50,11 +67,15 @@ class SynthSpec:
         if self.users < 1 or self.items < MIN_USER_RATINGS:
             raise ValueError(f"need at least 1 user and {MIN_USER_RATINGS} items, got {self.users} and {self.items}")
         if self.ratings < MIN_USER_RATINGS * self.users:
-            raise ValueError(f"--ratings {self.ratings:,} is below {MIN_USER_RATINGS} per user "
-                             f"({MIN_USER_RATINGS * self.users:,} for {self.users:,} users)")  # fmt: skip
+            raise ValueError(
+                f"--ratings {self.ratings:,} is below {MIN_USER_RATINGS} per user "
+                f"({MIN_USER_RATINGS * self.users:,} for {self.users:,} users)"
+            )
         if self.ratings > self.users * self.items // 2:
-            raise ValueError(f"--ratings {self.ratings:,} would fill over half of the {self.users:,} x {self.items:,} matrix; "
-                             "a MovieLens-like set is sparse")  # fmt: skip
+            raise ValueError(
+                f"--ratings {self.ratings:,} would fill over half of the {self.users:,} x {self.items:,} matrix; "
+                "a MovieLens-like set is sparse"
+            )
 
 
 def _user_counts(rng: np.random.Generator, spec: SynthSpec) -> np.ndarray:
@@ -98,7 +119,9 @@ def _draw_items(rng: np.random.Generator, counts: np.ndarray, popularity: np.nda
             items = np.minimum(np.searchsorted(cumulative, rng.random(len(users))), n_items - 1)
         else:
             items = rng.integers(0, n_items, len(users))
-        keys = np.sort(np.concatenate([keys, users * n_items + items]))  # sort + mask: numpy's unique hashes, slower here
+        keys = np.sort(
+            np.concatenate([keys, users * n_items + items])
+        )  # sort + mask: numpy's unique hashes, slower here
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         have = np.bincount(keys // n_items, minlength=n_users)
     else:
@@ -111,8 +134,9 @@ def _draw_items(rng: np.random.Generator, counts: np.ndarray, popularity: np.nda
     return kept // n_items, kept % n_items
 
 
-def _half_stars(rng: np.random.Generator, spec: SynthSpec, users: np.ndarray, items: np.ndarray,
-                log_popularity: np.ndarray) -> np.ndarray:  # fmt: skip
+def _half_stars(
+    rng: np.random.Generator, spec: SynthSpec, users: np.ndarray, items: np.ndarray, log_popularity: np.ndarray
+) -> np.ndarray:
     """Latent-factor scores, mapped by quantile onto the half-star scale with ML-20M's histogram."""
     user_vectors = rng.normal(0, 1, (spec.users, spec.factors)).astype(np.float32) / np.sqrt(spec.factors)
     item_vectors = rng.normal(0, 1, (spec.items, spec.factors)).astype(np.float32) / np.sqrt(spec.factors)
@@ -144,7 +168,9 @@ def _movies(rng: np.random.Generator, n_items: int) -> pl.DataFrame:
     n_genres = rng.integers(1, 4, n_items)
     genre_picks = rng.integers(0, len(GENRES), (n_items, 3))
     genres = ["|".join(sorted({GENRES[g] for g in row[:n]})) for row, n in zip(genre_picks, n_genres, strict=True)]
-    titles = [f"Synthetic Movie {m}{', The' if m % 7 == 0 else ''} ({y})" for m, y in zip(movie_ids, years, strict=True)]
+    titles = [
+        f"Synthetic Movie {m}{', The' if m % 7 == 0 else ''} ({y})" for m, y in zip(movie_ids, years, strict=True)
+    ]
     return pl.DataFrame({"movieId": movie_ids, "title": titles, "genres": genres})
 
 
@@ -184,7 +210,7 @@ def write_archive(ratings: pl.DataFrame, movies: pl.DataFrame, out: Path, folder
             entry = zipfile.ZipInfo(f"{folder}/{name}", date_time=ZIP_DATE)
             entry.compress_type = zipfile.ZIP_DEFLATED
             # Level 1: a third of level 6's time for a slightly larger file; force_zip64 for entries over 2 GiB.
-            entry._compresslevel = 1  # noqa: SLF001  (ZipInfo has no public setter before Python 3.13)
+            entry._compresslevel = 1  # ZipInfo has no public setter before Python 3.13
             with archive.open(entry, "w", force_zip64=True) as handle:
                 frame.write_csv(handle, float_precision=1 if name == "ratings.csv" else None)
     partial.replace(out)

@@ -73,8 +73,12 @@ class UnseenFallback:
         return predicted
 
     def state(self) -> dict:
-        return {"baseline": self.baseline.state_dict(), "init_args": self.baseline.init_args,
-                "known_users": self.known_users, "known_items": self.known_items}  # fmt: skip
+        return {
+            "baseline": self.baseline.state_dict(),
+            "init_args": self.baseline.init_args,
+            "known_users": self.known_users,
+            "known_items": self.known_items,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> UnseenFallback:
@@ -180,8 +184,9 @@ def fit(
     started = time.perf_counter()
     interactions = Interactions(train, n_users, n_items)
     params, warm = fit_params(config, name, init)
-    module, rows = MODELS[name].fit(interactions, params, device, validation, seed=config.seed, label=history_label,
-                                    **warm)  # fmt: skip
+    module, rows = MODELS[name].fit(
+        interactions, params, device, validation, seed=config.seed, label=history_label, **warm
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
@@ -196,15 +201,36 @@ def fit_params(config: PipelineConfig, name: str, init: InitialRows | None) -> t
     return params.model_copy(update={"epochs": params.warm_epochs}), {"init": init}
 
 
-def trained_model(name: str, module: Recommender, device: torch.device, rows: list[dict], seconds: float,
-                  interactions: Interactions, config: PipelineConfig) -> TrainedModel:  # fmt: skip
+def trained_model(
+    name: str,
+    module: Recommender,
+    device: torch.device,
+    rows: list[dict],
+    seconds: float,
+    interactions: Interactions,
+    config: PipelineConfig,
+) -> TrainedModel:
     """What a fit returns, with the unseen-pair fallback a rating model needs; logs the fit's throughput."""
     needs_fallback = module.predicts_ratings and not module.predicts_unseen
     fallback = UnseenFallback.fit(interactions, config) if needs_fallback else None
-    model = TrainedModel(name, module.eval(), device, pl.DataFrame(rows, schema=HISTORY_SCHEMA), seconds,
-                         interactions.ratings.height, interactions.rating_range, fallback)  # fmt: skip
-    log.info("trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)", name, model.n_ratings, device, seconds,
-             model.ratings_per_second)  # fmt: skip
+    model = TrainedModel(
+        name,
+        module.eval(),
+        device,
+        pl.DataFrame(rows, schema=HISTORY_SCHEMA),
+        seconds,
+        interactions.ratings.height,
+        interactions.rating_range,
+        fallback,
+    )
+    log.info(
+        "trained %s on %d ratings on %s in %.1fs (%.0f ratings/s)",
+        name,
+        model.n_ratings,
+        device,
+        seconds,
+        model.ratings_per_second,
+    )
     return model
 
 
@@ -259,15 +285,28 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, 
     training = checkpoint["training"]
     history = pl.DataFrame(training["history"], schema=HISTORY_SCHEMA)
     fallback = training.get("fallback")  # absent from checkpoints written before the fallback existed
-    model = TrainedModel(checkpoint["model"], module.to(device), device, history, training["seconds"],
-                         training["n_ratings"], tuple(training["rating_scale"]),
-                         UnseenFallback.from_state(fallback) if fallback else None)  # fmt: skip
+    model = TrainedModel(
+        checkpoint["model"],
+        module.to(device),
+        device,
+        history,
+        training["seconds"],
+        training["n_ratings"],
+        tuple(training["rating_scale"]),
+        UnseenFallback.from_state(fallback) if fallback else None,
+    )
     return model, training["device"]
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="train-{name}-{phase}")
-def train_task(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, name: str, phase: str = "train",
-               init: InitialRows | None = None) -> TrainedModel:  # fmt: skip
+def train_task(
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    name: str,
+    phase: str = "train",
+    init: InitialRows | None = None,
+) -> TrainedModel:
     """Prefect wrapper of `fit` for model `name`.
 
     phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
@@ -278,7 +317,9 @@ def train_task(ratings: pl.DataFrame, maps: IdMaps, config: PipelineConfig, name
     return fit(fit_on, maps.n_users, maps.n_items, config, validation, history_label=phase, name=name, init=init)
 
 
-def phase_ratings(ratings: pl.DataFrame, config: PipelineConfig, phase: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def phase_ratings(
+    ratings: pl.DataFrame, config: PipelineConfig, phase: str
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """The ratings a phase fits on and its validation ratings: "train" and "gate" hold out
     `validation_fraction` of the training split; "refit" fits on all ratings, with none held out."""
     if phase in ("train", "gate"):

@@ -45,7 +45,11 @@ def headline(trend: pl.DataFrame, metrics: tuple[str, ...] = GATE_METRICS, delta
     chosen = trend.filter(pl.col("metric").is_in(metrics)).with_columns(label=_LABEL)
     if chosen.height == 0:
         return pl.DataFrame()
-    order = [_label(m, k) for m in metrics for k in sorted(chosen.filter(pl.col("metric") == m)["k"].unique(), key=lambda k: -1 if k is None else k)]
+    order = [
+        _label(m, k)
+        for m in metrics
+        for k in sorted(chosen.filter(pl.col("metric") == m)["k"].unique(), key=lambda k: -1 if k is None else k)
+    ]
     wide = chosen.pivot(
         on="label",
         index=["run_id", "started_at", "as_of", "status"],
@@ -60,9 +64,7 @@ def headline(trend: pl.DataFrame, metrics: tuple[str, ...] = GATE_METRICS, delta
                 pl.col(f"delta_previous_{label}").round(4).alias(f"{label} Δprev"),
                 pl.col(f"delta_median_{label}").round(4).alias(f"{label} Δmedian"),
             ]
-    return wide.sort("started_at", "run_id").select(
-        "run_id", pl.col("as_of").dt.date(), "status", *columns
-    )
+    return wide.sort("started_at", "run_id").select("run_id", pl.col("as_of").dt.date(), "status", *columns)
 
 
 def plot_trend(trend: pl.DataFrame, path: Path, metrics: tuple[str, ...] = HEADLINE_METRICS) -> Path:
@@ -80,12 +82,21 @@ def plot_trend(trend: pl.DataFrame, path: Path, metrics: tuple[str, ...] = HEADL
         for (model,), per_model in series.group_by("model", maintain_order=True):
             x = [position[r] for r in per_model["run_id"]]
             axis.plot(x, per_model["value"].to_list(), marker="o", label=model)
-            axis.plot(x, per_model["median_published"].to_list(), linestyle="--", color="grey", label="median of published")
+            axis.plot(
+                x, per_model["median_published"].to_list(), linestyle="--", color="grey", label="median of published"
+            )
             for status, colour in (("rejected", "red"), ("failed", "black")):
                 marked = per_model.filter(pl.col("status") == status)
                 if marked.height:
-                    axis.scatter([position[r] for r in marked["run_id"]], marked["value"].to_list(), color=colour,
-                                 marker="x", s=80, zorder=3, label=status)  # fmt: skip
+                    axis.scatter(
+                        [position[r] for r in marked["run_id"]],
+                        marked["value"].to_list(),
+                        color=colour,
+                        marker="x",
+                        s=80,
+                        zorder=3,
+                        label=status,
+                    )
         axis.set_ylabel(_label(metric, k))
         axis.grid(alpha=0.3)
         axis.legend(loc="best", fontsize="small")

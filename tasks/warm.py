@@ -49,8 +49,13 @@ class WarmStart:
     @classmethod
     def load(cls, path: Path, run_id: str) -> WarmStart:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(run_id, checkpoint["state_dict"], checkpoint["init_args"], checkpoint["user_ids"].numpy(),
-                   checkpoint["item_ids"].numpy())  # fmt: skip
+        return cls(
+            run_id,
+            checkpoint["state_dict"],
+            checkpoint["init_args"],
+            checkpoint["user_ids"].numpy(),
+            checkpoint["item_ids"].numpy(),
+        )
 
     def initial_rows(self, maps: IdMaps) -> InitialRows:
         """Every per-user and per-item state tensor's rows for the users and items found tonight too, placed at
@@ -69,8 +74,10 @@ class WarmStart:
     def describe(self, maps: IdMaps) -> str:
         users = int(np.isin(maps.users["user_id"].to_numpy(), self.user_ids).sum())
         items = int(np.isin(maps.items["item_id"].to_numpy(), self.item_ids).sum())
-        return (f"warm start from run {self.run_id}: {users:,} of {maps.n_users:,} users and {items:,} of "
-                f"{maps.n_items:,} items keep their vectors")  # fmt: skip
+        return (
+            f"warm start from run {self.run_id}: {users:,} of {maps.n_users:,} users and {items:,} of "
+            f"{maps.n_items:,} items keep their vectors"
+        )
 
 
 def warm_phase(config: PipelineConfig, phase: str) -> bool:
@@ -103,8 +110,13 @@ def find_warm_start(path: Path, run_id: str, name: str, phase: str, config: Pipe
     warm = WarmStart.load(checkpoint, published)
     factors = config.params_for(name).factors
     if warm.init_args.get("factors") != factors:
-        log.info("warm start: run %s's %s has %s factors, tonight's %d; it starts cold", published, name,
-                 warm.init_args.get("factors"), factors)  # fmt: skip
+        log.info(
+            "warm start: run %s's %s has %s factors, tonight's %d; it starts cold",
+            published,
+            name,
+            warm.init_args.get("factors"),
+            factors,
+        )
         return None
     return warm
 

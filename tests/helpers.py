@@ -18,7 +18,7 @@ DATASETS = Path(os.environ.get("RECS_DATASETS", REPO.parent / "shared" / "datase
 class _QuietHandler(SimpleHTTPRequestHandler):
     requests: list[tuple[str, int]]
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         pass
 
     def log_request(self, code="-", size="-") -> None:
@@ -71,7 +71,9 @@ class FaultyServer:
 
     def __init__(self, body: bytes, fault: str, failures: int) -> None:
         self.requests: list[int] = []
-        handler = type("Handler", (_FaultHandler,), {"body": body, "fault": fault, "failures": failures, "requests": self.requests})
+        handler = type(
+            "Handler", (_FaultHandler,), {"body": body, "fault": fault, "failures": failures, "requests": self.requests}
+        )
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         port = self.server.server_address[1]

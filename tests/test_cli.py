@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import UTC
 
 import polars as pl
 import pytest
@@ -48,8 +49,10 @@ def test_a_model_setting_has_its_models_flag_and_the_old_flags_say_what_replaced
 
 def test_a_bad_list_element_is_named_with_its_flag(capsys):
     err = _err(capsys, ["run", "--models", "ease,bpr2"])
-    assert err.strip() == ("recs run: --models: 'bpr2' is not one of dot_bias, dot, mlp, user_knn, item_knn, bpr, ials, ease, "
-                           "bias, popularity (did you mean bpr?)")  # fmt: skip
+    assert err.strip() == (
+        "recs run: --models: 'bpr2' is not one of dot_bias, dot, mlp, user_knn, item_knn, bpr, ials, ease, "
+        "bias, popularity (did you mean bpr?)"
+    )
     assert "recs run: --mlp-hidden: 'abc' in the list: Input should be a valid integer" in _err(
         capsys, ["run", "--mlp-hidden", "128,abc"]
     )
@@ -65,10 +68,15 @@ def test_rules_across_settings_name_their_flags(capsys):
 def test_a_missing_local_source_is_refused_before_prefect_starts(tmp_path):
     for source, said in ((str(tmp_path / "ml-100k.zp"), "no such file"), (str(tmp_path), "is a directory")):
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--source", source], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--source", source],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2, done.stderr
-        assert done.stderr.startswith(f"recs run: --source: ") and said in done.stderr
+        assert done.stderr.startswith("recs run: --source: ") and said in done.stderr
         assert "prefect" not in (done.stdout + done.stderr).lower()  # no temporary API was started
         assert time.monotonic() - started < 20
 
@@ -96,10 +104,25 @@ def test_text_tables_fit_the_width_by_cutting_the_widest_column():
 def test_a_failed_run_prints_one_line_and_where_the_log_is(tmp_path, faulty_server):
     unreachable = faulty_server(b"", "refused").url
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--source", unreachable, "--download-retries", "0",
-         "--data-dir", str(tmp_path / "data"), "--warehouse", str(tmp_path / "W.duckdb")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--source",
+            unreachable,
+            "--download-retries",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--warehouse",
+            str(tmp_path / "W.duckdb"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1
     console = done.stdout + done.stderr
     assert "Traceback" not in console
@@ -132,10 +155,27 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
     assert capsys.readouterr().out.splitlines()[2].split() == ["9430", "943"]
     assert main(["sql", query, "--csv", "--warehouse", str(warehouse_path)]) == 0
     assert capsys.readouterr().out == "n,users\n9430,943\n"
-    assert main(["sql", "SELECT title, genres FROM items WHERE item_id = $id", "--param", "id=50", "--json",
-                 "--warehouse", str(warehouse_path)]) == 0  # fmt: skip
-    assert json.loads(capsys.readouterr().out) == [{"title": "Star Wars (1977)", "genres": ["Action", "Adventure", "Romance", "Sci-Fi", "War"]}]
-    assert main(["sql", "--file", str(REPO / "warehouse/queries/latest_runs.sql"), "--warehouse", str(warehouse_path)]) == 0
+    assert (
+        main(
+            [
+                "sql",
+                "SELECT title, genres FROM items WHERE item_id = $id",
+                "--param",
+                "id=50",
+                "--json",
+                "--warehouse",
+                str(warehouse_path),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == [
+        {"title": "Star Wars (1977)", "genres": ["Action", "Adventure", "Romance", "Sci-Fi", "War"]}
+    ]
+    assert (
+        main(["sql", "--file", str(REPO / "warehouse/queries/latest_runs.sql"), "--warehouse", str(warehouse_path)])
+        == 0
+    )
     capsys.readouterr()
 
     assert main(["sql", "DELETE FROM recommendations", "--warehouse", str(warehouse_path)]) == 1
@@ -145,19 +185,21 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
 
 
 def test_recs_runs_tells_a_dead_run_from_a_live_one(tmp_path, capsys):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from flows.lock import run_lock
     from warehouse.runs import start_run
 
     path = tmp_path / "w.duckdb"
-    start_run(path, "killed", None, "{}", datetime(2026, 1, 1, tzinfo=timezone.utc))  # its process is gone
+    start_run(path, "killed", None, "{}", datetime(2026, 1, 1, tzinfo=UTC))  # its process is gone
     assert main(["runs", "--json", "--warehouse", str(path)]) == 0
     (run,) = json.loads(capsys.readouterr().out)
-    assert run["status"] == "failed" and "abandoned: its process ended" in run["reason"] and "recs runs" in run["reason"]
+    assert (
+        run["status"] == "failed" and "abandoned: its process ended" in run["reason"] and "recs runs" in run["reason"]
+    )
 
     with run_lock(path, owner="live"):  # a live run holds the lock: its `running` row is the truth
-        start_run(path, "live", None, "{}", datetime(2026, 1, 2, tzinfo=timezone.utc))
+        start_run(path, "live", None, "{}", datetime(2026, 1, 2, tzinfo=UTC))
         assert main(["runs", "--json", "--warehouse", str(path)]) == 0
         statuses = {r["run_id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
     assert statuses == {"live": "running", "killed": "failed"}

@@ -33,8 +33,8 @@ def _same_lists(a: Path, b: Path, n_rows: int = 9430) -> None:
     ours, theirs = query_rows(a, LISTS), query_rows(b, LISTS)
     assert len(ours) == len(theirs) == n_rows
     assert [row[:3] for row in ours] == [row[:3] for row in theirs]  # the same items at the same ranks
-    assert max(abs(x[3] - y[3]) for x, y in zip(ours, theirs)) <= 1e-5
-    assert all((x[4] is None and y[4] is None) or abs(x[4] - y[4]) <= 1e-5 for x, y in zip(ours, theirs))
+    assert max(abs(x[3] - y[3]) for x, y in zip(ours, theirs, strict=False)) <= 1e-5
+    assert all((x[4] is None and y[4] is None) or abs(x[4] - y[4]) <= 1e-5 for x, y in zip(ours, theirs, strict=False))
 
 
 def _shard_task_runs(like: str = "recommend-users-") -> list[str]:
@@ -59,8 +59,9 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
     shards = [f"users-{first}-{min(first + 300, 943)}" for first in (0, 300, 600, 900)]
     assert _shard_task_runs() == [f"recommend-{users}" for users in shards]
     # the evaluation of both models, by the same shards, reduced to the same metrics as in process
-    assert _shard_task_runs("evaluate-model-") == sorted(f"evaluate-model-{name}-train.pt-{users}"
-                                                          for name in ("dot_bias", "ials") for users in shards)  # fmt: skip
+    assert _shard_task_runs("evaluate-model-") == sorted(
+        f"evaluate-model-{name}-train.pt-{users}" for name in ("dot_bias", "ials") for users in shards
+    )
     # ials's training: every epoch's half-steps by shards, for the split fit and the refit on all ratings
     for side in ("users", "items"):
         training = _shard_task_runs(f"ials-{side}-e")  # ials-users-e3-0-212: rows 0-211 in epoch 3
@@ -74,8 +75,12 @@ def test_local_cluster_publishes_the_in_process_lists_on_a_synthetic_archive(tmp
 
     archive = tmp_path / "synthetic.zip"  # in ml-20m's layout: half stars, a header, sparse movie ids
     write_archive(*synthesize(SynthSpec(users=800, items=400, ratings=40_000, seed=5)), archive)
-    common = {"source": str(archive), "data_dir": tmp_path / "D", "shard_users": 400,
-              "ials": {"epochs": 4, "shard_ratings": 20_000, "chunk_ratings": 5_000}}  # fmt: skip
+    common = {
+        "source": str(archive),
+        "data_dir": tmp_path / "D",
+        "shard_users": 400,
+        "ials": {"epochs": 4, "shard_ratings": 20_000, "chunk_ratings": 5_000},
+    }
     nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
     nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
     _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb", n_rows=8_000)
@@ -91,14 +96,15 @@ def _free_port() -> int:
 
 def _start(*args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # workers report to the flow's API
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
-def _raised(call) -> BaseException | None:  # noqa: ANN001
+def _raised(call) -> BaseException | None:
     try:
         call()
-    except BaseException as error:  # noqa: BLE001 - the test reads it
+    except BaseException as error:
         return error
     return None
 
@@ -113,26 +119,48 @@ def _wait_for_workers(address: str, n: int) -> None:
 def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    scheduler = _start(DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
-                       log=tmp_path / "scheduler.log")  # fmt: skip
-    workers = [_start(DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}",
-                      log=tmp_path / f"worker-{i}.log") for i in range(2)]  # fmt: skip
+    scheduler = _start(
+        DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", log=tmp_path / "scheduler.log"
+    )
+    workers = [
+        _start(
+            DASK,
+            "worker",
+            address,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--name",
+            f"w{i}",
+            log=tmp_path / f"worker-{i}.log",
+        )
+        for i in range(2)
+    ]
     try:
         _wait_for_workers(address, 2)
-        common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 100, "model": "bias",
-                  "cluster_timeout_seconds": 5}  # fmt: skip (the timeout is unused in process)
+        common = {
+            "source": str(ml100k_zip),
+            "data_dir": tmp_path / "D",
+            "shard_users": 100,
+            "model": "bias",
+            "cluster_timeout_seconds": 5,
+        }  # the timeout is unused in process
         nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
         run = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
         _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb")  # bias gives lists and stars
-        assert query_rows(tmp_path / "b.duckdb", "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?",
-                          [run.run_id]) == [(address, 2)]  # fmt: skip
+        assert query_rows(
+            tmp_path / "b.duckdb", "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?", [run.run_id]
+        ) == [(address, 2)]
 
         # a worker killed while ials trains by shards: the other one solves them, the same fit and lists
         ials = {**common, "model": "ials", "ials": {"epochs": 4, "shard_ratings": 10_000, "chunk_ratings": 5_000}}
         nightly(PipelineConfig(warehouse=tmp_path / "ials-a.duckdb", **ials))
         finished = {}
-        thread = threading.Thread(target=lambda: finished.update(run=nightly(PipelineConfig(
-            warehouse=tmp_path / "ials-b.duckdb", cluster=address, **ials))))  # fmt: skip
+        thread = threading.Thread(
+            target=lambda: finished.update(
+                run=nightly(PipelineConfig(warehouse=tmp_path / "ials-b.duckdb", cluster=address, **ials))
+            )
+        )
         thread.start()
         shards = tmp_path / "D" / "runs"
         while not list(shards.glob("*/ials-train/users-e002-*.npy")) and thread.is_alive():
@@ -141,14 +169,28 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         thread.join(timeout=300)
         assert finished["run"].status == "succeeded"
         _same_lists(tmp_path / "ials-a.duckdb", tmp_path / "ials-b.duckdb")
-        workers[1] = _start(DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", "w1b",
-                            log=tmp_path / "worker-1b.log")  # fmt: skip
+        workers[1] = _start(
+            DASK,
+            "worker",
+            address,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--name",
+            "w1b",
+            log=tmp_path / "worker-1b.log",
+        )
         _wait_for_workers(address, 2)
 
         # a worker killed while shards are being computed: the scheduler gives its shards to the other one
         finished = {}
-        thread = threading.Thread(target=lambda: finished.update(run=nightly(PipelineConfig(
-            warehouse=tmp_path / "c.duckdb", cluster=address, **{**common, "shard_users": 30}))))  # fmt: skip
+        thread = threading.Thread(
+            target=lambda: finished.update(
+                run=nightly(
+                    PipelineConfig(warehouse=tmp_path / "c.duckdb", cluster=address, **{**common, "shard_users": 30})
+                )
+            )
+        )
         before = set(shards.glob("*/shards/recommend-*.parquet"))
         thread.start()
         while not set(shards.glob("*/shards/recommend-*.parquet")) - before and thread.is_alive():
@@ -162,8 +204,17 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
 
         # every worker gone while shards wait: the run fails naming the address once none joined in the timeout
         failed = {}
-        thread = threading.Thread(target=lambda: failed.update(error=_raised(lambda: nightly(PipelineConfig(
-            warehouse=tmp_path / "b.duckdb", cluster=address, **{**common, "shard_users": 30})))))  # fmt: skip
+        thread = threading.Thread(
+            target=lambda: failed.update(
+                error=_raised(
+                    lambda: nightly(
+                        PipelineConfig(
+                            warehouse=tmp_path / "b.duckdb", cluster=address, **{**common, "shard_users": 30}
+                        )
+                    )
+                )
+            )
+        )
         before = set(shards.glob("*/shards/recommend-*.parquet"))
         thread.start()
         while not set(shards.glob("*/shards/recommend-*.parquet")) - before and thread.is_alive():
@@ -189,7 +240,9 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         os.killpg(scheduler.pid, signal.SIGKILL)  # the scheduler gone: the run fails naming it, within the timeout
         scheduler.wait()
         started = time.monotonic()
-        with pytest.raises(Exception, match=f"cluster \\(--cluster\\) {address}: the Dask scheduler could not be reached"):
+        with pytest.raises(
+            Exception, match=f"cluster \\(--cluster\\) {address}: the Dask scheduler could not be reached"
+        ):
             nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
         assert time.monotonic() - started < 60
         assert query_rows(tmp_path / "b.duckdb", LISTS) == published  # nothing was replaced

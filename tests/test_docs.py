@@ -23,7 +23,12 @@ import pytest
 from flows.cli import main
 from tests.helpers import DATASETS, REPO
 
-DOCS = [REPO / "README.md", REPO / "deploy" / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [
+    REPO / "README.md",
+    REPO / "deploy" / "README.md",
+    REPO / "benchmarks" / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+]
 
 # Examples not run here, each with why; every entry must still match an example (so the list cannot rot).
 NOT_RUN = {
@@ -78,7 +83,11 @@ def recs_examples() -> list[Example]:
             for offset, line in enumerate(body):
                 if not joined:
                     first = start + offset
-                joined += line.removeprefix("$ ").rstrip("\\").rstrip() + " " if line.endswith("\\") else line.removeprefix("$ ")
+                joined += (
+                    line.removeprefix("$ ").rstrip("\\").rstrip() + " "
+                    if line.endswith("\\")
+                    else line.removeprefix("$ ")
+                )
                 if line.endswith("\\"):
                     continue
                 if re.match(r"(\.venv/bin/)?recs\s", joined.strip()):
@@ -153,8 +162,12 @@ def test_every_recs_and_sql_example_runs_as_written(checkout, capsys):
             skipped.append(f"{example} ({why})")
             continue
         expected = int(match.group(1)) if (match := re.search(r"#\s*exits (\d+)", example.text)) else 0
-        done = subprocess.run(["bash", "-c", example.text], cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == expected, f"{example}\nexited {done.returncode}, expected {expected}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        done = subprocess.run(
+            ["bash", "-c", example.text], cwd=checkout, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == expected, (
+            f"{example}\nexited {done.returncode}, expected {expected}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
         ran.append(example)
 
     warehouse_path = checkout / "warehouse" / "recs.duckdb"

@@ -91,9 +91,10 @@ class Stack:
         self.processes: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(args, cwd=self.checkout, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        log = open(self.root / f"{name}.log", "w")
+        process = subprocess.Popen(
+            args, cwd=self.checkout, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append(process)
         return process
 
@@ -150,7 +151,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     # The deployments run this checkout's code from the folder `prefect deploy` ran in, as a team's would;
     # a copy keeps the runs' relative paths (data/, warehouse/) out of the repository.
     for folder in ("flows", "tasks", "warehouse", "deploy"):
-        shutil.copytree(REPO / folder, stack.checkout / folder, ignore=shutil.ignore_patterns("__pycache__", "*.duckdb*", "*.png"))
+        shutil.copytree(
+            REPO / folder, stack.checkout / folder, ignore=shutil.ignore_patterns("__pycache__", "*.duckdb*", "*.png")
+        )
     try:
         for line in readme_setup_commands():
             if " deployment run " in line:  # the tests below start their runs with a loopback source instead
@@ -171,8 +174,13 @@ def source_url(ml100k_zip, tmp_path_factory) -> Iterator[str]:
     site = tmp_path_factory.mktemp("site")
     shutil.copy(ml100k_zip, site / "ml-100k.zip")
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=site,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=site,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/ml-100k.zip"
         for _ in range(50):
@@ -206,7 +214,11 @@ def _published(warehouse_path: Path) -> tuple[int, list[tuple]]:
 def test_prefect_deploy_registered_the_schedule_limit_and_trigger(stack):
     nightly = _api("GET", f"{stack.api}/deployments/name/nightly/nightly").json()
     (schedule,) = nightly["schedules"]
-    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == ("0 3 * * *", "UTC", True)
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == (
+        "0 3 * * *",
+        "UTC",
+        True,
+    )
     assert nightly["work_pool_name"] == "recs-cpu"
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "ENQUEUE"
@@ -228,20 +240,45 @@ def _wait_for(what: str, stack: Stack, probe, timeout: float = 120):
 def test_the_servers_scheduler_creates_runs_and_a_worker_completes_one(stack, source_url):
     # The nightly's cron: the scheduler service (not the test, not `prefect deploy`) creates its next runs.
     nightly_id = _deployment_id(stack, "nightly/nightly")
-    upcoming = _wait_for("the scheduler created no nightly run", stack, lambda: [
-        r for r in _flow_runs(stack, nightly_id) if r["auto_scheduled"] and r["state"]["type"] == "SCHEDULED"
-    ])  # fmt: skip
-    assert all(r["expected_start_time"][11:19] == "03:00:00" for r in upcoming), [r["expected_start_time"] for r in upcoming]
+    upcoming = _wait_for(
+        "the scheduler created no nightly run",
+        stack,
+        lambda: [r for r in _flow_runs(stack, nightly_id) if r["auto_scheduled"] and r["state"]["type"] == "SCHEDULED"],
+    )
+    assert all(r["expected_start_time"][11:19] == "03:00:00" for r in upcoming), [
+        r["expected_start_time"] for r in upcoming
+    ]
 
     # A short interval schedule made for the test: the scheduler creates its runs, the docs' worker runs one.
-    config = {"source": source_url, "models": ["popularity"], "refit_on_all": False,
-              "warehouse": "warehouse/scheduled.duckdb", "lock_timeout_seconds": 120}  # fmt: skip
-    stack.cli("--no-prompt", "deploy", "flows/nightly.py:nightly", "--name", "every-30s", "--pool", "recs-cpu",
-              "--interval", "30", "--concurrency-limit", "1", "--params", json.dumps({"config": config}))  # fmt: skip
+    config = {
+        "source": source_url,
+        "models": ["popularity"],
+        "refit_on_all": False,
+        "warehouse": "warehouse/scheduled.duckdb",
+        "lock_timeout_seconds": 120,
+    }
+    stack.cli(
+        "--no-prompt",
+        "deploy",
+        "flows/nightly.py:nightly",
+        "--name",
+        "every-30s",
+        "--pool",
+        "recs-cpu",
+        "--interval",
+        "30",
+        "--concurrency-limit",
+        "1",
+        "--params",
+        json.dumps({"config": config}),
+    )
     every_30s = _deployment_id(stack, "nightly/every-30s")
-    (completed, *_) = _wait_for("no scheduled run completed", stack, lambda: [
-        r for r in _flow_runs(stack, every_30s) if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"
-    ], timeout=240)  # fmt: skip
+    (completed, *_) = _wait_for(
+        "no scheduled run completed",
+        stack,
+        lambda: [r for r in _flow_runs(stack, every_30s) if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"],
+        timeout=240,
+    )
     stack.cli("deployment", "delete", "nightly/every-30s")  # no more runs of it during the other tests
     with duckdb.connect(str(stack.checkout / "warehouse" / "scheduled.duckdb"), read_only=True) as con:
         runs = con.execute("SELECT status FROM runs WHERE flow_run_id = ?", [completed["id"]]).fetchall()
@@ -269,8 +306,15 @@ def test_a_deployment_run_trains_on_the_training_deployment_and_publishes(stack,
 def test_the_ratings_updated_event_triggers_a_nightly_run(stack, source_url):
     nightly_id = _deployment_id(stack, "nightly/nightly")
     before = {r["id"] for r in _flow_runs(stack, nightly_id)}
-    stack.cli("event", "emit", "recs.ratings.updated", "--resource-id", "recs.source.e2e-ml-100k",
-              "--payload", json.dumps({"source": source_url}))  # fmt: skip
+    stack.cli(
+        "event",
+        "emit",
+        "recs.ratings.updated",
+        "--resource-id",
+        "recs.source.e2e-ml-100k",
+        "--payload",
+        json.dumps({"source": source_url}),
+    )
 
     deadline = time.monotonic() + 60
     while not (new := [r for r in _flow_runs(stack, nightly_id) if r["id"] not in before]):
@@ -291,7 +335,9 @@ def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deploym
     overrides = {"top_n": 5, "exclude_genres": ["Horror"], "min_item_ratings": 20, "warm_start": True}
     parameters = {"source": source_url, "overrides": overrides}
     ids = [
-        _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters}).json()["id"]
+        _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters}).json()[
+            "id"
+        ]
         for _ in range(2)
     ]
     runs = [stack.wait_for_run(run_id) for run_id in ids]
@@ -301,13 +347,22 @@ def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deploym
     with duckdb.connect(str(stack.checkout / "warehouse" / "recs.duckdb"), read_only=True) as con:
         rows = con.execute("SELECT status, config FROM runs WHERE flow_run_id IN (?, ?)", ids).fetchall()
         list_lengths = con.execute("SELECT DISTINCT count(*) FROM recommendations GROUP BY user_id").fetchall()
-        horror = con.execute("SELECT count(*) FROM recommendations_with_titles WHERE list_contains(genres, 'Horror')").fetchone()
-        extras = con.execute("SELECT (SELECT count(*) FROM fallback_recommendations), "
-                             "(SELECT count(*) FROM recommendations_with_reasons WHERE reason IS NOT NULL)").fetchone()  # fmt: skip
+        horror = con.execute(
+            "SELECT count(*) FROM recommendations_with_titles WHERE list_contains(genres, 'Horror')"
+        ).fetchone()
+        extras = con.execute(
+            "SELECT (SELECT count(*) FROM fallback_recommendations), "
+            "(SELECT count(*) FROM recommendations_with_reasons WHERE reason IS NOT NULL)"
+        ).fetchone()
         second_run = con.execute("SELECT run_id FROM runs WHERE flow_run_id = ?", [second["id"]]).fetchone()[0]
-        churn = con.execute("SELECT count(*) FROM run_metrics WHERE run_id = ? AND metric = 'churn'", [second_run]).fetchone()
-        warm_refit = con.execute("SELECT model, max(epoch) FROM training_history WHERE run_id = ? AND split = 'refit' "
-                                 "GROUP BY ALL ORDER BY 1", [second_run]).fetchall()  # fmt: skip
+        churn = con.execute(
+            "SELECT count(*) FROM run_metrics WHERE run_id = ? AND metric = 'churn'", [second_run]
+        ).fetchone()
+        warm_refit = con.execute(
+            "SELECT model, max(epoch) FROM training_history WHERE run_id = ? AND split = 'refit' "
+            "GROUP BY ALL ORDER BY 1",
+            [second_run],
+        ).fetchall()
     assert sorted(status for status, _ in rows) == ["succeeded", "succeeded"]
     for _, config in rows:
         config = json.loads(config)
@@ -335,15 +390,25 @@ def _start_dask(stack: Stack, port: int, n_workers: int) -> str:
 def test_a_deployment_run_on_a_dask_cluster_maps_its_shards_as_task_runs_on_the_server(stack, source_url):
     address = _start_dask(stack, _free_port(), 2)
     nightly_id = _deployment_id(stack, "nightly/nightly")
-    overrides = {"cluster": address, "warehouse": "warehouse/cluster.duckdb", "models": ["dot_bias", "ials"],
-                 "shard_users": 300, "ials": {"epochs": 8, "shard_ratings": 40_000, "chunk_ratings": 5_000}}  # fmt: skip
-    created = _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run",
-                   json={"parameters": {"source": source_url, "overrides": overrides}})  # fmt: skip
+    overrides = {
+        "cluster": address,
+        "warehouse": "warehouse/cluster.duckdb",
+        "models": ["dot_bias", "ials"],
+        "shard_users": 300,
+        "ials": {"epochs": 8, "shard_ratings": 40_000, "chunk_ratings": 5_000},
+    }
+    created = _api(
+        "POST",
+        f"{stack.api}/deployments/{nightly_id}/create_flow_run",
+        json={"parameters": {"source": source_url, "overrides": overrides}},
+    )
     run = stack.wait_for_run(created.json()["id"], timeout=420)
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.logs()}"
 
     with duckdb.connect(str(stack.checkout / "warehouse" / "cluster.duckdb"), read_only=True) as con:
-        facts = con.execute("SELECT status, cluster, cluster_workers FROM runs WHERE flow_run_id = ?", [run["id"]]).fetchall()
+        facts = con.execute(
+            "SELECT status, cluster, cluster_workers FROM runs WHERE flow_run_id = ?", [run["id"]]
+        ).fetchall()
         n_users = con.execute("SELECT count(DISTINCT user_id) FROM recommendations").fetchone()[0]
     assert facts == [("succeeded", address, 2)] and n_users == 943
 

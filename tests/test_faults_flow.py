@@ -34,11 +34,16 @@ def published(ml100k_zip, tmp_path):
 
 
 def _last_run(config: PipelineConfig) -> tuple:
-    return query_rows(config.warehouse, "SELECT status, error, n_bad_rows, n_duplicate_ratings FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+    return query_rows(
+        config.warehouse,
+        "SELECT status, error, n_bad_rows, n_duplicate_ratings FROM runs ORDER BY started_at DESC LIMIT 1",
+    )[0]
 
 
 def _lists_untouched(config: PipelineConfig, good_run: str) -> None:
-    assert query_rows(config.warehouse, "SELECT run_id, count(*) FROM recommendations GROUP BY run_id") == [(good_run, 9430)]
+    assert query_rows(config.warehouse, "SELECT run_id, count(*) FROM recommendations GROUP BY run_id") == [
+        (good_run, 9430)
+    ]
 
 
 def test_download_faults_are_retried_with_backoff_then_the_run_fails_naming_the_source(published, faulty_server):
@@ -46,7 +51,9 @@ def test_download_faults_are_retried_with_backoff_then_the_run_fails_naming_the_
     server = faulty_server(b"", "503")
     started = time.perf_counter()
     with pytest.raises(Exception, match="HTTP 503"):
-        nightly(config.model_copy(update={"source": server.url, "download_retries": 2, "download_retry_delay_seconds": 0.2}))
+        nightly(
+            config.model_copy(update={"source": server.url, "download_retries": 2, "download_retry_delay_seconds": 0.2})
+        )
     assert len(server.requests) == 3  # the first try and two retries
     assert time.perf_counter() - started >= 0.3  # waited 0.2 s then 0.4 s, each jittered to 0.63-1.5x
     status, error, *_ = _last_run(config)
@@ -80,14 +87,18 @@ def _csv_archive_with_bad_and_repeated_rows(ml100k_dataset, path):
     ratings.write_csv(body, include_header=False)
     extra = "1,1,NaN,900000000\n2,2,4\n3,three,4,900000000\n1,1,2,999999999\n2,13,1,999999999\n"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("ml-latest/ratings.csv", b"userId,movieId,rating,timestamp\n" + body.getvalue() + extra.encode())
+        archive.writestr(
+            "ml-latest/ratings.csv", b"userId,movieId,rating,timestamp\n" + body.getvalue() + extra.encode()
+        )
     return path
 
 
 def test_bad_rows_fail_the_run_by_default_and_drop_records_the_counts(published, ml100k_dataset, tmp_path):
     config, good_run = published
     archive = _csv_archive_with_bad_and_repeated_rows(ml100k_dataset, tmp_path / "bad.zip")
-    with pytest.raises(Exception, match=r"3 bad ratings row\(s\), first: ml-latest/ratings.csv line 100002: field 'rating' is 'NaN'"):
+    with pytest.raises(
+        Exception, match=r"3 bad ratings row\(s\), first: ml-latest/ratings.csv line 100002: field 'rating' is 'NaN'"
+    ):
         nightly(config.model_copy(update={"source": str(archive)}))
     status, error, *_ = _last_run(config)
     assert status == "failed" and "ratings.csv line 100003: has 3 fields, expected 4" in error
@@ -97,13 +108,17 @@ def test_bad_rows_fail_the_run_by_default_and_drop_records_the_counts(published,
     result = nightly(config.model_copy(update={"source": str(archive), "on_bad_rows": "drop"}))
     assert result.status == "succeeded"
     assert _last_run(config) == ("succeeded", None, 3, 2)
-    assert query_rows(config.warehouse, "SELECT n_ratings FROM runs WHERE run_id = ?", [result.run_id]) == [(100_000,)]  # 2 pairs re-rated
+    assert query_rows(config.warehouse, "SELECT n_ratings FROM runs WHERE run_id = ?", [result.run_id]) == [
+        (100_000,)
+    ]  # 2 pairs re-rated
 
 
 def test_a_diverging_model_fails_the_run_and_publishes_nothing(published):
     config, good_run = published
     with pytest.raises(Exception, match="training loss became nan in epoch 1"):
-        nightly(config.with_overrides({"model": "dot_bias", "models": ["dot_bias"], "dot_bias": {"learning_rate": 1000.0}}))
+        nightly(
+            config.with_overrides({"model": "dot_bias", "models": ["dot_bias"], "dot_bias": {"learning_rate": 1000.0}})
+        )
     status, error, *_ = _last_run(config)
     assert status == "failed" and error.startswith("ModelFitError: training loss became nan")
     _lists_untouched(config, good_run)
@@ -122,11 +137,31 @@ def test_credentials_in_the_source_url_never_reach_logs_or_the_warehouse(ml100k_
     for server, expected_rc in ((good, 0), (failing, 1)):
         source = server.url.replace("http://", "http://alice:s3cret@") + signed
         run = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--source", source, "--warehouse", str(tmp_path / "W.duckdb"),
-             "--data-dir", str(tmp_path / "D"), "--model", "popularity", "--no-refit-on-all", "--download-retries", "1",
-             "--download-retry-delay-seconds", "0"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "run",
+                "--source",
+                source,
+                "--warehouse",
+                str(tmp_path / "W.duckdb"),
+                "--data-dir",
+                str(tmp_path / "D"),
+                "--model",
+                "popularity",
+                "--no-refit-on-all",
+                "--download-retries",
+                "1",
+                "--download-retry-delay-seconds",
+                "0",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == expected_rc, run.stderr[-3000:]
         outputs.append(run.stdout + run.stderr)
     assert "http://***@127.0.0.1" in outputs[1]  # the failure names the source, without its credentials
@@ -134,7 +169,9 @@ def test_credentials_in_the_source_url_never_reach_logs_or_the_warehouse(ml100k_
     assert all("s3cret" not in output for output in outputs)
     with duckdb.connect(str(tmp_path / "W.duckdb"), read_only=True) as con:
         runs = con.execute("SELECT status, source, error, config::VARCHAR FROM runs ORDER BY started_at").fetchall()
-        every_table = [con.execute(f"SELECT * FROM {table}").fetchall() for (table,) in con.execute("SHOW TABLES").fetchall()]
+        every_table = [
+            con.execute(f"SELECT * FROM {table}").fetchall() for (table,) in con.execute("SHOW TABLES").fetchall()
+        ]
     assert [r[0] for r in runs] == ["succeeded", "failed"] and runs[0][1].startswith("http://***@127.0.0.1")
     assert runs[0][1].endswith("/ml-100k.zip?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***")
     assert "s3cret" not in repr(runs) and "s3cret" not in repr(every_table)

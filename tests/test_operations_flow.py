@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -18,10 +18,10 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.cli import main
+from flows.lock import RunLockedError, run_lock
 from flows.nightly import nightly
 from flows.refresh import refresh
 from tasks.config import PipelineConfig
-from flows.lock import RunLockedError, run_lock
 from tests.helpers import REPO, query_rows, write_zip
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -29,29 +29,54 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_path, capsys):
     warehouse_path = tmp_path / "W.duckdb"
-    common = ["--source", str(ml100k_zip), "--warehouse", str(warehouse_path), "--data-dir", str(tmp_path / "D"),
-              "--model", "dot_bias"]
+    common = [
+        "--source",
+        str(ml100k_zip),
+        "--warehouse",
+        str(warehouse_path),
+        "--data-dir",
+        str(tmp_path / "D"),
+        "--model",
+        "dot_bias",
+    ]
 
     assert main(["run", *common]) == 0
     # the same configuration again: nothing to compare on the same split, the recorded metrics within the drift tolerance
     assert main(["run", *common]) == 0
     (again,) = query_rows(warehouse_path, "SELECT gate_reason FROM runs ORDER BY started_at DESC LIMIT 1")[0]
-    assert again.startswith("this run trains the published configuration (dot_bias) with the same settings; within 50.0% of run ")
+    assert again.startswith(
+        "this run trains the published configuration (dot_bias) with the same settings; within 50.0% of run "
+    )
     (good,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
     good_lists = query_rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL")
 
     # One epoch at learning rate 0: the untrained model.
-    state = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
-                                   model="dot_bias", dot_bias={"epochs": 1, "learning_rate": 0.0}), return_state=True)  # fmt: skip
+    state = nightly(
+        PipelineConfig(
+            source=str(ml100k_zip),
+            warehouse=warehouse_path,
+            data_dir=tmp_path / "D",
+            model="dot_bias",
+            dot_bias={"epochs": 1, "learning_rate": 0.0},
+        ),
+        return_state=True,
+    )
     bad = state.result()
     assert state.is_completed() and state.name == "Rejected" and "rmse rose" in state.message
     assert bad.status == "rejected" and bad.n_recommendations == 0
-    status, reason, baseline = query_rows(warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id])[0]
+    status, reason, baseline = query_rows(
+        warehouse_path, "SELECT status, gate_reason, gate_baseline_run_id FROM runs WHERE run_id = ?", [bad.run_id]
+    )[0]
     assert status == "rejected" and "rmse rose from 0.9" in reason and "ndcg@10 fell" in reason and baseline == good
-    assert f"against the published configuration (dot_bias, run {good}) on this run's split, trained here (dot_bias)" in reason
+    assert (
+        f"against the published configuration (dot_bias, run {good}) on this run's split, trained here (dot_bias)"
+        in reason
+    )
     assert query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations") == [(good,)]
     assert query_rows(warehouse_path, "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == good_lists
-    assert query_rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [(9,)]  # 8 + fit_seconds
+    assert query_rows(warehouse_path, "SELECT count(*) FROM run_metrics WHERE run_id = ?", [bad.run_id]) == [
+        (9,)
+    ]  # 8 + fit_seconds
 
     # The summary artifact carries the deltas; the table and the two charts are there too.
     summary = Artifact.get("nightly-run-summary")
@@ -64,10 +89,27 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
 
     # --force publishes it anyway, and says so; `recs run` exits 3 on a rejection.
     capsys.readouterr()
-    assert main(["run", *common, "--dot-bias-epochs", "1", "--dot-bias-learning-rate", "0", "--refit-on-all", "--no-refit-on-all"]) == 3
+    assert (
+        main(
+            [
+                "run",
+                *common,
+                "--dot-bias-epochs",
+                "1",
+                "--dot-bias-learning-rate",
+                "0",
+                "--refit-on-all",
+                "--no-refit-on-all",
+            ]
+        )
+        == 3
+    )
     out = capsys.readouterr().out
     assert "rejected by the quality gate" in out and "--gate-tolerance" in out
-    assert "metrics of the candidate model, dot_bias, on the test split (not published)" in out and "published model" not in out
+    assert (
+        "metrics of the candidate model, dot_bias, on the test split (not published)" in out
+        and "published model" not in out
+    )
     # The flags of before issue 14 still work for a release, each with a warning naming its new flag.
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--no-refit-on-all", "--force"]) == 0
     err = capsys.readouterr().err
@@ -75,7 +117,10 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
     assert "use dot_bias.learning_rate (--dot-bias-learning-rate)" in err
     (forced,) = query_rows(warehouse_path, "SELECT DISTINCT run_id FROM recommendations")[0]
     assert forced != good
-    assert "overridden by force" in query_rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
+    assert (
+        "overridden by force"
+        in query_rows(warehouse_path, "SELECT gate_reason FROM runs WHERE run_id = ?", [forced])[0][0]
+    )
 
 
 def test_the_gate_holds_every_run_to_the_published_lists_whichever_model_and_spelling(ml100k_zip, tmp_path):
@@ -83,7 +128,9 @@ def test_the_gate_holds_every_run_to_the_published_lists_whichever_model_and_spe
     first = nightly(PipelineConfig(source=str(ml100k_zip), models=["ials", "item_knn"], **where))
     assert first.status == "succeeded" and first.model == "ials"
     # stored with the lists: per user, the published model's nDCG and the rating model's errors
-    stored = query_rows(tmp_path / "W.duckdb", "SELECT model, metric, count(*) FROM user_metrics GROUP BY ALL ORDER BY ALL")
+    stored = query_rows(
+        tmp_path / "W.duckdb", "SELECT model, metric, count(*) FROM user_metrics GROUP BY ALL ORDER BY ALL"
+    )
     assert stored == [("ials", "ndcg", 943), ("item_knn", "n_ratings", 943), ("item_knn", "squared_error", 943)]
 
     # popularity and bias only, the same archive as a file:// URL: one dataset, one history, and worse lists
@@ -91,8 +138,14 @@ def test_the_gate_holds_every_run_to_the_published_lists_whichever_model_and_spe
     second = nightly(PipelineConfig(source=url, models=["popularity", "bias"], **where), return_state=True).result()
     assert second.status == "rejected" and second.model == "popularity"
     # held to the published configuration (ials, item_knn's stars), trained for the gate on this run's split
-    assert "ndcg@10 fell from 0.48" in second.gate and "95% interval of the paired ndcg@10 difference over 943 users" in second.gate
-    assert f"against the published configuration (ials with item_knn's stars, run {first.run_id}) on this run's split, trained here (ials, item_knn)" in second.gate
+    assert (
+        "ndcg@10 fell from 0.48" in second.gate
+        and "95% interval of the paired ndcg@10 difference over 943 users" in second.gate
+    )
+    assert (
+        f"against the published configuration (ials with item_knn's stars, run {first.run_id}) on this run's split, trained here (ials, item_knn)"
+        in second.gate
+    )
 
     # item_knn was trained by the first run, but it is the published ials lists that it must match
     third = nightly(PipelineConfig(source=str(ml100k_zip), model="item_knn", **where), return_state=True).result()
@@ -138,10 +191,20 @@ def test_a_second_run_on_the_same_warehouse_is_refused_clearly(ml100k_zip, tmp_p
 
 def test_as_of_run_sees_only_older_ratings(ml100k_zip, tmp_path):
     warehouse_path = tmp_path / "W.duckdb"
-    cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
-    result = nightly(PipelineConfig(source=str(ml100k_zip), warehouse=warehouse_path, data_dir=tmp_path / "D",
-                                    as_of=cutoff, models=["dot_bias", "item_knn"], dot_bias={"epochs": 2}))  # fmt: skip
-    n_ratings, as_of, protocol = query_rows(warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id])[0]
+    cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=UTC)
+    result = nightly(
+        PipelineConfig(
+            source=str(ml100k_zip),
+            warehouse=warehouse_path,
+            data_dir=tmp_path / "D",
+            as_of=cutoff,
+            models=["dot_bias", "item_knn"],
+            dot_bias={"epochs": 2},
+        )
+    )
+    n_ratings, as_of, protocol = query_rows(
+        warehouse_path, "SELECT n_ratings, as_of, protocol FROM runs WHERE run_id = ?", [result.run_id]
+    )[0]
     assert 40_000 < n_ratings < 70_000 and as_of == cutoff and protocol.startswith("temporal ")
     users = query_rows(warehouse_path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]
     assert users == result.facts["n_users"] < 943
@@ -167,7 +230,11 @@ def test_lists_that_collapse_against_the_live_ones_are_not_published_unless_forc
 
     def cut(users: set[str]) -> str:
         kept = [line for line in lines if line.split("\t")[0] in users]
-        return str(write_zip(tmp_path / f"{len(users)}-users.zip", {"ml-100k/u.data": "\n".join(kept), "ml-100k/u.item": items}))
+        return str(
+            write_zip(
+                tmp_path / f"{len(users)}-users.zip", {"ml-100k/u.data": "\n".join(kept), "ml-100k/u.item": items}
+            )
+        )
 
     # one user, who rated every item of the cut: no list at all, so the run fails and nothing is replaced
     with pytest.raises(Exception, match="its lists show 0 distinct items"):
@@ -177,7 +244,9 @@ def test_lists_that_collapse_against_the_live_ones_are_not_published_unless_forc
     assert collapsed.status == "rejected" and collapsed.n_recommendations == 0
     assert collapsed.gate.startswith("its lists cover 2 users against the live lists' 943 and ")
     assert f"(run {live.run_id}), under the 50% share min_list_share (--min-list-share) allows" in collapsed.gate
-    assert query_rows(where["warehouse"], "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == live_lists
+    assert (
+        query_rows(where["warehouse"], "SELECT user_id, item_id, rank FROM recommendations ORDER BY ALL") == live_lists
+    )
     forced = nightly(PipelineConfig(source=cut({"1", "2"}), force=True, **where))
     assert forced.status == "succeeded" and forced.gate.startswith("overridden by force: its lists cover 2 users")
     assert query_rows(where["warehouse"], "SELECT count(DISTINCT user_id) FROM recommendations") == [(2,)]
@@ -189,19 +258,33 @@ def test_a_changed_protocol_is_judged_against_the_live_lists_not_waved_through(m
     where = {"source": str(ml100k_zip), "warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
     live = nightly(PipelineConfig(**where))
     assert live.status == "succeeded" and live.model == "ials"
-    live_lists = query_rows(where["warehouse"], "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL")
+    live_lists = query_rows(
+        where["warehouse"], "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL"
+    )
     broken = {"model": "dot_bias", "dot_bias": {"epochs": 1, "learning_rate": 0.0}}
-    for change, protocol in (({"seed": 43}, "stratified test=0.25 seed=43 k=10"), ({"k": 5}, "stratified test=0.25 seed=42 k=5"),
-                             ({"as_of": datetime(1998, 3, 1, tzinfo=timezone.utc)}, "temporal test=0.25 seed=42 k=10")):  # fmt: skip
+    for change, protocol in (
+        ({"seed": 43}, "stratified test=0.25 seed=43 k=10"),
+        ({"k": 5}, "stratified test=0.25 seed=42 k=5"),
+        ({"as_of": datetime(1998, 3, 1, tzinfo=UTC)}, "temporal test=0.25 seed=42 k=10"),
+    ):
         run = nightly(PipelineConfig(**where, **broken, **change), return_state=True).result()
         assert run.status == "rejected", (change, run.gate)
-        assert run.gate.startswith(f"the published lists (run {live.run_id}) were made under another protocol "
-                                   f"('stratified test=0.25 seed=42 k=10', this run's '{protocol}')")  # fmt: skip
+        assert run.gate.startswith(
+            f"the published lists (run {live.run_id}) were made under another protocol "
+            f"('stratified test=0.25 seed=42 k=10', this run's '{protocol}')"
+        )
         assert "trained here (ials, dot_bias)" in run.gate and "fell from" in run.gate
-        assert query_rows(where["warehouse"], "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL") == live_lists
+        assert (
+            query_rows(where["warehouse"], "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL")
+            == live_lists
+        )
     # the published configuration under a new seed is itself: it publishes, saying why
     reseeded = nightly(PipelineConfig(**where, seed=43))
-    assert reseeded.status == "succeeded" and "this run trains the published configuration (ials with dot_bias's stars) with the same settings" in reseeded.gate
+    assert (
+        reseeded.status == "succeeded"
+        and "this run trains the published configuration (ials with dot_bias's stars) with the same settings"
+        in reseeded.gate
+    )
     # and --force still replaces live lists under a new protocol, in so many words
     forced = nightly(PipelineConfig(**where, **broken, seed=44, force=True))
     assert forced.status == "succeeded" and forced.gate.startswith("overridden by force: the published lists (run ")
@@ -212,13 +295,18 @@ def test_a_run_past_its_time_limit_is_cancelled_and_keeps_the_lists(ml100k_zip, 
 
     where = {"source": str(ml100k_zip), "warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
     live = nightly(PipelineConfig(**where, model="popularity"))
-    started = datetime.now(timezone.utc)
-    with pytest.raises(RunCancelled, match=r"the run took longer than run_timeout_seconds \(--run-timeout-seconds\) 3s"):
+    started = datetime.now(UTC)
+    with pytest.raises(
+        RunCancelled, match=r"the run took longer than run_timeout_seconds \(--run-timeout-seconds\) 3s"
+    ):
         nightly(PipelineConfig(**where, model="dot_bias", dot_bias={"epochs": 1000}, run_timeout_seconds=3))
-    took = (datetime.now(timezone.utc) - started).total_seconds()
+    took = (datetime.now(UTC) - started).total_seconds()
     assert took < 30  # 1000 epochs take minutes
     status, error = query_rows(where["warehouse"], "SELECT status, error FROM runs ORDER BY started_at DESC LIMIT 1")[0]
-    assert status == "cancelled" and error == "the run took longer than run_timeout_seconds (--run-timeout-seconds) 3s and was ended"
+    assert (
+        status == "cancelled"
+        and error == "the run took longer than run_timeout_seconds (--run-timeout-seconds) 3s and was ended"
+    )
     assert query_rows(where["warehouse"], "SELECT DISTINCT run_id FROM recommendations") == [(live.run_id,)]
     assert nightly(PipelineConfig(**where, model="popularity")).status == "succeeded"  # the run lock was let go
 
@@ -228,9 +316,22 @@ def _recs_run(tmp_path, *flags: str) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     console = tmp_path / f"console-{len(list(tmp_path.glob('console-*')))}.txt"
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--warehouse", str(tmp_path / "W.duckdb"), "--data-dir",
-         str(tmp_path / "D"), *flags], cwd=REPO, env=env, stdout=console.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--warehouse",
+            str(tmp_path / "W.duckdb"),
+            "--data-dir",
+            str(tmp_path / "D"),
+            *flags,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=console.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     return process, console
 
 
@@ -254,7 +355,9 @@ def test_sigterm_ends_a_run_within_seconds_and_no_kill_leaves_a_process_or_scrat
     assert process.wait(timeout=60) == 4 and time.monotonic() - asked < 15
     assert "recs run: the run was cancelled: ended by SIGTERM (the process was asked to stop)" in console.read_text()
     assert psutil.wait_procs(children, timeout=15)[1] == []
-    assert query_rows(tmp_path / "W.duckdb", "SELECT status, error FROM runs") == [("cancelled", "ended by SIGTERM (the process was asked to stop)")]
+    assert query_rows(tmp_path / "W.duckdb", "SELECT status, error FROM runs") == [
+        ("cancelled", "ended by SIGTERM (the process was asked to stop)")
+    ]
 
     process, console = _recs_run(tmp_path, *long_run)
     children = _training(process, console)

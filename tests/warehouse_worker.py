@@ -22,16 +22,28 @@ import warehouse
 import warehouse.runs as runs
 
 TOP_N = 10
-ITEMS = pl.DataFrame({"item_id": list(range(1, 101)), "title": [f"Film {i}" for i in range(1, 101)],
-                      "genres": [["Drama"]] * 100, "year": [1990] * 100})  # fmt: skip
+ITEMS = pl.DataFrame(
+    {
+        "item_id": list(range(1, 101)),
+        "title": [f"Film {i}" for i in range(1, 101)],
+        "genres": [["Drama"]] * 100,
+        "year": [1990] * 100,
+    }
+)
 
 
 def lists(n_users: int, seed: int) -> pl.DataFrame:
     """Every user's top-10, different for each seed."""
     users = pl.int_range(1, n_users + 1, eager=True).repeat_by(TOP_N).explode()
     ranks = pl.Series([*range(1, TOP_N + 1)] * n_users)
-    return pl.DataFrame({"user_id": users, "item_id": (users * 7 + ranks * 13 + seed) % 100 + 1, "rank": ranks,
-                         "score": (5.0 - ranks * 0.1).cast(pl.Float32)})  # fmt: skip
+    return pl.DataFrame(
+        {
+            "user_id": users,
+            "item_id": (users * 7 + ranks * 13 + seed) % 100 + 1,
+            "rank": ranks,
+            "score": (5.0 - ranks * 0.1).cast(pl.Float32),
+        }
+    )
 
 
 class _KillingConnection:

@@ -13,6 +13,18 @@ from warehouse.sql import fetch, fetch_value, query, schema_scripts, statement
 from warehouse.writer import WarehouseSpaceError, no_world_access, open_writer, resolved
 
 __all__ = [
-    "BUSY_TIMEOUT_SECONDS", "NotAWarehouseError", "WarehouseBusyError", "WarehouseSpaceError", "connect", "fetch",
-    "fetch_value", "no_world_access", "open_reader", "open_writer", "query", "resolved", "schema_scripts", "statement",
-]  # fmt: skip
+    "BUSY_TIMEOUT_SECONDS",
+    "NotAWarehouseError",
+    "WarehouseBusyError",
+    "WarehouseSpaceError",
+    "connect",
+    "fetch",
+    "fetch_value",
+    "no_world_access",
+    "open_reader",
+    "open_writer",
+    "query",
+    "resolved",
+    "schema_scripts",
+    "statement",
+]

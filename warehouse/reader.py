@@ -75,7 +75,9 @@ def open_reader(path: str | Path, timeout_seconds: float = BUSY_TIMEOUT_SECONDS)
     return open_waiting(path, read_only=True, timeout_seconds=timeout_seconds)
 
 
-def open_waiting(path: str | Path, read_only: bool, timeout_seconds: float = BUSY_TIMEOUT_SECONDS) -> duckdb.DuckDBPyConnection:
+def open_waiting(
+    path: str | Path, read_only: bool, timeout_seconds: float = BUSY_TIMEOUT_SECONDS
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection to `path`, retrying with backoff while another process holds the file's lock.
 
     A read-only connection reaches the warehouse and nothing else (`READER_SETTINGS`); a writable one loads no
@@ -104,7 +106,9 @@ def open_waiting(path: str | Path, read_only: bool, timeout_seconds: float = BUS
             delay = min(delay * 2, 1.0)
 
 
-def connect(path: str | Path, read_only: bool = True, timeout_seconds: float = BUSY_TIMEOUT_SECONDS) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | Path, read_only: bool = True, timeout_seconds: float = BUSY_TIMEOUT_SECONDS
+) -> duckdb.DuckDBPyConnection:
     """`warehouse.connect`, the reader's name before the writer moved to warehouse/ (CHANGELOG); kept for
     applications that call it. New code: `open_reader`."""
     return open_waiting(path, read_only=read_only, timeout_seconds=timeout_seconds)

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,34 @@ from warehouse.writer import open_writer
 log = logging.getLogger(__name__)
 
 # The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006, 008), with their types.
-UTC = pl.Datetime("us", "UTC")
+UTC_TIME = pl.Datetime("us", "UTC")
 RUN_FIELDS: dict[str, pl.DataType] = {
-    "status": pl.String, "error": pl.String, "finished_at": UTC, "source": pl.String, "source_sha256": pl.String,
-    "dataset_layout": pl.String, "n_ratings": pl.Int64, "n_users": pl.Int64, "n_items": pl.Int64,
-    "n_train": pl.Int64, "n_test": pl.Int64, "model": pl.String, "device": pl.String, "train_seconds": pl.Float64,
-    "train_ratings_per_second": pl.Float64, "stage_seconds": pl.String, "as_of": UTC, "protocol": pl.String,
-    "gate_baseline_run_id": pl.String, "gate_reason": pl.String, "n_bad_rows": pl.Int64,
-    "n_duplicate_ratings": pl.Int64, "rating_model": pl.String, "cluster": pl.String, "cluster_workers": pl.Int64,
-}  # fmt: skip
+    "status": pl.String,
+    "error": pl.String,
+    "finished_at": UTC_TIME,
+    "source": pl.String,
+    "source_sha256": pl.String,
+    "dataset_layout": pl.String,
+    "n_ratings": pl.Int64,
+    "n_users": pl.Int64,
+    "n_items": pl.Int64,
+    "n_train": pl.Int64,
+    "n_test": pl.Int64,
+    "model": pl.String,
+    "device": pl.String,
+    "train_seconds": pl.Float64,
+    "train_ratings_per_second": pl.Float64,
+    "stage_seconds": pl.String,
+    "as_of": UTC_TIME,
+    "protocol": pl.String,
+    "gate_baseline_run_id": pl.String,
+    "gate_reason": pl.String,
+    "n_bad_rows": pl.Int64,
+    "n_duplicate_ratings": pl.Int64,
+    "rating_model": pl.String,
+    "cluster": pl.String,
+    "cluster_workers": pl.Int64,
+}
 
 ITEM_BIASES_SCHEMA = {"item_id": pl.Int64, "bias": pl.Float64, "mean_rating": pl.Float64, "n_ratings": pl.Int64}
 SIMILAR_ITEMS_SCHEMA = {"item_id": pl.Int64, "rank": pl.Int16, "similar_item_id": pl.Int64, "score": pl.Float32}
@@ -41,7 +60,7 @@ HISTORY_SCHEMA = {"epoch": pl.Int32, "split": pl.String, "loss": pl.Float64}  # 
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -57,8 +76,13 @@ class ModelRecord:
 USER_METRICS_SCHEMA = {"model": pl.String, "user_id": pl.Int64, "metric": pl.String, "value": pl.Float64}
 METRICS_SCHEMA = {"metric": pl.String, "k": pl.Int32, "value": pl.Float64}
 FALLBACK_SCHEMA = {"item_id": pl.Int64, "rank": pl.Int16, "score": pl.Float32}
-REASONS_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "reason_rank": pl.Int16, "reason_item_id": pl.Int64,
-                  "contribution": pl.Float32}  # fmt: skip
+REASONS_SCHEMA = {
+    "user_id": pl.Int64,
+    "item_id": pl.Int64,
+    "reason_rank": pl.Int16,
+    "reason_item_id": pl.Int64,
+    "contribution": pl.Float32,
+}
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,7 @@ def start_run(path: Path, run_id: str, flow_run_id: str | None, config_json: str
     """
     new_run = pl.DataFrame(
         {"run_id": [run_id], "flow_run_id": [flow_run_id], "started_at": [started_at], "config": [config_json]},
-        schema={"run_id": pl.String, "flow_run_id": pl.String, "started_at": UTC, "config": pl.String},
+        schema={"run_id": pl.String, "flow_run_id": pl.String, "started_at": UTC_TIME, "config": pl.String},
     )
     with open_writer(path) as con:
         check_contract(con, path)
@@ -193,7 +217,9 @@ class ListFiles:
     n_rows: int
     n_users: int
     n_items: int
-    reason_paths: tuple[str, ...] = ()  # the shards' reasons (user_id, item_id, reason_rank, reason_item_id, contribution)
+    reason_paths: tuple[
+        str, ...
+    ] = ()  # the shards' reasons (user_id, item_id, reason_rank, reason_item_id, contribution)
 
     @classmethod
     def count(cls, paths: list[Path], reason_paths: list[Path] | None = None) -> ListFiles:
@@ -210,10 +236,17 @@ def list_counts(lists: pl.DataFrame | ListFiles) -> tuple[int, int, int]:
     return lists.height, lists["user_id"].n_unique(), lists["item_id"].n_unique()
 
 
-def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, items: pl.DataFrame,
-            facts: dict[str, Any] | Callable[[], dict[str, Any]],
-            refit_histories: dict[str, pl.DataFrame] | None = None, keep_runs: int = 0,
-            user_metrics: pl.DataFrame | None = None, extras: ListExtras | None = None) -> datetime:  # fmt: skip
+def publish(
+    path: Path,
+    run_id: str,
+    recommendations: pl.DataFrame | ListFiles,
+    items: pl.DataFrame,
+    facts: dict[str, Any] | Callable[[], dict[str, Any]],
+    refit_histories: dict[str, pl.DataFrame] | None = None,
+    keep_runs: int = 0,
+    user_metrics: pl.DataFrame | None = None,
+    extras: ListExtras | None = None,
+) -> datetime:
     """Replace the published lists, their reasons, the fallback list and the catalogue and mark the run succeeded,
     in one write.
 
@@ -240,15 +273,17 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
     frames = {
         "new_items": items.select("item_id", "title", "genres", "year"),
         "new_fallback": _stamped(extras.fallback, FALLBACK_SCHEMA, run_id).with_columns(
-            generated_at=pl.lit(generated_at).cast(UTC)),
+            generated_at=pl.lit(generated_at).cast(UTC_TIME)
+        ),
         "new_list_metrics": _keyed(extras.list_metrics, METRICS_SCHEMA, run_id, extras.model),
         "new_known_users": _stamped(extras.known_users, {"user_id": pl.Int64}, run_id),
         "new_history": pl.concat(
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
             or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
         ),
-        "new_user_metrics": (user_metrics if user_metrics is not None else pl.DataFrame(schema=USER_METRICS_SCHEMA))
-        .select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
+        "new_user_metrics": (
+            user_metrics if user_metrics is not None else pl.DataFrame(schema=USER_METRICS_SCHEMA)
+        ).select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
     }
     with open_writer(path) as con:
         _replace_lists(con, recommendations, extras.reasons, run_id, generated_at)
@@ -261,23 +296,39 @@ def publish(path: Path, run_id: str, recommendations: pl.DataFrame | ListFiles, 
     return generated_at
 
 
-def _replace_lists(con: duckdb.DuckDBPyConnection, recommendations: pl.DataFrame | ListFiles,
-                   reasons: pl.DataFrame | None, run_id: str, generated_at: datetime) -> None:  # fmt: skip
+def _replace_lists(
+    con: duckdb.DuckDBPyConnection,
+    recommendations: pl.DataFrame | ListFiles,
+    reasons: pl.DataFrame | None,
+    run_id: str,
+    generated_at: datetime,
+) -> None:
     """The live lists and their reasons replaced by the run's: from its shards' files in one statement, or from
     frames."""
     if isinstance(recommendations, ListFiles):
-        params = {"files": list(recommendations.paths), "reason_files": list(recommendations.reason_paths),
-                  "run_id": run_id, "generated_at": generated_at}  # fmt: skip
+        params = {
+            "files": list(recommendations.paths),
+            "reason_files": list(recommendations.reason_paths),
+            "run_id": run_id,
+            "generated_at": generated_at,
+        }
         if not recommendations.reason_paths:  # read_parquet needs a file: an empty one of the reasons' columns
             params["reason_files"] = [_empty_reasons_file(Path(recommendations.paths[0]).parent)]
         run_statement(con, "publish_lists_from_files", params=params)
         return
     stars = pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None)
-    lists = recommendations.select("user_id", "item_id", "rank", "score", pl.lit(run_id).alias("run_id"),
-                                   pl.lit(generated_at).cast(UTC).alias("generated_at"),
-                                   stars.cast(pl.Float32).alias("predicted_rating"))  # fmt: skip
-    run_statement(con, "publish_lists", {"new_recommendations": lists,
-                                         "new_reasons": _stamped(reasons, REASONS_SCHEMA, run_id)})  # fmt: skip
+    lists = recommendations.select(
+        "user_id",
+        "item_id",
+        "rank",
+        "score",
+        pl.lit(run_id).alias("run_id"),
+        pl.lit(generated_at).cast(UTC_TIME).alias("generated_at"),
+        stars.cast(pl.Float32).alias("predicted_rating"),
+    )
+    run_statement(
+        con, "publish_lists", {"new_recommendations": lists, "new_reasons": _stamped(reasons, REASONS_SCHEMA, run_id)}
+    )
 
 
 def _stamped(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str) -> pl.DataFrame:
@@ -311,8 +362,9 @@ def mark_failed(path: Path, run_id: str, error: str, facts: dict[str, Any], stat
     record_facts(path, run_id, {**facts, "status": status, "error": error, "finished_at": utc_now()})
 
 
-def mark_rejected(path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0,
-                  extras: ListExtras | None = None) -> None:  # fmt: skip
+def mark_rejected(
+    path: Path, run_id: str, facts: dict[str, Any], keep_runs: int = 0, extras: ListExtras | None = None
+) -> None:
     """Record the run as rejected by the quality gate (`facts` carries `gate_reason`), with its lists' metrics when
     it made lists (`extras`); the published lists are not touched."""
     with open_writer(path) as con:

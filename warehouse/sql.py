@@ -19,7 +19,11 @@ def _read(folder: str, name: str) -> str:
 def schema_scripts() -> list[str]:
     """The DDL scripts, in the order they are applied."""
     folder = resources.files(__package__).joinpath("schema")
-    return [_read("schema", entry.name) for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".sql")]
+    return [
+        _read("schema", entry.name)
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".sql")
+    ]
 
 
 def query(name: str) -> str:
@@ -49,8 +53,9 @@ def fetch_value(con: duckdb.DuckDBPyConnection, name: str, params: dict | None =
     return row[0] if row else None
 
 
-def run_statement(con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pl.DataFrame] | None = None,
-                  params: dict | None = None) -> list[tuple]:  # fmt: skip
+def run_statement(
+    con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pl.DataFrame] | None = None, params: dict | None = None
+) -> list[tuple]:
     """Run the statements of `statements/<name>.sql` in order, with `frames` registered under their names (and
     unregistered after) and bound `params`; returns the rows the last one returns (a RETURNING clause), if any.
     """

@@ -22,9 +22,17 @@ from tasks.ingest.fetch import Archive, fetch_archive, sha256_of
 from tasks.ingest.parse import PARSER_VERSION, Dataset, load_dataset
 
 __all__ = [
-    "PARSER_VERSION", "Archive", "Dataset", "IngestError", "fetch_archive", "fetch_archive_task", "fetch_with_retries",
-    "load_dataset", "load_dataset_task", "sha256_of",
-]  # fmt: skip
+    "PARSER_VERSION",
+    "Archive",
+    "Dataset",
+    "IngestError",
+    "fetch_archive",
+    "fetch_archive_task",
+    "fetch_with_retries",
+    "load_dataset",
+    "load_dataset_task",
+    "sha256_of",
+]
 
 # The first run on a machine without internet access meets this: the default source is GroupLens's URL.
 _OFFLINE_HINT = (

@@ -71,7 +71,9 @@ def _verified_cached(archive_dir: Path, sha256: str) -> Path | None:
     actual = sha256_of(path)
     if actual == sha256:
         return path
-    log.warning("cached archive %s no longer has sha256 %s (it has %s): deleted, downloading it again", path, sha256, actual)
+    log.warning(
+        "cached archive %s no longer has sha256 %s (it has %s): deleted, downloading it again", path, sha256, actual
+    )
     path.unlink()
     return None
 
@@ -152,9 +154,12 @@ class _DownloadProgress:
     def __init__(self, label: str, total: int | None) -> None:
         self.label, self.total, self.done, self.next_log = label, total, 0, 0.1
         self.bar = Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
             disable=not sys.stderr.isatty(),
-        )  # fmt: skip
+        )
         self.started = time.perf_counter()
 
     def __enter__(self):

@@ -19,9 +19,26 @@ RATINGS_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32
 
 # ml-100k's u.item carries 19 genre flags; u.genre names them in this order.
 ML_100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 _YEAR_AT_END = r"\((\d{4})\)\s*$"
 
@@ -79,17 +96,24 @@ def _problems(separator: str) -> pl.Expr:
         pl.when(pl.col("text").str.contains("\ufffd", literal=True))
         .then(pl.lit("holds bytes that are not UTF-8 text (shown as U+FFFD)"))
         .when(pl.col("text").str.contains(CONTROL_CHARACTERS))
-        .then(pl.format("holds the control character 0x{}", pl.col("text").str.extract(f"({CONTROL_CHARACTERS})").str.encode("hex")))
+        .then(
+            pl.format(
+                "holds the control character 0x{}",
+                pl.col("text").str.extract(f"({CONTROL_CHARACTERS})").str.encode("hex"),
+            )
+        )
         .when(pl.col(f"field_{width - 1}").is_null() | pl.col(f"field_{width}").is_not_null())
         .then(pl.format("has {} fields, expected {} separated by {}", n_fields, pl.lit(width), pl.lit(repr(separator))))
     )
-    for name, field in zip(RATINGS_SCHEMA, raw):
+    for name, field in zip(RATINGS_SCHEMA, raw, strict=False):
         expected = "a number" if name == "rating" else "a whole number"
         if name != "rating":  # digits alone that did not cast: a whole number past 64 bits
             problem = problem.when(pl.col(name).is_null() & _unquoted(field).str.contains(r"^[+-]?\d+$")).then(
                 pl.format(f"field '{name}' is '{{}}', which does not fit in a 64-bit integer", _unquoted(field))
             )
-        problem = problem.when(pl.col(name).is_null()).then(pl.format(f"field '{name}' is '{{}}', expected {expected}", field))
+        problem = problem.when(pl.col(name).is_null()).then(
+            pl.format(f"field '{name}' is '{{}}', expected {expected}", field)
+        )
     return (
         problem.when(~pl.col("rating").is_finite())
         .then(pl.format("field 'rating' is '{}', expected a finite number", pl.col(raw[2])))
@@ -110,7 +134,7 @@ def _checked_rows(lines: pl.LazyFrame, separator: str, header_lines: int) -> pl.
         .unnest("fields")
         .with_columns(
             _unquoted(field).cast(pl.Float64 if name == "rating" else dtype, strict=False).alias(name)
-            for field, (name, dtype) in zip(raw, RATINGS_SCHEMA.items())
+            for field, (name, dtype) in zip(raw, RATINGS_SCHEMA.items(), strict=False)
         )
         .with_columns(
             ok=pl.col(f"field_{width}").is_null()
@@ -133,8 +157,15 @@ def _read_delimited_ratings(path: Path, separator: str, header_lines: int = 0) -
         raise RatingsFormatError(f"{path.name}: is empty, expected {separator!r}-separated ratings")
     check_text_encoding(path)
     # Bytes that are not UTF-8 are read as U+FFFD, so such a line is a bad row that says so (`_problems`).
-    lines = pl.scan_csv(path, has_header=False, separator=_WHOLE_LINE, quote_char=None, new_columns=["text"],
-                        infer_schema=False, encoding="utf8-lossy")  # fmt: skip
+    lines = pl.scan_csv(
+        path,
+        has_header=False,
+        separator=_WHOLE_LINE,
+        quote_char=None,
+        new_columns=["text"],
+        infer_schema=False,
+        encoding="utf8-lossy",
+    )
     # The streaming engine reads and checks the file in batches and keeps only the typed columns: on a 20M-line
     # ratings.csv, 4.6 s and 0.9 GB peak for the process, against 20.9 s and 6.3 GB for the in-memory engine.
     try:
@@ -144,7 +175,9 @@ def _read_delimited_ratings(path: Path, separator: str, header_lines: int = 0) -
             .collect(engine="streaming")
         )
     except pl.exceptions.PolarsError as error:  # the whole-line byte itself in the file, or worse
-        raise RatingsFormatError(f"{path.name}{_first_control_character(path) or f': cannot be read as text ({error})'}") from error
+        raise RatingsFormatError(
+            f"{path.name}{_first_control_character(path) or f': cannot be read as text ({error})'}"
+        ) from error
     good = checked.filter("ok").drop("line", "ok")
     bad_lines = checked.filter(~pl.col("ok"))["line"]
     if bad_lines.len() == 0:
@@ -169,12 +202,14 @@ def check_text_encoding(path: Path) -> None:
         head = file.read(1 << 16)
     for mark, encoding in ((b"\xff\xfe", "UTF-16 little-endian"), (b"\xfe\xff", "UTF-16 big-endian")):
         if head.startswith(mark):
-            raise RatingsFormatError(f"{path.name} line 1: starts with the {encoding} byte-order mark; expected UTF-8 "
-                                     "text: save it as UTF-8")  # fmt: skip
+            raise RatingsFormatError(
+                f"{path.name} line 1: starts with the {encoding} byte-order mark; expected UTF-8 text: save it as UTF-8"
+            )
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
-        raise RatingsFormatError(f"{path.name} line {line}: holds NUL bytes, as UTF-16 or binary data do; expected "
-                                 "UTF-8 text")  # fmt: skip
+        raise RatingsFormatError(
+            f"{path.name} line {line}: holds NUL bytes, as UTF-16 or binary data do; expected UTF-8 text"
+        )
 
 
 def _first_control_character(path: Path) -> str | None:
@@ -207,7 +242,9 @@ def read_ratings_csv(path: Path) -> ParsedRatings:
     try:
         header = pl.read_csv(path, n_rows=0).columns
     except pl.exceptions.NoDataError as exc:
-        raise RatingsFormatError(f"{path.name}: is empty, expected the header {','.join(expected)} and ratings") from exc
+        raise RatingsFormatError(
+            f"{path.name}: is empty, expected the header {','.join(expected)} and ratings"
+        ) from exc
     if header != expected:
         raise RatingsFormatError(f"{path.name} line 1: header is {','.join(header)}, expected {','.join(expected)}")
     return _read_delimited_ratings(path, ",", header_lines=1)
@@ -242,16 +279,21 @@ def _refuse_bad_items(path: Path, rows: pl.DataFrame, id_field: str, width: int,
     shape = rows.filter(pl.col("n_fields") != width)
     if shape.height:
         line, n = shape.row(0)[0], shape["n_fields"][0]
-        raise RatingsFormatError(f"{path.name} line {line}: has {n} fields, expected {width} ({what})"
-                                 + (f"; {shape.height - 1:,} more such lines" if shape.height > 1 else ""))  # fmt: skip
+        raise RatingsFormatError(
+            f"{path.name} line {line}: has {n} fields, expected {width} ({what})"
+            + (f"; {shape.height - 1:,} more such lines" if shape.height > 1 else "")
+        )
     bad_id = rows.filter(pl.col("item_id").is_null())
     if bad_id.height:
         line, raw = bad_id["line"][0], bad_id["raw_id"][0]
         digits = raw.strip().lstrip("+-").isdigit()
         expected = "which does not fit in a 64-bit integer" if digits else "expected a whole number"
         raise RatingsFormatError(f"{path.name} line {line}: field '{id_field}' is '{raw}', {expected}")
-    repeated = rows.filter(pl.col("item_id").is_duplicated()).group_by("item_id").agg(pl.col("line").sort()).sort(
-        pl.col("line").list.first()
+    repeated = (
+        rows.filter(pl.col("item_id").is_duplicated())
+        .group_by("item_id")
+        .agg(pl.col("line").sort())
+        .sort(pl.col("line").list.first())
     )
     if repeated.height:
         item, lines = repeated.row(0)
@@ -282,7 +324,9 @@ def read_u_item(path: Path) -> pl.DataFrame:
     rows = _text_lines(path).with_columns(fields=pl.col("text").str.split("|"))
     rows = rows.with_columns(n_fields=pl.col("fields").list.len(), raw_id=pl.col("fields").list.first())
     rows = rows.with_columns(item_id=_item_id("raw_id"))
-    _refuse_bad_items(path, rows, "movie id", width, "movie id|title|release date|video release date|URL|19 genre flags")
+    _refuse_bad_items(
+        path, rows, "movie id", width, "movie id|title|release date|video release date|URL|19 genre flags"
+    )
     flags = [pl.when(pl.col("fields").list.get(5 + i) == "1").then(pl.lit(name)) for i, name in enumerate(genres)]
     items = rows.select("item_id", title=pl.col("fields").list.get(1), genres=pl.concat_list(flags).list.drop_nulls())
     return _with_year(items)
@@ -290,7 +334,11 @@ def read_u_item(path: Path) -> pl.DataFrame:
 
 def _split_genres(genres: str | pl.Expr) -> pl.Expr:
     """`Action|Comedy` to a list; `(no genres listed)` to an empty list."""
-    return (pl.col(genres) if isinstance(genres, str) else genres).str.split("|").list.filter(pl.element() != "(no genres listed)")
+    return (
+        (pl.col(genres) if isinstance(genres, str) else genres)
+        .str.split("|")
+        .list.filter(pl.element() != "(no genres listed)")
+    )
 
 
 def read_movies_dat(path: Path) -> pl.DataFrame:
@@ -322,8 +370,12 @@ def read_movies_csv(path: Path) -> pl.DataFrame:
         raise RatingsFormatError(f"{path.name}: is empty, expected the header {','.join(expected)} and movies")
     header = [name.strip().strip('"') for name in lines["text"][0].split(",")]
     if header != expected:
-        raise RatingsFormatError(f"{path.name} line {lines['line'][0]}: header is {','.join(header)}, expected {','.join(expected)}")
-    rows = lines.slice(1).with_columns(pl.col("text").str.strip_chars_end("\r").str.extract_groups(_MOVIES_CSV_ROW).alias("parts"))
+        raise RatingsFormatError(
+            f"{path.name} line {lines['line'][0]}: header is {','.join(header)}, expected {','.join(expected)}"
+        )
+    rows = lines.slice(1).with_columns(
+        pl.col("text").str.strip_chars_end("\r").str.extract_groups(_MOVIES_CSV_ROW).alias("parts")
+    )
     rows = rows.unnest("parts").rename({"1": "raw_id", "2": "title", "3": "genres"})
     # A row the pattern does not match has the wrong number of fields (or a stray quote): counted for the message.
     rows = rows.with_columns(
@@ -337,12 +389,18 @@ def read_movies_csv(path: Path) -> pl.DataFrame:
 
 LAYOUTS: tuple[Layout, ...] = (
     Layout("ml-100k", "u.data", "u.item", read_u_data, read_u_item, "u.data (tab, no header) + u.item"),
-    Layout("ml-1m/10m", "ratings.dat", "movies.dat", read_ratings_dat, read_movies_dat, "ratings.dat (::) + movies.dat"),
     Layout(
-        "csv", "ratings.csv", "movies.csv", read_ratings_csv, read_movies_csv,
+        "ml-1m/10m", "ratings.dat", "movies.dat", read_ratings_dat, read_movies_dat, "ratings.dat (::) + movies.dat"
+    ),
+    Layout(
+        "csv",
+        "ratings.csv",
+        "movies.csv",
+        read_ratings_csv,
+        read_movies_csv,
         "ratings.csv (userId,movieId,rating,timestamp) + movies.csv: ml-20m, 25m, 32m, latest",
     ),
-)  # fmt: skip
+)
 
 
 def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
@@ -373,13 +431,17 @@ def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
     if not found:
         shown = ", ".join(member_names[:20]) + (f", ... ({len(member_names)} files)" if len(member_names) > 20 else "")
         understood = "; ".join(f"{layout.name}: {layout.description}" for layout in LAYOUTS)
-        raise RatingsFormatError(f"no ratings file of a known layout; the archive holds: {shown}. Layouts understood: {understood}")
+        raise RatingsFormatError(
+            f"no ratings file of a known layout; the archive holds: {shown}. Layouts understood: {understood}"
+        )
     ratings = found[0]
     layout = ratings_names[ratings.rsplit("/", 1)[-1]]
     folder = ratings.rsplit("/", 1)[0] + "/" if "/" in ratings else ""
     items = [m for m in member_names if m.rsplit("/", 1)[-1] == layout.items_file]
     if len(items) > 1:
-        raise RatingsFormatError(f"holds {len(items)} items files {', '.join(map(repr, items[:5]))} for {ratings!r}; expected one")
+        raise RatingsFormatError(
+            f"holds {len(items)} items files {', '.join(map(repr, items[:5]))} for {ratings!r}; expected one"
+        )
     if folder + layout.items_file in items:
         return layout, ratings, folder + layout.items_file
     return layout, ratings, items[0] if items else None
@@ -395,12 +457,16 @@ def keep_latest_ratings(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         The ratings (in file order when there were no duplicates) and how many rows were dropped.
     """
     # Ids are packed into one int64 when they fit (always for MovieLens): hashing it is 4x faster than a struct.
-    ids = ratings.select(low=pl.min_horizontal(pl.col("user_id", "item_id").min()),
-                         high=pl.max_horizontal(pl.col("user_id", "item_id").max())).row(0)  # fmt: skip
+    ids = ratings.select(
+        low=pl.min_horizontal(pl.col("user_id", "item_id").min()),
+        high=pl.max_horizontal(pl.col("user_id", "item_id").max()),
+    ).row(0)
     packs = ratings.height == 0 or (ids[0] >= 0 and ids[1] < 2**31)
     key = pl.col("user_id") * 2**32 + pl.col("item_id") if packs else pl.struct("user_id", "item_id")
     n_duplicates = ratings.height - ratings.select(key.n_unique()).item()
     if n_duplicates == 0:
         return ratings, 0
-    latest = ratings.sort("timestamp", maintain_order=True).unique(["user_id", "item_id"], keep="last", maintain_order=True)
+    latest = ratings.sort("timestamp", maintain_order=True).unique(
+        ["user_id", "item_id"], keep="last", maintain_order=True
+    )
     return latest, n_duplicates

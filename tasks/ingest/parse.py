@@ -17,8 +17,8 @@ import polars as pl
 from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive
-from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 from tasks.ingest.movielens import ParsedRatings, RatingsFormatError, keep_latest_ratings
+from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 from tasks.ingest.unzip import extract_members
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,11 @@ def _apply_bad_row_policy(meta: dict, policy: BadRowPolicy, source: str) -> None
             "Fix the file, or run with on_bad_rows=drop (--on-bad-rows drop) to skip them and record the count"
         )
     if n_bad:
-        log.warning("dropped %d bad ratings row(s) (on_bad_rows=drop, --on-bad-rows drop), first: %s", n_bad, meta["bad_row_examples"][0])
+        log.warning(
+            "dropped %d bad ratings row(s) (on_bad_rows=drop, --on-bad-rows drop), first: %s",
+            n_bad,
+            meta["bad_row_examples"][0],
+        )
 
 
 def load_dataset(
@@ -93,8 +97,15 @@ def load_dataset(
     else:
         meta = _parse(archive, out_dir, max_extracted_bytes)
     _apply_bad_row_policy(meta, on_bad_rows, archive.source)
-    return Dataset(out_dir / "ratings.parquet", out_dir / "items.parquet", archive.sha256, meta["layout"], meta["n_ratings"],
-                   meta["n_bad_rows"], meta["n_duplicate_ratings"])  # fmt: skip
+    return Dataset(
+        out_dir / "ratings.parquet",
+        out_dir / "items.parquet",
+        archive.sha256,
+        meta["layout"],
+        meta["n_ratings"],
+        meta["n_bad_rows"],
+        meta["n_duplicate_ratings"],
+    )
 
 
 def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
@@ -116,35 +127,47 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
     try:
         raw_dir = work / "raw"
         raw_dir.mkdir()
-        layout, ratings_member, items_member, ratings_file, items_file = extract_members(archive, raw_dir, max_extracted_bytes)
+        layout, ratings_member, items_member, ratings_file, items_file = extract_members(
+            archive, raw_dir, max_extracted_bytes
+        )
         parsed = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
         items = _read(layout.read_items, items_file, items_member, archive.source) if items_file else None
         parsed = _seconds(parsed, ratings_member, archive.source)
         # the examples name the file as extracted (`u.data line 7: ...`); the member's path says where it is
-        examples = [ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
-                    for e in parsed.bad_row_examples]  # fmt: skip
+        examples = [
+            ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
+            for e in parsed.bad_row_examples
+        ]
         if parsed.ratings.height == 0:
             dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {examples[0]})" if parsed.n_bad_rows else ""
             raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
         ratings, n_duplicates = keep_latest_ratings(parsed.ratings)
         if n_duplicates:
-            log.warning("%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates)
+            log.warning(
+                "%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates
+            )
         items = items if items is not None else _untitled_items(ratings)
         ratings.write_parquet(work / "ratings.parquet")
         items.write_parquet(work / "items.parquet")
         shutil.rmtree(raw_dir)
         meta = {
-            "parser": PARSER_VERSION, "layout": layout.name, "n_ratings": ratings.height, "source": archive.source,
-            "n_bad_rows": parsed.n_bad_rows, "bad_row_examples": examples,
+            "parser": PARSER_VERSION,
+            "layout": layout.name,
+            "n_ratings": ratings.height,
+            "source": archive.source,
+            "n_bad_rows": parsed.n_bad_rows,
+            "bad_row_examples": examples,
             "n_duplicate_ratings": n_duplicates,
-        }  # fmt: skip
+        }
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
         if out_dir.exists():  # parsed by an older version, or by a concurrent parse that finished first
             shutil.rmtree(out_dir)
         work.replace(out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height)
+    log.info(
+        "parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height
+    )
     return meta
 
 
@@ -183,8 +206,11 @@ def _seconds(parsed: ParsedRatings, member: str, source: str) -> ParsedRatings:
             f"archive {source!r}, member {member!r}: timestamps mix seconds ({small}) and milliseconds ({big}) since 1970; expected one "
             "unit: Unix seconds, as MovieLens writes them"
         )
-    log.warning("%s: timestamps are in milliseconds since 1970 (the largest %d); converted to seconds",
-                member, ratings["timestamp"].max())  # fmt: skip
+    log.warning(
+        "%s: timestamps are in milliseconds since 1970 (the largest %d); converted to seconds",
+        member,
+        ratings["timestamp"].max(),
+    )
     converted = ratings.with_columns(pl.col("timestamp") // 1000)
     return ParsedRatings(converted, parsed.n_bad_rows, parsed.bad_row_examples)
 

@@ -24,7 +24,9 @@ def _unsafe_members(archive: zipfile.ZipFile) -> list[str]:
     unsafe = []
     for info in archive.infolist():
         name = info.filename
-        climbs = name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or ":" in name.split("/")[0]
+        climbs = (
+            name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or ":" in name.split("/")[0]
+        )
         if climbs or stat.S_ISLNK(info.external_attr >> 16):
             unsafe.append(name)
     return unsafe
@@ -40,12 +42,24 @@ def _check_size(archive: zipfile.ZipFile, members: list[str], out_dir: Path, lim
         )
     free = shutil.disk_usage(out_dir).free
     if declared > free:
-        raise IngestError(f"archive {source!r}: {', '.join(members)} expand to {declared:,} bytes; {out_dir} has {free:,} free")
+        raise IngestError(
+            f"archive {source!r}: {', '.join(members)} expand to {declared:,} bytes; {out_dir} has {free:,} free"
+        )
 
 
 # Zip compression methods by number (APPNOTE 4.4.5), for messages; zipfile reads stored, deflate, bzip2, lzma.
-_METHODS = {0: "stored", 8: "deflate", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard", 95: "xz",
-            97: "WavPack", 98: "PPMd", 99: "AES encryption"}  # fmt: skip
+_METHODS = {
+    0: "stored",
+    8: "deflate",
+    9: "deflate64",
+    12: "bzip2",
+    14: "lzma",
+    93: "zstandard",
+    95: "xz",
+    97: "WavPack",
+    98: "PPMd",
+    99: "AES encryption",
+}
 _READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 # What a member that is itself compressed starts with. gzip is unpacked (within the size limit); the others are
@@ -59,8 +73,9 @@ def _refuse_unreadable_members(archive: zipfile.ZipFile, members: list[str], sou
     for name in members:
         info = archive.getinfo(name)
         if info.flag_bits & 0x1:
-            raise IngestError(f"archive {source!r}, member {name!r}: is encrypted (password-protected); expected "
-                              "a plain zip member")  # fmt: skip
+            raise IngestError(
+                f"archive {source!r}, member {name!r}: is encrypted (password-protected); expected a plain zip member"
+            )
         if info.compress_type not in _READABLE_METHODS:
             method = _METHODS.get(info.compress_type, "unknown")
             raise IngestError(
@@ -75,12 +90,15 @@ def _copy_within(src, out, budget: list[int], limit: int, what: str) -> None:
     while chunk := src.read(CHUNK_BYTES):
         budget[0] -= len(chunk)
         if budget[0] < 0:
-            raise IngestError(f"{what}: expands past the {limit:,} byte limit ({setting('max_extracted_bytes')}); refused")
+            raise IngestError(
+                f"{what}: expands past the {limit:,} byte limit ({setting('max_extracted_bytes')}); refused"
+            )
         out.write(chunk)
 
 
-def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int], limit: int,
-                    source: str) -> Path:  # fmt: skip
+def _extract_member(
+    archive: zipfile.ZipFile, name: str, target_dir: Path, budget: list[int], limit: int, source: str
+) -> Path:
     """Copy one member into `target_dir` (flat), stopping once more than the budget has come out; a member that
     is itself gzip-compressed is unpacked within the same budget, and other compressed content is refused.
 
@@ -106,8 +124,9 @@ def _extract_member(archive: zipfile.ZipFile, name: str, target_dir: Path, budge
         return target
     for magic, kind in _OTHER_COMPRESSION.items():
         if head.startswith(magic):
-            raise IngestError(f"{what}: holds {kind}-compressed data, not text; unpack it before zipping (gzip is "
-                              "unpacked here)")  # fmt: skip
+            raise IngestError(
+                f"{what}: holds {kind}-compressed data, not text; unpack it before zipping (gzip is unpacked here)"
+            )
     return target
 
 
@@ -134,8 +153,12 @@ def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout
             raise IngestError(f"archive {archive.source!r}: {exc}") from exc
         ratings_folder, items_folder = ratings_member.rpartition("/")[0], (items_member or "").rpartition("/")[0]
         if items_member and items_folder != ratings_folder:
-            log.warning("archive %r: the items file %r is not beside the ratings %r; its titles are used", archive.source,
-                        items_member, ratings_member)  # fmt: skip
+            log.warning(
+                "archive %r: the items file %r is not beside the ratings %r; its titles are used",
+                archive.source,
+                items_member,
+                ratings_member,
+            )
         members = [ratings_member, *([items_member] if items_member else [])]
         genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
         if layout.name == "ml-100k" and genre_member in zf.namelist():
@@ -148,8 +171,15 @@ def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout
                 files.append(_extract_member(zf, name, raw_dir, budget, limit, archive.source))
             except IngestError:
                 raise
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError,
-                    NotImplementedError) as exc:  # fmt: skip
-                raise IngestError(f"archive {archive.source!r} is unreadable at member {name!r}: {type(exc).__name__}: "
-                                  f"{exc}") from exc  # fmt: skip
+            except (
+                zipfile.BadZipFile,
+                zipfile.LargeZipFile,
+                EOFError,
+                zlib.error,
+                RuntimeError,
+                NotImplementedError,
+            ) as exc:
+                raise IngestError(
+                    f"archive {archive.source!r} is unreadable at member {name!r}: {type(exc).__name__}: {exc}"
+                ) from exc
     return layout, ratings_member, items_member, files[0], files[1] if items_member else None

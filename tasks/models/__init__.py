@@ -10,19 +10,39 @@ from __future__ import annotations
 
 from tasks.models.base import Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
 from tasks.models.closed_form import (
-    BiasModel, BiasParams, Ease, EaseParams, Popularity, PopularityParams, fit_bias, fit_ease, fit_popularity,
-)  # fmt: skip
+    BiasModel,
+    BiasParams,
+    Ease,
+    EaseParams,
+    Popularity,
+    PopularityParams,
+    fit_bias,
+    fit_ease,
+    fit_popularity,
+)
 from tasks.models.embedding import (
-    BprModel, BprParams, DotBiasParams, DotParams, EmbeddingDot, EmbeddingDotBias, EmbeddingNN, MlpParams, fit_bpr,
-    fit_dot, fit_dot_bias, fit_mlp,
-)  # fmt: skip
+    BprModel,
+    BprParams,
+    DotBiasParams,
+    DotParams,
+    EmbeddingDot,
+    EmbeddingDotBias,
+    EmbeddingNN,
+    MlpParams,
+    fit_bpr,
+    fit_dot,
+    fit_dot_bias,
+    fit_mlp,
+)
 from tasks.models.ials import Ials, IalsParams, fit_ials
 from tasks.models.knn import ItemKnn, ItemKnnParams, UserKnn, UserKnnParams, fit_item_knn, fit_user_knn
 
 __all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Recommender"]
 
 MODELS: dict[str, ModelSpec] = {
-    "dot_bias": ModelSpec(EmbeddingDotBias, DotBiasParams, fit_dot_bias, "embedding dot product + biases, sigmoid range; MSE"),
+    "dot_bias": ModelSpec(
+        EmbeddingDotBias, DotBiasParams, fit_dot_bias, "embedding dot product + biases, sigmoid range; MSE"
+    ),
     "dot": ModelSpec(EmbeddingDot, DotParams, fit_dot, "embedding dot product; MSE"),
     "mlp": ModelSpec(EmbeddingNN, MlpParams, fit_mlp, "embeddings through an MLP, sigmoid range; MSE"),
     "user_knn": ModelSpec(UserKnn, UserKnnParams, fit_user_knn, "user-user kNN, mean-centred cosine"),

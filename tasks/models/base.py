@@ -19,7 +19,6 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-
 # torch warns that sparse CSR is in beta and that invariant checks are off; the products used here are stable
 # and the matrices are built by `RatingMatrix.build`, which coalesces them.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -83,9 +82,16 @@ class Fit(Protocol[P]):
         The fitted module and its history rows (`epoch`, `split`, `loss`; none for closed-form models).
     """
 
-    def __call__(self, interactions: Interactions, params: P, device: torch.device,
-                 validation: pl.DataFrame | None = None, *, seed: int = 0,
-                 label: str = "train") -> tuple[Recommender, list[dict]]: ...  # fmt: skip
+    def __call__(
+        self,
+        interactions: Interactions,
+        params: P,
+        device: torch.device,
+        validation: pl.DataFrame | None = None,
+        *,
+        seed: int = 0,
+        label: str = "train",
+    ) -> tuple[Recommender, list[dict]]: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,9 @@ class ModelFitError(RuntimeError):
 def check_finite(loss: float, epoch: int) -> None:
     """Raise ModelFitError when an epoch's loss is NaN or infinite."""
     if not math.isfinite(loss):
-        raise ModelFitError(f"training loss became {loss} in epoch {epoch}; lower the learning rate or raise the regularization")
+        raise ModelFitError(
+            f"training loss became {loss} in epoch {epoch}; lower the learning rate or raise the regularization"
+        )
 
 
 class Recommender(nn.Module):
@@ -160,8 +168,9 @@ class Recommender(nn.Module):
         unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
 
         def cosine(items: torch.Tensor, crow: torch.Tensor, rated: torch.Tensor) -> torch.Tensor:
-            pattern = torch.sparse_csr_tensor(crow, rated, torch.zeros(len(rated), device=unit.device),
-                                              (len(items), len(unit)))  # fmt: skip
+            pattern = torch.sparse_csr_tensor(
+                crow, rated, torch.zeros(len(rated), device=unit.device), (len(items), len(unit))
+            )
             return torch.sparse.sampled_addmm(pattern, unit[items], unit.T, beta=0.0).values()
 
         return cosine
@@ -190,13 +199,18 @@ class RatingMatrix(nn.Module):
         self.register_buffer("values", torch.zeros(nnz, dtype=torch.float32))
 
     @classmethod
-    def build(cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> RatingMatrix:
+    def build(
+        cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+    ) -> RatingMatrix:
         """From coordinates (duplicates are summed), on the device of `rows`."""
         coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.float(), shape).coalesce()
         r, c = coo.indices()
         matrix = cls(shape[0], shape[1], len(c)).to(rows.device)
-        matrix.indptr.copy_(torch.cat([torch.zeros(1, dtype=torch.int64, device=rows.device),
-                                       torch.bincount(r, minlength=shape[0]).cumsum(0)]))  # fmt: skip
+        matrix.indptr.copy_(
+            torch.cat(
+                [torch.zeros(1, dtype=torch.int64, device=rows.device), torch.bincount(r, minlength=shape[0]).cumsum(0)]
+            )
+        )
         matrix.indices.copy_(c)
         matrix.values.copy_(coo.values())
         return matrix
@@ -237,8 +251,14 @@ class RatingMatrix(nn.Module):
         """The n_cols x n_rows matrix (a stable sort by column keeps each new row's columns in order)."""
         order = torch.sort(self.indices, stable=True).indices
         matrix = RatingMatrix(self.shape[1], self.shape[0], len(order)).to(self.indptr.device)
-        matrix.indptr.copy_(torch.cat([torch.zeros(1, dtype=torch.int64, device=order.device),
-                                       torch.bincount(self.indices, minlength=self.shape[1]).cumsum(0)]))  # fmt: skip
+        matrix.indptr.copy_(
+            torch.cat(
+                [
+                    torch.zeros(1, dtype=torch.int64, device=order.device),
+                    torch.bincount(self.indices, minlength=self.shape[1]).cumsum(0),
+                ]
+            )
+        )
         matrix.indices.copy_(self.row_of_values()[order])
         matrix.values.copy_(self.values[order])
         return matrix
@@ -247,7 +267,7 @@ class RatingMatrix(nn.Module):
         """Mean of each row's stored values (0 for an empty row)."""
         return self.row_sums(self.values) / self.indptr.diff().clamp(min=1)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's signature
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint's matrix has its own number of stored values: take its buffers' sizes.
         for name in ("indptr", "indices", "values"):
             if prefix + name in state_dict:
@@ -255,7 +275,7 @@ class RatingMatrix(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def pair_scores(score_users, users: torch.Tensor, items: torch.Tensor, chunk: int = 1024) -> torch.Tensor:  # noqa: ANN001
+def pair_scores(score_users, users: torch.Tensor, items: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """`score_users(u)[u, i]` for each pair, scoring each distinct user once, `chunk` users at a time."""
     distinct, position = torch.unique(users, return_inverse=True)
     out = torch.empty(len(users), device=users.device)

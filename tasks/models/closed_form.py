@@ -15,7 +15,7 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from tasks.models.base import Interactions, ModelParams, Recommender, RatingMatrix, index_tensors
+from tasks.models.base import Interactions, ModelParams, RatingMatrix, Recommender, index_tensors
 
 
 class Ease(Recommender):
@@ -31,7 +31,7 @@ class Ease(Recommender):
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.history.rows(users, binary=True) @ self.weights
 
-    def item_affinity(self):  # noqa: ANN201 - Recommender's
+    def item_affinity(self):
         # score(u, i) = sum over the user's rated j of B[j, i]: each term is that item's contribution
         return lambda items, crow, rated: self.weights[rated, items.repeat_interleave(crow.diff())]
 
@@ -85,8 +85,15 @@ class EaseParams(ModelParams):
 
 
 @torch.no_grad()
-def fit_ease(interactions: Interactions, params: EaseParams, device: torch.device,
-             validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train") -> tuple[Ease, list[dict]]:  # fmt: skip
+def fit_ease(
+    interactions: Interactions,
+    params: EaseParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[Ease, list[dict]]:
     """`ease`; the Gram matrix is accumulated `chunk_users` users at a time."""
     n_users, n_items = interactions.n_users, interactions.n_items
     users, items, _ = index_tensors(interactions.ratings, device)
@@ -114,9 +121,15 @@ class BiasParams(ModelParams):
 
 
 @torch.no_grad()
-def fit_bias(interactions: Interactions, params: BiasParams, device: torch.device,
-             validation: pl.DataFrame | None = None, *, seed: int = 0,
-             label: str = "train") -> tuple[BiasModel, list[dict]]:  # fmt: skip
+def fit_bias(
+    interactions: Interactions,
+    params: BiasParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[BiasModel, list[dict]]:
     """`bias`: the damped means of the residuals, items first, then users."""
     n_users, n_items = interactions.n_users, interactions.n_items
     users, items, ratings = index_tensors(interactions.ratings, device)
@@ -139,9 +152,15 @@ class PopularityParams(ModelParams):
 
 
 @torch.no_grad()
-def fit_popularity(interactions: Interactions, params: PopularityParams, device: torch.device,
-                   validation: pl.DataFrame | None = None, *, seed: int = 0,
-                   label: str = "train") -> tuple[Popularity, list[dict]]:  # fmt: skip
+def fit_popularity(
+    interactions: Interactions,
+    params: PopularityParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[Popularity, list[dict]]:
     """`popularity`: counts of training ratings per item."""
     _, items, _ = index_tensors(interactions.ratings, device)
     module = Popularity(interactions.n_users, interactions.n_items).to(device)

@@ -22,8 +22,14 @@ from pydantic import Field
 from torch import nn
 
 from tasks.models.base import (
-    MAX_EPOCHS, InitialRows, Interactions, ModelParams, Recommender, apply_initial_rows, index_tensors,
-)  # fmt: skip
+    MAX_EPOCHS,
+    InitialRows,
+    Interactions,
+    ModelParams,
+    Recommender,
+    apply_initial_rows,
+    index_tensors,
+)
 from tasks.models.sgd import auto_batch_size, sgd_fit_dot_bias
 from tasks.models.training import adam, fit_mse, minibatch_fit, validation_loss
 
@@ -116,10 +122,17 @@ class EmbeddingDot(Recommender):
 class EmbeddingNN(_SigmoidRange):
     """rating = sigmoid(MLP([u, v])) scaled to `y_range` (fastai's EmbeddingNN)."""
 
-    def __init__(self, n_users: int, n_items: int, factors: int, hidden: list[int], dropout: float,
-                 y_range: tuple[float, float]) -> None:  # fmt: skip
-        super().__init__(n_users=n_users, n_items=n_items, factors=factors, hidden=list(hidden), dropout=dropout,
-                         y_range=tuple(y_range))  # fmt: skip
+    def __init__(
+        self, n_users: int, n_items: int, factors: int, hidden: list[int], dropout: float, y_range: tuple[float, float]
+    ) -> None:
+        super().__init__(
+            n_users=n_users,
+            n_items=n_items,
+            factors=factors,
+            hidden=list(hidden),
+            dropout=dropout,
+            y_range=tuple(y_range),
+        )
         self.user_factors = _embedding(n_users, factors)
         self.item_factors = _embedding(n_items, factors)
         layers: list[nn.Module] = []
@@ -186,7 +199,10 @@ class DotBiasParams(ModelParams):
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
     epochs: int = Field(20, ge=1, le=MAX_EPOCHS, description="Passes over the training ratings.")
     warm_epochs: int = Field(
-        5, ge=1, le=MAX_EPOCHS, description="Passes when the fit starts from the last published run's vectors (warm_start)."
+        5,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Passes when the fit starts from the last published run's vectors (warm_start).",
     )
     batch_size: int | None = Field(
         None,
@@ -194,27 +210,48 @@ class DotBiasParams(ModelParams):
         description="Ratings per vectorised SGD step (their updates are summed); unset: a thousandth of the "
         "training ratings as a power of two, at least 4096 (4096 for ML-100k, 16384 for 20M).",
     )
-    learning_rate: float = Field(0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0).")
-    regularization: float = Field(0.1, ge=0, description="L2 weight decay per rating on the vectors and biases it updates.")
+    learning_rate: float = Field(
+        0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0)."
+    )
+    regularization: float = Field(
+        0.1, ge=0, description="L2 weight decay per rating on the vectors and biases it updates."
+    )
     y_margin: float = Field(
         0.5, ge=0, description="The sigmoid spans the rating scale widened by this much on each side (fastai y_range)."
     )
 
 
-def fit_dot_bias(interactions: Interactions, params: DotBiasParams, device: torch.device,
-                 validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train",
-                 init: InitialRows | None = None) -> tuple[EmbeddingDotBias, list[dict]]:  # fmt: skip
+def fit_dot_bias(
+    interactions: Interactions,
+    params: DotBiasParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+    init: InitialRows | None = None,
+) -> tuple[EmbeddingDotBias, list[dict]]:
     """`dot_bias` by per-rating SGD (tasks/models/sgd.py); `init`: rows of the tables from a previous fit (a warm
     start)."""
     train = interactions.ratings
-    module = EmbeddingDotBias(interactions.n_users, interactions.n_items, params.factors,
-                              _y_range(interactions, params.y_margin)).to(device)  # fmt: skip
+    module = EmbeddingDotBias(
+        interactions.n_users, interactions.n_items, params.factors, _y_range(interactions, params.y_margin)
+    ).to(device)
     with torch.no_grad():
         apply_initial_rows(module.state_dict(), init)
     generator = torch.Generator(device=device).manual_seed(seed)
     batch_size = params.batch_size or auto_batch_size(train.height)
-    rows = sgd_fit_dot_bias(module, index_tensors(train, device), params.epochs, batch_size, params.learning_rate,
-                            params.regularization, generator, label, validation_loss(module, validation, device))  # fmt: skip
+    rows = sgd_fit_dot_bias(
+        module,
+        index_tensors(train, device),
+        params.epochs,
+        batch_size,
+        params.learning_rate,
+        params.regularization,
+        generator,
+        label,
+        validation_loss(module, validation, device),
+    )
     return module, rows
 
 
@@ -228,14 +265,29 @@ class DotParams(ModelParams):
     regularization: float = Field(0.1, ge=0, description="L2 penalty on the embeddings looked up in each batch.")
 
 
-def fit_dot(interactions: Interactions, params: DotParams, device: torch.device,
-            validation: pl.DataFrame | None = None, *, seed: int = 0,
-            label: str = "train") -> tuple[EmbeddingDot, list[dict]]:  # fmt: skip
+def fit_dot(
+    interactions: Interactions,
+    params: DotParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[EmbeddingDot, list[dict]]:
     """`dot` by Adam on squared error plus the L2 penalty."""
     module = EmbeddingDot(interactions.n_users, interactions.n_items, params.factors).to(device)
     optimizer = adam(module, params.learning_rate)
-    return module, fit_mse(module, optimizer, interactions.ratings, params.regularization, params.epochs,
-                           params.batch_size, seed, validation, label)  # fmt: skip
+    return module, fit_mse(
+        module,
+        optimizer,
+        interactions.ratings,
+        params.regularization,
+        params.epochs,
+        params.batch_size,
+        seed,
+        validation,
+        label,
+    )
 
 
 class MlpParams(ModelParams):
@@ -253,15 +305,28 @@ class MlpParams(ModelParams):
     )
 
 
-def fit_mlp(interactions: Interactions, params: MlpParams, device: torch.device,
-            validation: pl.DataFrame | None = None, *, seed: int = 0,
-            label: str = "train") -> tuple[EmbeddingNN, list[dict]]:  # fmt: skip
+def fit_mlp(
+    interactions: Interactions,
+    params: MlpParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[EmbeddingNN, list[dict]]:
     """`mlp` by AdamW (decoupled weight decay, as fastai trains it) on squared error."""
-    module = EmbeddingNN(interactions.n_users, interactions.n_items, params.factors, params.hidden, params.dropout,
-                         _y_range(interactions, params.y_margin)).to(device)  # fmt: skip
+    module = EmbeddingNN(
+        interactions.n_users,
+        interactions.n_items,
+        params.factors,
+        params.hidden,
+        params.dropout,
+        _y_range(interactions, params.y_margin),
+    ).to(device)
     optimizer = adam(module, params.learning_rate, decoupled_weight_decay=params.weight_decay)
-    return module, fit_mse(module, optimizer, interactions.ratings, 0.0, params.epochs, params.batch_size, seed,
-                           validation, label)  # fmt: skip
+    return module, fit_mse(
+        module, optimizer, interactions.ratings, 0.0, params.epochs, params.batch_size, seed, validation, label
+    )
 
 
 class BprParams(ModelParams):
@@ -274,9 +339,15 @@ class BprParams(ModelParams):
     regularization: float = Field(0.01, ge=0, description="L2 penalty on the vectors and biases in each batch.")
 
 
-def fit_bpr(interactions: Interactions, params: BprParams, device: torch.device,
-            validation: pl.DataFrame | None = None, *, seed: int = 0,
-            label: str = "train") -> tuple[BprModel, list[dict]]:  # fmt: skip
+def fit_bpr(
+    interactions: Interactions,
+    params: BprParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[BprModel, list[dict]]:
     """`bpr`: each rating is a positive; one uniformly sampled item per positive is the negative."""
     n_items = interactions.n_items
     module = BprModel(interactions.n_users, n_items, params.factors).to(device)
@@ -288,10 +359,15 @@ def fit_bpr(interactions: Interactions, params: BprParams, device: torch.device,
         u, i = users[idx], items[idx]
         j = torch.randint(n_items, (len(idx),), device=device, generator=generator)
         log_likelihood = nn.functional.logsigmoid(module.pair_scores(u, i) - module.pair_scores(u, j))
-        vectors = (module.user_factors(u).pow(2).sum(1) + module.item_factors(i).pow(2).sum(1)
-                   + module.item_factors(j).pow(2).sum(1) + module.item_bias(i).squeeze(1).pow(2)
-                   + module.item_bias(j).squeeze(1).pow(2))  # fmt: skip
+        vectors = (
+            module.user_factors(u).pow(2).sum(1)
+            + module.item_factors(i).pow(2).sum(1)
+            + module.item_factors(j).pow(2).sum(1)
+            + module.item_bias(i).squeeze(1).pow(2)
+            + module.item_bias(j).squeeze(1).pow(2)
+        )
         return -log_likelihood.mean() + params.regularization * vectors.mean(), -log_likelihood.sum()
 
-    return module, minibatch_fit(optimizer, module, len(users), batch_loss, params.epochs, params.batch_size,
-                                 generator, label)  # fmt: skip
+    return module, minibatch_fit(
+        optimizer, module, len(users), batch_loss, params.epochs, params.batch_size, generator, label
+    )

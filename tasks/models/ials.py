@@ -35,9 +35,16 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tasks.models.base import (
-    MAX_EPOCHS, InitialRows, Interactions, ModelFitError, ModelParams, RatingMatrix, Recommender, apply_initial_rows,
+    MAX_EPOCHS,
+    InitialRows,
+    Interactions,
+    ModelFitError,
+    ModelParams,
+    RatingMatrix,
+    Recommender,
+    apply_initial_rows,
     index_tensors,
-)  # fmt: skip
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,21 @@ class IalsParams(ModelParams):
     factors: int = Field(64, ge=1, le=4096, description="Embedding size of users and items.")
     epochs: int = Field(16, ge=1, le=MAX_EPOCHS, description="Alternations: each solves every user, then every item.")
     warm_epochs: int = Field(
-        4, ge=1, le=MAX_EPOCHS, description="Alternations when the fit starts from the last published run's vectors (warm_start)."
+        4,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Alternations when the fit starts from the last published run's vectors (warm_start).",
     )
     regularization: float = Field(
-        0.02, ge=0, description="L2 penalty, scaled per row by (its count + unobserved_weight x the other side's size)^regularization_exponent."
+        0.02,
+        ge=0,
+        description="L2 penalty, scaled per row by (its count + unobserved_weight x the other side's size)^regularization_exponent.",
     )
     regularization_exponent: float = Field(
-        1.0, ge=0, le=1, description="How the penalty grows with a row's count (Rendle et al.'s nu): 0 plain L2, 1 proportional."
+        1.0,
+        ge=0,
+        le=1,
+        description="How the penalty grows with a row's count (Rendle et al.'s nu): 0 plain L2, 1 proportional.",
     )
     unobserved_weight: float = Field(
         0.3, ge=0, description="Weight of every unrated (user, item) pair pulled towards 0 (Rendle et al.'s alpha_0)."
@@ -69,15 +84,21 @@ class IalsParams(ModelParams):
     cg_steps: int = Field(3, ge=1, le=100, description="Conjugate-gradient steps per row and half-step (warm-started).")
     init_std: float = Field(0.1, gt=0, description="Initial vectors ~ N(0, init_std / sqrt(factors)).")
     cache_bytes: int = Field(
-        2 << 20, ge=1, description="CPU only: the products read the fixed side's vectors in tiles of this many bytes, "
-        "so they stay in cache (2 MiB was fastest on the 2-core machine); on CUDA all at once."
+        2 << 20,
+        ge=1,
+        description="CPU only: the products read the fixed side's vectors in tiles of this many bytes, "
+        "so they stay in cache (2 MiB was fastest on the 2-core machine); on CUDA all at once.",
     )
     chunk_ratings: int = Field(
-        1 << 22, ge=1, description="Ratings whose rows are solved at once (a few floats per rating and the rows' vectors are held)."
+        1 << 22,
+        ge=1,
+        description="Ratings whose rows are solved at once (a few floats per rating and the rows' vectors are held).",
     )
     shard_ratings: int = Field(
-        1 << 23, ge=1, description="On a cluster (--cluster): ratings per shard of a half-step, in whole chunks of "
-        "chunk_ratings; a worker holds one shard's ratings and the fixed side's vectors, never the whole matrix."
+        1 << 23,
+        ge=1,
+        description="On a cluster (--cluster): ratings per shard of a half-step, in whole chunks of "
+        "chunk_ratings; a worker holds one shard's ratings and the fixed side's vectors, never the whole matrix.",
     )
 
 
@@ -135,8 +156,13 @@ class ColumnTiles:
         for tile, (first, last) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
             taken = order[first:last]
             counts = torch.bincount(rows[taken], minlength=self.n_rows)
-            self.tiles.append((torch.cat([zero, counts.cumsum(0).to(index)]),
-                               (matrix.indices[taken] - tile * self.width).to(index), matrix.values[taken]))  # fmt: skip
+            self.tiles.append(
+                (
+                    torch.cat([zero, counts.cumsum(0).to(index)]),
+                    (matrix.indices[taken] - tile * self.width).to(index),
+                    matrix.values[taken],
+                )
+            )
 
     @property
     def n_tiles(self) -> int:
@@ -149,8 +175,17 @@ class ColumnTiles:
             first, last = int(indptr[start]), int(indptr[stop])
             if last > first:
                 cols = slice(tile * self.width, min((tile + 1) * self.width, self.n_cols))
-                blocks.append((torch.sparse_csr_tensor(indptr[start : stop + 1] - first, columns[first:last],
-                                                       values[first:last], (stop - start, cols.stop - cols.start)), cols))  # fmt: skip
+                blocks.append(
+                    (
+                        torch.sparse_csr_tensor(
+                            indptr[start : stop + 1] - first,
+                            columns[first:last],
+                            values[first:last],
+                            (stop - start, cols.stop - cols.start),
+                        ),
+                        cols,
+                    )
+                )
         return blocks
 
 
@@ -164,15 +199,27 @@ def _at_ratings(block: torch.Tensor, x: torch.Tensor, other: torch.Tensor) -> to
     return torch.sparse.sampled_addmm(block, x, other.T, beta=0.0).values()  # beta 0: the block's values unread
 
 
-def _weighted_sum(blocks: list[tuple[torch.Tensor, slice]], x: torch.Tensor, other: torch.Tensor,
-                  weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+def _weighted_sum(
+    blocks: list[tuple[torch.Tensor, slice]],
+    x: torch.Tensor,
+    other: torch.Tensor,
+    weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """Per row u: sum over its ratings of weight(c_ui, x_u . h_i) h_i, tile by tile."""
     total = torch.zeros_like(x)
     for block, cols in blocks:
         values = weight(block.values(), _at_ratings(block, x, other[cols]))
         # a CSR times dense product; embedding_bag's weighted sum runs it about three times faster on CPU
-        total.add_(F.embedding_bag(block.col_indices(), other[cols], block.crow_indices(), mode="sum",
-                                   per_sample_weights=values, include_last_offset=True))  # fmt: skip
+        total.add_(
+            F.embedding_bag(
+                block.col_indices(),
+                other[cols],
+                block.crow_indices(),
+                mode="sum",
+                per_sample_weights=values,
+                include_last_offset=True,
+            )
+        )
     return total
 
 
@@ -194,7 +241,9 @@ def gramian(other: torch.Tensor, unobserved_weight: float) -> torch.Tensor:
 
 def row_penalty(indptr: torch.Tensor, n_other: int, params: IalsParams) -> torch.Tensor:
     """Each row's regularization, reg (its count + a0 x the other side's size)^nu."""
-    return params.regularization * (indptr.diff().float() + params.unobserved_weight * n_other).pow(params.regularization_exponent)
+    return params.regularization * (indptr.diff().float() + params.unobserved_weight * n_other).pow(
+        params.regularization_exponent
+    )
 
 
 def _times_gram(x: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -205,8 +254,15 @@ def _times_gram(x: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def solve_side(vectors: torch.Tensor, other: torch.Tensor, gram: torch.Tensor, tiles: ColumnTiles,
-               penalty: torch.Tensor, steps: int, max_ratings: int) -> None:  # fmt: skip
+def solve_side(
+    vectors: torch.Tensor,
+    other: torch.Tensor,
+    gram: torch.Tensor,
+    tiles: ColumnTiles,
+    penalty: torch.Tensor,
+    steps: int,
+    max_ratings: int,
+) -> None:
     """One half-step: every row of `vectors` (in place) by `steps` of conjugate gradient on its normal equations.
 
     Each row's solve reads only its own ratings, `other` and `gram`, so rows [a, b) solved alone (a shard on a
@@ -248,8 +304,15 @@ def observed_loss(tiles: ColumnTiles, x: torch.Tensor, other: torch.Tensor, max_
     return observed
 
 
-def ials_loss(tiles: ColumnTiles, w: torch.Tensor, h: torch.Tensor, unobserved_weight: float,
-              user_penalty: torch.Tensor, item_penalty: torch.Tensor, max_ratings: int) -> float:  # fmt: skip
+def ials_loss(
+    tiles: ColumnTiles,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    unobserved_weight: float,
+    user_penalty: torch.Tensor,
+    item_penalty: torch.Tensor,
+    max_ratings: int,
+) -> float:
     """The objective in the module docstring, per rating (`tiles`: users x items holding c_ui)."""
     observed = observed_loss(tiles, w, h, max_ratings)
     unobserved = unobserved_weight * ((w.T @ w) * (h.T @ h)).sum()  # the sum over all pairs of y_ui^2
@@ -267,8 +330,9 @@ class IalsProblem:
     h: torch.Tensor  # (n_items, f)
 
 
-def ials_problem(interactions: Interactions, params: IalsParams, device: torch.device, seed: int,
-                 init: InitialRows | None = None) -> IalsProblem:  # fmt: skip
+def ials_problem(
+    interactions: Interactions, params: IalsParams, device: torch.device, seed: int, init: InitialRows | None = None
+) -> IalsProblem:
     """The ratings by user and by item, holding c_ui = 1 + confidence x rating, and the seeded initial vectors
     (the rows `init` gives taken from a previous fit: a warm start)."""
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
@@ -283,9 +347,16 @@ def ials_problem(interactions: Interactions, params: IalsParams, device: torch.d
 
 
 @torch.no_grad()
-def fit_ials(interactions: Interactions, params: IalsParams, device: torch.device,
-             validation: pl.DataFrame | None = None, *, seed: int = 0, label: str = "train",
-             init: InitialRows | None = None) -> tuple[Ials, list[dict]]:  # fmt: skip
+def fit_ials(
+    interactions: Interactions,
+    params: IalsParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+    init: InitialRows | None = None,
+) -> tuple[Ials, list[dict]]:
     """`ials` by alternating conjugate-gradient solves (see the module docstring); one history row per epoch.
     `init`: rows of the initial vectors from a previous fit (a warm start)."""
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors

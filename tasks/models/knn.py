@@ -17,7 +17,7 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from tasks.models.base import Interactions, ModelParams, Recommender, RatingMatrix, index_tensors, pair_scores
+from tasks.models.base import Interactions, ModelParams, RatingMatrix, Recommender, index_tensors, pair_scores
 
 
 def centred(matrix: RatingMatrix) -> tuple[RatingMatrix, torch.Tensor]:
@@ -126,8 +126,9 @@ class ItemKnnParams(KnnParams):
     neighbours: int = Field(320, ge=1, description="Neighbours kept per item.")
 
 
-def _fit_knn(cls: type[_Neighbourhood], interactions: Interactions, device: torch.device,
-             params: KnnParams) -> tuple[_Neighbourhood, list[dict]]:  # fmt: skip
+def _fit_knn(
+    cls: type[_Neighbourhood], interactions: Interactions, device: torch.device, params: KnnParams
+) -> tuple[_Neighbourhood, list[dict]]:
     n_users, n_items = interactions.n_users, interactions.n_items
     users, items, ratings = index_tensors(interactions.ratings, device)
     if cls.neighbours_are_items:
@@ -144,15 +145,27 @@ def _fit_knn(cls: type[_Neighbourhood], interactions: Interactions, device: torc
     return module, []
 
 
-def fit_item_knn(interactions: Interactions, params: ItemKnnParams, device: torch.device,
-                 validation: pl.DataFrame | None = None, *, seed: int = 0,
-                 label: str = "train") -> tuple[_Neighbourhood, list[dict]]:  # fmt: skip
+def fit_item_knn(
+    interactions: Interactions,
+    params: ItemKnnParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[_Neighbourhood, list[dict]]:
     """`item_knn`: each item's neighbours among the items."""
     return _fit_knn(ItemKnn, interactions, device, params)
 
 
-def fit_user_knn(interactions: Interactions, params: UserKnnParams, device: torch.device,
-                 validation: pl.DataFrame | None = None, *, seed: int = 0,
-                 label: str = "train") -> tuple[_Neighbourhood, list[dict]]:  # fmt: skip
+def fit_user_knn(
+    interactions: Interactions,
+    params: UserKnnParams,
+    device: torch.device,
+    validation: pl.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    label: str = "train",
+) -> tuple[_Neighbourhood, list[dict]]:
     """`user_knn`: each user's neighbours among the users."""
     return _fit_knn(UserKnn, interactions, device, params)

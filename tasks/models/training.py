@@ -50,9 +50,11 @@ def minibatch_fit(
     # fastai's fit_one_cycle: the learning rate warms up over the first quarter, then anneals (cosine) to ~0.
     steps_per_epoch = -(-n // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=epochs * steps_per_epoch,
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=epochs * steps_per_epoch,
         pct_start=0.25,
-    )  # fmt: skip
+    )
     for epoch in range(1, epochs + 1):
         module.train()
         started = time.perf_counter()
@@ -88,8 +90,9 @@ def adam(module: nn.Module, lr: float, decoupled_weight_decay: float | None = No
         return cls(module.parameters(), lr=lr, **options)
 
 
-def validation_loss(module: Recommender, validation: pl.DataFrame | None,
-                     device: torch.device) -> Callable[[], float] | None:  # fmt: skip
+def validation_loss(
+    module: Recommender, validation: pl.DataFrame | None, device: torch.device
+) -> Callable[[], float] | None:
     """The held-out ratings' MSE under the module as it is, for the loops to record per epoch (None without any)."""
     if validation is None or validation.height == 0:
         return None
@@ -97,8 +100,17 @@ def validation_loss(module: Recommender, validation: pl.DataFrame | None,
     return lambda: float(nn.functional.mse_loss(module(users, items), ratings))
 
 
-def fit_mse(module: Recommender, optimizer: torch.optim.Optimizer, train: pl.DataFrame, regularization: float,
-            epochs: int, batch_size: int, seed: int, validation: pl.DataFrame | None, label: str) -> list[dict]:  # fmt: skip
+def fit_mse(
+    module: Recommender,
+    optimizer: torch.optim.Optimizer,
+    train: pl.DataFrame,
+    regularization: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    validation: pl.DataFrame | None,
+    label: str,
+) -> list[dict]:
     """Minimise the squared error of `module`'s predicted ratings (plus `regularization` times the L2 penalty of
     the rows a batch looks up, where the module reports it through `terms`); returns the history rows."""
     device = next(module.parameters()).device
@@ -115,5 +127,14 @@ def fit_mse(module: Recommender, optimizer: torch.optim.Optimizer, train: pl.Dat
         return mse, mse * len(idx)
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    return minibatch_fit(optimizer, module, len(ratings), batch_loss, epochs, batch_size, generator, label,
-                         validation_loss(module, validation, device))  # fmt: skip
+    return minibatch_fit(
+        optimizer,
+        module,
+        len(ratings),
+        batch_loss,
+        epochs,
+        batch_size,
+        generator,
+        label,
+        validation_loss(module, validation, device),
+    )

@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -29,23 +29,29 @@ from tasks.ingest import fetch_archive, load_dataset, sha256_of
 from tasks.ingest.scratch import remove_dead_scratch
 from tasks.reindex import reindex
 from tasks.rules import ListRuleError, resolve_rules
-from warehouse.runs import ListExtras, WarehouseContractError, publish, start_run
 from tests.helpers import query_rows, write_zip
+from warehouse.runs import ListExtras, WarehouseContractError, publish, start_run
 
 ITEMS = pl.DataFrame(
-    {"item_id": [1, 2, 3], "title": ["A (1990)", "B (1991)", "C (1992)"], "genres": [["Drama"], [], ["Comedy"]],
-     "year": [1990, 1991, 1992]},
+    {
+        "item_id": [1, 2, 3],
+        "title": ["A (1990)", "B (1991)", "C (1992)"],
+        "genres": [["Drama"], [], ["Comedy"]],
+        "year": [1990, 1991, 1992],
+    },
     schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32},
-)  # fmt: skip
+)
 
 
 def _published(path: Path, run_id: str = "r1", known_users: list[int] | None = None) -> Path:
     """A warehouse with lists for users 1 and 2 published by `run_id`."""
-    start_run(path, run_id, None, "{}", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    start_run(path, run_id, None, "{}", datetime(2026, 1, 1, tzinfo=UTC))
     lists = pl.DataFrame({"user_id": [1, 1, 2], "item_id": [2, 3, 1], "rank": [1, 2, 1], "score": [0.9, 0.8, 0.7]})
     fallback = pl.DataFrame({"item_id": [1, 2], "rank": [1, 2], "score": [3.0, 2.0]})
     known = pl.DataFrame({"user_id": known_users or [1, 2]})
-    publish(path, run_id, lists, ITEMS, {"model": "popularity"}, extras=ListExtras(fallback=fallback, known_users=known))
+    publish(
+        path, run_id, lists, ITEMS, {"model": "popularity"}, extras=ListExtras(fallback=fallback, known_users=known)
+    )
     return path
 
 
@@ -92,19 +98,25 @@ def test_a_file_that_is_not_duckdb_is_named_not_opened(tmp_path, capsys):
     with sqlite3.connect(lite) as con:
         con.execute("CREATE TABLE t (x INT)")
     assert main(["runs", "--warehouse", str(lite)]) == 1
-    assert capsys.readouterr().err.strip() == (f"recs runs: {lite} is a SQLite database; expected a DuckDB warehouse "
-                                               "file written by `recs run` (--warehouse names it)")  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        f"recs runs: {lite} is a SQLite database; expected a DuckDB warehouse "
+        "file written by `recs run` (--warehouse names it)"
+    )
     with pytest.raises(warehouse.NotAWarehouseError, match="is a SQLite database"):
-        start_run(lite, "r", None, "{}", datetime(2026, 1, 1, tzinfo=timezone.utc))
+        start_run(lite, "r", None, "{}", datetime(2026, 1, 1, tzinfo=UTC))
     assert lite.read_bytes().startswith(b"SQLite format 3")  # not replaced by a DuckDB file
 
 
 # Security 2: credentials in a source URL's query string.
 def test_signed_urls_lose_every_query_value_and_the_fragment():
-    signed = ("https://bucket.s3.amazonaws.com/ml.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261204"
-              "&X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok#frag")  # fmt: skip
-    assert redact(signed) == ("https://bucket.s3.amazonaws.com/ml.zip?X-Amz-Algorithm=***&X-Amz-Credential=***"
-                              "&X-Amz-Signature=***&X-Amz-Security-Token=***#***")  # fmt: skip
+    signed = (
+        "https://bucket.s3.amazonaws.com/ml.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261204"
+        "&X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok#frag"
+    )
+    assert redact(signed) == (
+        "https://bucket.s3.amazonaws.com/ml.zip?X-Amz-Algorithm=***&X-Amz-Credential=***"
+        "&X-Amz-Signature=***&X-Amz-Security-Token=***#***"
+    )
     assert redact("https://alice:pw@host:8443/a.zip?sig=abc") == "https://***@host:8443/a.zip?sig=***"
     assert redact("data/ml.zip") == "data/ml.zip" and redact("https://host/a.zip") == "https://host/a.zip"
     config = PipelineConfig(source=signed)
@@ -179,7 +191,7 @@ def test_a_dropped_contract_column_fails_the_run_at_its_start_naming_it(tmp_path
     with duckdb.connect(str(path)) as con:
         con.execute("ALTER TABLE runs DROP COLUMN n_users")
     with pytest.raises(WarehouseContractError, match=r"runs lacks n_users: columns the pipeline writes"):
-        start_run(path, "r2", None, "{}", datetime(2026, 1, 2, tzinfo=timezone.utc))
+        start_run(path, "r2", None, "{}", datetime(2026, 1, 2, tzinfo=UTC))
     assert query_rows(path, "SELECT run_id FROM runs") == [("r1",)]  # nothing was written
 
 
@@ -201,12 +213,15 @@ def test_settings_that_multiply_time_or_cannot_work_are_refused_at_once(argv, sa
 
 def test_a_list_longer_than_the_catalogue_blames_top_n_not_the_rules(small_ratings):
     ratings, maps = reindex(small_ratings.rename({"user_idx": "user_id", "item_idx": "item_id"}))
-    items = pl.DataFrame({"item_id": list(range(5)), "genres": [[]] * 5, "year": [None] * 5},
-                         schema={"item_id": pl.Int64, "genres": pl.List(pl.String), "year": pl.Int32})  # fmt: skip
+    items = pl.DataFrame(
+        {"item_id": list(range(5)), "genres": [[]] * 5, "year": [None] * 5},
+        schema={"item_id": pl.Int64, "genres": pl.List(pl.String), "year": pl.Int32},
+    )
     with pytest.raises(ListRuleError) as error:
         resolve_rules(PipelineConfig(top_n=8), items, ratings, maps)
-    assert str(error.value) == ("top_n (--top-n) 8 is more than the 5 items in the catalogue: no list could be that "
-                                "long; set it to at most 5")  # fmt: skip
+    assert str(error.value) == (
+        "top_n (--top-n) 8 is more than the 5 items in the catalogue: no list could be that long; set it to at most 5"
+    )
 
 
 # Unclear: a full disk filled the console with `--- Logging error ---`.
@@ -259,17 +274,30 @@ def test_files_recs_writes_are_not_world_readable(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644  # kept across the write that replaced the file
 
 
-
 # Unclear: 20 readers on 2 cores starved Prefect's temporary API past its 20 s, and the run left no `runs` row.
 @pytest.mark.slow
 def test_an_api_that_does_not_answer_in_time_is_recorded_as_a_failed_run(ml100k_zip, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "0"  # no wait at all: as if it never answered
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--source", str(ml100k_zip), "--warehouse", str(tmp_path / "W.duckdb"),
-         "--data-dir", str(tmp_path / "D")], cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--source",
+            str(ml100k_zip),
+            "--warehouse",
+            str(tmp_path / "W.duckdb"),
+            "--data-dir",
+            str(tmp_path / "D"),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "Prefect's temporary API server did not answer within 0s" in done.stderr
     ((status, error),) = query_rows(tmp_path / "W.duckdb", "SELECT status, error FROM runs")

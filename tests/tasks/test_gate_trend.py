@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import polars as pl
 import pytest
 
 import warehouse
-
 from tasks.config import PipelineConfig
 from tasks.gate import OnThisSplit, PublishedRun, decide, judge, published_run, recorded_metrics
-from warehouse.runs import ModelRecord, mark_failed, mark_rejected, publish, record_model, start_run
 from tasks.trend import headline, metric_trend, plot_loss, plot_trend
+from warehouse.runs import ModelRecord, mark_failed, mark_rejected, publish, record_model, start_run
 
 PROTOCOL = "stratified test=0.25 seed=42 k=10"
 
@@ -58,12 +57,19 @@ def test_tolerance_is_configurable():
 def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL, config=None):
     start_run(path, run_id, None, json.dumps(config or {}), started)
     record_model(path, run_id, "dot_bias", ModelRecord(_metrics(rmse, ndcg)))
-    facts = {"source": source, "source_sha256": f"sha-{source}", "protocol": protocol, "model": "dot_bias",
-             "rating_model": "dot_bias"}  # fmt: skip
+    facts = {
+        "source": source,
+        "source_sha256": f"sha-{source}",
+        "protocol": protocol,
+        "model": "dot_bias",
+        "rating_model": "dot_bias",
+    }
     if status == "succeeded":
         recs = pl.DataFrame({"user_id": [1], "item_id": [2], "rank": [1], "score": [4.0]})
-        items = pl.DataFrame({"item_id": [2], "title": ["B"], "genres": [[]], "year": [None]},
-                             schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32})  # fmt: skip
+        items = pl.DataFrame(
+            {"item_id": [2], "title": ["B"], "genres": [[]], "year": [None]},
+            schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32},
+        )
         publish(path, run_id, recs, items, facts)
     elif status == "rejected":
         mark_rejected(path, run_id, {**facts, "gate_reason": "rmse rose"})
@@ -74,9 +80,15 @@ def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", proto
 @pytest.fixture
 def history_warehouse(tmp_path):
     path = tmp_path / "w.duckdb"
-    t0 = datetime(2026, 1, 1, 3, tzinfo=timezone.utc)
-    runs = [("r0", "succeeded", 1.00, 0.10), ("r1", "succeeded", 0.90, 0.12), ("r2", "rejected", 1.50, 0.02),
-            ("r3", "succeeded", 0.80, 0.14), ("r4", "failed", 0.70, 0.15), ("r5", "succeeded", 0.85, 0.13)]  # fmt: skip
+    t0 = datetime(2026, 1, 1, 3, tzinfo=UTC)
+    runs = [
+        ("r0", "succeeded", 1.00, 0.10),
+        ("r1", "succeeded", 0.90, 0.12),
+        ("r2", "rejected", 1.50, 0.02),
+        ("r3", "succeeded", 0.80, 0.14),
+        ("r4", "failed", 0.70, 0.15),
+        ("r5", "succeeded", 0.85, 0.13),
+    ]
     for day, (run_id, status, rmse, ndcg) in enumerate(runs):
         _finished_run(path, run_id, t0 + timedelta(days=day), status, rmse, ndcg)
     _finished_run(path, "other", t0, "succeeded", 5.0, 0.5, protocol="temporal test=0.25 seed=42 k=10")
@@ -94,7 +106,9 @@ def test_trend_deltas_from_previous_run_and_median_of_published(history_warehous
     assert rows["r5"]["median_published"] == pytest.approx(0.85)  # the failed r4 does not count either
     assert rows["r5"]["delta_median"] == pytest.approx(0.0, abs=1e-12)
     with duckdb.connect(str(history_warehouse), read_only=True) as con:  # the plain view: median of the last 5
-        view = con.execute("SELECT median_published FROM metric_trends WHERE run_id = 'r5' AND metric = 'rmse'").fetchall()
+        view = con.execute(
+            "SELECT median_published FROM metric_trends WHERE run_id = 'r5' AND metric = 'rmse'"
+        ).fetchall()
     assert view == [(pytest.approx(0.9),)]
 
 
@@ -116,8 +130,15 @@ def test_gate_baseline_is_the_live_lists_run_whatever_its_dataset_and_protocol(h
 
 def test_a_published_run_whose_settings_no_longer_validate_is_still_the_baseline(tmp_path):
     path = tmp_path / "w.duckdb"
-    _finished_run(path, "old", datetime(2026, 1, 1, tzinfo=timezone.utc), "succeeded", 0.9, 0.1,
-                  config={"dot_bias": {"no_such_setting": 1}})  # fmt: skip
+    _finished_run(
+        path,
+        "old",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        "succeeded",
+        0.9,
+        0.1,
+        config={"dot_bias": {"no_such_setting": 1}},
+    )
     published = published_run(path, "new", "sha-src", PROTOCOL)
     assert published.run_id == "old" and published.config is None
     assert "runs.config of run old does not validate" in published.unreadable
@@ -141,7 +162,10 @@ def test_a_drop_beyond_the_tolerance_within_noise_passes_and_says_so():
     baseline = _baseline(0.9, baseline_users["value"].mean())
     assert not judge(candidate, baseline, k=10, tolerance=0.1).passed  # the tolerance alone rejects it
     verdict = judge(candidate, baseline, 10, 0.1, candidate_users, baseline_users, confidence=0.95, resamples=400)
-    assert verdict.passed and "within noise: the 95% interval of the paired ndcg@10 difference over 60 users" in verdict.reason
+    assert (
+        verdict.passed
+        and "within noise: the 95% interval of the paired ndcg@10 difference over 60 users" in verdict.reason
+    )
 
 
 def test_a_drop_beyond_the_tolerance_and_outside_noise_is_rejected_with_its_interval():
@@ -150,7 +174,11 @@ def test_a_drop_beyond_the_tolerance_and_outside_noise_is_rejected_with_its_inte
     candidate = _metrics(0.9, candidate_users["value"].mean())
     baseline = _baseline(0.9, baseline_users["value"].mean())
     verdict = judge(candidate, baseline, 10, 0.1, candidate_users, baseline_users, confidence=0.95, resamples=400)
-    assert not verdict.passed and "ndcg@10 fell" in verdict.reason and "95% interval of the paired ndcg@10 difference" in verdict.reason
+    assert (
+        not verdict.passed
+        and "ndcg@10 fell" in verdict.reason
+        and "95% interval of the paired ndcg@10 difference" in verdict.reason
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,9 +217,14 @@ def test_the_published_configuration_on_the_same_split_rejects_a_worse_model_the
     candidate_users = published_here.with_columns(pl.col("value") * 0.8)
     candidate = _metrics(0.9, candidate_users["value"].mean())
     recorded = _baseline(0.9, candidate_users["value"].mean())
-    verdict = decide(candidate, candidate_users, PUBLISHED, recorded, None, _here(published_here, 0.9), PipelineConfig())
+    verdict = decide(
+        candidate, candidate_users, PUBLISHED, recorded, None, _here(published_here, 0.9), PipelineConfig()
+    )
     assert not verdict.passed and verdict.baseline_run_id == "good"
-    assert "against the published configuration (ials with dot_bias's stars, run good) on this run's split, trained here (ials)" in verdict.reason
+    assert (
+        "against the published configuration (ials with dot_bias's stars, run good) on this run's split, trained here (ials)"
+        in verdict.reason
+    )
     assert "95% interval of the paired ndcg@10 difference over 400 users" in verdict.reason
 
 
@@ -205,8 +238,13 @@ def test_a_night_to_night_drift_within_the_drift_tolerance_passes_and_a_collapse
         here = _here(candidate_users, 0.9, same=True)
         verdict = decide(candidate, candidate_users, PUBLISHED, recorded, recorded_users, here, PipelineConfig())
         assert verdict.passed is passes, verdict.reason
-        assert "this run trains the published configuration (ials with dot_bias's stars) with the same settings" in verdict.reason
-        assert ("within 50.0% of run good's recorded metrics" if passes else "(--gate-drift-tolerance)") in verdict.reason
+        assert (
+            "this run trains the published configuration (ials with dot_bias's stars) with the same settings"
+            in verdict.reason
+        )
+        assert (
+            "within 50.0% of run good's recorded metrics" if passes else "(--gate-drift-tolerance)"
+        ) in verdict.reason
 
 
 def test_headline_table_and_charts(history_warehouse, tmp_path):

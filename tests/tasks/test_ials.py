@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from tasks.ials_shards import (
-    assemble_ials, fit_by_shards, in_process, prepare_ials_shards, shard_rows, solve_shard, vectors_path,
-)  # fmt: skip
+    assemble_ials,
+    fit_by_shards,
+    in_process,
+    prepare_ials_shards,
+    shard_rows,
+    solve_shard,
+    vectors_path,
+)
 from tasks.models.base import Interactions, ModelFitError, RatingMatrix
 from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, row_chunks, solve_side
 
@@ -22,8 +28,10 @@ def _ratings(n_users: int = 6, n_items: int = 5, seed: int = 0) -> pl.DataFrame:
     pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 18), rng.integers(0, n_items, 18), strict=True)}
     pairs |= {(n_users - 1, 0)}  # the last user has (at least) this rating
     users, items = zip(*sorted(pairs), strict=True)
-    return pl.DataFrame({"user_idx": users, "item_idx": items, "rating": rng.integers(1, 6, len(users)).astype(float)},
-                        schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32})  # fmt: skip
+    return pl.DataFrame(
+        {"user_idx": users, "item_idx": items, "rating": rng.integers(1, 6, len(users)).astype(float)},
+        schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32},
+    )
 
 
 @pytest.mark.parametrize("max_ratings", [1, 4, 1000])  # a row per chunk, a few rows, all rows
@@ -90,8 +98,10 @@ def test_seeded_deterministic_and_a_single_rating_user_gets_a_finite_vector():
     assert torch.isfinite(first.score_users(torch.arange(6))).all()
     losses = [row["loss"] for row in history]
     assert len(losses) == 5 and losses[-1] <= losses[0]  # alternating exact-ish solves do not raise the loss
-    one = pl.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "rating": [5.0, 4.0, 3.0]},
-                       schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32})  # fmt: skip
+    one = pl.DataFrame(
+        {"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "rating": [5.0, 4.0, 3.0]},
+        schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32},
+    )
     module, _ = fit_ials(Interactions(one, 2, 3), params, CPU)
     assert torch.isfinite(module.user_factors[1]).all() and module.user_factors[1].abs().sum() > 0
 
@@ -158,4 +168,6 @@ def test_the_fit_does_not_depend_on_the_thread_count(ml100k_indexed):
             fits.append(fit_ials(interactions, params, CPU, seed=3)[0])
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(fits[0].user_factors, fits[1].user_factors) and torch.equal(fits[0].item_factors, fits[1].item_factors)
+    assert torch.equal(fits[0].user_factors, fits[1].user_factors) and torch.equal(
+        fits[0].item_factors, fits[1].item_factors
+    )

@@ -80,7 +80,7 @@ def test_csv_layout(tmp_path):
         tmp_path / "ml-latest-small.zip",
         {
             "ml-latest-small/ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n",
-            "ml-latest-small/movies.csv": 'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n'
+            "ml-latest-small/movies.csv": "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
             '3,"American President, The (1995)",Comedy|Drama|Romance\n4,Unknown Film,(no genres listed)\n',
             "ml-latest-small/links.csv": "movieId,imdbId,tmdbId\n1,0114709,862\n",
         },
@@ -99,13 +99,18 @@ def test_unknown_layout_lists_contents_and_layouts(tmp_path):
     with pytest.raises(IngestError) as error:
         _load(archive, tmp_path / "data")
     message = str(error.value)
-    assert "data/scores.tsv" in message and "u.data" in message and "ratings.dat" in message and "ratings.csv" in message
+    assert (
+        "data/scores.tsv" in message and "u.data" in message and "ratings.dat" in message and "ratings.csv" in message
+    )
 
 
 def test_malformed_rating_names_file_line_and_field(tmp_path):
     archive = write_zip(
         tmp_path / "bad.zip",
-        {"ml-100k/u.data": "1\t10\t4\t881250949\n2\t20\tfour\t881250950\n", "ml-100k/u.item": "10|A (1990)|||" + "|0" * 19 + "\n"},
+        {
+            "ml-100k/u.data": "1\t10\t4\t881250949\n2\t20\tfour\t881250950\n",
+            "ml-100k/u.item": "10|A (1990)|||" + "|0" * 19 + "\n",
+        },
     )
     with pytest.raises(IngestError, match=r"u\.data line 2: field 'rating' is 'four', expected a number"):
         _load(archive, tmp_path / "data")

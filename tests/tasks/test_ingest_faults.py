@@ -94,7 +94,10 @@ def test_archive_expanding_past_the_limit_is_refused_before_extracting(tmp_path)
     rows = "1\t10\t4\t881250949\n" * 500_000  # 8.5 MB that deflates to a few KB: a small zip bomb
     archive = _ml100k(tmp_path, rows)
     assert archive.stat().st_size < 100_000
-    with pytest.raises(IngestError, match=r"expand to 8,500,\d+ bytes, over the 1,000,000 byte limit \(max_extracted_bytes \(--max-extracted-bytes\)\)"):
+    with pytest.raises(
+        IngestError,
+        match=r"expand to 8,500,\d+ bytes, over the 1,000,000 byte limit \(max_extracted_bytes \(--max-extracted-bytes\)\)",
+    ):
         _load(archive, tmp_path / "data", max_extracted_bytes=1_000_000)
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.name != "ml-100k.zip"]
     assert _load(archive, tmp_path / "data").n_ratings == 1  # under the default limit it parses (one pair, repeated)
@@ -123,7 +126,10 @@ def test_malformed_row_fails_naming_file_line_and_field_or_is_dropped(case, tmp_
 def test_every_bad_row_is_counted_and_the_first_ones_named(tmp_path):
     rows = ["1\t10\t4\t881250949"] + [f"{u}\t10\tinf\t881250949" for u in range(2, 12)] + ["", "12\t20\t5\t881250951"]
     archive = _ml100k(tmp_path, "\n".join(rows) + "\n")
-    with pytest.raises(IngestError, match=r"10 bad ratings row\(s\), first: ml-100k/u.data line 2: .*; ml-100k/u.data line 3: .*; ml-100k/u.data line 4:"):
+    with pytest.raises(
+        IngestError,
+        match=r"10 bad ratings row\(s\), first: ml-100k/u.data line 2: .*; ml-100k/u.data line 3: .*; ml-100k/u.data line 4:",
+    ):
         _load(archive, tmp_path / "data")
     assert _load(archive, tmp_path / "data", on_bad_rows="drop").n_ratings == 2  # the blank line is not a bad row
 
@@ -141,7 +147,10 @@ def test_duplicate_pairs_keep_the_latest_rating_and_are_counted(tmp_path):
     [
         ({"ml-100k/u.data": "", "ml-100k/u.item": U_ITEM}, r"member 'ml-100k/u.data': is empty"),
         ({"ml-latest/ratings.csv": ""}, r"member 'ml-latest/ratings.csv': is empty"),
-        ({"ml-latest/ratings.csv": "userId,movieId,rating,timestamp\n"}, r"member 'ml-latest/ratings.csv': holds no ratings"),
+        (
+            {"ml-latest/ratings.csv": "userId,movieId,rating,timestamp\n"},
+            r"member 'ml-latest/ratings.csv': holds no ratings",
+        ),
     ],
     ids=["u.data", "csv", "csv-header-only"],
 )
@@ -170,4 +179,3 @@ def test_source_scheme_is_checked_by_the_config_too():
     with pytest.raises(ValidationError, match="scheme 'gopher' is not supported"):
         PipelineConfig(source="gopher://example.com/ml-100k.zip")
     assert PipelineConfig(source="file:///data/ml-100k.zip").source == "file:///data/ml-100k.zip"
-

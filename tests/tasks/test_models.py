@@ -26,19 +26,32 @@ TINY = PipelineConfig.model_validate(
         "device": "cpu",
         "dot_bias": {"factors": 4, "epochs": 60, "batch_size": 4, "learning_rate": 0.5, "regularization": 0.0},
         "dot": {"factors": 4, "epochs": 20, "batch_size": 4, "learning_rate": 0.05, "regularization": 0.0},
-        "mlp": {"factors": 4, "hidden": [8], "dropout": 0.0, "epochs": 60, "batch_size": 4, "learning_rate": 0.03,
-                "weight_decay": 0.0},
+        "mlp": {
+            "factors": 4,
+            "hidden": [8],
+            "dropout": 0.0,
+            "epochs": 60,
+            "batch_size": 4,
+            "learning_rate": 0.03,
+            "weight_decay": 0.0,
+        },
         "bpr": {"factors": 4, "epochs": 20, "batch_size": 4, "learning_rate": 0.05},
-        "user_knn": {"neighbours": 2, "shrinkage": 0.0}, "item_knn": {"neighbours": 2, "shrinkage": 0.0},
-        "ease": {"l2": 1.0}, "bias": {"item_damping": 0.0, "user_damping": 0.0},
+        "user_knn": {"neighbours": 2, "shrinkage": 0.0},
+        "item_knn": {"neighbours": 2, "shrinkage": 0.0},
+        "ease": {"l2": 1.0},
+        "bias": {"item_damping": 0.0, "user_damping": 0.0},
     }
-)  # fmt: skip
+)
 
 
 def _maps(n_users: int, n_items: int) -> IdMaps:
     return IdMaps(
-        pl.DataFrame({"user_idx": pl.Series(range(n_users), dtype=pl.Int32), "user_id": [10 * u for u in range(n_users)]}),
-        pl.DataFrame({"item_idx": pl.Series(range(n_items), dtype=pl.Int32), "item_id": [100 + i for i in range(n_items)]}),
+        pl.DataFrame(
+            {"user_idx": pl.Series(range(n_users), dtype=pl.Int32), "user_id": [10 * u for u in range(n_users)]}
+        ),
+        pl.DataFrame(
+            {"item_idx": pl.Series(range(n_items), dtype=pl.Int32), "item_id": [100 + i for i in range(n_items)]}
+        ),
     )
 
 
@@ -89,9 +102,12 @@ def _random_ratings(n_users: int, n_items: int, density: float, seed: int) -> pl
     rng = np.random.default_rng(seed)
     users, items = np.nonzero(rng.random((n_users, n_items)) < density)
     return pl.DataFrame(
-        {"user_idx": users.astype(np.int32), "item_idx": items.astype(np.int32),
-         "rating": rng.integers(1, 6, len(users)).astype(np.float32)}
-    )  # fmt: skip
+        {
+            "user_idx": users.astype(np.int32),
+            "item_idx": items.astype(np.int32),
+            "rating": rng.integers(1, 6, len(users)).astype(np.float32),
+        }
+    )
 
 
 def _brute_force_knn(ratings: pl.DataFrame, n_rows: int, n_cols: int, by_item: bool, k: int, shrinkage: float):
@@ -107,7 +123,9 @@ def _brute_force_knn(ratings: pl.DataFrame, n_rows: int, n_cols: int, by_item: b
         for b in range(n_rows):
             norm = np.linalg.norm(centred[a]) * np.linalg.norm(centred[b])
             both = np.sum(rated[a] & rated[b])
-            sims[a, b] = (centred[a] @ centred[b]) / max(norm, 1e-12) * (both / (both + shrinkage) if shrinkage else 1.0)
+            sims[a, b] = (
+                (centred[a] @ centred[b]) / max(norm, 1e-12) * (both / (both + shrinkage) if shrinkage else 1.0)
+            )
     neighbours = {}
     for a in range(n_rows):
         order = [b for b in np.argsort(-sims[a], kind="stable") if b != a][:k]
@@ -117,7 +135,9 @@ def _brute_force_knn(ratings: pl.DataFrame, n_rows: int, n_cols: int, by_item: b
         for c in range(n_cols):
             used = [b for b in neighbours[a] if rated[b, c]]
             weight = sum(abs(sims[a, b]) for b in used)
-            predictions[a, c] = means[a] + (sum(sims[a, b] * centred[b, c] for b in used) / weight if weight > 0 else 0.0)
+            predictions[a, c] = means[a] + (
+                sum(sims[a, b] * centred[b, c] for b in used) / weight if weight > 0 else 0.0
+            )
     return neighbours, predictions if not by_item else predictions.T
 
 
@@ -133,7 +153,10 @@ def test_knn_matches_brute_force(name, shrinkage):
         ratings, n_items if by_item else n_users, n_users if by_item else n_items, by_item, k, shrinkage
     )
     module = model.module
-    found = {a: {int(b) for b, s in zip(module.neighbours[a], module.similarities[a]) if s > 0} for a in range(len(module.neighbours))}
+    found = {
+        a: {int(b) for b, s in zip(module.neighbours[a], module.similarities[a], strict=False) if s > 0}
+        for a in range(len(module.neighbours))
+    }
     assert found == expected_neighbours
     assert model.module.score_users(torch.arange(n_users)).numpy() == pytest.approx(expected_scores, abs=1e-4)
 
@@ -148,7 +171,9 @@ def test_ease_matches_its_closed_form(dropout):
     p = np.linalg.inv(gram + l2 * np.eye(n_items) + dropout / (1 - dropout) * np.diag(np.diag(gram)))
     b = -p / np.diag(p)
     np.fill_diagonal(b, 0.0)
-    config = TINY.model_validate({**TINY.model_dump(), "ease": {"l2": l2, "dropout": dropout}, "score_chunk_users": 7})  # Gram in chunks
+    config = TINY.model_validate(
+        {**TINY.model_dump(), "ease": {"l2": l2, "dropout": dropout}, "score_chunk_users": 7}
+    )  # Gram in chunks
     model = fit(ratings, n_users, n_items, config, name="ease")
     assert model.module.score_users(torch.arange(n_users)).numpy() == pytest.approx(x @ b, abs=1e-4)
 
@@ -158,8 +183,12 @@ def test_bpr_ranks_a_users_items_first():
     # their own group should outscore the other group's.
     rng = np.random.default_rng(0)
     rows = [(u, i) for u in range(20) for i in (range(5) if u < 10 else range(5, 10)) if rng.random() < 0.7]
-    ratings = pl.DataFrame({"user_idx": [u for u, _ in rows], "item_idx": [i for _, i in rows], "rating": [4.0] * len(rows)})
-    config = TINY.model_validate({**TINY.model_dump(), "bpr": {"factors": 8, "epochs": 40, "batch_size": 16, "learning_rate": 0.05}})
+    ratings = pl.DataFrame(
+        {"user_idx": [u for u, _ in rows], "item_idx": [i for _, i in rows], "rating": [4.0] * len(rows)}
+    )
+    config = TINY.model_validate(
+        {**TINY.model_dump(), "bpr": {"factors": 8, "epochs": 40, "batch_size": 16, "learning_rate": 0.05}}
+    )
     scores = fit(ratings, 20, 10, config, name="bpr").score_users(torch.arange(20))
     own = torch.cat([scores[:10, :5], scores[10:, 5:]]).mean()
     other = torch.cat([scores[:10, 5:], scores[10:, :5]]).mean()
@@ -167,8 +196,8 @@ def test_bpr_ranks_a_users_items_first():
 
 
 def test_inspection_tables_match_numpy_and_reach_duckdb(small_ratings, tmp_path):
-    from tasks.inspect import item_bias_table, similar_items_table
     import warehouse
+    from tasks.inspect import item_bias_table, similar_items_table
     from warehouse.runs import ModelRecord, record_model
 
     model = fit(small_ratings, 4, 5, TINY, name="dot_bias")
@@ -178,7 +207,9 @@ def test_inspection_tables_match_numpy_and_reach_duckdb(small_ratings, tmp_path)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosine = unit @ unit.T
     np.fill_diagonal(cosine, -np.inf)
-    expected = [(100 + i, rank + 1, 100 + int(j)) for i in range(5) for rank, j in enumerate(np.argsort(-cosine[i])[:2])]
+    expected = [
+        (100 + i, rank + 1, 100 + int(j)) for i in range(5) for rank, j in enumerate(np.argsort(-cosine[i])[:2])
+    ]
     assert similar.select("item_id", "rank", "similar_item_id").rows() == expected
     assert similar["score"].to_numpy() == pytest.approx(np.sort(cosine, axis=1)[:, ::-1][:, :2].ravel(), abs=1e-5)
 
@@ -210,13 +241,18 @@ def test_the_old_top_level_settings_load_with_a_warning_and_stored_configs_silen
     with pytest.warns(FutureWarning) as caught:
         config = PipelineConfig(factors=8, y_margin=0.25)
     said = [str(warning.message) for warning in caught]
-    assert "factors (--factors) is deprecated and will be removed in the next release; use dot_bias.factors (--dot-bias-factors)" in said
+    assert (
+        "factors (--factors) is deprecated and will be removed in the next release; use dot_bias.factors (--dot-bias-factors)"
+        in said
+    )
     assert any("use dot_bias.y_margin (--dot-bias-y-margin) and mlp.y_margin (--mlp-y-margin)" in s for s in said)
     assert config.dot_bias.factors == 8 and config.dot_bias.y_margin == config.mlp.y_margin == 0.25
     # What `runs.config` held before the models owned their settings (abridged: the rest are defaults).
-    stored = ('{"source": "ml-100k.zip", "factors": 32, "epochs": 5, "batch_size": null, "learning_rate": 0.02, '
-              '"regularization": 0.05, "y_margin": 0.5, "ease": {"l2": 50.0, "dropout": 0.5}, '
-              '"user_knn": {"neighbours": 400, "shrinkage": 25.0, "chunk": 1024}}')
+    stored = (
+        '{"source": "ml-100k.zip", "factors": 32, "epochs": 5, "batch_size": null, "learning_rate": 0.02, '
+        '"regularization": 0.05, "y_margin": 0.5, "ease": {"l2": 50.0, "dropout": 0.5}, '
+        '"user_knn": {"neighbours": 400, "shrinkage": 25.0, "chunk": 1024}}'
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         old = PipelineConfig.from_stored(stored)

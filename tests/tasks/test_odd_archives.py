@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import logging
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -78,7 +78,10 @@ def test_blank_and_whitespace_lines_in_an_items_file_are_skipped(tmp_path, u_dat
 @pytest.mark.parametrize(
     ("line", "says"),
     [
-        ("abc|Bad (1999)|01-Jan-1999||" + "|0" * 19, "'ml-100k/u.item' line 3: field 'movie id' is 'abc', expected a whole number"),
+        (
+            "abc|Bad (1999)|01-Jan-1999||" + "|0" * 19,
+            "'ml-100k/u.item' line 3: field 'movie id' is 'abc', expected a whole number",
+        ),
         ("1700|Short row", "'ml-100k/u.item' line 3: has 2 fields, expected 24"),
     ],
 )
@@ -97,7 +100,11 @@ def _csv_archive(tmp_path: Path, u_data: list[str], movies: bytes | str, ratings
 
 def test_movies_csv_without_a_genres_column_names_the_header(tmp_path, u_data):
     archive = _csv_archive(tmp_path, u_data, "movieId,title\n1,Toy Story (1995)\n")
-    _refused(archive, tmp_path, "member 'ml-latest/movies.csv' line 1: header is movieId,title, expected movieId,title,genres")
+    _refused(
+        archive,
+        tmp_path,
+        "member 'ml-latest/movies.csv' line 1: header is movieId,title, expected movieId,title,genres",
+    )
 
 
 def test_latin1_movies_csv_reads_as_the_other_layouts_do(tmp_path, u_data):
@@ -138,8 +145,12 @@ def test_csv_with_every_field_quoted_is_accepted(tmp_path, u_data):
 
 def test_an_id_past_64_bits_says_so(tmp_path, u_data, u_item):
     lines = [*u_data[:4], "18446744073709551812\t242\t3\t881250949", *u_data[4:]]
-    _refused(_ml100k(tmp_path, lines, u_item), tmp_path, "ml-100k/u.data line 5: field 'user_id' is "
-             "'18446744073709551812', which does not fit in a 64-bit integer", cached=True)  # fmt: skip
+    _refused(
+        _ml100k(tmp_path, lines, u_item),
+        tmp_path,
+        "ml-100k/u.data line 5: field 'user_id' is '18446744073709551812', which does not fit in a 64-bit integer",
+        cached=True,
+    )
 
 
 # ---- timestamps
@@ -151,7 +162,7 @@ def test_millisecond_timestamps_are_converted_and_as_of_works(tmp_path, u_data, 
         ratings = _load(_ml100k(tmp_path, in_ms, u_item), tmp_path).ratings()
     assert "timestamps are in milliseconds" in caplog.text
     assert ratings["timestamp"].to_list() == [int(line.split("\t")[3]) for line in u_data]
-    kept = ratings_as_of(ratings, datetime(1997, 12, 31, tzinfo=timezone.utc))
+    kept = ratings_as_of(ratings, datetime(1997, 12, 31, tzinfo=UTC))
     assert 0 < kept.height < ratings.height
 
 
@@ -160,7 +171,7 @@ def test_mixed_timestamp_units_are_refused_and_the_as_of_message_never_crashes(t
     _refused(_ml100k(tmp_path, mixed, u_item), tmp_path, "timestamps mix seconds (", "and milliseconds (")
     far = pl.DataFrame({"user_id": [1], "item_id": [2], "rating": [4.0], "timestamp": [881250949000]})
     with pytest.raises(ValueError, match=r"keeps no ratings: they span timestamp 881250949000 \(beyond the year 9999"):
-        ratings_as_of(far, datetime(1990, 1, 1, tzinfo=timezone.utc))
+        ratings_as_of(far, datetime(1990, 1, 1, tzinfo=UTC))
 
 
 # ---- archive shapes
@@ -186,8 +197,9 @@ def test_a_member_listed_twice_is_refused(tmp_path, u_data):
 
 
 def test_items_in_another_folder_are_used_with_a_warning(tmp_path, u_data, u_item, caplog):
-    archive = write_zip(tmp_path / "apart.zip", {"ratings/u.data": "\n".join(u_data), "meta/u.item": "\n".join(u_item)},
-                        "latin-1")  # fmt: skip
+    archive = write_zip(
+        tmp_path / "apart.zip", {"ratings/u.data": "\n".join(u_data), "meta/u.item": "\n".join(u_item)}, "latin-1"
+    )
     with caplog.at_level(logging.WARNING):
         items = _load(archive, tmp_path).items()
     assert "the items file 'meta/u.item' is not beside the ratings 'ratings/u.data'" in caplog.text
@@ -200,8 +212,12 @@ def test_a_gzip_ratings_member_is_unpacked_within_the_size_limit(tmp_path, u_dat
     assert _load(archive, tmp_path).n_ratings == 2000
     bomb = gzip.compress(b"1\t1\t1\t881250949\n" * 400_000)  # 7 MB of text in 30 kB
     archive = write_zip(tmp_path / "bomb.zip", {"ml-100k/u.data": bomb})
-    message = _refused(archive, tmp_path / "b", "member 'ml-100k/u.data' (gzip-compressed): expands past the 5,000,000 "
-                       "byte limit", max_extracted_bytes=5_000_000)  # fmt: skip
+    message = _refused(
+        archive,
+        tmp_path / "b",
+        "member 'ml-100k/u.data' (gzip-compressed): expands past the 5,000,000 byte limit",
+        max_extracted_bytes=5_000_000,
+    )
     assert "unreadable" not in message  # the refusal itself, not wrapped as a broken archive
 
 
@@ -219,8 +235,10 @@ def _patched(path: Path, member: str, *, flags: int | None = None, method: int |
     return path
 
 
-@pytest.mark.parametrize(("patch", "says"), [({"flags": 1}, "is encrypted (password-protected)"),
-                                             ({"method": 9}, "is compressed with method 9 (deflate64)")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("patch", "says"),
+    [({"flags": 1}, "is encrypted (password-protected)"), ({"method": 9}, "is compressed with method 9 (deflate64)")],
+)
 def test_encrypted_or_unsupported_members_are_named_with_the_method(patch, says, tmp_path, u_data, u_item):
     archive = _patched(_ml100k(tmp_path, u_data, u_item), "ml-100k/u.data", **patch)
     _refused(archive, tmp_path, f"member 'ml-100k/u.data': {says}")
@@ -228,10 +246,13 @@ def test_encrypted_or_unsupported_members_are_named_with_the_method(patch, says,
 
 @pytest.mark.parametrize(
     ("member", "separator", "header"),
-    [("ml-100k/u.data", "\t", ""), ("ml-1m/ratings.dat", "::", ""),
-     ("ml-latest/ratings.csv", ",", "userId,movieId,rating,timestamp\n")],
+    [
+        ("ml-100k/u.data", "\t", ""),
+        ("ml-1m/ratings.dat", "::", ""),
+        ("ml-latest/ratings.csv", ",", "userId,movieId,rating,timestamp\n"),
+    ],
     ids=["ml-100k", "ml-1m/10m", "csv"],
-)  # fmt: skip
+)
 def test_a_corrupted_member_of_each_layout_is_named(member, separator, header, tmp_path, u_data):
     text = header + "".join(separator.join(line.split("\t")) + "\n" for line in u_data)
     archive = write_zip(tmp_path / "corrupt.zip", {member: text})
@@ -256,7 +277,11 @@ def test_a_local_path_with_a_colon_is_a_path(tmp_path):
 
 
 def test_every_user_with_one_rating_is_refused_saying_why(tmp_path, u_data, u_item):
-    once = [line for i, line in enumerate(u_data) if line.split("\t")[0] not in {l.split("\t")[0] for l in u_data[:i]}]
+    once = [
+        line
+        for i, line in enumerate(u_data)
+        if line.split("\t")[0] not in {earlier.split("\t")[0] for earlier in u_data[:i]}
+    ]
     ratings, _ = reindex(_load(_ml100k(tmp_path, once, u_item), tmp_path).ratings())
     with pytest.raises(ValueError, match=f"every one of the {len(once)} users has a single rating.*at least 3 ratings"):
         split_ratings(ratings, "stratified", 0.25, 42)

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from flows.backfill import parse_every, replay_dates
-from tasks.config import PipelineConfig
 from flows.lock import RunLockedError, lock_path, run_lock
+from tasks.config import PipelineConfig
 from tasks.refresh import check_source, remember_announced
 from tasks.reindex import ratings_as_of
 from tests.helpers import REPO, write_zip
@@ -22,7 +22,10 @@ from tests.helpers import REPO, write_zip
 def test_second_holder_is_refused_with_the_holders_name(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
     with run_lock(warehouse_path, owner="first-run"):
-        with pytest.raises(RunLockedError, match=r"first-run.*not waiting \(lock_timeout_seconds \(--lock-timeout-seconds\) sets the wait\)\. Nothing was changed"):
+        with pytest.raises(
+            RunLockedError,
+            match=r"first-run.*not waiting \(lock_timeout_seconds \(--lock-timeout-seconds\) sets the wait\)\. Nothing was changed",
+        ):
             with run_lock(warehouse_path, owner="second-run"):
                 pass
     with run_lock(warehouse_path, owner="third-run"):  # released on exit
@@ -53,10 +56,16 @@ def test_waiting_holder_gets_the_lock_once_released(tmp_path):
 def test_lock_of_a_killed_process_is_released(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.lock import run_lock\n"
-         f"with run_lock(Path({str(warehouse_path)!r}), 'doomed'):\n    print('held', flush=True); time.sleep(60)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from flows.lock import run_lock\n"
+            f"with run_lock(Path({str(warehouse_path)!r}), 'doomed'):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match="doomed"):
@@ -71,12 +80,12 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
 
 def test_as_of_keeps_ratings_up_to_the_cutoff_and_defaults_to_temporal(ml100k_dataset):
     ratings = ml100k_dataset.ratings()
-    cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    cutoff = datetime(1997, 12, 31, 23, 59, 59, tzinfo=UTC)
     kept = ratings_as_of(ratings, cutoff)
     assert 0 < kept.height < ratings.height and kept["timestamp"].max() <= cutoff.timestamp()
     assert kept.height == ratings.filter(ratings["timestamp"] <= int(cutoff.timestamp())).height
     with pytest.raises(ValueError, match="keeps no ratings: they span 1997-09-20 to 1998-04-22"):
-        ratings_as_of(ratings, datetime(1990, 1, 1, tzinfo=timezone.utc))
+        ratings_as_of(ratings, datetime(1990, 1, 1, tzinfo=UTC))
     assert PipelineConfig(as_of="1997-12-31").split == "temporal"
     assert PipelineConfig(as_of="1997-12-31").as_of.tzinfo is not None
     assert PipelineConfig(as_of="1997-12-31", split="stratified").split == "stratified"
@@ -86,7 +95,7 @@ def test_as_of_keeps_ratings_up_to_the_cutoff_and_defaults_to_temporal(ml100k_da
 def test_replay_dates():
     cutoffs = replay_dates(date(1997, 10, 1), date(1997, 11, 1), parse_every("14d"))
     assert [c.date() for c in cutoffs] == [date(1997, 10, 1), date(1997, 10, 15), date(1997, 10, 29)]
-    assert cutoffs[0].hour == 23 and cutoffs[0].tzinfo == timezone.utc
+    assert cutoffs[0].hour == 23 and cutoffs[0].tzinfo == UTC
     assert parse_every("2w") == timedelta(days=14)
     for bad in ("14", "0d", "3h", "two weeks"):
         with pytest.raises(ValueError, match="expected a positive number of days or weeks"):
@@ -116,9 +125,9 @@ def test_source_check_fires_once_per_new_archive(ml100k_zip, tmp_path, serve):
 
 
 def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
-    from flows.serve import FLOWS, served_deployments
-
     import yaml
+
+    from flows.serve import FLOWS, served_deployments
 
     spec = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
     assert {d["entrypoint"] for d in spec["deployments"]} <= set(FLOWS)

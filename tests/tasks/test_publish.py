@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
 import pytest
 
 import warehouse
-from warehouse import open_writer
 from tests.helpers import query_rows
+from warehouse import open_writer
 from warehouse.runs import ListFiles, ModelRecord, list_counts, mark_failed, publish, record_model, start_run
 
 
@@ -27,13 +27,18 @@ def _recs(user_ids, run_offset=0) -> pl.DataFrame:
 
 
 ITEMS = pl.DataFrame(
-    {"item_id": [1, 2, 101, 102], "title": ["A (1990)", "B", "C", "D"], "genres": [["Drama"], [], [], []], "year": [1990, None, None, None]},
+    {
+        "item_id": [1, 2, 101, 102],
+        "title": ["A (1990)", "B", "C", "D"],
+        "genres": [["Drama"], [], [], []],
+        "year": [1990, None, None, None],
+    },
     schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32},
 )
 
 
 def _start(path, run_id):
-    start_run(path, run_id, None, json.dumps({"k": 10}), datetime.now(timezone.utc))
+    start_run(path, run_id, None, json.dumps({"k": 10}), datetime.now(UTC))
 
 
 def test_schema_is_idempotent(tmp_path):
@@ -43,7 +48,14 @@ def test_schema_is_idempotent(tmp_path):
             pass
     with duckdb.connect(str(path)) as con:
         tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    assert {"recommendations", "items", "runs", "run_metrics", "training_history", "recommendations_with_titles"} <= tables
+    assert {
+        "recommendations",
+        "items",
+        "runs",
+        "run_metrics",
+        "training_history",
+        "recommendations_with_titles",
+    } <= tables
 
 
 def test_publish_replaces_lists_and_marks_run(tmp_path):
@@ -54,8 +66,13 @@ def test_publish_replaces_lists_and_marks_run(tmp_path):
     publish(path, "run-2", _recs([3], run_offset=100), ITEMS, {"n_ratings": 5})
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("run-2",)]
-        assert con.execute("SELECT user_id, item_id, rank FROM recommendations ORDER BY rank").fetchall() == [(3, 101, 1), (3, 102, 2)]
-        runs = con.execute("SELECT run_id, status, n_ratings, stage_seconds->>'train' FROM runs ORDER BY run_id").fetchall()
+        assert con.execute("SELECT user_id, item_id, rank FROM recommendations ORDER BY rank").fetchall() == [
+            (3, 101, 1),
+            (3, 102, 2),
+        ]
+        runs = con.execute(
+            "SELECT run_id, status, n_ratings, stage_seconds->>'train' FROM runs ORDER BY run_id"
+        ).fetchall()
         assert runs == [("run-1", "succeeded", 4, "1.5"), ("run-2", "succeeded", 5, None)]
         titled = warehouse.fetch(con, "user_recommendations", {"user_id": 3})
     assert titled["title"].to_list() == ["C", "D"]
@@ -88,7 +105,10 @@ def test_failed_run_leaves_published_lists_untouched(tmp_path):
     mark_failed(path, "bad", "IngestError: HTTP 404", {"stage_seconds": {"ingest": 0.1}})
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall() == [("good",)]
-        assert con.execute("SELECT status, error FROM runs WHERE run_id = 'bad'").fetchall()[0] == ("failed", "IngestError: HTTP 404")
+        assert con.execute("SELECT status, error FROM runs WHERE run_id = 'bad'").fetchall()[0] == (
+            "failed",
+            "IngestError: HTTP 404",
+        )
 
 
 def test_publish_failure_rolls_back(tmp_path):
@@ -107,12 +127,18 @@ def test_publish_failure_rolls_back(tmp_path):
 def test_metrics_and_history_in_long_form(tmp_path):
     path = tmp_path / "w.duckdb"
     _start(path, "r")
-    metrics = pl.DataFrame({"metric": ["rmse", "ndcg"], "k": [None, 10], "value": [0.9, 0.1]}, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64})
+    metrics = pl.DataFrame(
+        {"metric": ["rmse", "ndcg"], "k": [None, 10], "value": [0.9, 0.1]},
+        schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64},
+    )
     history = pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.8]})
     record_model(path, "r", "dot_bias", ModelRecord(metrics, history))
     record_model(path, "r", "dot_bias", ModelRecord(metrics, history))  # re-recording replaces, never duplicates
     with duckdb.connect(str(path), read_only=True) as con:
-        assert warehouse.fetch(con, "run_metrics", {"run_id": "r"}).rows() == [("dot_bias", "rmse", None, 0.9), ("dot_bias", "ndcg", 10, 0.1)]
+        assert warehouse.fetch(con, "run_metrics", {"run_id": "r"}).rows() == [
+            ("dot_bias", "rmse", None, 0.9),
+            ("dot_bias", "ndcg", 10, 0.1),
+        ]
         assert con.execute("SELECT count(*) FROM training_history WHERE run_id = 'r'").fetchall()[0] == (2,)
 
 
@@ -140,7 +166,10 @@ def test_too_little_free_space_is_refused_before_copying(tmp_path, monkeypatch):
     with pytest.raises(warehouse.WarehouseSpaceError, match=r"not enough free space to write .*w\.duckdb"):
         with open_writer(path):
             pass
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.write-lock"]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "w.duckdb",
+        "w.duckdb.write-lock",
+    ]
 
 
 def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -161,7 +190,10 @@ def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         with open_writer(path):
             pass
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.write-lock"]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "w.duckdb",
+        "w.duckdb.write-lock",
+    ]
 
 
 def test_retention_keeps_the_detail_tables_of_the_last_published_runs_and_every_metric(tmp_path):
@@ -169,15 +201,18 @@ def test_retention_keeps_the_detail_tables_of_the_last_published_runs_and_every_
 
     path = tmp_path / "w.duckdb"
     record = ModelRecord(
-        pl.DataFrame({"metric": ["ndcg"], "k": [10], "value": [0.1]}, schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64}),
+        pl.DataFrame(
+            {"metric": ["ndcg"], "k": [10], "value": [0.1]},
+            schema={"metric": pl.String, "k": pl.Int32, "value": pl.Float64},
+        ),
         pl.DataFrame({"epoch": [1, 2], "split": ["train", "train"], "loss": [1.0, 0.9]}),
         pl.DataFrame({"item_id": [1, 2], "bias": [0.1, -0.1], "mean_rating": [4.0, 3.0], "n_ratings": [3, 2]}),
         pl.DataFrame({"item_id": [1, 2], "rank": [1, 1], "similar_item_id": [2, 1], "score": [0.5, 0.5]}),
-    )  # fmt: skip
+    )
     outcomes = ["succeeded", "rejected", "succeeded", "succeeded", "rejected", "succeeded"]
     for night, outcome in enumerate(outcomes):
         run_id = f"r{night}"
-        start_run(path, run_id, None, "{}", datetime(2026, 1, 1 + night, tzinfo=timezone.utc))
+        start_run(path, run_id, None, "{}", datetime(2026, 1, 1 + night, tzinfo=UTC))
         record_model(path, run_id, "ials", record)
         if outcome == "succeeded":
             publish(path, run_id, _recs([1]), ITEMS, {"model": "ials"}, keep_runs=2)
@@ -185,7 +220,7 @@ def test_retention_keeps_the_detail_tables_of_the_last_published_runs_and_every_
             mark_rejected(path, run_id, {"gate_reason": "worse"}, keep_runs=2)
     # the last two published runs are r3 and r5: details are kept from r3 on (the rejected r4 included)
     for table in ("similar_items", "item_biases", "training_history"):
-        kept = query_rows(path, f"SELECT DISTINCT run_id FROM {table} ORDER BY run_id")  # noqa: S608 - a fixed name
+        kept = query_rows(path, f"SELECT DISTINCT run_id FROM {table} ORDER BY run_id")
         assert kept == [("r3",), ("r4",), ("r5",)], table
     assert query_rows(path, "SELECT count(DISTINCT run_id) FROM run_metrics") == [(6,)]
     assert query_rows(path, "SELECT count(*) FROM runs") == [(6,)]

@@ -22,8 +22,10 @@ def fitted(ml100k_ratings):
     split_fit = fit(train, 943, 1682, config, name="dot_bias")
     refit = fit(ml100k_ratings, 943, 1682, config, history_label="refit", name="dot_bias")
     metrics = evaluate(split_fit, train, test, 1682, config)
-    maps = IdMaps(pl.DataFrame({"user_id": range(943), "user_idx": range(943)}),
-                  pl.DataFrame({"item_id": range(1682), "item_idx": range(1682)}))  # fmt: skip
+    maps = IdMaps(
+        pl.DataFrame({"user_id": range(943), "user_idx": range(943)}),
+        pl.DataFrame({"item_id": range(1682), "item_idx": range(1682)}),
+    )
     return config, train, split_fit, refit, metrics, maps, ml100k_ratings
 
 
@@ -46,8 +48,14 @@ def test_a_refit_with_non_finite_parameters_fails(fitted):
 
 def test_a_refit_whose_loss_ran_away_fails(fitted):
     config, train, split_fit, _, metrics, maps, ratings = fitted
-    untrained = fit(ratings, 943, 1682, config.with_overrides({"dot_bias": {"epochs": 1, "learning_rate": 0.0}}),
-                    history_label="refit", name="dot_bias")  # fmt: skip
+    untrained = fit(
+        ratings,
+        943,
+        1682,
+        config.with_overrides({"dot_bias": {"epochs": 1, "learning_rate": 0.0}}),
+        history_label="refit",
+        name="dot_bias",
+    )
     lists = recommend(untrained, ratings, maps, config)
     with pytest.raises(PublishCheckError, match=r"last training loss .* is more than 50% above the split fit's"):
         check_published_model(split_fit, untrained, lists, metrics, train["item_idx"].n_unique(), config)

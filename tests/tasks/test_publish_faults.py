@@ -11,9 +11,9 @@ import time
 import duckdb
 import pytest
 
-from warehouse.runs import publish, start_run, utc_now
 from tests.helpers import REPO
 from tests.warehouse_worker import ITEMS, TOP_N, lists
+from warehouse.runs import publish, start_run, utc_now
 
 N_USERS = 20_000
 
@@ -38,8 +38,17 @@ def _published(path) -> tuple[list, list]:
 
 @pytest.mark.parametrize(
     "point",
-    ["COPY", "DELETE FROM recommendations", "INSERT INTO recommendations", "DELETE FROM items", "INSERT INTO items",
-     "UPDATE runs", "CLOSE", "REPLACE", "REPLACED"],  # fmt: skip
+    [
+        "COPY",
+        "DELETE FROM recommendations",
+        "INSERT INTO recommendations",
+        "DELETE FROM items",
+        "INSERT INTO items",
+        "UPDATE runs",
+        "CLOSE",
+        "REPLACE",
+        "REPLACED",
+    ],
 )
 def test_sigkill_while_publishing_keeps_the_old_lists_or_completes_the_new(point, tmp_path):
     path = tmp_path / "W.duckdb"
@@ -102,7 +111,9 @@ def test_readers_in_other_processes_see_complete_old_or_new_lists(tmp_path):
     assert len(seen) >= 3, f"readers saw only {seen}: they did not overlap the publishes"
     waits = [w for r in reports for w in r["waits"]]
     publish_seconds = json.loads((tmp_path / "writer.json").read_text())["publish_seconds"]
-    print(f"\n{len(waits)} reads, longest wait {max(waits):.2f}s; publishes took {min(publish_seconds):.2f}-{max(publish_seconds):.2f}s")
+    print(
+        f"\n{len(waits)} reads, longest wait {max(waits):.2f}s; publishes took {min(publish_seconds):.2f}-{max(publish_seconds):.2f}s"
+    )
     assert max(waits) < 30  # bounded: a write holds the file for about a second here
     assert _published(path)[0][0][0] == "run-008"  # the last of 8 (the worker counts from run-001)
 
@@ -110,10 +121,17 @@ def test_readers_in_other_processes_see_complete_old_or_new_lists(tmp_path):
 def test_a_wal_left_by_a_killed_in_place_writer_is_kept(tmp_path):
     path = tmp_path / "W.duckdb"
     start_run(path, "a-old", None, "{}", utc_now())
-    killed = subprocess.run([sys.executable, "-c", (
-        "import duckdb, os, signal, sys; con = duckdb.connect(sys.argv[1]); "
-        "con.execute('CREATE TABLE kept AS SELECT 42 AS answer'); os.kill(os.getpid(), signal.SIGKILL)"
-    ), str(path)])  # fmt: skip
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, os, signal, sys; con = duckdb.connect(sys.argv[1]); "
+                "con.execute('CREATE TABLE kept AS SELECT 42 AS answer'); os.kill(os.getpid(), signal.SIGKILL)"
+            ),
+            str(path),
+        ]
+    )
     assert killed.returncode == -9 and path.with_name("W.duckdb.wal").exists()
     start_run(path, "b-next", None, "{}", utc_now())  # copies the file: the WAL must be folded in first
     with duckdb.connect(str(path), read_only=True) as con:

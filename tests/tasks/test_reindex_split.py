@@ -11,7 +11,12 @@ from tasks.split import holdout, split_ratings
 
 def test_reindex_is_contiguous_and_reversible(tmp_path):
     ratings = pl.DataFrame(
-        {"user_id": [70, 5, 70, 900], "item_id": [33, 33, 1000, 7], "rating": [4.0, 3.0, 5.0, 1.0], "timestamp": [1, 2, 3, 4]},
+        {
+            "user_id": [70, 5, 70, 900],
+            "item_id": [33, 33, 1000, 7],
+            "rating": [4.0, 3.0, 5.0, 1.0],
+            "timestamp": [1, 2, 3, 4],
+        },
         schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64},
     )
     indexed, maps = reindex(ratings)
@@ -20,9 +25,10 @@ def test_reindex_is_contiguous_and_reversible(tmp_path):
     assert indexed.schema["user_idx"] == pl.Int32 and indexed.schema["item_idx"] == pl.Int32
     assert indexed.select("user_idx", "item_idx").rows() == [(0, 1), (1, 1), (1, 2), (2, 0)]
     back = maps.to_dataset_ids(indexed).sort("user_id", "item_id")
-    assert back.select("user_id", "item_id", "rating").rows() == ratings.sort("user_id", "item_id").select(
-        "user_id", "item_id", "rating"
-    ).rows()
+    assert (
+        back.select("user_id", "item_id", "rating").rows()
+        == ratings.sort("user_id", "item_id").select("user_id", "item_id", "rating").rows()
+    )
     maps.save(tmp_path)
     assert IdMaps.load(tmp_path).users.equals(maps.users)
 
@@ -66,8 +72,14 @@ def test_single_rating_user_stays_in_train(small_ratings, method):
 @pytest.mark.parametrize("method", ["stratified", "temporal", "random"])
 def test_no_user_loses_all_training_ratings(method):
     # 200 users with two ratings each, half held out: a plain random draw puts both of ~50 users' in test
-    two_each = pl.DataFrame({"user_idx": [u for u in range(200) for _ in (0, 1)], "item_idx": [0, 1] * 200,
-                             "rating": [4.0] * 400, "timestamp": list(range(400))})  # fmt: skip
+    two_each = pl.DataFrame(
+        {
+            "user_idx": [u for u in range(200) for _ in (0, 1)],
+            "item_idx": [0, 1] * 200,
+            "rating": [4.0] * 400,
+            "timestamp": list(range(400)),
+        }
+    )
     for seed in range(5):
         train, test = split_ratings(two_each, method, 0.5, seed)
         assert train["user_idx"].n_unique() == 200 and train.height + test.height == 400

@@ -8,25 +8,36 @@ import pytest
 import torch
 
 from tasks.config import PipelineConfig
-from tasks.list_metrics import churn_rejection, list_metrics
 from tasks.gate import GateVerdict
+from tasks.list_metrics import churn_rejection, list_metrics
 from tasks.reasons import explain
 from tasks.recommend import recommend_with_reasons
 from tasks.rules import ListRuleError, fallback_list, resolve_rules
 from tasks.scoring import UserItems, top_k_unseen
 from tasks.train import fit
 
-RULES = {"exclude_items": [50, 100], "min_item_ratings": 30, "exclude_genres": ["horror"], "min_year": 1980,
-         "max_year": 1997}  # fmt: skip
+RULES = {
+    "exclude_items": [50, 100],
+    "min_item_ratings": 30,
+    "exclude_genres": ["horror"],
+    "min_year": 1980,
+    "max_year": 1997,
+}
 
 
 def _breaks_rules(lists: pl.DataFrame, items: pl.DataFrame, ratings: pl.DataFrame) -> pl.DataFrame:
     """The rows of `lists` (item_id) that break RULES."""
     counts = ratings.group_by("item_id").len("n_ratings")
-    return lists.join(items, on="item_id", how="left").join(counts, on="item_id", how="left").filter(
-        pl.col("item_id").is_in([50, 100]) | (pl.col("n_ratings") < 30) | pl.col("genres").list.contains("Horror")
-        | ~pl.col("year").is_between(1980, 1997).fill_null(False)
-    )  # fmt: skip
+    return (
+        lists.join(items, on="item_id", how="left")
+        .join(counts, on="item_id", how="left")
+        .filter(
+            pl.col("item_id").is_in([50, 100])
+            | (pl.col("n_ratings") < 30)
+            | pl.col("genres").list.contains("Horror")
+            | ~pl.col("year").is_between(1980, 1997).fill_null(False)
+        )
+    )
 
 
 def test_lists_obey_every_rule_and_every_user_still_gets_top_n(ml100k_dataset, ml100k_indexed):
@@ -46,7 +57,11 @@ def test_lists_obey_every_rule_and_every_user_still_gets_top_n(ml100k_dataset, m
     assert reasons.join(rated, on=["user_id", "reason_item_id"], how="anti").height == 0
     per_item = reasons.sort("user_id", "item_id", "reason_rank").group_by("user_id", "item_id", maintain_order=True)
     per_item = per_item.agg(pl.len(), rises=pl.col("contribution").diff().max())
-    assert per_item["len"].max() == 3 and (per_item["rises"].fill_null(0) <= 0).all() and (reasons["contribution"] > 0).all()
+    assert (
+        per_item["len"].max() == 3
+        and (per_item["rises"].fill_null(0) <= 0).all()
+        and (reasons["contribution"] > 0).all()
+    )
     # the fallback list: top_n of the most rated items the rules allow
     fallback = fallback_list(ratings, maps, rules, 10)
     assert fallback["rank"].to_list() == list(range(1, 11)) and _breaks_rules(fallback, items, raw).height == 0
@@ -63,14 +78,19 @@ def test_a_rule_that_leaves_too_few_items_names_the_settings(ml100k_dataset, ml1
             resolve_rules(PipelineConfig(**rules), items, ratings, maps)
         return str(raised.value)
 
-    assert "include_genres (--include-genres): unknown genre 'Horor' (did you mean 'Horror'?)" in error(include_genres=["Horor"])
+    assert "include_genres (--include-genres): unknown genre 'Horor' (did you mean 'Horror'?)" in error(
+        include_genres=["Horor"]
+    )
     assert "exclude_items (--exclude-items): no such file" in error(exclude_items=tmp_path / "missing.txt")
     assert "item id(s) 99999 are not in the catalogue" in error(exclude_items=[1, 99999])
     ids = tmp_path / "blocked.txt"
     ids.write_text("# never recommend\n1\n\n2 # a comment\nToy Story\n")
     assert f"file {ids}, line 5: 'Toy Story' is not an item id" in error(exclude_items=ids)
     few = error(include_genres=["Documentary"], min_item_ratings=50)
-    assert "(at least 50 ratings; genres Documentary) leave 5 of 1,682 items to recommend, fewer than top_n (--top-n) 10" in few
+    assert (
+        "(at least 50 ratings; genres Documentary) leave 5 of 1,682 items to recommend, fewer than top_n (--top-n) 10"
+        in few
+    )
     ids.write_text("1\n2\n")
     assert resolve_rules(PipelineConfig(exclude_items=ids), items, ratings, maps).n_allowed == 1680
     # on the command line `--exclude-items 1,2` is ids, `--exclude-items blocked.txt` a file, `1,x` neither
@@ -94,6 +114,7 @@ def test_blocked_items_leave_the_list_and_the_padding_counts_only_allowed_items(
 def test_reasons_are_the_rated_items_of_largest_affinity():
     rated = UserItems.from_ratings(pl.DataFrame({"user_idx": [0, 0, 0, 1], "item_idx": [1, 2, 3, 2]}), 2)
     affinity = torch.tensor([[0.0, 0.9, 0.1, 0.5], [0.9, 0, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]])
+
     def lookup(items: torch.Tensor, crow: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
         return affinity[items.repeat_interleave(crow.diff()), others]
 
@@ -117,6 +138,14 @@ def test_list_metrics_against_hand_computed_values():
     assert set(first) == {"popularity_percentile", "genre_diversity"}  # nothing to churn against
 
     passed = GateVerdict(True, "within tolerance")
-    bounded = churn_rejection(list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate_max_churn=0.4))
-    assert not bounded.publishes and "50.0% of the users' lists would change, above the 40.0% gate_max_churn" in bounded.reason
-    assert churn_rejection(list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate_max_churn=0.5)) is passed
+    bounded = churn_rejection(
+        list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate_max_churn=0.4)
+    )
+    assert (
+        not bounded.publishes
+        and "50.0% of the users' lists would change, above the 40.0% gate_max_churn" in bounded.reason
+    )
+    assert (
+        churn_rejection(list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate_max_churn=0.5))
+        is passed
+    )

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.evaluate import rating_errors, ranking_metrics
+from tasks.evaluate import ranking_metrics, rating_errors
 from tasks.scoring import NonFiniteScoreError, UserItems, top_k_stable, top_k_unseen
 
 
@@ -100,9 +100,16 @@ def test_coverage_is_over_the_items_of_the_training_split():
     from tasks.evaluate import evaluate, metric_value
     from tasks.train import fit
 
-    frame = lambda pairs: pl.DataFrame({"user_idx": [u for u, _ in pairs], "item_idx": [i for _, i in pairs],  # noqa: E731
-                                        "rating": [4.0] * len(pairs)},
-                                       schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32})  # fmt: skip
+    def frame(pairs):
+        return pl.DataFrame(
+            {
+                "user_idx": [u for u, _ in pairs],
+                "item_idx": [i for _, i in pairs],
+                "rating": [4.0] * len(pairs),
+            },
+            schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "rating": pl.Float32},
+        )
+
     train = frame([(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)])  # item 3 is rated only in test
     test = frame([(0, 3), (1, 2), (2, 3)])
     config = PipelineConfig(device="cpu", k=2)
@@ -114,7 +121,11 @@ def test_coverage_is_over_the_items_of_the_training_split():
 def test_ranking_metrics_ignore_padding():
     relevant = _items([(0, 2)], n_users=1)
     m = ranking_metrics(np.array([[2, -1, -1]]), relevant, n_items=3, k=3)
-    assert m["ndcg"] == pytest.approx(1.0) and m["precision"] == pytest.approx(1 / 3) and m["coverage"] == pytest.approx(1 / 3)
+    assert (
+        m["ndcg"] == pytest.approx(1.0)
+        and m["precision"] == pytest.approx(1 / 3)
+        and m["coverage"] == pytest.approx(1 / 3)
+    )
 
 
 def test_the_stars_beside_a_list_are_the_rating_models_predictions_within_the_scale(small_ratings):
@@ -123,10 +134,13 @@ def test_the_stars_beside_a_list_are_the_rating_models_predictions_within_the_sc
     from tasks.reindex import IdMaps
     from tasks.train import fit
 
-    config = PipelineConfig(device="cpu", top_n=2, dot_bias={"factors": 4, "epochs": 5, "batch_size": 4},
-                            ials={"factors": 4, "epochs": 3})  # fmt: skip
-    maps = IdMaps(pl.DataFrame({"user_idx": pl.Series(range(4), dtype=pl.Int32), "user_id": [10, 11, 12, 13]}),
-                  pl.DataFrame({"item_idx": pl.Series(range(5), dtype=pl.Int32), "item_id": [100, 101, 102, 103, 104]}))  # fmt: skip
+    config = PipelineConfig(
+        device="cpu", top_n=2, dot_bias={"factors": 4, "epochs": 5, "batch_size": 4}, ials={"factors": 4, "epochs": 3}
+    )
+    maps = IdMaps(
+        pl.DataFrame({"user_idx": pl.Series(range(4), dtype=pl.Int32), "user_id": [10, 11, 12, 13]}),
+        pl.DataFrame({"item_idx": pl.Series(range(5), dtype=pl.Int32), "item_id": [100, 101, 102, 103, 104]}),
+    )
     ranker, rater = fit(small_ratings, 4, 5, config, name="ials"), fit(small_ratings, 4, 5, config, name="dot_bias")
     lists = recommend(ranker, small_ratings, maps, config, rater)
     users = torch.tensor(lists["user_id"].to_numpy() - 10)

@@ -30,13 +30,23 @@ def test_one_step_is_autograds_gradient_step_on_the_summed_per_rating_loss(regul
     sum_r [ (p_r - r)^2 / 2 + lam / 2 (|u|^2 + |v|^2 + b_u^2 + b_i^2) ]."""
     trained, reference = _model(), _model()
     lr = 0.2
-    sgd_fit_dot_bias(trained, (USERS, ITEMS, RATINGS), epochs=1, batch_size=len(RATINGS), learning_rate=lr,
-                     regularization=regularization, generator=torch.Generator().manual_seed(0), label="train")  # fmt: skip
+    sgd_fit_dot_bias(
+        trained,
+        (USERS, ITEMS, RATINGS),
+        epochs=1,
+        batch_size=len(RATINGS),
+        learning_rate=lr,
+        regularization=regularization,
+        generator=torch.Generator().manual_seed(0),
+        label="train",
+    )
     prediction = reference(USERS, ITEMS)
     looked_up = [
-        reference.user_factors.weight[USERS].pow(2).sum(1), reference.item_factors.weight[ITEMS].pow(2).sum(1),
-        reference.user_bias.weight[USERS, 0].pow(2), reference.item_bias.weight[ITEMS, 0].pow(2),
-    ]  # fmt: skip
+        reference.user_factors.weight[USERS].pow(2).sum(1),
+        reference.item_factors.weight[ITEMS].pow(2).sum(1),
+        reference.user_bias.weight[USERS, 0].pow(2),
+        reference.item_bias.weight[ITEMS, 0].pow(2),
+    ]
     loss = (0.5 * (prediction - RATINGS).pow(2) + 0.5 * regularization * sum(looked_up)).sum()
     loss.backward()
     for name, parameter in reference.named_parameters():
@@ -53,8 +63,16 @@ def test_learning_rate_follows_a_cosine_to_zero():
 def test_training_reduces_the_loss_and_is_seeded():
     def run() -> tuple[list[dict], EmbeddingDotBias]:
         module = _model()
-        rows = sgd_fit_dot_bias(module, (USERS, ITEMS, RATINGS), epochs=40, batch_size=2, learning_rate=0.5,
-                                regularization=0.0, generator=torch.Generator().manual_seed(1), label="train")  # fmt: skip
+        rows = sgd_fit_dot_bias(
+            module,
+            (USERS, ITEMS, RATINGS),
+            epochs=40,
+            batch_size=2,
+            learning_rate=0.5,
+            regularization=0.0,
+            generator=torch.Generator().manual_seed(1),
+            label="train",
+        )
         return rows, module
 
     rows, module = run()
@@ -72,8 +90,16 @@ def test_no_per_batch_copies_or_host_syncs():
     users, items = torch.randint(3, (n,)), torch.randint(4, (n,))
     ratings = torch.rand(n) * 4 + 1
     with profile(record_shapes=True) as trace:
-        sgd_fit_dot_bias(module, (users, items, ratings), epochs=3, batch_size=4, learning_rate=0.1,
-                         regularization=0.1, generator=torch.Generator().manual_seed(0), label="train")  # fmt: skip
+        sgd_fit_dot_bias(
+            module,
+            (users, items, ratings),
+            epochs=3,
+            batch_size=4,
+            learning_rate=0.1,
+            regularization=0.1,
+            generator=torch.Generator().manual_seed(0),
+            label="train",
+        )
     counts = {event.key: event.count for event in trace.key_averages()}
     assert counts.get("aten::scatter_add_", 0) == 2 * 3 * (n // 4)  # the loop ran: two tables per step
     # Host reads: the rating range once, then the loss once per epoch (3), never per batch (48 batches).

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import polars as pl
-from polars.testing import assert_frame_equal
-
 import numpy as np
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_shard, evaluate_users, reduce_evaluation
@@ -40,8 +39,10 @@ def test_the_shards_lists_are_the_lists_of_one_pass(ml100k_dataset, ml100k_index
     assert not list(tmp_path.glob("shards/*.partial"))
     whole, reasons = recommend_with_reasons(model, ratings, maps, config, rater, rules=rules)
     assert_frame_equal(pl.read_parquet([path for path, _ in shards]).sort("user_id", "rank"), whole)
-    assert_frame_equal(pl.read_parquet([path for _, path in shards]).sort("user_id", "item_id", "reason_rank"),
-                       reasons.sort("user_id", "item_id", "reason_rank"))  # fmt: skip
+    assert_frame_equal(
+        pl.read_parquet([path for _, path in shards]).sort("user_id", "item_id", "reason_rank"),
+        reasons.sort("user_id", "item_id", "reason_rank"),
+    )
     assert whole["user_id"].n_unique() == 943 and whole.height == 943 * 7 and reasons.height > 0
 
 
@@ -59,8 +60,9 @@ def test_evaluation_by_shards_reduces_to_the_metrics_of_one_pass(ml100k_indexed,
     whole, per_user = evaluate_users(model, train, test, maps.n_items, config)
     # in process, shard by shard (the first with no user of the last's), and through the run's folder
     parts = [evaluate_shard(model, train, test, maps.n_items, config, shard) for shard in user_shards(943, 400)]
-    by_parts = reduce_evaluation(pl.concat([p for p, _ in parts]), np.concatenate([s for _, s in parts]),
-                                 train["item_idx"].n_unique(), config.k)  # fmt: skip
+    by_parts = reduce_evaluation(
+        pl.concat([p for p, _ in parts]), np.concatenate([s for _, s in parts]), train["item_idx"].n_unique(), config.k
+    )
     _same_metrics(by_parts, whole)
     save_checkpoint(model, maps, config, tmp_path / "model-bias-train.pt")
     maps.save(tmp_path)
@@ -79,6 +81,8 @@ def test_evaluation_by_shards_reduces_to_the_metrics_of_one_pass(ml100k_indexed,
 
 def test_a_cluster_setting_that_is_neither_form_says_what_is_expected():
     for bad in ("foo", "local:0", "tcp://host", "http://host:8786"):
-        with pytest.raises(ValueError, match=f"'{bad}' is not a cluster: expected local:N .* or a Dask scheduler's address"):
+        with pytest.raises(
+            ValueError, match=f"'{bad}' is not a cluster: expected local:N .* or a Dask scheduler's address"
+        ):
             PipelineConfig(cluster=bad)
     assert PipelineConfig(cluster="local:4").cluster == "local:4" and PipelineConfig(cluster="tls://h:8786").cluster

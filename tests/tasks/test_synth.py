@@ -11,8 +11,15 @@ import pytest
 from flows.cli import main
 from tasks.ingest import fetch_archive, load_dataset
 from tasks.synth import (
-    FIRST_TIMESTAMP, HALF_STARS, LAST_TIMESTAMP, MIN_USER_RATINGS, ML_20M_HISTOGRAM, SynthSpec, synthesize, write_archive,
-)  # fmt: skip
+    FIRST_TIMESTAMP,
+    HALF_STARS,
+    LAST_TIMESTAMP,
+    MIN_USER_RATINGS,
+    ML_20M_HISTOGRAM,
+    SynthSpec,
+    synthesize,
+    write_archive,
+)
 
 SPEC = SynthSpec(users=2000, items=1500, ratings=120_000, seed=3)
 
@@ -72,7 +79,9 @@ def test_archive_is_deterministic_and_reads_as_ml_20m(tmp_path, synthetic):
 
 def test_recs_synth_command(tmp_path, capsys):
     out = tmp_path / "synthetic.zip"
-    assert main(["synth", "--users", "100", "--items", "80", "--ratings", "2500", "--seed", "1", "--out", str(out)]) == 0
+    assert (
+        main(["synth", "--users", "100", "--items", "80", "--ratings", "2500", "--seed", "1", "--out", str(out)]) == 0
+    )
     assert out.is_file() and "2,500 ratings by 100 users" in capsys.readouterr().out
     assert main(["synth", "--users", "100", "--items", "80", "--ratings", "1000", "--out", str(out)]) == 2
     assert "below 20 per user" in capsys.readouterr().err

@@ -8,12 +8,13 @@ import torch
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate
+from tasks.models.base import check_finite
 from tasks.split import split_ratings
 from tasks.train import ModelFitError, fit, load_checkpoint, pick_device, save_checkpoint
-from tasks.models.base import check_finite
 
-SMALL = PipelineConfig(dot_bias={"factors": 4, "epochs": 60, "batch_size": 4, "learning_rate": 0.5, "regularization": 0.0},
-                       device="cpu")
+SMALL = PipelineConfig(
+    dot_bias={"factors": 4, "epochs": 60, "batch_size": 4, "learning_rate": 0.5, "regularization": 0.0}, device="cpu"
+)
 
 
 def test_fit_learns_and_is_seeded(small_ratings):
@@ -49,7 +50,9 @@ def test_a_rating_models_published_scores_stay_on_the_scale(ml100k_indexed, name
 
 
 def test_validation_loss_is_recorded(small_ratings):
-    model = fit(small_ratings, 4, 5, SMALL.with_overrides({"dot_bias": {"epochs": 3}}), validation=small_ratings.head(3))
+    model = fit(
+        small_ratings, 4, 5, SMALL.with_overrides({"dot_bias": {"epochs": 3}}), validation=small_ratings.head(3)
+    )
     assert model.history.filter(pl.col("split") == "validation")["epoch"].to_list() == [1, 2, 3]
 
 

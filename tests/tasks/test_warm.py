@@ -21,8 +21,9 @@ def two_nights(ml100k_dataset):
 
 
 @pytest.mark.parametrize(("name", "cold_epochs"), [("ials", 16), ("dot_bias", 20)])
-def test_a_warm_start_keeps_known_ids_vectors_and_reaches_the_cold_loss_in_its_warm_epochs(two_nights, tmp_path, name,
-                                                                                           cold_epochs):  # fmt: skip
+def test_a_warm_start_keeps_known_ids_vectors_and_reaches_the_cold_loss_in_its_warm_epochs(
+    two_nights, tmp_path, name, cold_epochs
+):
     (last_ratings, last_maps), (ratings, maps) = two_nights
     config = PipelineConfig(device="cpu", warm_start=True)
     last_night = fit(last_ratings, last_maps.n_users, last_maps.n_items, config, name=name)
@@ -40,10 +41,18 @@ def test_a_warm_start_keeps_known_ids_vectors_and_reaches_the_cold_loss_in_its_w
 
     warm = fit(ratings, maps.n_users, maps.n_items, config, name=name, init=rows)
     cold = fit(ratings, maps.n_users, maps.n_items, config, name=name)
-    short = fit(ratings, maps.n_users, maps.n_items, config.with_overrides({name: {"epochs": config.params_for(name).warm_epochs}}), name=name)
+    short = fit(
+        ratings,
+        maps.n_users,
+        maps.n_items,
+        config.with_overrides({name: {"epochs": config.params_for(name).warm_epochs}}),
+        name=name,
+    )
     warm_epochs = config.params_for(name).warm_epochs
     assert warm.history["epoch"].max() == warm_epochs < cold.history["epoch"].max() == cold_epochs
-    last = {fitted: float(model.history["loss"][-1]) for fitted, model in (("warm", warm), ("cold", cold), ("short", short))}
+    last = {
+        fitted: float(model.history["loss"][-1]) for fitted, model in (("warm", warm), ("cold", cold), ("short", short))
+    }
     assert last["warm"] < last["short"]  # the same epochs from scratch do worse
     assert last["warm"] < 1.02 * last["cold"]  # and the warm start is within 2% of the full cold fit
 
