@@ -8,7 +8,7 @@ healthy night, a deliberately broken model (`dot_bias` trained one epoch at lear
 date against what is published; it should be rejected every time. The rules:
 
 - the gate before issue 16's noise work: the published run's recorded metrics (its own test set) held to 10%
-  (`gate_drift_tolerance` 0.1), the tolerance alone (`gate_confidence` 0);
+  (`gate.drift_tolerance` 0.1), the tolerance alone (`gate.confidence` 0);
 - the same, a worsening also outside the 95% interval of a paired bootstrap over the users of both test sets;
 - the default: the published configuration trained on the candidate's split held to 10% beyond noise (paired
   over the same test users), and the recorded metrics to 50% beyond noise.
@@ -34,8 +34,8 @@ from flows.nightly import nightly
 from tasks.config import PipelineConfig
 
 RULES = {
-    "recorded metrics, 10% alone": {"gate_drift_tolerance": 0.1, "gate_confidence": 0.0},
-    "recorded metrics, 10% beyond a 95% paired bootstrap": {"gate_drift_tolerance": 0.1, "gate_confidence": 0.95},
+    "recorded metrics, 10% alone": {"gate": {"drift_tolerance": 0.1, "confidence": 0.0}},
+    "recorded metrics, 10% beyond a 95% paired bootstrap": {"gate": {"drift_tolerance": 0.1, "confidence": 0.95}},
     "same split 10%, recorded 50%, both beyond noise (the default)": {},
 }
 BROKEN = {"dot_bias": {"epochs": 1, "learning_rate": 0.0}}

@@ -33,7 +33,8 @@ option. A misspelt field is an error, never a silent default.
 
 Each model's settings are its own group, declared beside its fit in `tasks/models/`: nested in the config
 (`{"mlp": {"epochs": 8}}` in a deployment's parameters or `overrides`) and flattened on the command line
-(`--mlp-epochs 8`). Their defaults were chosen by `benchmarks/tune.py` on a validation split of the training
+(`--mlp-epochs 8`); so are the other groups (`gate.tolerance` is `{"gate": {"tolerance": 0.2}}` and
+`--gate-tolerance 0.2`). The models' defaults were chosen by `benchmarks/tune.py` on a validation split of the training
 data, never on the test split ([Models and evaluation](models.md#hyperparameters)).
 """
 
@@ -45,10 +46,10 @@ def _cell(value: object) -> str:
 def _rows(model: type[BaseModel], instance: BaseModel, prefix: str = "") -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
-        default = getattr(instance, name)
-        if isinstance(default, BaseModel):
+        default, path = getattr(instance, name), f"{prefix}{name}"
+        if isinstance(default, BaseModel):  # a model's group has its own section; the others are listed in place
+            rows += [] if name in MODELS else _rows(type(default), default, prefix=f"{path}.")
             continue
-        path = f"{prefix}{name}"
         rows.append(f"| `{path}` / `{flag(path)}` | `{_cell(default)}` | {_cell(field.description or '')} |")
     return rows
 

@@ -14,6 +14,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
@@ -23,6 +24,9 @@ from flows.console import show, terminal_width, text_table
 from flows.options import command_parser, config_from_options, nested, unknown_arguments
 from tasks.config import PipelineConfig
 from tasks.synth import SynthSpec
+
+if TYPE_CHECKING:
+    from flows.nightly import RunResult
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -70,6 +74,12 @@ def _run(options: dict) -> int:
         print(f"recs run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"recs run: the full log, tracebacks included, is {log_path}", file=sys.stderr)
         return 1
+    _print_result(result, config, log_path)
+    return EXIT_REJECTED if result.status == "rejected" else 0
+
+
+def _print_result(result: RunResult, config: PipelineConfig, log_path: Path) -> None:
+    """What a finished run says: its verdict, its model's metrics, every model's, and its stages' seconds."""
     print()
     if result.status == "rejected":
         print(f"run {result.run_id} rejected by the quality gate: {result.gate}")
@@ -92,7 +102,6 @@ def _run(options: dict) -> int:
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.facts["stage_seconds"].items())
     print(f"seconds per stage: {stages}")
     print(f"log: {log_path}")
-    return EXIT_REJECTED if result.status == "rejected" else 0
 
 
 def _backfill(options: dict) -> int:
@@ -108,15 +117,11 @@ def _backfill(options: dict) -> int:
     start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
     try:
         cutoffs = replay_dates(start, end, parse_every(every))
-    except ValueError as exc:
-        print(f"recs backfill: {exc}", file=sys.stderr)
-        return 2
-    config = config_from_options("backfill", replay_options({**options, "as_of": cutoffs[0]}))
-    if config is None:
-        return 2
-    try:
+        config = config_from_options("backfill", replay_options({**options, "as_of": cutoffs[0]}))
+        if config is None:
+            return 2
         refuse_live_warehouse(config.warehouse)
-    except LiveWarehouseError as exc:
+    except (ValueError, LiveWarehouseError) as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
     print(f"replaying {len(cutoffs)} dates into {config.warehouse}", flush=True)

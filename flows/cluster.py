@@ -24,23 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-import torch
 from prefect import flow, unmapped
 from prefect.client.orchestration import get_client
 
+from tasks.checkpoint import save_checkpoint
 from tasks.config import PipelineConfig, setting
-from tasks.evaluate import GATE_VALUES, reduce_evaluation
-from tasks.ials_shards import IalsShardPlan, assemble_ials, fit_by_shards, ials_shard_task, prepare_ials_shards
-from tasks.models import Interactions
+from tasks.models import MODELS
 from tasks.models.base import InitialRows
 from tasks.models.ials import IalsParams
-from tasks.reindex import IdMaps
-from tasks.shards import RATER_IS_MODEL, evaluate_shard_task, recommend_shard_task, user_shards
-from tasks.train import TrainedModel, fit_params, phase_ratings, save_checkpoint, trained_model
+from tasks.models.ials_shards import IalsShardPlan, fit_by_shards
+from tasks.run_inputs import RunInputs
+from tasks.shards import (
+    evaluate_shard_task,
+    ials_shard_task,
+    recommend_shard_task,
+    reduce_shard_evaluations,
+    save_list_inputs,
+    user_shards,
+)
+from tasks.train import TrainedModel, train_phase
 from warehouse.runs import ListFiles
 
 LOCAL = re.compile(r"^local:(\d+)$")
-TRAINS_BY_SHARDS = frozenset({"ials"})  # the models whose training runs on the cluster
 WORKER_POLL_SECONDS = 1.0
 
 
@@ -220,94 +225,59 @@ def _report(shards: int, done: list[tuple]) -> ClusterReport:
 
 
 def evaluate_on_cluster(
-    model: TrainedModel,
-    model_file: str,
-    train: pl.DataFrame,
-    maps: IdMaps,
-    config: PipelineConfig,
-    run_dir: Path,
-    session: ClusterSession,
+    model: TrainedModel, phase: str, inputs: RunInputs, session: ClusterSession
 ) -> tuple[pl.DataFrame, pl.DataFrame, ClusterReport]:
-    """`tasks.evaluate.evaluate_users` of `model` (a split fit, saved to `model_file` in the run's folder for the
-    workers), computed by user shards on `config.cluster` from the run's saved splits and reduced exactly here;
-    returns the metrics, the per-user values the gate pairs, and how the shards ran."""
-    assert config.cluster is not None
-    save_checkpoint(model, maps, config, run_dir / model_file)
-    shards = user_shards(maps.n_users, config.shard_users)
-    print(f"evaluating {model.name} for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
-    done = _on_cluster(evaluate_shards, session, str(run_dir), model_file, shards, config.cluster_timeout_seconds)
-    per_user = pl.read_parquet([values for values, *_ in done])
-    shown = pl.read_parquet([items for _, items, *_ in done])["item_idx"].to_numpy()
-    metrics = reduce_evaluation(per_user, shown, train["item_idx"].n_unique(), config.k)
-    return metrics, per_user.filter(pl.col("metric").is_in(GATE_VALUES)), _report(len(shards), done)
+    """`tasks.evaluate.evaluate_users` of `model` (a fit of `phase`, saved to its checkpoint for the workers), by
+    user shards on the cluster from the run's saved splits, reduced exactly here; returns the metrics, the per-user
+    values the gate pairs, and how the shards ran."""
+    config, checkpoint = inputs.config, inputs.folder.checkpoint(phase, model.name)
+    save_checkpoint(model, inputs.maps, config, checkpoint)
+    shards = user_shards(inputs.maps.n_users, config.shard_users)
+    print(
+        f"evaluating {model.name} for {inputs.maps.n_users:,} users in {len(shards)} shards on cluster {session.name}"
+    )
+    folder = str(inputs.folder.path)
+    done = _on_cluster(evaluate_shards, session, folder, checkpoint.name, shards, config.cluster_timeout_seconds)
+    metrics, per_user = reduce_shard_evaluations(done, model, inputs.catalogue, config.k)
+    return metrics, per_user, _report(len(shards), done)
 
 
 def recommend_on_cluster(
-    model: TrainedModel,
-    rater: TrainedModel | None,
-    ratings: pl.DataFrame,
-    maps: IdMaps,
-    config: PipelineConfig,
-    run_dir: Path,
-    session: ClusterSession,
+    model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, session: ClusterSession
 ) -> tuple[ListFiles, ClusterReport]:
-    """The lists `tasks.recommend.recommend` makes, computed by user shards on `config.cluster`; returns the
-    shards' files (which publish reads in one DuckDB statement) and how the shards ran.
+    """The lists `tasks.recommend.recommend` makes, computed by user shards on the cluster; returns the shards'
+    files (which publish reads in one DuckDB statement) and how the shards ran.
 
     Raises:
         ClusterError: the scheduler could not be reached, or the shards failed after their retries; the message
             names the cluster.
     """
-    assert config.cluster is not None
-    save_checkpoint(model, maps, config, run_dir / "model.pt")
-    stars = None
-    if rater is not None and rater is not model:
-        save_checkpoint(rater, maps, config, run_dir / "rater.pt")
-        stars = "rater.pt"
-    elif rater is not None:
-        stars = RATER_IS_MODEL
-    ratings.select("user_idx", "item_idx").write_parquet(run_dir / "ratings.parquet")
-    shards = user_shards(maps.n_users, config.shard_users)
-    print(f"recommending for {maps.n_users:,} users in {len(shards)} shards on cluster {config.cluster}")
-    done = _on_cluster(recommend_shards, session, str(run_dir), shards, stars, config.cluster_timeout_seconds)
+    stars = save_list_inputs(model, rater, inputs, inputs.folder)
+    shards = user_shards(inputs.maps.n_users, inputs.config.shard_users)
+    print(f"recommending for {inputs.maps.n_users:,} users in {len(shards)} shards on cluster {session.name}")
+    folder, timeout = str(inputs.folder.path), inputs.config.cluster_timeout_seconds
+    done = _on_cluster(recommend_shards, session, folder, shards, stars, timeout)
     lists = ListFiles.count([Path(path) for path, *_ in done], [Path(reasons) for _, reasons, *_ in done])
     return lists, _report(len(shards), done)
 
 
 def train_on_cluster(
-    ratings: pl.DataFrame,
-    maps: IdMaps,
-    config: PipelineConfig,
-    run_dir: Path,
-    phase: str,
-    name: str,
-    session: ClusterSession,
-    init: InitialRows | None = None,
+    inputs: RunInputs, phase: str, name: str, session: ClusterSession, init: InitialRows | None = None
 ) -> tuple[TrainedModel, ClusterReport]:
-    """`tasks.train.train_task` of `name` (one of `TRAINS_BY_SHARDS`) with its half-steps solved by shards on
-    the cluster: the same fit bit for bit, since each shard solves whole chunks of rows as the in-process fit
-    does. The ratings and vectors go through `run_dir / ials-<phase>` (deleted once the model holds the vectors).
-    `init`: a warm start's initial rows (tasks/warm.py).
-    """
-    assert config.cluster is not None and name in TRAINS_BY_SHARDS
-    fit_on, _ = phase_ratings(ratings, config, phase)  # ials records no validation loss
-    interactions, (params, _) = Interactions(fit_on, maps.n_users, maps.n_items), fit_params(config, name, init)
-    started = time.perf_counter()
-    plan = prepare_ials_shards(interactions, params, config.seed, run_dir / f"ials-{phase}", init)
-    print(
-        f"training {name} on {fit_on.height:,} ratings: {len(plan.shards['users'])} user and "
-        f"{len(plan.shards['items'])} item shards per epoch on cluster {config.cluster}"
-    )
-    rows, done = _on_cluster(
-        train_ials_shards,
-        session,
-        str(plan.folder),
-        plan.shards,
-        plan.n_ratings,
-        params.model_dump(),
-        phase,
-        config.cluster_timeout_seconds,
-    )
-    module = assemble_ials(plan, params.epochs, maps.n_users, maps.n_items, params.factors)
-    model = trained_model(name, module, torch.device("cpu"), rows, time.perf_counter() - started, interactions, config)
-    return model, _report(len(plan.shards["users"]) + len(plan.shards["items"]), done)
+    """`tasks.train.train_phase` of `name` (a model that trains by shards) with its work cut into shards that run
+    on the cluster (`ModelSpec.sharded`): the same fit. Its files go through the run folder's `ials_fit(phase)`,
+    deleted once the model holds the vectors. `init`: a warm start's initial rows (tasks/warm.py)."""
+    sharded, done, counts = MODELS[name].sharded, [], []
+    assert sharded is not None, f"{name} does not train by shards"
+
+    def run_epochs(plan: IalsShardPlan, params: IalsParams, label: str) -> list[dict]:
+        counts.append(len(plan.shards["users"]) + len(plan.shards["items"]))
+        args = (str(plan.folder), plan.shards, plan.n_ratings, params.model_dump(), label)
+        rows, results = _on_cluster(train_ials_shards, session, *args, inputs.config.cluster_timeout_seconds)
+        done.extend(results)
+        return rows
+
+    ratings = inputs.ratings if phase == "refit" else inputs.train
+    fit = sharded(inputs.folder.ials_fit(phase), run_epochs)
+    model = train_phase(ratings, inputs.maps, inputs.config, name, phase, init, fit)
+    return model, _report(sum(counts), done)

@@ -9,7 +9,6 @@ warehouse goes through warehouse/runs.py, and the run's bookkeeping (lock, run l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -19,34 +18,23 @@ from prefect.states import Completed, State
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 import warehouse
-from flows.cluster import TRAINS_BY_SHARDS, ClusterSession, evaluate_on_cluster, recommend_on_cluster, train_on_cluster
 from flows.deadline import run_deadline
 from flows.lock import run_lock
+from flows.placement import Placement
 from flows.runlog import RunLog, start_run_task
-from flows.train import Phase, checkpoint_path, train_on_deployment
 from tasks.config import PipelineConfig, describe_overrides
-from tasks.evaluate import comparison_table, evaluate_task, published_model, rating_model, with_fit_seconds
-from tasks.gate import (
-    OnThisSplit,
-    PublishedRun,
-    candidate_metrics,
-    candidate_user_metrics,
-    gate_task,
-    on_this_split,
-    published_run_task,
-)
+from tasks.gate import GateVerdict, OnThisSplit, PublishedRun, Side, gate_task, on_this_split, published_run_task
 from tasks.ingest import fetch_with_retries, load_dataset_task
 from tasks.inspect import inspect_task
 from tasks.list_metrics import list_metrics_task
 from tasks.publish import publish_task, record_model_task, reject_task
 from tasks.publish_check import check_published_model_task, list_coverage_task
-from tasks.recommend import recommend_task
-from tasks.reindex import IdMaps, reindex_task
-from tasks.report import report_task
-from tasks.rules import ListRules, fallback_task, list_rules_task
+from tasks.reindex import reindex_task
+from tasks.report import published_history, report_task
+from tasks.rules import fallback_task, list_rules_task
+from tasks.run_inputs import Candidates, Choice, Lists, RunInputs
 from tasks.split import split_task
-from tasks.train import TrainedModel, save_checkpoint_task, train_task
-from tasks.warm import WARM_STARTS, starts_warm, warm_start_task
+from tasks.train import TrainedModel
 from warehouse.runs import ListExtras, list_counts
 
 
@@ -94,248 +82,197 @@ def nightly(
 
 def _nightly_run(config: PipelineConfig) -> RunResult | State:
     run = start_run_task(config, str(flow_run.id) if flow_run.id else None)
-    cluster = ClusterSession(config) if config.cluster else None  # started when the first stage needs it
+    where = Placement(config)
     try:
-        run.note(protocol=config.protocol, as_of=config.as_of)
-        with run.stage("ingest"):
-            archive = fetch_with_retries(config)
-            dataset = load_dataset_task(archive, config)
-        run.note(
-            source=archive.source,
-            source_sha256=archive.sha256,
-            dataset_layout=dataset.layout,
-            n_bad_rows=dataset.n_bad_rows,
-            n_duplicate_ratings=dataset.n_duplicate_ratings,
-        )
-        with run.stage("reindex"):
-            ratings, maps = reindex_task(dataset, run.directory, config.as_of)
-        with run.stage("rules"):  # a rule that cannot apply fails here, before any training
-            rules = list_rules_task(config, dataset.items(), ratings, maps, run.directory)
-        with run.stage("split"):
-            train, test = split_task(ratings, config, run.directory)
-        run.note(
-            n_ratings=ratings.height,
-            n_users=maps.n_users,
-            n_items=maps.n_items,
-            n_train=train.height,
-            n_test=test.height,
-        )
-
-        models, devices, metrics, per_user = {}, {}, {}, {}
-        for name in config.models:
-            trained = _train_evaluate_record(run, name, train, test, maps, rules, config, cluster)
-            models[name], devices[name], metrics[name], per_user[name] = trained
-
-        chosen, why = published_model(metrics, config)
-        stars = rating_model(metrics)  # the model whose predicted ratings go beside the lists
-        model, rater, refit_histories = models[chosen], models.get(stars), {}
-        run.note(
-            model=chosen,
-            rating_model=stars,
-            device=devices[chosen],
-            train_seconds=model.seconds,
-            train_ratings_per_second=model.ratings_per_second,
-        )
-        print(f"publishing model {chosen}: {why}")
-        with run.stage("gate"):
-            candidate = candidate_metrics(metrics, chosen, stars)
-            candidate_users = candidate_user_metrics(per_user, chosen, stars, maps)
-            published = published_run_task(config.warehouse, run.run_id, archive.sha256, config.protocol)
-            here = _published_configuration_here(
-                published, (chosen, stars), metrics, per_user, train, test, maps, rules, config, run.directory, cluster
-            )
-            verdict = gate_task(config.warehouse, published, candidate, candidate_users, here, config)
-        run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
-
-        extras = None  # what goes beside the lists, once there are lists
-        if verdict.publishes:
-            if config.refit_on_all:
-                with run.stage("refit"):
-                    model, rater, refit_histories = _refit(ratings, maps, config, run.directory, chosen, stars, cluster)
-            with run.stage("recommend"):
-                reasons = None  # on a cluster, in the shards' files beside the lists
-                if cluster is not None:  # the shards read the model from model.pt, which it saves first
-                    recommendations, report = recommend_on_cluster(
-                        model, rater, ratings, maps, config, run.directory, cluster
-                    )
-                    run.note(cluster=config.cluster, cluster_workers=report.workers)
-                else:
-                    recommendations, reasons = recommend_task(model, ratings, maps, config, rater, rules)
-                    save_checkpoint_task(model, maps, config, run.directory / "model.pt")
-                check_published_model_task(
-                    models[chosen],
-                    model,
-                    recommendations,
-                    metrics[chosen],
-                    train["item_idx"].n_unique(),
-                    config,
-                    rules.n_allowed,
-                )
-                fallback = fallback_task(ratings, maps, rules, config.top_n)
-                verdict = list_coverage_task(config.warehouse, recommendations, verdict, config, rules.n_allowed)
-                list_metrics, verdict = list_metrics_task(
-                    config.warehouse, recommendations, ratings, maps, dataset.items(), verdict, config
-                )
-                extras = ListExtras(reasons, fallback, list_metrics, chosen, maps.users.select("user_id"))
-            run.note(gate_reason=verdict.reason)
-        if verdict.publishes:
-            with run.stage("publish"):
-                publish_task(
-                    config.warehouse,
-                    run.run_id,
-                    recommendations,
-                    dataset,
-                    run.final_facts,
-                    refit_histories,
-                    config.keep_runs,
-                    candidate_users,
-                    extras,
-                )
-            status, n_published = "succeeded", list_counts(recommendations)[0]
-        else:
-            reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs, extras)
-            status, n_published = "rejected", 0
+        inputs = _prepare(run, config)
+        candidates = _train_every_model(run, inputs, where)
+        choice = _choose(run, candidates, config)
+        verdict = _gate(run, inputs, candidates, choice, where)
+        lists = _make_lists(run, inputs, candidates, choice, verdict, where) if verdict.publishes else None
+        status = _publish_or_reject(run, inputs, candidates.judged(choice, inputs.maps)[1], lists)
     except BaseException as error:
         run.fail(error)
         raise
     finally:
-        if cluster is not None:
-            cluster.close()
+        where.close()
+    return _finish(run, status, lists.verdict if lists else verdict, candidates, choice, lists)
 
-    comparison = comparison_table(metrics)
-    history = pl.concat([models[chosen].history, *([refit_histories[chosen]] if chosen in refit_histories else [])])
-    summary = report_task(
-        run.run_id,
-        status,
-        verdict.reason,
-        chosen,
-        run.final_facts(),
-        history,
-        run.directory,
-        config.warehouse,
-        config.trend_runs,
-        comparison,
+
+def _prepare(run: RunLog, config: PipelineConfig) -> RunInputs:
+    """Ingest, reindex, the business rules and the split: the run's inputs, saved in its folder."""
+    run.note(protocol=config.protocol, as_of=config.as_of)
+    with run.stage("ingest"):
+        archive = fetch_with_retries(config)
+        dataset = load_dataset_task(archive, config)
+    run.note(
+        source=archive.source,
+        source_sha256=archive.sha256,
+        dataset_layout=dataset.layout,
+        n_bad_rows=dataset.n_bad_rows,
+        n_duplicate_ratings=dataset.n_duplicate_ratings,
     )
-    result = RunResult(
-        run.run_id, status, verdict.reason, chosen, metrics[chosen], comparison, n_published, run.final_facts(), summary
+    with run.stage("reindex"):
+        ratings, maps = reindex_task(dataset, run.directory, config.as_of)
+    with run.stage("rules"):  # a rule that cannot apply fails here, before any training
+        rules = list_rules_task(config, dataset.items(), ratings, maps, run.directory)
+    with run.stage("split"):
+        train, test = split_task(ratings, config, run.directory)
+    run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height)
+    run.note(n_test=test.height)
+    return RunInputs(config, run.folder, dataset, ratings, maps, rules, train, test)
+
+
+def _train_every_model(run: RunLog, inputs: RunInputs, where: Placement) -> Candidates:
+    """Each configured model trained, evaluated, inspected and recorded, one write each."""
+    candidates = Candidates()
+    for name in inputs.config.models:
+        with run.stage("train"):
+            model, device = where.train(inputs, "train", name)
+        with run.stage("evaluate"):
+            metrics, per_user = where.evaluate(model, "train", inputs)
+        with run.stage("inspect"):
+            record = inspect_task(model, metrics, inputs.train, inputs.maps, inputs.config)
+            record_model_task(inputs.config.warehouse, run.run_id, name, record)
+        candidates.add(model, device, metrics, per_user)
+    return candidates
+
+
+def _choose(run: RunLog, candidates: Candidates, config: PipelineConfig) -> Choice:
+    choice = candidates.choose(config)
+    model = candidates.models[choice.model]
+    run.note(
+        model=choice.model,
+        rating_model=choice.stars,
+        device=candidates.devices[choice.model],
+        train_seconds=model.seconds,
+        train_ratings_per_second=model.ratings_per_second,
     )
-    if status == "rejected":
-        # The flow run ends Completed but named "Rejected", with the reason: visible in the UI and to automations.
-        return Completed(
-            name="Rejected", message=f"quality gate rejected run {run.run_id}: {verdict.reason}", data=result
-        )
-    return result
+    print(f"publishing model {choice.model}: {choice.why}")
+    return choice
 
 
-def _train_evaluate_record(
-    run: RunLog,
-    name: str,
-    train: pl.DataFrame,
-    test: pl.DataFrame,
-    maps: IdMaps,
-    rules: ListRules,
-    config: PipelineConfig,
-    cluster: ClusterSession | None,
-) -> tuple[TrainedModel, str, pl.DataFrame, pl.DataFrame]:
-    """One model's part of the run: train, evaluate, inspect, then one write of its results; returns the model,
-    its device, its metrics and the per-user values behind them."""
-    with run.stage("train"):
-        model, device = _train(train, maps, config, run.directory, "train", name, cluster)
-    with run.stage("evaluate"):
-        metrics, per_user = _evaluate(model, "train", train, test, maps, rules, config, run.directory, cluster)
-    with run.stage("inspect"):
-        record = inspect_task(model, metrics, train, maps, config)
-        record_model_task(config.warehouse, run.run_id, name, record)
-    return model, device, metrics, per_user
+def _gate(run: RunLog, inputs: RunInputs, candidates: Candidates, choice: Choice, where: Placement) -> GateVerdict:
+    """The quality gate's verdict on the chosen models against the published configuration."""
+    config = inputs.config
+    with run.stage("gate"):
+        judged, judged_users = candidates.judged(choice, inputs.maps)
+        published = published_run_task(config.warehouse, run.run_id, inputs.dataset.sha256, config.protocol)
+        here = _published_configuration_here(published, choice, candidates, inputs, where)
+        verdict = gate_task(config.warehouse, published, Side(judged, judged_users), here, config)
+    run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
+    return verdict
 
 
 def _published_configuration_here(
-    published: PublishedRun | None,
-    candidate: tuple[str, str | None],
-    metrics: dict[str, pl.DataFrame],
-    per_user: dict[str, pl.DataFrame],
-    train: pl.DataFrame,
-    test: pl.DataFrame,
-    maps: IdMaps,
-    rules: ListRules,
-    config: PipelineConfig,
-    run_dir: Path,
-    cluster: ClusterSession | None,
+    published: PublishedRun | None, choice: Choice, candidates: Candidates, inputs: RunInputs, where: Placement
 ) -> OnThisSplit | None:
     """The published configuration scored on this run's split, for the gate: the run's own fit of each published
     model it trained with the same settings, the others trained here with the published run's settings. None when
     nothing is published, or its settings cannot be read back."""
     if published is None or published.config is None:
         return None
-    retrain = published.to_train_here(config, metrics)
-    settings = published.settings(config) if retrain else config
-    fitted, fitted_users = dict(metrics), dict(per_user)
+    retrain = published.to_train_here(inputs.config, candidates.metrics)
+    theirs = inputs.with_settings(published.settings(inputs.config)) if retrain else inputs
+    metrics, per_user = dict(candidates.metrics), dict(candidates.per_user)
     for name in retrain:
         print(f"quality gate: training the published {name} with run {published.run_id}'s settings on this split")
-        model, _ = _train(train, maps, settings, run_dir, "gate", name, cluster)
-        fitted[name], fitted_users[name] = _evaluate(
-            model, "gate", train, test, maps, rules, settings, run_dir, cluster
+        model, _ = where.train(theirs, "gate", name)
+        metrics[name], per_user[name] = where.evaluate(model, "gate", theirs)
+    return on_this_split(published, metrics, per_user, inputs.maps, retrain, choice.models)
+
+
+def _make_lists(
+    run: RunLog, inputs: RunInputs, candidates: Candidates, choice: Choice, verdict: GateVerdict, where: Placement
+) -> Lists:
+    """The published model (refitted on every rating with `refit_on_all`), its lists and what goes beside them,
+    checked; the verdict comes back updated by the lists' checks (coverage, churn)."""
+    config = inputs.config
+    model, rater, refits = candidates.models[choice.model], candidates.models.get(choice.stars or ""), {}
+    if config.refit_on_all:
+        with run.stage("refit"):
+            model, rater, refits = _refit(inputs, choice, where)
+    with run.stage("recommend"):
+        lists, reasons = where.recommend(model, rater, inputs, run)
+        split_fit, allowed = candidates.models[choice.model], inputs.rules.n_allowed
+        metrics = candidates.metrics[choice.model]
+        check_published_model_task(split_fit, model, lists, metrics, inputs.catalogue, config, allowed)
+        fallback = fallback_task(inputs.ratings, inputs.maps, inputs.rules, config.top_n)
+        verdict = list_coverage_task(config.warehouse, lists, verdict, config, allowed)
+        items = inputs.dataset.items()
+        metrics, verdict = list_metrics_task(
+            config.warehouse, lists, inputs.ratings, inputs.maps, items, verdict, config
         )
-    return on_this_split(published, fitted, fitted_users, maps, retrain, candidate)
+        extras = ListExtras(reasons, fallback, metrics, choice.model, inputs.maps.users.select("user_id"))
+    run.note(gate_reason=verdict.reason)
+    return Lists(lists, extras, refits, verdict)
 
 
-def _evaluate(
-    model: TrainedModel,
-    phase: Phase,
-    train: pl.DataFrame,
-    test: pl.DataFrame,
-    maps: IdMaps,
-    rules: ListRules,
-    config: PipelineConfig,
-    run_dir: Path,
-    cluster: ClusterSession | None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The model's metrics (with its fit seconds) and per-user values: in process, or by user shards on the
-    config's cluster (which read the model from its `phase` checkpoint, and the rules from the run's folder); the
-    top-k follows the business rules with `filter_evaluation`."""
-    if cluster is None:
-        return evaluate_task(model, train, test, maps.n_items, config, rules.for_evaluation(config))
-    model_file = checkpoint_path(run_dir, phase, model.name).name
-    metrics, per_user, _ = evaluate_on_cluster(model, model_file, train, maps, config, run_dir, cluster)
-    return with_fit_seconds(metrics, model.seconds), per_user
-
-
-def _refit(
-    ratings: pl.DataFrame,
-    maps: IdMaps,
-    config: PipelineConfig,
-    run_dir: Path,
-    chosen: str,
-    stars: str | None,
-    cluster: ClusterSession | None,
-) -> tuple[TrainedModel, TrainedModel | None, dict[str, pl.DataFrame]]:
+def _refit(inputs: RunInputs, choice: Choice, where: Placement) -> tuple[TrainedModel, TrainedModel | None, dict]:
     """The published model and the one behind the stars (once when they are the same), refitted on all ratings,
     with their loss histories."""
-    model, _ = _train(ratings, maps, config, run_dir, "refit", chosen, cluster)
-    if stars is None or stars == chosen:
-        return model, model if stars else None, {chosen: model.history}
-    rater, _ = _train(ratings, maps, config, run_dir, "refit", stars, cluster)
-    return model, rater, {chosen: model.history, stars: rater.history}
+    model, _ = where.train(inputs, "refit", choice.model)
+    if choice.stars is None or choice.stars == choice.model:
+        return model, model if choice.stars else None, {choice.model: model.history}
+    rater, _ = where.train(inputs, "refit", choice.stars)
+    return model, rater, {choice.model: model.history, choice.stars: rater.history}
 
 
-def _train(
-    ratings: pl.DataFrame,
-    maps: IdMaps,
-    config: PipelineConfig,
-    run_dir: Path,
-    phase: Phase,
-    name: str,
-    cluster: ClusterSession | None,
-) -> tuple[TrainedModel, str]:
-    """Train on the training deployment when the config names one, by shards on the cluster for the models that
-    train there, else here; returns the model and its device."""
-    if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
-        return train_on_deployment(ratings, config, run_dir, phase, name)
-    init = warm_start_task(config, run_dir.name, name, phase, maps) if starts_warm(config, name, phase) else None
-    if cluster is not None and name in TRAINS_BY_SHARDS:
-        model, _ = train_on_cluster(ratings, maps, config, run_dir, phase, name, cluster, init)
-    else:
-        model = train_task(ratings, maps, config, name, phase=phase, init=init)
-    if config.warm_start and phase in ("train", "refit") and name in WARM_STARTS:  # for the next night's warm start
-        save_checkpoint_task(model, maps, config, checkpoint_path(run_dir, phase, name))
-    return model, str(model.device)
+def _publish_or_reject(run: RunLog, inputs: RunInputs, judged_users: pl.DataFrame, lists: Lists | None) -> str:
+    """Publish the lists in one write, with the per-user values the gate judged, when the verdict (after the lists'
+    checks) lets them through, else record the run as rejected; returns its status."""
+    config = inputs.config
+    if lists is not None and lists.verdict.publishes:
+        with run.stage("publish"):
+            publish_task(
+                config.warehouse,
+                run.run_id,
+                lists.recommendations,
+                inputs.dataset,
+                run.final_facts,
+                lists.refit_histories,
+                config.keep_runs,
+                judged_users,
+                lists.extras,
+            )
+        return "succeeded"
+    extras = lists.extras if lists is not None else None
+    reject_task(config.warehouse, run.run_id, run.final_facts(), config.keep_runs, extras)
+    return "rejected"
+
+
+def _finish(
+    run: RunLog, status: str, verdict: GateVerdict, candidates: Candidates, choice: Choice, lists: Lists | None
+) -> RunResult | State:
+    """The run's report and result; a rejected run ends Completed but named "Rejected", with the reason."""
+    config, comparison = run.config, candidates.comparison()
+    history = published_history(candidates.models[choice.model], lists.refit_histories if lists else {})
+    facts = run.final_facts()
+    summary = report_task(
+        run.run_id,
+        status,
+        verdict.reason,
+        choice.model,
+        facts,
+        history,
+        run.directory,
+        config.warehouse,
+        config.trend_runs,
+        comparison,
+    )
+    published = list_counts(lists.recommendations)[0] if status == "succeeded" and lists else 0
+    result = RunResult(
+        run.run_id,
+        status,
+        verdict.reason,
+        choice.model,
+        candidates.metrics[choice.model],
+        comparison,
+        published,
+        facts,
+        summary,
+    )
+    if status == "rejected":  # visible in the UI and to automations
+        return Completed(
+            name="Rejected", message=f"quality gate rejected run {run.run_id}: {verdict.reason}", data=result
+        )
+    return result

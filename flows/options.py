@@ -77,7 +77,10 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                 )
         else:
             _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
+    taken = {option for action in parser._actions for option in action.option_strings}
     for name in LEGACY_FIELDS:  # still accepted for a release; the config warns, naming the new flag
+        if flag(name) in taken:  # a grouped setting whose option kept its name (`--gate-tolerance`)
+            continue
         parser.add_argument(flag(name), dest=name, type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
@@ -182,7 +185,25 @@ def command_parser() -> argparse.ArgumentParser:
     """`recs` and its commands, each with its options (`recs run`'s and `recs backfill`'s from the config)."""
     parser = Parser(prog="recs", description="Nightly MovieLens recommendation pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(commands)
+    _add_synth_command(commands)
+    readers = [_add_recommend_command(commands), _add_runs_command(commands), _add_sql_command(commands)]
+    for reader in [*readers, _add_trend_command(commands)]:
+        reader.add_argument(
+            "--warehouse",
+            type=Path,
+            default=_DEFAULTS.warehouse,
+            metavar="PATH",
+            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})",
+        )
+    return parser
 
+
+Commands = argparse._SubParsersAction  # what add_subparsers returns
+
+
+def _add_run_commands(commands: Commands) -> None:
+    """`recs run`, `recs backfill` and `recs serve`."""
     run = commands.add_parser(
         "run",
         help="run the nightly flow once: ingest, train, evaluate, publish top-n to DuckDB",
@@ -216,6 +237,8 @@ def command_parser() -> argparse.ArgumentParser:
         help="also serve the training deployment (train/gpu) that config.train_deployment can name",
     )
 
+
+def _add_synth_command(commands: Commands) -> None:
     synth = commands.add_parser(
         "synth",
         help="write a synthetic MovieLens archive in the ml-20m layout (for scale tests)",
@@ -230,13 +253,34 @@ def command_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=spec.seed, help=f"random seed (default: {spec.seed})")
     synth.add_argument("--out", type=Path, required=True, metavar="FILE.zip", help="archive to write")
 
+
+def _add_recommend_command(commands: Commands) -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="print one user's published list with titles")
     recommend.add_argument("user_id", type=int, help="the dataset's own user id")
+    return recommend
+
+
+def _add_output_forms(reader: argparse.ArgumentParser) -> None:
+    """--wide, --csv and --json, one at most."""
+    form = reader.add_mutually_exclusive_group()
+    form.add_argument(
+        "--wide", action="store_const", dest="output", const="wide", help="a table with every cell whole, however wide"
+    )
+    form.add_argument("--csv", action="store_const", dest="output", const="csv", help="CSV with a header line")
+    form.add_argument("--json", action="store_const", dest="output", const="json", help="a JSON array of objects")
+
+
+def _add_runs_command(commands: Commands) -> argparse.ArgumentParser:
     runs = commands.add_parser(
         "runs",
         help="print the latest runs with their status and headline metrics",
         description="The latest 20 runs, newest first, fitted to the terminal; --wide prints every column whole.",
     )
+    _add_output_forms(runs)
+    return runs
+
+
+def _add_sql_command(commands: Commands) -> argparse.ArgumentParser:
     sql = commands.add_parser(
         "sql",
         help="run a read-only SQL query on the warehouse and print the result",
@@ -255,17 +299,11 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="bind $NAME in the SQL to VALUE (a number when it reads as one); repeatable",
     )
-    for reader in (runs, sql):
-        form = reader.add_mutually_exclusive_group()
-        form.add_argument(
-            "--wide",
-            action="store_const",
-            dest="output",
-            const="wide",
-            help="a table with every cell whole, however wide",
-        )
-        form.add_argument("--csv", action="store_const", dest="output", const="csv", help="CSV with a header line")
-        form.add_argument("--json", action="store_const", dest="output", const="json", help="a JSON array of objects")
+    _add_output_forms(sql)
+    return sql
+
+
+def _add_trend_command(commands: Commands) -> argparse.ArgumentParser:
     trend = commands.add_parser(
         "trend",
         help="print each run's headline metrics with deltas, and write a PNG chart of them",
@@ -286,12 +324,4 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="where to write the chart (default: trend.png beside the warehouse)",
     )
-    for reader in (recommend, runs, trend, sql):
-        reader.add_argument(
-            "--warehouse",
-            type=Path,
-            default=_DEFAULTS.warehouse,
-            metavar="PATH",
-            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})",
-        )
-    return parser
+    return trend

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.deadline import cancellation_reason
 from flows.lock import run_lock
 from tasks.config import PipelineConfig
+from tasks.run_folder import RunFolder
 from warehouse.runs import mark_failed, start_run, utc_now
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,13 @@ class RunLog:
     _running: tuple[str, float] | None = None  # the stage in progress and when it started
 
     @property
+    def folder(self) -> RunFolder:
+        """Where this run's id maps, splits and checkpoints are saved."""
+        return RunFolder.of(self.config.data_dir, self.run_id)
+
+    @property
     def directory(self) -> Path:
-        """Where this run's id maps, splits and checkpoint are saved."""
-        return self.config.data_dir / "runs" / self.run_id
+        return self.folder.path
 
     def note(self, **facts: Any) -> None:
         self.facts.update(facts)
@@ -102,5 +107,5 @@ def start_run_task(config: PipelineConfig, flow_run_id: str | None) -> RunLog:
     run = RunLog(new_run_id(), config)
     start_run(config.warehouse, run.run_id, flow_run_id, config.model_dump_json(), utc_now())
     run.directory.mkdir(parents=True, exist_ok=True)
-    (run.directory / "config.json").write_text(config.model_dump_json(indent=2))
+    run.folder.config.write_text(config.model_dump_json(indent=2))
     return run

@@ -16,21 +16,21 @@ from prefect import flow
 from prefect.deployments import run_deployment
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
-from tasks.config import ModelName, PipelineConfig
+from tasks.checkpoint import load_trained_model, save_checkpoint_task
+from tasks.config import PipelineConfig
 from tasks.reindex import IdMaps
-from tasks.train import TrainedModel, checkpoint_path, load_trained_model, pick_device, save_checkpoint_task, train_task
-from tasks.warm import starts_warm, warm_start_task
+from tasks.run_folder import RunFolder
+from tasks.split import save_all_ratings
+from tasks.train import TrainedModel, pick_device, train_task
+from tasks.warm import warm_start
 
-__all__ = ["Phase", "checkpoint_path", "train", "train_on_deployment"]  # checkpoint_path: re-exported
+__all__ = ["Phase", "train", "train_on_deployment"]
 
 Phase = Literal["train", "refit", "gate"]
 
-# What each phase trains on, saved in the run's folder by the nightly flow.
-PHASE_INPUT = {"train": "train.parquet", "refit": "ratings.parquet", "gate": "train.parquet"}
-
 
 @flow(name="train", log_prints=True)
-def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: ModelName = "dot_bias") -> str:
+def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: str = "dot_bias") -> str:
     """Fit one model on a run's saved ratings and save the checkpoint next to them.
 
     Args:
@@ -43,18 +43,18 @@ def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: 
     Returns:
         The checkpoint's path.
     """
-    maps = IdMaps.load(run_dir)
-    ratings = pl.read_parquet(run_dir / PHASE_INPUT[phase])
+    folder, maps = RunFolder(run_dir), IdMaps.load(run_dir)
+    ratings = pl.read_parquet(folder.phase_input(phase))
     # the last published run's checkpoint, found here: the nightly flow leaves the warm start to this flow
-    init = warm_start_task(config, run_dir.name, model, phase, maps) if starts_warm(config, model, phase) else None
+    init = warm_start(config, folder.run_id, model, phase, maps)
     trained = train_task(ratings, maps, config, model, phase=phase, init=init)
-    path = checkpoint_path(run_dir, phase, model)
+    path = folder.checkpoint(phase, model)
     save_checkpoint_task(trained, maps, config, path)
     return str(path)
 
 
 def train_on_deployment(
-    ratings: pl.DataFrame, config: PipelineConfig, run_dir: Path, phase: Phase, model: str
+    ratings: pl.DataFrame, config: PipelineConfig, folder: RunFolder, phase: str, model: str
 ) -> tuple[TrainedModel, str]:
     """Train through `config.train_deployment` and load the result here (for evaluation and scoring).
 
@@ -65,13 +65,13 @@ def train_on_deployment(
         RuntimeError: the training flow run did not complete; the message names it and its state.
     """
     assert config.train_deployment is not None
-    if phase == "refit" and not (run_dir / PHASE_INPUT[phase]).exists():
-        ratings.write_parquet(run_dir / PHASE_INPUT[phase])
+    if phase == "refit":
+        save_all_ratings(ratings, folder)
     flow_run = run_deployment(
         config.train_deployment,
         parameters={
             "config": config.model_dump(mode="json"),
-            "run_dir": str(run_dir.resolve()),
+            "run_dir": str(folder.path.resolve()),
             "phase": phase,
             "model": model,
         },
@@ -84,4 +84,4 @@ def train_on_deployment(
             f"training deployment {config.train_deployment!r} run {flow_run.name} ended {state}: {message}"
         )
     # `auto` here: the config's device names the training worker's (say cuda), which this one may lack.
-    return load_trained_model(checkpoint_path(run_dir, phase, model), pick_device("auto"))
+    return load_trained_model(folder.checkpoint(phase, model), pick_device("auto"))

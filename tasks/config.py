@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import typing
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer, field_validator, model_validator
 
-from tasks.models import ModelParams
-from tasks.models.closed_form import BiasParams, EaseParams, PopularityParams
-from tasks.models.embedding import BprParams, DotBiasParams, DotParams, MlpParams
-from tasks.models.ials import IalsParams
-from tasks.models.knn import ItemKnnParams, UserKnnParams
+from tasks.models import MODELS, ModelParams
 
 ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 SOURCE_SCHEMES = ("http", "https", "file")
@@ -32,8 +27,7 @@ MAX_EXTRACTED_BYTES = 8 << 30
 SplitMethod = Literal["stratified", "random", "temporal"]
 Device = Literal["auto", "cuda", "mps", "cpu"]
 BadRowPolicy = Literal["fail", "drop"]
-ModelName = Literal["dot_bias", "dot", "mlp", "user_knn", "item_knn", "bpr", "ials", "ease", "bias", "popularity"]
-MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)  # every registered model (tasks/models)
 
 # Test share each split method uses when `test_fraction` is not set: the Microsoft Recommenders
 # MovieLens protocol for the per-user splits, the seeds' global 80/20 for `random`.
@@ -128,8 +122,8 @@ def _deep_merge(base: dict, changes: dict) -> dict:
     return merged
 
 
-# Top-level fields of the config before the models owned their settings (issue 14): they were `dot_bias`'s,
-# except `y_margin`, which `mlp` read too. Accepted for one more release, with a warning naming the new field.
+# Top-level fields of the config that moved into a group: the first six were `dot_bias`'s (`y_margin` `mlp`'s
+# too) before each model owned its settings. Accepted for one more release, with a warning naming the new field.
 LEGACY_FIELDS: dict[str, tuple[str, ...]] = {
     "factors": ("dot_bias.factors",),
     "epochs": ("dot_bias.epochs",),
@@ -137,6 +131,15 @@ LEGACY_FIELDS: dict[str, tuple[str, ...]] = {
     "learning_rate": ("dot_bias.learning_rate",),
     "regularization": ("dot_bias.regularization",),
     "y_margin": ("dot_bias.y_margin", "mlp.y_margin"),
+    # Before the settings were grouped by what they are for.
+    "download_timeout_seconds": ("download.timeout_seconds",),
+    "download_retries": ("download.retries",),
+    "download_retry_delay_seconds": ("download.retry_delay_seconds",),
+    "gate_tolerance": ("gate.tolerance",),
+    "gate_drift_tolerance": ("gate.drift_tolerance",),
+    "gate_confidence": ("gate.confidence",),
+    "gate_resamples": ("gate.resamples",),
+    "gate_max_churn": ("gate.max_churn",),
 }
 
 
@@ -153,9 +156,12 @@ def _move_legacy_fields(values: dict[str, Any]) -> dict[str, Any]:
             current = current.model_dump(exclude_unset=True) if isinstance(current, BaseModel) else dict(current or {})
             values[group] = {field: value, **current}
         if value is not None:
+            unchanged = all(flag(target) == flag(name) for target in targets)
+            said = f"the setting {name}" if unchanged else setting(name)
             warnings.warn(
-                f"{setting(name)} is deprecated and will be removed in the next release; use "
-                + " and ".join(setting(target) for target in targets),
+                f"{said} is deprecated and will be removed in the next release; use "
+                + " and ".join(target if unchanged else setting(target) for target in targets)
+                + (f" (the option {flag(name)} is unchanged)" if unchanged else ""),
                 FutureWarning,
                 stacklevel=2,
             )
@@ -172,8 +178,64 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
     return f"config fields overridden for this run: {json.dumps(shown, default=str)}"
 
 
-class PipelineConfig(BaseModel):
-    """Parameters of one nightly run, from source archive to published recommendations."""
+class DownloadSettings(BaseModel):
+    """How the archive is downloaded: timeouts and retries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_seconds: float = Field(60.0, gt=0, description="Connect/read timeout of the download.")
+    retries: int = Field(3, ge=0, le=10, description="Download retries on network faults and HTTP 5xx.")
+    retry_delay_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Wait before the first download retry; it doubles with each retry (randomised to 0.6-1.5x, same average).",
+    )
+
+
+class GateSettings(BaseModel):
+    """The quality gate (tasks/gate.py): how much worse than the published lists a run may be, and how sure it must
+    be that it is worse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # 0.10 on the same split: the published configuration and the candidate are scored on the same test ratings,
+    # and the paired bootstrap (confidence) keeps a smaller change that is noise from rejecting.
+    tolerance: float = Field(
+        0.10,
+        ge=0,
+        description="Reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than this fraction "
+        "of what the published configuration (the published run's models and settings) scores on this run's split, "
+        "beyond noise.",
+    )
+    # 0.5 across test sets: replaying ML-100k every 14 days (`recs backfill`, temporal split), an unchanged
+    # dot_bias's nDCG@10 moved by up to 42% between neighbouring nights (0.0459 -> 0.0269), its RMSE by up to 4%;
+    # the broken model of benchmarks/gate_replay.py is caught on the same split whatever this is.
+    drift_tolerance: float = Field(
+        0.5,
+        ge=0,
+        description="Reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than this fraction "
+        "of the published run's recorded values (measured on its own test set), beyond noise: a collapse every "
+        "configuration shares, such as broken data.",
+    )
+    confidence: float = Field(
+        0.95,
+        ge=0,
+        lt=1,
+        description="A worsening beyond a tolerance rejects only when this interval of a paired bootstrap over the "
+        "users judged on both sides excludes no change; 0 rejects on the tolerances alone.",
+    )
+    resamples: int = Field(1000, ge=10, le=100_000, description="Bootstrap resamples of the users.")
+    max_churn: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Reject the run when more than this share of the users who have a published list would see it "
+        "change (churn, tasks/list_metrics.py); unset, churn is recorded but not bounded.",
+    )
+
+
+class _SourceAndSplit(BaseModel):
+    """The config's first fields: where the ratings come from, where the results go, and the split."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -192,13 +254,7 @@ class PipelineConfig(BaseModel):
         description="Where downloads, parsed parquet and each run's checkpoint, id maps and splits are kept.",
     )
     warehouse: Path = Field(Path("warehouse/recs.duckdb"), description="DuckDB file the run publishes to.")
-    download_timeout_seconds: float = Field(60.0, gt=0, description="Connect/read timeout of the download.")
-    download_retries: int = Field(3, ge=0, le=10, description="Download retries on network faults and HTTP 5xx.")
-    download_retry_delay_seconds: float = Field(
-        2.0,
-        ge=0,
-        description="Wait before the first download retry; it doubles with each retry (randomised to 0.6-1.5x, same average).",
-    )
+    download: DownloadSettings = Field(DownloadSettings(), description=DownloadSettings.__doc__)
     max_extracted_bytes: int = Field(
         MAX_EXTRACTED_BYTES,
         gt=0,
@@ -232,29 +288,50 @@ class PipelineConfig(BaseModel):
         "the split then defaults to temporal, each user's latest ratings before the cutoff being the test set.",
     )
 
-    # Model and training
-    models: list[ModelName] = Field(
-        ["dot_bias", "ials"],
-        min_length=1,
-        description="Models to train and evaluate in the run (comma-separated on the command line); each one's "
-        "metrics go to run_metrics. Naming only `model` trains that one alone. The default, the seeds' dot_bias "
-        "and the ials ranker, scales to 20M ratings on two cores: ials ranks (it is published), dot_bias predicts "
-        "the stars beside each item; ease and the kNNs grow with items x items (docs/scale.md).",
-    )
-    model: ModelName | None = Field(
-        None, description="Model whose lists are published; unset publishes the best of `models` by nDCG@k."
-    )
-    # Each model's own settings (tasks/models): the group of the same name as the model.
-    dot_bias: DotBiasParams = Field(DotBiasParams(), description=DotBiasParams.__doc__)
-    dot: DotParams = Field(DotParams(), description=DotParams.__doc__)
-    mlp: MlpParams = Field(MlpParams(), description=MlpParams.__doc__)
-    user_knn: UserKnnParams = Field(UserKnnParams(), description=UserKnnParams.__doc__)
-    item_knn: ItemKnnParams = Field(ItemKnnParams(), description=ItemKnnParams.__doc__)
-    bpr: BprParams = Field(BprParams(), description=BprParams.__doc__)
-    ials: IalsParams = Field(IalsParams(), description=IalsParams.__doc__)
-    ease: EaseParams = Field(EaseParams(), description=EaseParams.__doc__)
-    bias: BiasParams = Field(BiasParams(), description=BiasParams.__doc__)
-    popularity: PopularityParams = Field(PopularityParams(), description=PopularityParams.__doc__)
+
+def _model_fields() -> dict[str, Any]:
+    """The config's model fields, composed from the registry (tasks/models): `models`, `model`, and one parameter
+    group per registered model, named after it."""
+    name = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # the registry's names, known at import
+    fields: dict[str, Any] = {
+        "models": (
+            list[name],
+            Field(
+                ["dot_bias", "ials"],
+                min_length=1,
+                description="Models to train and evaluate in the run (comma-separated on the command line); each "
+                "one's metrics go to run_metrics. Naming only `model` trains that one alone. The default, the seeds' "
+                "dot_bias and the ials ranker, scales to 20M ratings on two cores: ials ranks (it is published), "
+                "dot_bias predicts the stars beside each item; ease and the kNNs grow with items x items "
+                "(docs/scale.md).",
+            ),
+        ),
+        "model": (
+            name | None,
+            Field(None, description="Model whose lists are published; unset publishes the best of `models` by nDCG@k."),
+        ),
+    }
+    for model, spec in MODELS.items():  # each model's own settings: the group of the same name as the model
+        fields[model] = (spec.params, Field(spec.params(), description=spec.params.__doc__))
+    return fields
+
+
+if TYPE_CHECKING:  # the type checker sees the fields every config has; the groups are read with `params_for`
+
+    class _WithModels(_SourceAndSplit):
+        models: list[str]
+        model: str | None
+
+else:
+    _WithModels = create_model("_WithModels", __base__=_SourceAndSplit, **_model_fields())
+
+
+class PipelineConfig(_WithModels):
+    """Parameters of one nightly run, from source archive to published recommendations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Training
     warm_start: bool = Field(
         False,
         description="Start ials's and dot_bias's fits from the last published run's vectors, matched by user and item "
@@ -329,33 +406,7 @@ class PipelineConfig(BaseModel):
     )
 
     # Operations
-    # 0.10 on the same split: the published configuration and the candidate are scored on the same test ratings,
-    # and the paired bootstrap (gate_confidence) keeps a smaller change that is noise from rejecting.
-    gate_tolerance: float = Field(
-        0.10,
-        ge=0,
-        description="Quality gate: reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than "
-        "this fraction of what the published configuration (the published run's models and settings) scores on "
-        "this run's split, beyond noise.",
-    )
-    # 0.5 across test sets: replaying ML-100k every 14 days (`recs backfill`, temporal split), an unchanged
-    # dot_bias's nDCG@10 moved by up to 42% between neighbouring nights (0.0459 -> 0.0269), its RMSE by up to 4%;
-    # the broken model of benchmarks/gate_replay.py is caught on the same split whatever this is.
-    gate_drift_tolerance: float = Field(
-        0.5,
-        ge=0,
-        description="Quality gate: reject the run if its nDCG@k fell, or its rating model's RMSE rose, by more than "
-        "this fraction of the published run's recorded values (measured on its own test set), beyond noise: a "
-        "collapse every configuration shares, such as broken data.",
-    )
-    gate_confidence: float = Field(
-        0.95,
-        ge=0,
-        lt=1,
-        description="Quality gate: a worsening beyond a tolerance rejects only when this interval of a paired "
-        "bootstrap over the users judged on both sides excludes no change; 0 rejects on the tolerances alone.",
-    )
-    gate_resamples: int = Field(1000, ge=10, le=100_000, description="Quality gate: bootstrap resamples of the users.")
+    gate: GateSettings = Field(GateSettings(), description=GateSettings.__doc__)
     refit_loss_tolerance: float = Field(
         0.5,
         ge=0,
@@ -369,13 +420,6 @@ class PipelineConfig(BaseModel):
         description="Refuse to publish lists that cover fewer than this share of the users, or of the distinct "
         "items, of the lists published now (a collapsed night, such as an archive cut to a few users); the run is "
         "rejected with the counts. 0 turns the check off.",
-    )
-    gate_max_churn: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="Quality gate: reject the run when more than this share of the users who have a published list "
-        "would see it change (churn, tasks/list_metrics.py); unset, churn is recorded but not bounded.",
     )
     force: bool = Field(False, description="Publish even when the quality gate rejects the run or the lists collapsed.")
     trend_runs: int = Field(

@@ -8,19 +8,19 @@ lists) on RMSE, twice:
   the settings it published them with, trained on the candidate's training ratings and scored on its test
   ratings (the run's own fit serves when it trained that model with the same settings). Both sides are judged
   on the same ratings, so the paired bootstrap over users (tasks/noise.py) sees the models' difference and
-  nothing else. A worsening beyond `gate_tolerance` whose `gate_confidence` interval lies wholly on the worse
+  nothing else. A worsening beyond `gate.tolerance` whose `gate.confidence` interval lies wholly on the worse
   side of zero rejects. This catches a worse model, worse settings, a worse choice of model.
 - Against the published run's recorded metrics, measured on its own test set: this catches a collapse that any
   configuration would share (broken data, a bug in training), which the first comparison cannot see. Test sets
   differ from night to night (a temporal split's nDCG moves by 40% between neighbouring nights on ML-100k), so
-  this drift check allows `gate_drift_tolerance`, beyond noise as above (users of both test sets). It applies only
+  this drift check allows `gate.drift_tolerance`, beyond noise as above (users of both test sets). It applies only
   when the published run measured them on the same dataset (the archive's SHA-256, so a path and a file:// URL of
   one archive share a history) under the same protocol (split, test share, seed, k): a run that changes the
   protocol (`--seed`, `--k`, `--split`, `--test-fraction`, `--as-of`) or the data is judged on its own split alone,
   against the published configuration, so no protocol change side-steps the gate.
 
 A metric the candidate must be judged on that is missing or not finite rejects. When the published run's stored
-settings no longer validate, the recorded metrics are held to `gate_tolerance` instead, and a run on another
+settings no longer validate, the recorded metrics are held to `gate.tolerance` instead, and a run on another
 dataset or protocol, which has nothing comparable, is rejected unless `force`. Only a warehouse with nothing
 published yet passes unjudged.
 """
@@ -98,99 +98,115 @@ class PublishedRun:
 
 
 @dataclass(frozen=True)
+class Side:
+    """One side of a comparison: metrics in long form (`metric`, `k`, `value`; a baseline's with its `run_id`) and
+    the per-user values behind them (`user_id`, `metric`, `value`) for the noise test, None when there are none."""
+
+    metrics: pl.DataFrame
+    users: pl.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The paired bootstrap over users a worsening beyond a tolerance must survive (tasks/noise.py): the interval's
+    coverage (0: the tolerance alone decides), its resamples and seed."""
+
+    confidence: float = 0.0
+    resamples: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class OnThisSplit:
     """The published configuration scored on the candidate's split: its metrics like `candidate_metrics`, its
     per-user values like `candidate_user_metrics`, and what had to be trained for it."""
 
-    metrics: pl.DataFrame
-    users: pl.DataFrame
+    side: Side
     trained_here: tuple[str, ...]
     same_as_candidate: bool  # the candidate is the published configuration: nothing to compare on this split
 
 
+# The metrics judged: (metric, k (None: no cut-off; "k": the run's), +1 when higher is worse / -1 when lower is)
+JUDGED = (("rmse", None, 1), ("ndcg", "k", -1))
+
+
 def judge(
-    candidate: pl.DataFrame,
-    baseline: pl.DataFrame | None,
+    candidate: Side,
+    baseline: Side | None,
     k: int,
     tolerance: float,
-    candidate_users: pl.DataFrame | None = None,
-    baseline_users: pl.DataFrame | None = None,
-    confidence: float = 0.0,
-    resamples: int = 1000,
-    seed: int = 0,
+    noise: Noise = Noise(),
     *,
     against: str | None = None,
-    tolerance_setting: str = "gate_tolerance",
+    tolerance_setting: str = "gate.tolerance",
 ) -> GateVerdict:
-    """Compare a candidate's metrics with a baseline's (both long form: `metric`, `k`, `value`): one comparison.
+    """Compare a candidate's metrics with a baseline's: one comparison.
 
     Args:
-        candidate: the run's metrics (nDCG from the model to publish, RMSE from its rating model).
+        candidate: the run's metrics (nDCG from the model to publish, RMSE from its rating model) and users.
         baseline: the metrics held against it (with the published `run_id`), or None when nothing is published.
         k: the cut-off of the nDCG compared.
         tolerance: the largest allowed worsening, as a fraction of the baseline's value.
-        candidate_users, baseline_users: the per-user values behind the metrics (`user_id`, `metric`,
-            `value`), for the noise test; without them (or with `confidence` 0) the tolerance alone decides.
-        confidence: the coverage of the paired bootstrap interval a worsening must lie outside of.
-        resamples, seed: of the bootstrap.
+        noise: the paired test a worsening beyond the tolerance must pass; it applies when both sides have users.
         against: the baseline in words, for the reason (default: `run <its run_id>`).
         tolerance_setting: the config field `tolerance` came from, named in a rejection.
     """
-    if baseline is None or baseline.height == 0:
+    if baseline is None or baseline.metrics.height == 0:
         return GateVerdict(True, "nothing is published for this dataset and protocol yet: nothing to compare with")
-    baseline_run_id = baseline["run_id"][0] if "run_id" in baseline.columns else None
+    baseline_run_id = baseline.metrics["run_id"][0] if "run_id" in baseline.metrics.columns else None
     against = against or f"run {baseline_run_id}"
-    paired = confidence > 0 and candidate_users is not None and baseline_users is not None
-    # (metric, k, +1 when higher is worse / -1 when lower is worse)
-    checks = [("rmse", None, 1), ("ndcg", k, -1)]
     failures, compared = [], []
-    for metric, at, worse in checks:
-        new, old = metric_value(candidate, metric, at), metric_value(baseline, metric, at)
-        name = metric if at is None else f"{metric}@{at}"
-        if old is None:
-            continue  # the published lists were not judged on it (no rating model behind them)
-        if not math.isfinite(old):
-            failures.append(f"the published run's {name} is {old}, so nothing can be compared with it")
-            continue
-        if new is None or not math.isfinite(new):
-            failures.append(f"{name} is {'missing' if new is None else new} (the published lists have {old:.4f})")
-            continue
-        change = (new - old) / abs(old) if old else (0.0 if new == old else math.copysign(math.inf, new - old))
-        moved = f"{name} {'rose' if worse > 0 else 'fell'} from {old:.4f} to {new:.4f} ({change:+.1%})"
-        if worse * change <= tolerance:
-            compared.append(f"{name} {old:.4f} -> {new:.4f} ({change:+.1%})")
-            continue
-        interval = None
-        if paired:
-            interval = paired_interval(candidate_users, baseline_users, metric, confidence, resamples, seed)
-        if interval is not None and not (interval.low > 0 if worse > 0 else interval.high < 0):
-            compared.append(f"{moved}, within noise: the {interval.describe(name)} holds 0")
-            continue
-        failures.append(f"{moved}; the {interval.describe(name)}" if interval else moved)
+    for metric, at, worse in JUDGED:
+        outcome = _compare(metric, k if at else None, worse, candidate, baseline, tolerance, noise)
+        if outcome is not None:
+            (compared if outcome[0] else failures).append(outcome[1])
     if failures:
         reason = f"{'; '.join(failures)}, beyond the {tolerance:.1%} tolerance ({setting(tolerance_setting)}) against {against}"
         return GateVerdict(False, reason, baseline_run_id)
     return GateVerdict(True, f"within {tolerance:.1%} of {against}: {', '.join(compared)}", baseline_run_id)
 
 
+def _compare(
+    metric: str, at: int | None, worse: int, candidate: Side, baseline: Side, tolerance: float, noise: Noise
+) -> tuple[bool, str] | None:
+    """Whether one metric stayed within the tolerance (or noise), in words; None when the published lists were
+    not judged on it (no rating model behind them)."""
+    new, old = metric_value(candidate.metrics, metric, at), metric_value(baseline.metrics, metric, at)
+    name = metric if at is None else f"{metric}@{at}"
+    if old is None:
+        return None
+    if not math.isfinite(old):
+        return False, f"the published run's {name} is {old}, so nothing can be compared with it"
+    if new is None or not math.isfinite(new):
+        return False, f"{name} is {'missing' if new is None else new} (the published lists have {old:.4f})"
+    change = (new - old) / abs(old) if old else (0.0 if new == old else math.copysign(math.inf, new - old))
+    moved = f"{name} {'rose' if worse > 0 else 'fell'} from {old:.4f} to {new:.4f} ({change:+.1%})"
+    if worse * change <= tolerance:
+        return True, f"{name} {old:.4f} -> {new:.4f} ({change:+.1%})"
+    interval = None
+    if noise.confidence > 0 and candidate.users is not None and baseline.users is not None:
+        interval = paired_interval(
+            candidate.users, baseline.users, metric, noise.confidence, noise.resamples, noise.seed
+        )
+    if interval is not None and not (interval.low > 0 if worse > 0 else interval.high < 0):
+        return True, f"{moved}, within noise: the {interval.describe(name)} holds 0"
+    return False, f"{moved}; the {interval.describe(name)}" if interval else moved
+
+
 def decide(
-    candidate: pl.DataFrame,
-    candidate_users: pl.DataFrame,
-    published: PublishedRun | None,
-    recorded: pl.DataFrame,
-    recorded_users: pl.DataFrame | None,
-    here: OnThisSplit | None,
-    config: PipelineConfig,
+    candidate: Side, published: PublishedRun | None, recorded: Side, here: OnThisSplit | None, config: PipelineConfig
 ) -> GateVerdict:
     """The gate's verdict from both comparisons (the module's docstring): on this run's split with `here`, and
     against the published run's `recorded` metrics; rejected when either rejects, the reason naming both."""
+    gate = config.gate
     if published is None:
-        return judge(candidate, None, config.k, config.gate_tolerance)
-    noise = {"confidence": config.gate_confidence, "resamples": config.gate_resamples, "seed": config.seed}
-    recorded_as = f"run {published.run_id}'s recorded metrics (its own test set)"
-    comparable = published.elsewhere is None and recorded.height > 0  # its recorded metrics measure what ours do
+        return judge(candidate, None, config.k, gate.tolerance)
+    noise, recorded_as = (
+        Noise(gate.confidence, gate.resamples, config.seed),
+        f"run {published.run_id}'s recorded metrics (its own test set)",
+    )
+    comparable = published.elsewhere is None and recorded.metrics.height > 0  # its recorded metrics measure ours
     notes: list[str] = []
-    parts: list[GateVerdict] = []
     if published.elsewhere is not None:
         notes.append(
             f"the published lists (run {published.run_id}) were made {published.elsewhere}, so this run is "
@@ -202,59 +218,51 @@ def decide(
             f"against the published lists; {setting('force')} publishes anyway"
         )
         return GateVerdict(False, "; ".join(notes), published.run_id)
+    parts = [_on_this_split(candidate, published, recorded, here, config, notes)]
+    if here is not None and comparable:
+        drift = judge(
+            candidate,
+            recorded,
+            config.k,
+            gate.drift_tolerance,
+            noise,
+            against=recorded_as,
+            tolerance_setting="gate.drift_tolerance",
+        )
+        parts.append(drift)
+    judged = [part for part in parts if part is not None]
+    passed = all(part.passed for part in judged)
+    shown = [part.reason for part in judged if not part.passed] if not passed else [part.reason for part in judged]
+    return GateVerdict(passed, "; ".join(notes + shown), published.run_id)
+
+
+def _on_this_split(
+    candidate: Side,
+    published: PublishedRun,
+    recorded: Side,
+    here: OnThisSplit | None,
+    config: PipelineConfig,
+    notes: list[str],
+) -> GateVerdict | None:
+    """The comparison with the published configuration on this run's split (with its recorded metrics instead when
+    the configuration cannot be rebuilt); None when the run trains that configuration itself. Adds to `notes`."""
+    gate = config.gate
+    noise = Noise(gate.confidence, gate.resamples, config.seed)
     if here is None:
         notes.append(
             f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded "
-            f"metrics are held to {setting('gate_tolerance')}"
+            f"metrics are held to {setting('gate.tolerance')}"
         )
-        parts.append(
-            judge(
-                candidate,
-                recorded,
-                config.k,
-                config.gate_tolerance,
-                candidate_users,
-                recorded_users,
-                against=recorded_as,
-                **noise,
-            )
-        )
-    elif here.same_as_candidate:
+        against = f"run {published.run_id}'s recorded metrics (its own test set)"
+        return judge(candidate, recorded, config.k, gate.tolerance, noise, against=against)
+    if here.same_as_candidate:
         notes.append(f"this run trains the published configuration ({published.describe()}) with the same settings")
-    else:
-        trained = f", trained here ({', '.join(here.trained_here)})" if here.trained_here else ""
-        against = (
-            f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
-        )
-        parts.append(
-            judge(
-                candidate,
-                here.metrics,
-                config.k,
-                config.gate_tolerance,
-                candidate_users,
-                here.users,
-                against=against,
-                **noise,
-            )
-        )
-    if here is not None and comparable:
-        parts.append(
-            judge(
-                candidate,
-                recorded,
-                config.k,
-                config.gate_drift_tolerance,
-                candidate_users,
-                recorded_users,
-                against=recorded_as,
-                tolerance_setting="gate_drift_tolerance",
-                **noise,
-            )
-        )
-    passed = all(part.passed for part in parts)
-    shown = [part.reason for part in parts if not part.passed] if not passed else [part.reason for part in parts]
-    return GateVerdict(passed, "; ".join(notes + shown), published.run_id)
+        return None
+    trained = f", trained here ({', '.join(here.trained_here)})" if here.trained_here else ""
+    against = (
+        f"the published configuration ({published.describe()}, run {published.run_id}) on this run's split{trained}"
+    )
+    return judge(candidate, here.side, config.k, gate.tolerance, noise, against=against)
 
 
 def published_run(path: Path, run_id: str, dataset: str, protocol: str) -> PublishedRun | None:
@@ -278,14 +286,13 @@ def published_run(path: Path, run_id: str, dataset: str, protocol: str) -> Publi
     return PublishedRun(row["run_id"], row["model"], row["rating_model"], config, unreadable, elsewhere)
 
 
-def recorded_metrics(path: Path, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def recorded_metrics(path: Path, run_id: str) -> Side:
     """A published run's metrics as the gate judges them (its published model's ranking metrics, its rating model's
-    errors) and the per-user values stored with its lists (empty for runs published before they were kept)."""
+    errors) and the per-user values stored with its lists (None for runs published before they were kept)."""
     with warehouse.open_reader(path) as con:
-        return (
-            warehouse.fetch(con, "gate_baseline", {"run_id": run_id}),
-            warehouse.fetch(con, "gate_baseline_users", {"run_id": run_id}),
-        )
+        metrics = warehouse.fetch(con, "gate_baseline", {"run_id": run_id})
+        users = warehouse.fetch(con, "gate_baseline_users", {"run_id": run_id})
+    return Side(metrics, users if users.height else None)
 
 
 def candidate_metrics(metrics: Mapping[str, pl.DataFrame], model: str, rating_model: str | None) -> pl.DataFrame:
@@ -320,8 +327,10 @@ def on_this_split(
     run's own and those trained for the gate); `candidate` is the run's (published model, rating model)."""
     same = not trained_here and (published.model, published.rating_model) == candidate
     return OnThisSplit(
-        candidate_metrics(metrics, published.model, published.rating_model),
-        candidate_user_metrics(per_user, published.model, published.rating_model, maps),
+        Side(
+            candidate_metrics(metrics, published.model, published.rating_model),
+            candidate_user_metrics(per_user, published.model, published.rating_model, maps),
+        ),
         tuple(trained_here),
         same,
     )
@@ -340,8 +349,7 @@ def published_run_task(path: Path, run_id: str, dataset: str, protocol: str) -> 
 def gate_task(
     path: Path,
     published: PublishedRun | None,
-    candidate: pl.DataFrame,
-    candidate_users: pl.DataFrame,
+    candidate: Side,
     here: OnThisSplit | None,
     config: PipelineConfig,
 ) -> GateVerdict:
@@ -349,10 +357,8 @@ def gate_task(
     this split (`here`) and the published run's recorded metrics (`decide`); logs the verdict.
 
     With `force`, a failed verdict comes back overridden: `publishes` is true and the reason says why."""
-    recorded, recorded_users = recorded_metrics(path, published.run_id) if published else (pl.DataFrame(), None)
-    if recorded_users is not None and recorded_users.height == 0:
-        recorded_users = None
-    verdict = decide(candidate, candidate_users, published, recorded, recorded_users, here, config)
+    recorded = recorded_metrics(path, published.run_id) if published else Side(pl.DataFrame())
+    verdict = decide(candidate, published, recorded, here, config)
     if verdict.passed:
         log.info("quality gate passed: %s", verdict.reason)
     elif config.force:

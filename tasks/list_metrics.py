@@ -4,7 +4,7 @@ Stored per run in `run_metrics` (model: the published model, k: `top_n`) and sho
 `popularity_percentile` (popularity bias: the mean popularity percentile of the listed items), `genre_diversity`
 (intra-list diversity: the mean number of distinct genres in a list), `churn` (the share of users with a list
 before whose list changed) and `jaccard` (their mean overlap with their previous list). The definitions are
-in warehouse/queries/list_metrics.sql; the quality gate can bound churn (`gate_max_churn`).
+in warehouse/queries/list_metrics.sql; the quality gate can bound churn (`gate.max_churn`).
 """
 
 from __future__ import annotations
@@ -73,13 +73,13 @@ def list_metrics(
 
 
 def churn_rejection(metrics: pl.DataFrame, verdict: GateVerdict, config: PipelineConfig) -> GateVerdict:
-    """The gate's `verdict`, turned into a rejection when churn exceeds `gate_max_churn` (unless `force`)."""
+    """The gate's `verdict`, turned into a rejection when churn exceeds `gate.max_churn` (unless `force`)."""
     churn = metrics.filter(pl.col("metric") == "churn")["value"]
-    if config.gate_max_churn is None or churn.len() == 0 or churn[0] <= config.gate_max_churn:
+    if config.gate.max_churn is None or churn.len() == 0 or churn[0] <= config.gate.max_churn:
         return verdict
     why = (
-        f"{churn[0]:.1%} of the users' lists would change, above the {config.gate_max_churn:.1%} "
-        f"{setting('gate_max_churn')} allows (an upstream change to check)"
+        f"{churn[0]:.1%} of the users' lists would change, above the {config.gate.max_churn:.1%} "
+        f"{setting('gate.max_churn')} allows (an upstream change to check)"
     )
     if config.force:
         log.warning("churn is high but %s publishes anyway: %s", setting("force"), why)

@@ -16,6 +16,7 @@ from prefect import task
 
 from tasks.config import PipelineConfig, redact
 from tasks.ingest import fetch_archive
+from tasks.run_folder import atomic_write
 
 RATINGS_UPDATED = "recs.ratings.updated"  # the event the nightly deployment's trigger expects
 
@@ -47,7 +48,7 @@ def _announced(data_dir: Path) -> dict[str, str]:
 
 def check_source(config: PipelineConfig) -> SourceCheck:
     """Fetch the source (conditionally) and compare its sha256 with the last one announced."""
-    archive = fetch_archive(config.source, config.data_dir, None, config.download_timeout_seconds)
+    archive = fetch_archive(config.source, config.data_dir, None, config.download.timeout_seconds)
     source = redact(config.source)
     return SourceCheck(source, archive.sha256, _announced(config.data_dir).get(source))
 
@@ -55,11 +56,8 @@ def check_source(config: PipelineConfig) -> SourceCheck:
 def remember_announced(data_dir: Path, check: SourceCheck) -> None:
     """Record that `check.sha256` was announced, so the next check only fires on a newer archive."""
     announced = {**_announced(data_dir), check.source: check.sha256}
-    path = _announced_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(announced, indent=2))
-    tmp.replace(path)
+    with atomic_write(_announced_path(data_dir)) as partial:
+        partial.write_text(json.dumps(announced, indent=2))
 
 
 @task(name="check-source", retries=2, retry_delay_seconds=30)

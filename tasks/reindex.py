@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import setting
 from tasks.ingest import Dataset
+from tasks.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,14 @@ class IdMaps:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.users.write_parquet(directory / "user_map.parquet")
-        self.items.write_parquet(directory / "item_map.parquet")
+        folder = RunFolder(directory)
+        self.users.write_parquet(folder.user_map)
+        self.items.write_parquet(folder.item_map)
 
     @classmethod
     def load(cls, directory: Path) -> IdMaps:
-        return cls(pl.read_parquet(directory / "user_map.parquet"), pl.read_parquet(directory / "item_map.parquet"))
+        folder = RunFolder(directory)
+        return cls(pl.read_parquet(folder.user_map), pl.read_parquet(folder.item_map))
 
     def to_dataset_ids(self, indexed: pl.DataFrame) -> pl.DataFrame:
         """Replace `user_idx`/`item_idx` columns of `indexed` by the dataset's `user_id`/`item_id`."""

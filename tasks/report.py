@@ -11,6 +11,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 import warehouse
+from tasks.run_folder import RunFolder
+from tasks.train import TrainedModel
 from tasks.trend import metric_trend, plot_loss, plot_trend, series
 
 
@@ -86,6 +88,12 @@ def summary_markdown(
     )
 
 
+def published_history(split_fit: TrainedModel, refit_histories: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """The published model's loss history: its split fit's epochs, then its refit's when it was refitted."""
+    refit = refit_histories.get(split_fit.name)
+    return pl.concat([split_fit.history, *([refit] if refit is not None else [])])
+
+
 def write_report(
     run_id: str,
     status: str,
@@ -107,8 +115,8 @@ def write_report(
         trend = metric_trend(con, trend_runs)
     runs = series(trend, facts.get("source"), facts.get("protocol"), model)
     metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
-    loss_png = plot_loss(history, run_dir / "loss.png")
-    trend_png = plot_trend(runs, run_dir / "trend.png")
+    loss_png = plot_loss(history, RunFolder(run_dir).loss_chart)
+    trend_png = plot_trend(runs, RunFolder(run_dir).trend_chart)
     markdown = summary_markdown(run_id, status, gate, model, metrics, facts, comparison)
     return markdown, metrics, loss_png, trend_png
 

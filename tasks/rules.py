@@ -26,10 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig, setting
 from tasks.reindex import IdMaps
+from tasks.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-
-ALLOWED_FILE = "allowed_items.npy"  # in the run's folder, for a cluster's shards (tasks/shards.py)
 
 
 class ListRuleError(ValueError):
@@ -56,12 +55,12 @@ class ListRules:
         return not bool(self.allowed.all())
 
     def save(self, run_dir: Path) -> None:
-        np.save(run_dir / ALLOWED_FILE, self.allowed)
+        np.save(RunFolder(run_dir).allowed_items, self.allowed)
 
     @classmethod
     def load(cls, run_dir: Path, n_items: int) -> ListRules:
         """The rules a run saved in its folder; none (every item allowed) when it saved none."""
-        path = run_dir / ALLOWED_FILE
+        path = RunFolder(run_dir).allowed_items
         return cls(np.load(path), "as saved by the run") if path.exists() else cls.none(n_items)
 
     def for_evaluation(self, config: PipelineConfig) -> np.ndarray | None:

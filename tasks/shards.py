@@ -14,18 +14,28 @@ from __future__ import annotations
 
 import logging
 import resource
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.checkpoint import load_trained_model, save_checkpoint
 from tasks.config import PipelineConfig
-from tasks.evaluate import evaluate_shard
+from tasks.evaluate import GATE_VALUES, evaluate_shard, reduce_evaluation, with_fit_seconds
+from tasks.models.ials import IalsParams
+from tasks.models.ials_shards import solve_shard
 from tasks.recommend import recommend_with_reasons
 from tasks.reindex import IdMaps
 from tasks.rules import ListRules
-from tasks.train import load_trained_model, pick_device
+from tasks.run_folder import RunFolder, atomic_write
+from tasks.split import save_all_ratings
+from tasks.train import TrainedModel, pick_device
+
+if TYPE_CHECKING:
+    from tasks.run_inputs import RunInputs
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +58,32 @@ def user_shards(n_users: int, shard_users: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_users, n_users)) for start in range(0, n_users, shard_users)]
 
 
-def shard_path(run_dir: Path, first_user: int) -> Path:
-    return run_dir / "shards" / f"recommend-{first_user:010d}.parquet"
-
-
 def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> tuple[Path, Path]:
     """Users first..last-1's lists and their reasons (`tasks.recommend.recommend_with_reasons`), written to
-    `shard_path` and beside it; returns the two paths.
+    the run folder's shard files; returns the two paths.
 
     Args:
         run_dir: the run's folder, on storage the worker shares with the flow.
         first, last: the shard's user indices.
         rater: None (no stars), `RATER_IS_MODEL`, or the checkpoint file of the rating model, e.g. `rater.pt`.
     """
-    config = PipelineConfig.from_stored((run_dir / "config.json").read_text())
-    device = pick_device("auto" if config.device == "auto" else config.device)
-    model, _ = load_trained_model(run_dir / "model.pt", device)
+    folder = RunFolder(run_dir)
+    config = PipelineConfig.from_stored(folder.config.read_text())
+    device = pick_device(config.device)
+    model, _ = load_trained_model(folder.published_model, device)
     stars = model if rater == RATER_IS_MODEL else load_trained_model(run_dir / rater, device)[0] if rater else None
     # only this shard's users' ratings: the seen items to leave out of their lists
-    ratings = _shard_of(run_dir / "ratings.parquet", first, last)
+    ratings = _shard_of(folder.ratings, first, last)
     maps = IdMaps.load(run_dir)
     rules = ListRules.load(run_dir, maps.n_items)
     lists, reasons = recommend_with_reasons(model, ratings, maps, config, stars, (first, last), rules)
-    reasons_path = run_dir / "shards" / f"reasons-{first:010d}.parquet"
-    return _write(lists, shard_path(run_dir, first)), _write(reasons, reasons_path)
+    return _write(lists, folder.recommend_shard(first)), _write(reasons, folder.reasons_shard(first))
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:
     """`frame` to `path` through a temporary name: a retried shard never leaves half a file behind."""
-    path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".partial")
-    frame.write_parquet(partial)
-    partial.replace(path)
+    with atomic_write(path) as partial:
+        frame.write_parquet(partial)
     return path
 
 
@@ -90,17 +94,42 @@ def _shard_of(path: Path, first: int, last: int) -> pl.DataFrame:
 def evaluate_shard_files(run_dir: Path, model_file: str, first: int, last: int) -> tuple[Path, Path]:
     """Users first..last-1's per-user evaluation values (`tasks.evaluate.evaluate_shard`) of the model in
     `model_file`, written to parquet; returns the values' file and the file of the items their top-k showed."""
-    config = PipelineConfig.from_stored((run_dir / "config.json").read_text())
+    folder = RunFolder(run_dir)
+    config = PipelineConfig.from_stored(folder.config.read_text())
     model, _ = load_trained_model(run_dir / model_file, pick_device(config.device))
-    train, test = (_shard_of(run_dir / name, first, last) for name in ("train.parquet", "test.parquet"))
+    train, test = (_shard_of(path, first, last) for path in (folder.train, folder.test))
     n_items = IdMaps.load(run_dir).n_items
     allowed = ListRules.load(run_dir, n_items).for_evaluation(config)
     per_user, shown = evaluate_shard(model, train, test, n_items, config, (first, last), allowed)
-    stem = f"evaluate-{Path(model_file).stem}-{first:010d}"
-    return (
-        _write(per_user, run_dir / "shards" / f"{stem}.parquet"),
-        _write(pl.DataFrame({"item_idx": shown}), run_dir / "shards" / f"{stem}-shown.parquet"),
-    )
+    values_file, shown_file = folder.evaluate_shard(model_file, first)
+    return _write(per_user, values_file), _write(pl.DataFrame({"item_idx": shown}), shown_file)
+
+
+def reduce_shard_evaluations(
+    done: list[tuple[str, str, str, int]], model: TrainedModel, catalogue: int, k: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The metrics of `model` (with its fit seconds) from its evaluation shards' files (`evaluate_shard_task`'s
+    results), reduced exactly as in process (`tasks.evaluate.reduce_evaluation`), and the per-user values the gate
+    pairs."""
+    per_user = pl.read_parquet([values for values, *_ in done])
+    shown = pl.read_parquet([items for _, items, *_ in done])["item_idx"].to_numpy()
+    metrics = with_fit_seconds(reduce_evaluation(per_user, shown, catalogue, k), model.seconds)
+    return metrics, per_user.filter(pl.col("metric").is_in(GATE_VALUES))
+
+
+def save_list_inputs(
+    model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, folder: RunFolder
+) -> str | None:
+    """Save what the recommend shards read beyond the run's inputs: the published model, the rating model when it
+    is another, and every rating; returns the shards' `rater` argument."""
+    save_checkpoint(model, inputs.maps, inputs.config, folder.published_model)
+    save_all_ratings(inputs.ratings, folder)
+    if rater is None:
+        return None
+    if rater is model:
+        return RATER_IS_MODEL
+    save_checkpoint(rater, inputs.maps, inputs.config, folder.rater)
+    return folder.rater.name
 
 
 def worker_address() -> str:
@@ -147,3 +176,21 @@ def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None)
     worker, peak = _where()
     log.info("users %d-%d: %s (worker peak RSS %.2f GB)", first, last - 1, path.name, peak / 1e9)
     return str(path), str(reasons), worker, peak
+
+
+@task(
+    name="ials-shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=1,
+    task_run_name="ials-{side}-e{epoch}-{first}-{last}",
+)
+def ials_shard_task(
+    folder: str, side: str, epoch: int, first: int, last: int, other_firsts: list[int], params: dict
+) -> tuple[float, bool, str, int]:
+    """Prefect wrapper of `solve_shard`, retried when it fails (a worker lost); returns its objective part,
+    whether it is finite, the worker and that worker's peak resident bytes."""
+    started = time.perf_counter()
+    part, finite = solve_shard(Path(folder), side, epoch, first, last, other_firsts, IalsParams(**params))
+    log.info("ials %s %d-%d epoch %d: %.2fs", side, first, last - 1, epoch, time.perf_counter() - started)
+    return part, finite, worker_address(), peak_resident_bytes()

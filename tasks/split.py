@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig, SplitMethod, setting
+from tasks.run_folder import RunFolder
 
 
 def _with_random_key(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -114,6 +115,14 @@ def holdout(train: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFra
 def split_task(ratings: pl.DataFrame, config: PipelineConfig, run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Prefect wrapper of `split_ratings` with the config's method, fraction and seed; saves both splits."""
     train, test = split_ratings(ratings, config.split, config.effective_test_fraction, config.seed)
-    train.write_parquet(run_dir / "train.parquet")
-    test.write_parquet(run_dir / "test.parquet")
+    folder = RunFolder(run_dir)
+    train.write_parquet(folder.train)
+    test.write_parquet(folder.test)
     return train, test
+
+
+def save_all_ratings(ratings: pl.DataFrame, folder: RunFolder) -> None:
+    """Every rating in the run's folder, for the stages that read them there (a training deployment's refit, a
+    cluster's list shards); written once a run."""
+    if not folder.ratings.exists():
+        ratings.write_parquet(folder.ratings)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tasks.run_folder import atomic_write
+
 MIN_USER_RATINGS = 20  # as GroupLens selected ML-20M's users
 HALF_STARS = np.arange(1, 11) / 2
 # Share of each half star 0.5..5.0 in ML-20M's ratings.csv.
@@ -203,9 +205,7 @@ def synthesize(spec: SynthSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def write_archive(ratings: pl.DataFrame, movies: pl.DataFrame, out: Path, folder: str = "ml-20m") -> None:
     """Write `folder/ratings.csv` and `folder/movies.csv` (headers, UTF-8) into a zip at `out`, atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with zipfile.ZipFile(partial, "w") as archive:
+    with atomic_write(out) as partial, zipfile.ZipFile(partial, "w") as archive:
         for name, frame in (("ratings.csv", ratings), ("movies.csv", movies)):
             entry = zipfile.ZipInfo(f"{folder}/{name}", date_time=ZIP_DATE)
             entry.compress_type = zipfile.ZIP_DEFLATED
@@ -213,7 +213,6 @@ def write_archive(ratings: pl.DataFrame, movies: pl.DataFrame, out: Path, folder
             entry._compresslevel = 1  # ZipInfo has no public setter before Python 3.13
             with archive.open(entry, "w", force_zip64=True) as handle:
                 frame.write_csv(handle, float_precision=1 if name == "ratings.csv" else None)
-    partial.replace(out)
 
 
 def synth(spec: SynthSpec, out: Path) -> dict[str, float]:

@@ -1,11 +1,10 @@
-"""Train a registered model (tasks/models) and keep what its training recorded; save and load checkpoints."""
+"""Train a registered model (tasks/models) and keep what its training recorded (saved by tasks/checkpoint.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 import torch
@@ -14,12 +13,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
 from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, Recommender
-from tasks.models.base import InitialRows, index_tensors
+from tasks.models.base import InitialRows, WarmFit, index_tensors
 from tasks.reindex import IdMaps
 from tasks.split import holdout
 from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
 
-__all__ = ["ModelFitError", "TrainedModel", "fit", "load_checkpoint", "pick_device"]  # ModelFitError: re-exported
+__all__ = ["ModelFitError", "TrainedModel", "fit", "pick_device"]  # ModelFitError: re-exported
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +159,7 @@ def fit(
     history_label: str = "train",
     name: str = "dot_bias",
     init: InitialRows | None = None,
+    sharded: WarmFit | None = None,
 ) -> TrainedModel:
     """Fit the registered model `name` on indexed ratings with its hyperparameters from `config`.
 
@@ -172,33 +172,38 @@ def fit(
         history_label: the `split` the training loss is recorded under ("train", or "refit").
         name: which model (tasks/models MODELS).
         init: a warm start's initial rows (tasks/warm.py; ials and dot_bias): the fit then runs `warm_epochs`.
+        sharded: the model's fit by shards (`ModelSpec.sharded`, on a cluster) instead of its fit in this process;
+            the shards solve on their workers' CPUs.
 
     Raises:
         ModelFitError: when a gradient-trained model's loss becomes NaN or infinite.
     """
     if train.height == 0:
         raise ValueError("no training ratings")
-    device = pick_device(config.device)
+    device = torch.device("cpu") if sharded is not None else pick_device(config.device)
     use_tf32_matmuls(device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     interactions = Interactions(train, n_users, n_items)
-    params, warm = fit_params(config, name, init)
-    module, rows = MODELS[name].fit(
-        interactions, params, device, validation, seed=config.seed, label=history_label, **warm
-    )
+    spec, params = MODELS[name], fit_params(config, name, warm=init is not None)
+    if init is None and sharded is None:
+        module, rows = spec.fit(interactions, params, device, validation, seed=config.seed, label=history_label)
+    else:
+        warm_fit = sharded or spec.warm_fit()
+        module, rows = warm_fit(
+            interactions, params, device, validation, seed=config.seed, label=history_label, init=init
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
 
 
-def fit_params(config: PipelineConfig, name: str, init: InitialRows | None) -> tuple[ModelParams, dict]:
-    """The model's parameters for a fit and the fit's extra arguments: with a warm start's `init`, its
-    `warm_epochs` as the epochs and `init` passed on."""
+def fit_params(config: PipelineConfig, name: str, warm: bool) -> ModelParams:
+    """The model's parameters for a fit: a warm start (`warm`) runs its `warm_epochs` as the epochs."""
     params = config.params_for(name)
-    if init is None:
-        return params, {}
-    return params.model_copy(update={"epochs": params.warm_epochs}), {"init": init}
+    if not warm:
+        return params
+    return params.model_copy(update={"epochs": MODELS[name].warm_params(params).warm_epochs})
 
 
 def trained_model(
@@ -234,68 +239,23 @@ def trained_model(
     return model
 
 
-def checkpoint_path(run_dir: Path, phase: str, model: str) -> Path:
-    """A model's checkpoint of one phase in a run's folder: what a training deployment, a cluster's evaluation
-    shards and a later night's warm start (tasks/warm.py) read."""
-    return run_dir / f"model-{model}-{phase}.pt"
+def train_phase(
+    ratings: pl.DataFrame,
+    maps: IdMaps,
+    config: PipelineConfig,
+    name: str,
+    phase: str = "train",
+    init: InitialRows | None = None,
+    sharded: WarmFit | None = None,
+) -> TrainedModel:
+    """`fit` of model `name` for one phase of a run.
 
-
-def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, path: Path) -> None:
-    """Save weights, id maps and config together, so the run can be reproduced or re-published."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "model": model.name,
-        "init_args": model.module.init_args,
-        "state_dict": {name: tensor.cpu() for name, tensor in model.module.state_dict().items()},
-        "user_ids": torch.from_numpy(maps.users["user_id"].to_numpy().copy()),
-        "item_ids": torch.from_numpy(maps.items["item_id"].to_numpy().copy()),
-        "config": config.model_dump(mode="json"),
-        # What the training recorded, so a model trained elsewhere (a training deployment) reports the same.
-        "training": {
-            "history": model.history.to_dict(as_series=False),
-            "seconds": model.seconds,
-            "n_ratings": model.n_ratings,
-            "rating_scale": list(model.rating_scale),
-            "device": str(model.device),
-            "fallback": model.fallback.state() if model.fallback is not None else None,
-        },
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: Path) -> tuple[Recommender, IdMaps, PipelineConfig]:
-    """Rebuild the model, id maps and config that `save_checkpoint` wrote."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config = PipelineConfig.from_stored(checkpoint["config"])
-    module = MODELS[checkpoint["model"]].module(**checkpoint["init_args"])
-    module.load_state_dict(checkpoint["state_dict"])
-    user_ids, item_ids = checkpoint["user_ids"].numpy(), checkpoint["item_ids"].numpy()
-    users = pl.DataFrame({"user_idx": pl.int_range(len(user_ids), eager=True).cast(pl.Int32), "user_id": user_ids})
-    items = pl.DataFrame({"item_idx": pl.int_range(len(item_ids), eager=True).cast(pl.Int32), "item_id": item_ids})
-    return module.eval(), IdMaps(users, items), config
-
-
-def load_trained_model(path: Path, device: torch.device) -> tuple[TrainedModel, str]:
-    """The `TrainedModel` a checkpoint holds, moved to `device`, and the device it was trained on."""
-    module, _, _ = load_checkpoint(path)
-    use_tf32_matmuls(device)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    training = checkpoint["training"]
-    history = pl.DataFrame(training["history"], schema=HISTORY_SCHEMA)
-    fallback = training.get("fallback")  # absent from checkpoints written before the fallback existed
-    model = TrainedModel(
-        checkpoint["model"],
-        module.to(device),
-        device,
-        history,
-        training["seconds"],
-        training["n_ratings"],
-        tuple(training["rating_scale"]),
-        UnseenFallback.from_state(fallback) if fallback else None,
-    )
-    return model, training["device"]
+    phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
+    split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
+    with no holdout. `init`: a warm start's initial rows (tasks/warm.py); `sharded`: see `fit`.
+    """
+    fit_on, validation = phase_ratings(ratings, config, phase)
+    return fit(fit_on, maps.n_users, maps.n_items, config, validation, phase, name, init, sharded)
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="train-{name}-{phase}")
@@ -307,14 +267,8 @@ def train_task(
     phase: str = "train",
     init: InitialRows | None = None,
 ) -> TrainedModel:
-    """Prefect wrapper of `fit` for model `name`.
-
-    phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
-    split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
-    with no holdout. `init`: a warm start's initial rows (tasks/warm.py).
-    """
-    fit_on, validation = phase_ratings(ratings, config, phase)
-    return fit(fit_on, maps.n_users, maps.n_items, config, validation, history_label=phase, name=name, init=init)
+    """Prefect wrapper of `train_phase`."""
+    return train_phase(ratings, maps, config, name, phase, init)
 
 
 def phase_ratings(
@@ -325,9 +279,3 @@ def phase_ratings(
     if phase in ("train", "gate"):
         return holdout(ratings, config.validation_fraction, config.seed)
     return ratings, None
-
-
-@task(name="save-checkpoint", cache_policy=NO_CACHE)
-def save_checkpoint_task(model: TrainedModel, maps: IdMaps, config: PipelineConfig, path: Path) -> None:
-    """Prefect wrapper of `save_checkpoint`."""
-    save_checkpoint(model, maps, config, path)

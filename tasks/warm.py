@@ -26,14 +26,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import warehouse
+from tasks.checkpoint import Checkpoint
 from tasks.config import PipelineConfig
+from tasks.models import MODELS
 from tasks.models.base import InitialRows
 from tasks.reindex import IdMaps
-from tasks.train import checkpoint_path
+from tasks.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-
-WARM_STARTS = frozenset({"ials", "dot_bias"})  # the models whose fits take an initial state (`init`)
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,8 @@ class WarmStart:
 
     @classmethod
     def load(cls, path: Path, run_id: str) -> WarmStart:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(
-            run_id,
-            checkpoint["state_dict"],
-            checkpoint["init_args"],
-            checkpoint["user_ids"].numpy(),
-            checkpoint["item_ids"].numpy(),
-        )
+        checkpoint = Checkpoint.load(path)
+        return cls(run_id, checkpoint.state_dict, checkpoint.init_args, checkpoint.user_ids, checkpoint.item_ids)
 
     def initial_rows(self, maps: IdMaps) -> InitialRows:
         """Every per-user and per-item state tensor's rows for the users and items found tonight too, placed at
@@ -89,7 +83,7 @@ def warm_phase(config: PipelineConfig, phase: str) -> bool:
 def starts_warm(config: PipelineConfig, name: str, phase: str) -> bool:
     """Whether `name`'s fit of `phase` starts from the last published run's vectors: a model that takes an initial
     state, in a phase that starts warm (`warm_phase`)."""
-    return name in WARM_STARTS and warm_phase(config, phase)
+    return MODELS[name].warm_start and warm_phase(config, phase)
 
 
 def find_warm_start(path: Path, run_id: str, name: str, phase: str, config: PipelineConfig) -> WarmStart | None:
@@ -103,12 +97,12 @@ def find_warm_start(path: Path, run_id: str, name: str, phase: str, config: Pipe
         log.info("warm start: no run has published yet; %s starts cold", name)
         return None
     published = last["run_id"][0]
-    checkpoint = checkpoint_path(config.data_dir / "runs" / published, phase, name)
+    checkpoint = RunFolder.of(config.data_dir, published).checkpoint(phase, name)
     if not checkpoint.exists():
         log.info("warm start: run %s kept no %s checkpoint (%s); %s starts cold", published, phase, checkpoint, name)
         return None
     warm = WarmStart.load(checkpoint, published)
-    factors = config.params_for(name).factors
+    factors = MODELS[name].warm_params(config.params_for(name)).factors
     if warm.init_args.get("factors") != factors:
         log.info(
             "warm start: run %s's %s has %s factors, tonight's %d; it starts cold",
@@ -121,11 +115,22 @@ def find_warm_start(path: Path, run_id: str, name: str, phase: str, config: Pipe
     return warm
 
 
+def warm_start(config: PipelineConfig, run_id: str, name: str, phase: str, maps: IdMaps) -> InitialRows | None:
+    """The initial rows of `name`'s `phase` fit when it starts warm (`starts_warm`; the lookup is a task run),
+    else None."""
+    return warm_start_task(config, run_id, name, phase, maps) if starts_warm(config, name, phase) else None
+
+
+def keeps_checkpoint(config: PipelineConfig, name: str, phase: str) -> bool:
+    """Whether `name`'s fit of `phase` is saved for the next night's warm start: with `warm_start`, a model that
+    starts warm keeps its split fit (a later temporal run starts from it) and its refit; the gate's fit is never
+    read back."""
+    return config.warm_start and MODELS[name].warm_start and phase in ("train", "refit")
+
+
 @task(name="warm-start", cache_policy=NO_CACHE, task_run_name="warm-start-{name}-{phase}")
 def warm_start_task(config: PipelineConfig, run_id: str, name: str, phase: str, maps: IdMaps) -> InitialRows | None:
     """The initial rows of `name`'s `phase` fit (`find_warm_start`), or None for a cold start."""
-    if not starts_warm(config, name, phase):
-        return None
     warm = find_warm_start(config.warehouse, run_id, name, phase, config)
     if warm is None:
         return None

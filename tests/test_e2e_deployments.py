@@ -366,7 +366,7 @@ def test_two_runs_at_once_run_one_after_the_other_and_overrides_keep_the_deploym
     assert sorted(status for status, _ in rows) == ["succeeded", "succeeded"]
     for _, config in rows:
         config = json.loads(config)
-        assert (config["top_n"], config["models"], config["gate_tolerance"]) == (5, NIGHTLY_MODELS, 0.1)
+        assert (config["top_n"], config["models"], config["gate"]["tolerance"]) == (5, NIGHTLY_MODELS, 0.1)
     assert list_lengths == [(5,)] and horror == (0,) and extras[0] == 5 and extras[1] > 0 and churn == (1,)
     # the second run's refits started from the first's vectors: their warm_epochs, not their epochs
     assert dict(warm_refit) == {"dot_bias": 5, "ials": 4}

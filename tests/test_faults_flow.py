@@ -51,9 +51,7 @@ def test_download_faults_are_retried_with_backoff_then_the_run_fails_naming_the_
     server = faulty_server(b"", "503")
     started = time.perf_counter()
     with pytest.raises(Exception, match="HTTP 503"):
-        nightly(
-            config.model_copy(update={"source": server.url, "download_retries": 2, "download_retry_delay_seconds": 0.2})
-        )
+        nightly(config.with_overrides({"source": server.url, "download": {"retries": 2, "retry_delay_seconds": 0.2}}))
     assert len(server.requests) == 3  # the first try and two retries
     assert time.perf_counter() - started >= 0.3  # waited 0.2 s then 0.4 s, each jittered to 0.63-1.5x
     status, error, *_ = _last_run(config)
@@ -64,7 +62,7 @@ def test_download_faults_are_retried_with_backoff_then_the_run_fails_naming_the_
 def test_a_retry_after_a_cut_short_download_uses_only_the_complete_archive(published, faulty_server, ml100k_zip):
     config, _ = published
     server = faulty_server(ml100k_zip.read_bytes(), "short", failures=1)
-    result = nightly(config.model_copy(update={"source": server.url, "download_retry_delay_seconds": 0}))
+    result = nightly(config.with_overrides({"source": server.url, "download": {"retry_delay_seconds": 0}}))
     assert result.status == "succeeded" and len(server.requests) == 2
     archives = sorted(p.name for p in (config.data_dir / "archives").iterdir())
     assert archives == ["f6399316c2793efe71b296b24c481a4a3e888982b85f93ffb392adc221391eb8.zip", "sources.json"]

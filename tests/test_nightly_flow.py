@@ -14,10 +14,11 @@ import torch
 import warehouse
 from flows.cli import main
 from flows.nightly import nightly
+from tasks.checkpoint import load_trained_model
 from tasks.config import MODEL_NAMES, PipelineConfig
 from tasks.list_metrics import LIST_METRICS
 from tasks.models import MODELS
-from tasks.train import checkpoint_path, load_trained_model
+from tasks.run_folder import RunFolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -206,7 +207,7 @@ def test_failed_run_is_recorded_and_keeps_previous_lists(ml100k_zip, tmp_path, s
     )
     good_run = nightly(good).run_id
     server = serve(tmp_path)
-    bad = good.model_copy(update={"source": f"{server.url}/missing.zip", "download_retries": 0})
+    bad = good.with_overrides({"source": f"{server.url}/missing.zip", "download": {"retries": 0}})
     with pytest.raises(Exception, match="HTTP 404"):
         nightly(bad)
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
@@ -289,8 +290,8 @@ def test_business_rules_reasons_fallback_and_churn_through_the_flow(ml100k_zip, 
 
     # Another seed moves many lists: a churn bound holds them back, and the lists published stay. Its refit starts
     # from the first run's vectors (warm_start): ials's warm_epochs, 4.
-    second = nightly(config, overrides={"seed": 7, "gate_max_churn": 0.05})
-    assert second.status == "rejected" and "gate_max_churn" in second.gate
+    second = nightly(config, overrides={"seed": 7, "gate": {"max_churn": 0.05}})
+    assert second.status == "rejected" and "gate.max_churn" in second.gate
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         live = con.execute(
             "SELECT DISTINCT run_id FROM recommendations UNION SELECT DISTINCT run_id FROM fallback_recommendations"
@@ -303,7 +304,7 @@ def test_business_rules_reasons_fallback_and_churn_through_the_flow(ml100k_zip, 
         ).fetchone()
     assert live == [(first.run_id,)] and churn[0] > 0.05
     refit, _ = load_trained_model(
-        checkpoint_path(tmp_path / "D" / "runs" / second.run_id, "refit", "ials"), torch.device("cpu")
+        RunFolder.of(tmp_path / "D", second.run_id).checkpoint("refit", "ials"), torch.device("cpu")
     )
     assert refit.history["epoch"].max() == 4 and epochs == (16,)  # the stratified split's evaluated fit starts cold
     capsys.readouterr()

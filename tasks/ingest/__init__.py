@@ -55,18 +55,18 @@ def _retry_transient(task, task_run, state) -> bool:
 @task(name="fetch-archive", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient)
 def fetch_archive_task(config: PipelineConfig) -> Archive:
     """Prefect wrapper of `fetch_archive`; see `fetch_with_retries` for the retries."""
-    return fetch_archive(config.source, config.data_dir, config.source_sha256, config.download_timeout_seconds)
+    return fetch_archive(config.source, config.data_dir, config.source_sha256, config.download.timeout_seconds)
 
 
 def fetch_with_retries(config: PipelineConfig) -> Archive:
-    """Run `fetch_archive_task`, retrying transient faults `config.download_retries` times.
+    """Run `fetch_archive_task`, retrying transient faults `config.download.retries` times.
 
-    The wait doubles from `config.download_retry_delay_seconds`; Prefect's jitter draws each wait between
+    The wait doubles from `config.download.retry_delay_seconds`; Prefect's jitter draws each wait between
     0.63 and 1.5 times its value, keeping the average.
     """
     fetch = fetch_archive_task.with_options(
-        retries=config.download_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=config.download_retry_delay_seconds),
+        retries=config.download.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=config.download.retry_delay_seconds),
     )
     try:
         return fetch(config)

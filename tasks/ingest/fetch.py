@@ -23,6 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from tasks.config import local_path, local_source_problem, redact, setting
 from tasks.ingest.errors import IngestError
 from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
+from tasks.run_folder import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,8 @@ class _SourceIndex:
             if header in response.headers:
                 entry[header] = response.headers[header]
         self.entries[redact(source)] = entry
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=2))
-        tmp.replace(self.path)
+        with atomic_write(self.path) as partial:
+            partial.write_text(json.dumps(self.entries, indent=2))
 
 
 def _download(source: str, archive_dir: Path, timeout: float, index: _SourceIndex) -> tuple[Path, str]:

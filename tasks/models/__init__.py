@@ -1,12 +1,18 @@
-"""The model registry: each name the config accepts, with the module class a checkpoint rebuilds, the model's
-parameter group (the config's field of the same name) and its fit.
+"""The model registry: each name the config accepts, with its `ModelSpec`: the module class a checkpoint rebuilds,
+the model's parameter group (the config's field of the same name, and its `--<name>-*` options), its fit, and what
+it can do (predict ratings, start warm, train by shards).
 
 Every fit has one signature (`tasks.models.base.Fit`): `fit(interactions, params, device, validation=None,
-*, seed, label) -> (module, history rows)`. Nothing here reads the pipeline's config: a model sees its own
-parameter group and nothing else.
+*, seed, label) -> (module, history rows)`, plus `init` for a model that starts warm (`WarmFit`). Nothing here
+reads the pipeline's config: a model sees its own parameter group and nothing else.
+
+Adding a model is its module and one line in `MODELS` (docs/models.md, "Adding a model"); the config composes its
+parameter group from this registry when tasks.config is first imported.
 """
 
 from __future__ import annotations
+
+import sys
 
 from tasks.models.base import Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
 from tasks.models.closed_form import (
@@ -35,21 +41,51 @@ from tasks.models.embedding import (
     fit_mlp,
 )
 from tasks.models.ials import Ials, IalsParams, fit_ials
+from tasks.models.ials_shards import sharded_ials
 from tasks.models.knn import ItemKnn, ItemKnnParams, UserKnn, UserKnnParams, fit_item_knn, fit_user_knn
 
-__all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Recommender"]
+__all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Recommender", "register"]
 
 MODELS: dict[str, ModelSpec] = {
     "dot_bias": ModelSpec(
-        EmbeddingDotBias, DotBiasParams, fit_dot_bias, "embedding dot product + biases, sigmoid range; MSE"
+        EmbeddingDotBias,
+        DotBiasParams,
+        fit_dot_bias,
+        "embedding dot product + biases, sigmoid range; MSE",
+        warm_start=True,
     ),
     "dot": ModelSpec(EmbeddingDot, DotParams, fit_dot, "embedding dot product; MSE"),
     "mlp": ModelSpec(EmbeddingNN, MlpParams, fit_mlp, "embeddings through an MLP, sigmoid range; MSE"),
     "user_knn": ModelSpec(UserKnn, UserKnnParams, fit_user_knn, "user-user kNN, mean-centred cosine"),
     "item_knn": ModelSpec(ItemKnn, ItemKnnParams, fit_item_knn, "item-item kNN, mean-centred cosine"),
     "bpr": ModelSpec(BprModel, BprParams, fit_bpr, "embeddings ranked by BPR on implicit feedback"),
-    "ials": ModelSpec(Ials, IalsParams, fit_ials, "implicit ALS (Rendle et al.'s recipe), every rating a positive"),
+    "ials": ModelSpec(
+        Ials,
+        IalsParams,
+        fit_ials,
+        "implicit ALS (Rendle et al.'s recipe), every rating a positive",
+        warm_start=True,
+        sharded=sharded_ials,
+    ),
     "ease": ModelSpec(Ease, EaseParams, fit_ease, "EASE closed-form item-item model on implicit feedback"),
     "bias": ModelSpec(BiasModel, BiasParams, fit_bias, "global mean + damped user and item biases"),
     "popularity": ModelSpec(Popularity, PopularityParams, fit_popularity, "most-rated items first"),
 }
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Add a model from outside this package (a plugin, a test): the same as a line in `MODELS`, made before
+    tasks.config composes the config from the registry.
+
+    Raises:
+        ValueError: `name` is taken or is not a lower-case identifier (it becomes a config field and options).
+        RuntimeError: tasks.config is already imported, so the config could not offer the model's settings.
+    """
+    if not name.isidentifier() or name != name.lower() or name in MODELS:
+        raise ValueError(f"model name {name!r}: expected a new lower-case identifier (taken: {', '.join(MODELS)})")
+    if "tasks.config" in sys.modules:
+        raise RuntimeError(
+            f"register model {name!r} before tasks.config is imported: the config composes each model's parameter "
+            "group from the registry once"
+        )
+    MODELS[name] = spec

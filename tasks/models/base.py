@@ -7,11 +7,13 @@ A model is an `nn.Module` whose weights and data live in parameters and buffers,
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import polars as pl
@@ -64,7 +66,7 @@ class Interactions:
         return float(self.ratings["rating"].min()), float(self.ratings["rating"].max())
 
 
-P = TypeVar("P", bound=ModelParams)
+P = TypeVar("P", bound=ModelParams, contravariant=True)
 
 
 class Fit(Protocol[P]):
@@ -94,14 +96,79 @@ class Fit(Protocol[P]):
     ) -> tuple[Recommender, list[dict]]: ...
 
 
+class WarmFit(Protocol[P]):
+    """A fit that can start from a previous fit's rows (a warm start): `Fit` plus `init`."""
+
+    def __call__(
+        self,
+        interactions: Interactions,
+        params: P,
+        device: torch.device,
+        validation: pl.DataFrame | None = None,
+        *,
+        seed: int = 0,
+        label: str = "train",
+        init: InitialRows | None = None,
+    ) -> tuple[Recommender, list[dict]]: ...
+
+
+class WarmStartParams(Protocol):
+    """What a warm-starting model's parameter group holds besides its own settings."""
+
+    factors: int  # a previous fit's vectors are reused only at the same width
+    epochs: int
+    warm_epochs: int  # the passes a warm fit runs instead of `epochs`
+
+
 @dataclass(frozen=True)
 class ModelSpec(Generic[P]):
-    """A registered model: the module class a checkpoint rebuilds, its parameter group and its fit."""
+    """A registered model: the module class a checkpoint rebuilds, its parameter group, its fit, and what it can do.
+
+    Everything the pipeline asks of a model is read here, so adding one is its module plus one registry line
+    (tasks/models/__init__.py; docs/models.md, "Adding a model").
+    """
 
     module: type[Recommender]
     params: type[P]
-    fit: Fit[P] | Callable[..., tuple[Recommender, list[dict]]]
+    fit: Fit[P]
     description: str
+    # Its fit takes `init` (a `WarmFit`) and its parameter group has factors, epochs and warm_epochs: with
+    # `warm_start`, tonight's fit starts from the last published run's vectors (tasks/warm.py).
+    warm_start: bool = False
+    # Given a folder and what runs its epochs over shards (on a cluster, flows/cluster.py), the same fit with its work
+    # cut into shards that read their inputs from that folder (ials: tasks/models/ials_shards.py).
+    sharded: Callable[..., WarmFit[P]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.warm_start:
+            takes = inspect.signature(self.fit).parameters
+            missing = [field for field in ("factors", "epochs", "warm_epochs") if field not in self.params.model_fields]
+            if "init" not in takes or missing:
+                raise TypeError(
+                    f"{self.module.__name__}: a warm-starting model's fit takes `init` and its parameters have "
+                    f"factors, epochs and warm_epochs (missing: {', '.join(missing + (['init'] if 'init' not in takes else []))})"
+                )
+
+    @property
+    def trains_by_shards(self) -> bool:
+        return self.sharded is not None
+
+    @property
+    def predicts_ratings(self) -> bool:
+        """Whether it predicts ratings (a rating model: RMSE, stars beside the lists) or only ranks."""
+        return self.module.predicts_ratings
+
+    def warm_fit(self) -> WarmFit[P]:
+        """The fit, with the `init` argument it declares (only for a `warm_start` model)."""
+        if not self.warm_start:
+            raise TypeError(f"{self.module.__name__} does not start warm")
+        return cast(WarmFit[P], self.fit)
+
+    def warm_params(self, params: ModelParams) -> WarmStartParams:
+        """`params` as the warm-start settings they hold (only for a `warm_start` model)."""
+        if not self.warm_start:
+            raise TypeError(f"{self.module.__name__} does not start warm")
+        return cast(WarmStartParams, params)
 
 
 class ModelFitError(RuntimeError):
@@ -116,8 +183,9 @@ def check_finite(loss: float, epoch: int) -> None:
         )
 
 
-class Recommender(nn.Module):
-    """Base of the models. Subclasses call `super().__init__(**shape)` with every constructor argument."""
+class Recommender(nn.Module, ABC):
+    """Base of the models. Subclasses call `super().__init__(**shape)` with every constructor argument and define
+    `score_users`; a rating model (`predicts_ratings`) defines `forward` too."""
 
     predicts_ratings: ClassVar[bool] = True
     # False where the prediction for a user or item with no training rating means nothing (a dot product with
@@ -128,9 +196,9 @@ class Recommender(nn.Module):
         super().__init__()
         self.init_args = init_args  # saved in checkpoints: `type(self)(**init_args)` rebuilds the shapes
 
+    @abstractmethod
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of `users` against every item, (len(users), n_items); higher is better."""
-        raise NotImplementedError
 
     def rank_users(self, users: torch.Tensor) -> torch.Tensor:
         """An increasing function of `score_users`, cheaper to compute (top-k needs only the order);

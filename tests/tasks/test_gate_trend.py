@@ -11,7 +11,7 @@ import pytest
 
 import warehouse
 from tasks.config import PipelineConfig
-from tasks.gate import OnThisSplit, PublishedRun, decide, judge, published_run, recorded_metrics
+from tasks.gate import Noise, OnThisSplit, PublishedRun, Side, decide, judge, published_run, recorded_metrics
 from tasks.trend import headline, metric_trend, plot_loss, plot_trend
 from warehouse.runs import ModelRecord, mark_failed, mark_rejected, publish, record_model, start_run
 
@@ -30,12 +30,12 @@ def _baseline(rmse: float, ndcg: float) -> pl.DataFrame:
 
 
 def test_first_run_passes_with_nothing_to_compare():
-    verdict = judge(_metrics(1.5, 0.01), None, k=10, tolerance=0.05)
+    verdict = judge(Side(_metrics(1.5, 0.01)), None, k=10, tolerance=0.05)
     assert verdict.passed and verdict.baseline_run_id is None and "nothing is published" in verdict.reason
 
 
 def test_within_tolerance_passes_and_names_the_baseline():
-    verdict = judge(_metrics(0.93, 0.108), _baseline(0.90, 0.11), k=10, tolerance=0.05)
+    verdict = judge(Side(_metrics(0.93, 0.108)), Side(_baseline(0.90, 0.11)), k=10, tolerance=0.05)
     assert verdict.passed and verdict.baseline_run_id == "good" and "rmse 0.9000 -> 0.9300" in verdict.reason
 
 
@@ -44,14 +44,14 @@ def test_within_tolerance_passes_and_names_the_baseline():
     [(0.96, 0.11, "rmse rose from 0.9000 to 0.9600"), (0.90, 0.10, "ndcg@10 fell from 0.1100 to 0.1000")],
 )
 def test_worse_than_tolerance_is_rejected_with_the_reason(rmse, ndcg, says):
-    verdict = judge(_metrics(rmse, ndcg), _baseline(0.90, 0.11), k=10, tolerance=0.05)
+    verdict = judge(Side(_metrics(rmse, ndcg)), Side(_baseline(0.90, 0.11)), k=10, tolerance=0.05)
     assert not verdict.passed and says in verdict.reason and "run good" in verdict.reason
 
 
 def test_tolerance_is_configurable():
     candidate, baseline = _metrics(0.96, 0.11), _baseline(0.90, 0.11)
-    assert not judge(candidate, baseline, k=10, tolerance=0.05).passed
-    assert judge(candidate, baseline, k=10, tolerance=0.10).passed
+    assert not judge(Side(candidate), Side(baseline), k=10, tolerance=0.05).passed
+    assert judge(Side(candidate), Side(baseline), k=10, tolerance=0.10).passed
 
 
 def _finished_run(path, run_id, started, status, rmse, ndcg, source="src", protocol=PROTOCOL, config=None):
@@ -119,8 +119,8 @@ def test_gate_baseline_is_the_live_lists_run_whatever_its_dataset_and_protocol(h
     published = published_run(history_warehouse, "new", "sha-src", temporal)
     assert (published.run_id, published.model, published.rating_model) == ("other", "dot_bias", "dot_bias")
     assert published.config == PipelineConfig() and published.elsewhere is None  # `{}`: every setting at its default
-    baseline, users = recorded_metrics(history_warehouse, published.run_id)
-    assert baseline["run_id"].unique().to_list() == ["other"] and users.height == 0  # published without per-user rows
+    recorded = recorded_metrics(history_warehouse, published.run_id)
+    assert recorded.metrics["run_id"].unique().to_list() == ["other"] and recorded.users is None  # no per-user rows
     on_another_protocol = published_run(history_warehouse, "new", "sha-src", PROTOCOL)
     assert on_another_protocol.run_id == "other"
     assert on_another_protocol.elsewhere == f"under another protocol ('{temporal}', this run's '{PROTOCOL}')"
@@ -142,8 +142,10 @@ def test_a_published_run_whose_settings_no_longer_validate_is_still_the_baseline
     published = published_run(path, "new", "sha-src", PROTOCOL)
     assert published.run_id == "old" and published.config is None
     assert "runs.config of run old does not validate" in published.unreadable
-    # its recorded metrics are then held to gate_tolerance, not to the wider drift tolerance
-    verdict = decide(_metrics(0.9, 0.08), _per_user(0.08), published, _baseline(0.9, 0.1), None, None, PipelineConfig())
+    # its recorded metrics are then held to gate.tolerance, not to the wider drift tolerance
+    verdict = decide(
+        Side(_metrics(0.9, 0.08), _per_user(0.08)), published, Side(_baseline(0.9, 0.1)), None, PipelineConfig()
+    )
     assert not verdict.passed and "cannot be rebuilt" in verdict.reason and "(--gate-tolerance)" in verdict.reason
 
 
@@ -160,8 +162,8 @@ def test_a_drop_beyond_the_tolerance_within_noise_passes_and_says_so():
     candidate_users, baseline_users = _per_user(0.088, 60, seed=1), _per_user(0.10, 60, seed=2)
     candidate = _metrics(0.9, candidate_users["value"].mean())
     baseline = _baseline(0.9, baseline_users["value"].mean())
-    assert not judge(candidate, baseline, k=10, tolerance=0.1).passed  # the tolerance alone rejects it
-    verdict = judge(candidate, baseline, 10, 0.1, candidate_users, baseline_users, confidence=0.95, resamples=400)
+    assert not judge(Side(candidate), Side(baseline), k=10, tolerance=0.1).passed  # the tolerance alone rejects it
+    verdict = judge(Side(candidate, candidate_users), Side(baseline, baseline_users), 10, 0.1, Noise(0.95, 400))
     assert (
         verdict.passed
         and "within noise: the 95% interval of the paired ndcg@10 difference over 60 users" in verdict.reason
@@ -173,7 +175,7 @@ def test_a_drop_beyond_the_tolerance_and_outside_noise_is_rejected_with_its_inte
     candidate_users = baseline_users.with_columns(pl.col("value") * 0.8)  # every user 20% worse
     candidate = _metrics(0.9, candidate_users["value"].mean())
     baseline = _baseline(0.9, baseline_users["value"].mean())
-    verdict = judge(candidate, baseline, 10, 0.1, candidate_users, baseline_users, confidence=0.95, resamples=400)
+    verdict = judge(Side(candidate, candidate_users), Side(baseline, baseline_users), 10, 0.1, Noise(0.95, 400))
     assert (
         not verdict.passed
         and "ndcg@10 fell" in verdict.reason
@@ -191,15 +193,16 @@ def test_a_drop_beyond_the_tolerance_and_outside_noise_is_rejected_with_its_inte
     ],
 )
 def test_a_missing_or_non_finite_candidate_metric_is_rejected(candidate, says):
-    verdict = judge(candidate, _baseline(0.90, 0.11), k=10, tolerance=0.05)
+    verdict = judge(Side(candidate), Side(_baseline(0.90, 0.11)), k=10, tolerance=0.05)
     assert not verdict.passed and says in verdict.reason
 
 
 def test_a_non_finite_baseline_is_rejected_and_a_zero_one_compares_absolutely():
-    nan_baseline = judge(_metrics(0.9, 0.11), _baseline(0.90, float("nan")), k=10, tolerance=0.05)
+    nan_baseline = judge(Side(_metrics(0.9, 0.11)), Side(_baseline(0.90, float("nan"))), k=10, tolerance=0.05)
     assert not nan_baseline.passed and "published run's ndcg@10 is nan" in nan_baseline.reason
-    assert judge(_metrics(0.9, 0.0), _baseline(0.90, 0.0), k=10, tolerance=0.05).passed  # no change
-    worse = judge(_metrics(0.9, 0.11), _baseline(0.0, 0.11), k=10, tolerance=0.05)  # any RMSE above a perfect 0
+    assert judge(Side(_metrics(0.9, 0.0)), Side(_baseline(0.90, 0.0)), k=10, tolerance=0.05).passed  # no change
+    # any RMSE above a perfect 0
+    worse = judge(Side(_metrics(0.9, 0.11)), Side(_baseline(0.0, 0.11)), k=10, tolerance=0.05)
     assert not worse.passed and "rmse rose from 0.0000 to 0.9000" in worse.reason
 
 
@@ -207,7 +210,7 @@ PUBLISHED = PublishedRun("good", "ials", "dot_bias", PipelineConfig())
 
 
 def _here(ndcg_users: pl.DataFrame, rmse: float, same: bool = False) -> OnThisSplit:
-    return OnThisSplit(_metrics(rmse, ndcg_users["value"].mean()), ndcg_users, ("ials",), same)
+    return OnThisSplit(Side(_metrics(rmse, ndcg_users["value"].mean()), ndcg_users), ("ials",), same)
 
 
 def test_the_published_configuration_on_the_same_split_rejects_a_worse_model_the_recorded_metrics_would_pass():
@@ -218,7 +221,7 @@ def test_the_published_configuration_on_the_same_split_rejects_a_worse_model_the
     candidate = _metrics(0.9, candidate_users["value"].mean())
     recorded = _baseline(0.9, candidate_users["value"].mean())
     verdict = decide(
-        candidate, candidate_users, PUBLISHED, recorded, None, _here(published_here, 0.9), PipelineConfig()
+        Side(candidate, candidate_users), PUBLISHED, Side(recorded), _here(published_here, 0.9), PipelineConfig()
     )
     assert not verdict.passed and verdict.baseline_run_id == "good"
     assert (
@@ -236,7 +239,9 @@ def test_a_night_to_night_drift_within_the_drift_tolerance_passes_and_a_collapse
         candidate = _metrics(0.9, candidate_users["value"].mean())
         # the candidate is the published configuration: nothing to compare on this split
         here = _here(candidate_users, 0.9, same=True)
-        verdict = decide(candidate, candidate_users, PUBLISHED, recorded, recorded_users, here, PipelineConfig())
+        verdict = decide(
+            Side(candidate, candidate_users), PUBLISHED, Side(recorded, recorded_users), here, PipelineConfig()
+        )
         assert verdict.passed is passes, verdict.reason
         assert (
             "this run trains the published configuration (ials with dot_bias's stars) with the same settings"

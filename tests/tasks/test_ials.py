@@ -8,7 +8,9 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.ials_shards import (
+from tasks.models.base import Interactions, ModelFitError, RatingMatrix
+from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, row_chunks, solve_side
+from tasks.models.ials_shards import (
     assemble_ials,
     fit_by_shards,
     in_process,
@@ -17,8 +19,6 @@ from tasks.ials_shards import (
     solve_shard,
     vectors_path,
 )
-from tasks.models.base import Interactions, ModelFitError, RatingMatrix
-from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, row_chunks, solve_side
 
 CPU = torch.device("cpu")
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from tasks.checkpoint import Checkpoint, save_checkpoint
 from tasks.config import MODEL_NAMES, PipelineConfig
 from tasks.models import MODELS
 from tasks.models.closed_form import EaseParams
 from tasks.models.embedding import DotBiasParams
 from tasks.reindex import IdMaps
-from tasks.train import fit, load_checkpoint, save_checkpoint
+from tasks.train import fit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +76,8 @@ def test_every_model_fits_scores_and_round_trips(name, small_ratings, tmp_path):
         losses = model.history.filter(pl.col("split") == "train")["loss"].to_list()
         assert losses[-1] < losses[0]
     save_checkpoint(model, _maps(4, 5), TINY, tmp_path / "model.pt")
-    module, maps, config = load_checkpoint(tmp_path / "model.pt")
+    checkpoint = Checkpoint.load(tmp_path / "model.pt")
+    module, maps, config = checkpoint.module(), checkpoint.maps(), checkpoint.pipeline_config()
     assert type(module) is type(model.module) and config == TINY and maps.n_items == 5
     assert torch.allclose(module.score_users(torch.arange(4)), model.module.score_users(torch.arange(4)))
 
@@ -232,7 +234,8 @@ def test_each_model_owns_its_settings_and_none_reads_the_pipeline_config():
         assert PipelineConfig.model_fields[name].annotation is spec.params, name
         assert PipelineConfig().params_for(name) == spec.params()  # the group's defaults are the model's own
     for module in (REPO / "tasks" / "models").glob("*.py"):
-        assert "tasks.config" not in module.read_text(), module
+        text = module.read_text()
+        assert "from tasks.config" not in text and "import tasks.config" not in text, module
     with pytest.raises(ValidationError, match="no_such"):
         PipelineConfig(ease={"no_such": 1})  # extra="forbid": a misspelt setting is an error
 

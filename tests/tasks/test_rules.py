@@ -139,13 +139,15 @@ def test_list_metrics_against_hand_computed_values():
 
     passed = GateVerdict(True, "within tolerance")
     bounded = churn_rejection(
-        list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate_max_churn=0.4)
+        list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate={"max_churn": 0.4})
     )
     assert (
         not bounded.publishes
-        and "50.0% of the users' lists would change, above the 40.0% gate_max_churn" in bounded.reason
+        and "50.0% of the users' lists would change, above the 40.0% gate.max_churn" in bounded.reason
     )
     assert (
-        churn_rejection(list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate_max_churn=0.5))
+        churn_rejection(
+            list_metrics(new, before, popularity, genres, 2), passed, PipelineConfig(gate={"max_churn": 0.5})
+        )
         is passed
     )

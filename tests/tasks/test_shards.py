@@ -8,13 +8,14 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from tasks.checkpoint import save_checkpoint
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_shard, evaluate_users, reduce_evaluation
 from tasks.recommend import recommend_with_reasons
 from tasks.rules import resolve_rules
 from tasks.shards import evaluate_shard_files, recommend_shard, user_shards
 from tasks.split import split_ratings
-from tasks.train import fit, save_checkpoint
+from tasks.train import fit
 
 
 def test_user_shards_cover_every_user_once():

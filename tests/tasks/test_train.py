@@ -6,11 +6,12 @@ import polars as pl
 import pytest
 import torch
 
+from tasks.checkpoint import Checkpoint, load_trained_model, save_checkpoint
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate
 from tasks.models.base import check_finite
 from tasks.split import split_ratings
-from tasks.train import ModelFitError, fit, load_checkpoint, pick_device, save_checkpoint
+from tasks.train import ModelFitError, fit, pick_device
 
 SMALL = PipelineConfig(
     dot_bias={"factors": 4, "epochs": 60, "batch_size": 4, "learning_rate": 0.5, "regularization": 0.0}, device="cpu"
@@ -87,7 +88,8 @@ def test_checkpoint_round_trip(small_ratings, tmp_path):
         pl.DataFrame({"item_idx": pl.Series(range(5), dtype=pl.Int32), "item_id": [1, 2, 3, 4, 5]}),
     )
     save_checkpoint(model, maps, SMALL, tmp_path / "model.pt")
-    module, loaded_maps, config = load_checkpoint(tmp_path / "model.pt")
+    checkpoint = Checkpoint.load(tmp_path / "model.pt")
+    module, loaded_maps, config = checkpoint.module(), checkpoint.maps(), checkpoint.pipeline_config()
     assert config == SMALL and loaded_maps.users.equals(maps.users) and loaded_maps.items.equals(maps.items)
     users = torch.arange(4)
     assert torch.allclose(module.score_users(users), model.module.score_users(users))
@@ -107,7 +109,6 @@ def test_default_config_accuracy_on_ml100k(ml100k_indexed):
 
 @pytest.mark.parametrize("name", ["dot", "item_knn"])
 def test_an_item_rated_only_in_test_gets_the_bias_models_prediction(ml100k_indexed, tmp_path, name):
-    from tasks.train import load_trained_model
 
     ratings, maps = ml100k_indexed
     train = ratings.filter(pl.col("item_idx") < 1600)  # items 1600.. are never seen in training

@@ -6,9 +6,10 @@ import polars as pl
 import pytest
 import torch
 
+from tasks.checkpoint import save_checkpoint
 from tasks.config import PipelineConfig
 from tasks.reindex import reindex
-from tasks.train import fit, save_checkpoint
+from tasks.train import fit
 from tasks.warm import WarmStart, warm_phase
 
 

@@ -1,9 +1,9 @@
-"""`ials` trained by shards on a cluster (flows/cluster.py): each half-step solves shards of users (then of items)
+"""`ials` trained by shards (on a cluster: flows/cluster.py, the shard task in tasks/shards.py): each half-step solves shards of users (then of items)
 as separate tasks, each against the fixed side's vectors and their Gramian, reading only its own rows of the
 ratings. The arithmetic is `tasks.models.ials.solve_side` on the shard's rows; shards are made of whole chunks
 of `chunk_ratings`, so every row is solved exactly as in process and the fit is the same bit for bit.
 
-A fit's folder (`run_dir / "ials-<phase>"`) holds:
+A fit's folder (`RunFolder.ials_fit(phase)`) holds:
 
 - `by_user.{indptr,indices,values}.npy`, `by_item.*`: the ratings as CSR (holding c_ui) by user and by item,
   which a shard memory-maps and slices to its rows;
@@ -23,10 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.models.base import InitialRows, Interactions, RatingMatrix
+from tasks.models.base import InitialRows, Interactions, RatingMatrix, WarmFit
 from tasks.models.ials import (
     ColumnTiles,
     Ials,
@@ -40,7 +38,7 @@ from tasks.models.ials import (
     solve_side,
     tile_width,
 )
-from tasks.shards import peak_resident_bytes, worker_address
+from tasks.run_folder import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +77,8 @@ def vectors_path(folder: Path, side: str, epoch: int, first: int) -> Path:
 
 def _save(array: np.ndarray, path: Path) -> None:
     """Through a temporary name, so a shard killed mid-write leaves no half file under the real one."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
+    with atomic_write(path) as partial, open(partial, "wb") as handle:
         np.save(handle, array)
-    partial.replace(path)
 
 
 def prepare_ials_shards(
@@ -204,19 +200,33 @@ def assemble_ials(plan: IalsShardPlan, epoch: int, n_users: int, n_items: int, f
     return module.eval()
 
 
-@task(
-    name="ials-shard",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=1,
-    task_run_name="ials-{side}-e{epoch}-{first}-{last}",
-)
-def ials_shard_task(
-    folder: str, side: str, epoch: int, first: int, last: int, other_firsts: list[int], params: dict
-) -> tuple[float, bool, str, int]:
-    """Prefect wrapper of `solve_shard`, retried when it fails (a worker lost); returns its objective part,
-    whether it is finite, the worker and that worker's peak resident bytes."""
-    started = time.perf_counter()
-    part, finite = solve_shard(Path(folder), side, epoch, first, last, other_firsts, IalsParams(**params))
-    log.info("ials %s %d-%d epoch %d: %.2fs", side, first, last - 1, epoch, time.perf_counter() - started)
-    return part, finite, worker_address(), peak_resident_bytes()
+# Runs a prepared fit's epochs over its shards somewhere (on a cluster: a subflow mapping `solve_shard` tasks) and
+# returns the history rows: (plan, params, label) -> rows, as `fit_by_shards` records them
+RunEpochs = Callable[[IalsShardPlan, IalsParams, str], list[dict]]
+
+
+def sharded_ials(folder: Path, run_epochs: RunEpochs) -> WarmFit[IalsParams]:
+    """`fit_ials` with its epochs run by `run_epochs` over shards prepared in `folder`: the same fit bit for bit,
+    since each shard solves whole chunks of rows as the in-process fit does. The module comes back on the CPU."""
+
+    def fit(
+        interactions: Interactions,
+        params: IalsParams,
+        device: torch.device,
+        validation: object = None,
+        *,
+        seed: int = 0,
+        label: str = "train",
+        init: InitialRows | None = None,
+    ) -> tuple[Ials, list[dict]]:
+        plan = prepare_ials_shards(interactions, params, seed, folder, init)
+        log.info(
+            "training ials on %d ratings: %d user and %d item shards per epoch",
+            interactions.ratings.height,
+            len(plan.shards["users"]),
+            len(plan.shards["items"]),
+        )
+        rows = run_epochs(plan, params, label)
+        return assemble_ials(plan, params.epochs, interactions.n_users, interactions.n_items, params.factors), rows
+
+    return fit

@@ -1,0 +1,69 @@
+"""Where a run's stages run: a fit on the training deployment when the config names one, the models that train by
+shards and the evaluation and lists on the cluster when it names one, everything else in this process.
+
+The stages are the same functions wherever they run (tasks/); this only picks the way to call them.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from flows.cluster import ClusterSession, evaluate_on_cluster, recommend_on_cluster, train_on_cluster
+from flows.runlog import RunLog
+from flows.train import train_on_deployment
+from tasks.checkpoint import save_checkpoint_task
+from tasks.config import PipelineConfig
+from tasks.evaluate import evaluate_task
+from tasks.models import MODELS
+from tasks.recommend import recommend_task
+from tasks.run_inputs import RunInputs
+from tasks.train import TrainedModel, train_task
+from tasks.warm import keeps_checkpoint, warm_start
+from warehouse.runs import ListFiles
+
+
+class Placement:
+    """The run's way of running each stage; `close` ends its cluster, when it started one."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.cluster = ClusterSession(config) if config.cluster else None  # started when a stage first needs it
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def train(self, inputs: RunInputs, phase: str, name: str) -> tuple[TrainedModel, str]:
+        """`name`'s fit of `phase` (the refit on every rating, the others on the training split) and its device."""
+        config, ratings = inputs.config, inputs.ratings if phase == "refit" else inputs.train
+        if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
+            return train_on_deployment(ratings, config, inputs.folder, phase, name)
+        init = warm_start(config, inputs.folder.run_id, name, phase, inputs.maps)
+        if self.cluster is not None and MODELS[name].trains_by_shards:
+            model, _ = train_on_cluster(inputs, phase, name, self.cluster, init)
+        else:
+            model = train_task(ratings, inputs.maps, config, name, phase=phase, init=init)
+        if keeps_checkpoint(config, name, phase):  # for the next night's warm start
+            save_checkpoint_task(model, inputs.maps, config, inputs.folder.checkpoint(phase, name))
+        return model, str(model.device)
+
+    def evaluate(self, model: TrainedModel, phase: str, inputs: RunInputs) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The model's metrics (with its fit seconds) and per-user values; the top-k follows the business rules
+        with `filter_evaluation`."""
+        if self.cluster is not None:
+            metrics, per_user, _ = evaluate_on_cluster(model, phase, inputs, self.cluster)
+            return metrics, per_user
+        allowed = inputs.rules.for_evaluation(inputs.config)
+        return evaluate_task(model, inputs.train, inputs.test, inputs.maps.n_items, inputs.config, allowed)
+
+    def recommend(
+        self, model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, run: RunLog
+    ) -> tuple[pl.DataFrame | ListFiles, pl.DataFrame | None]:
+        """The lists and their reasons (on a cluster, the reasons are in the shards' files beside the lists); the
+        published model is saved as the run folder's `published_model`."""
+        if self.cluster is not None:
+            lists, report = recommend_on_cluster(model, rater, inputs, self.cluster)
+            run.note(cluster=inputs.config.cluster, cluster_workers=report.workers)
+            return lists, None
+        lists, reasons = recommend_task(model, inputs.ratings, inputs.maps, inputs.config, rater, inputs.rules)
+        save_checkpoint_task(model, inputs.maps, inputs.config, inputs.folder.published_model)
+        return lists, reasons
