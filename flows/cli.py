@@ -26,6 +26,9 @@ from tasks.config import PipelineConfig
 from tasks.synth import SynthSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from flows.backfill import ReplayOutcome
     from flows.nightly import RunResult
 
 
@@ -129,17 +132,10 @@ def _backfill(options: dict) -> int:
     from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
     from flows.logs import log_to_file
 
-    failed = 0
     log_path = _log_path(config, "backfill")
     try:
         with log_to_file(log_path), signals_cancel(), temporary_api():
-            for i, outcome in enumerate(backfill(nested(options), cutoffs), start=1):
-                failed += outcome.status == "failed"
-                print(
-                    f"[{i}/{len(cutoffs)}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} "
-                    f"({outcome.detail})",
-                    flush=True,
-                )
+            failed = _replay(backfill(nested(options), cutoffs), len(cutoffs))
     except TemporaryApiError as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 1
@@ -157,6 +153,18 @@ def _backfill(options: dict) -> int:
             file=sys.stderr,
         )
     return 1 if failed else 0
+
+
+def _replay(outcomes: Iterable[ReplayOutcome], n_dates: int) -> int:
+    """Print each replayed night as it ends; returns how many failed."""
+    failed = 0
+    for i, outcome in enumerate(outcomes, start=1):
+        failed += outcome.status == "failed"
+        print(
+            f"[{i}/{n_dates}] as_of {outcome.as_of:%Y-%m-%d}: {outcome.status} {outcome.run_id or ''} ({outcome.detail})",
+            flush=True,
+        )
+    return failed
 
 
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:

@@ -158,19 +158,7 @@ def evaluate_shard(
         `map`, `hit_rate` for each user with a test item. shown: the distinct items in their top-k.
     """
     first, last = users or (0, model.n_users)
-    parts: list[pl.DataFrame] = []
-    if model.predicts_ratings:
-        judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
-        predicted = model.predict(
-            *(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
-        )
-        errors = judged.select("user_idx", error=pl.Series(predicted.numpy(), dtype=pl.Float64) - pl.col("rating"))
-        by_user = errors.group_by("user_idx").agg(
-            squared_error=(pl.col("error") ** 2).sum(),
-            abs_error=pl.col("error").abs().sum(),
-            n_ratings=pl.len().cast(pl.Float64),
-        )
-        parts.append(by_user.unpivot(index="user_idx", variable_name="metric"))
+    parts = [_rating_errors_by_user(model, test, first, last)] if model.predicts_ratings else []
     top_items, _ = top_k_unseen(
         model.rank_users,
         model.n_users,
@@ -189,6 +177,21 @@ def evaluate_shard(
         pl.DataFrame({"user_idx": evaluated, "metric": metric, "value": value}) for metric, value in values.items()
     ]
     return pl.concat([part.cast(_PER_USER_SCHEMA).select(list(_PER_USER_SCHEMA)) for part in parts]), shown
+
+
+def _rating_errors_by_user(model: TrainedModel, test: pl.DataFrame, first: int, last: int) -> pl.DataFrame:
+    """Users first..last-1's summed squared and absolute errors over their test ratings, and their count."""
+    judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
+    predicted = model.predict(
+        *(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+    )
+    errors = judged.select("user_idx", error=pl.Series(predicted.numpy(), dtype=pl.Float64) - pl.col("rating"))
+    by_user = errors.group_by("user_idx").agg(
+        squared_error=(pl.col("error") ** 2).sum(),
+        abs_error=pl.col("error").abs().sum(),
+        n_ratings=pl.len().cast(pl.Float64),
+    )
+    return by_user.unpivot(index="user_idx", variable_name="metric")
 
 
 def reduce_evaluation(per_user: pl.DataFrame, shown: np.ndarray, catalogue: int, k: int) -> pl.DataFrame:

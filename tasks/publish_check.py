@@ -62,14 +62,8 @@ def check_published_model(
         config: `k` and `refit_loss_tolerance`.
         n_allowed: the items the business rules allow (tasks/rules.py); the lists cannot show more.
     """
-    problems = []
-    broken = [
-        name
-        for name, tensor in (*published.module.named_parameters(), *published.module.named_buffers())
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-    ]
-    if broken:
-        problems.append(f"non-finite values in {', '.join(broken)}")
+    broken = _non_finite_tensors(published)
+    problems = [f"non-finite values in {', '.join(broken)}"] if broken else []
     before, after = last_loss(split_fit), last_loss(published)
     if before is not None and after is not None:
         if not after <= before * (1 + config.refit_loss_tolerance):  # also catches a NaN loss
@@ -93,6 +87,15 @@ def check_published_model(
         raise PublishCheckError(f"the refitted {published.name} was not published: {'; '.join(problems)}")
     loss = f"last loss {after:.4f} (split fit {before:.4f}), " if before is not None and after is not None else ""
     return f"refitted {published.name}: finite, {loss}{shown} distinct items in its lists"
+
+
+def _non_finite_tensors(model: TrainedModel) -> list[str]:
+    """The model's parameters and buffers that hold a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in (*model.module.named_parameters(), *model.module.named_buffers())
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
 
 
 @task(name="publish-check", cache_policy=NO_CACHE)

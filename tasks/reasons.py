@@ -13,6 +13,8 @@ Only positive contributions are reasons.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import polars as pl
 import torch
@@ -59,8 +61,7 @@ def explain(
         affinity: the model's `item_affinity()`: (the chunk's recommended items, the offsets of each one's rated
             items, the rated items) -> one contribution per rated item.
         users, items: the published pairs, as user and item indices.
-        rated: every user's rated items (all their ratings).
-        n: reasons per pair.
+        rated, n: every user's rated items (all their ratings); the reasons per pair.
         device: where the affinities are computed (the model's).
 
     Returns:
@@ -76,34 +77,43 @@ def explain(
         pair = np.repeat(np.arange(stop - start), c)
         offset = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
         rated_items = rated.indices[np.repeat(rated.indptr[users[start:stop]], c) + offset]
-        pair_t = torch.from_numpy(pair).to(device)
         crow = torch.from_numpy(np.concatenate([[0], np.cumsum(c)]).astype(np.int64)).to(device)
         chunk_items = torch.from_numpy(items[start:stop].astype(np.int64)).to(device)
         values = affinity(chunk_items, crow, torch.from_numpy(rated_items).to(device)).float()
-        positions = torch.arange(total, device=device)
-        for rank in range(1, n + 1):
-            best = torch.full((stop - start,), float("-inf"), device=device)
-            best.scatter_reduce_(0, pair_t, values, "amax")
-            hit = (values == best[pair_t]) & (values > 0)
-            # the first best entry of each pair: its rated item of lowest index, for a stable answer on ties
-            first = torch.full((stop - start,), total, dtype=torch.int64, device=device)
-            first.scatter_reduce_(0, pair_t[hit], positions[hit], "amin")
-            found = torch.nonzero(first < total).flatten()
-            if len(found) == 0:
-                break
-            chosen = first[found]
+        for rank, found, chosen in _best_entries(values, torch.from_numpy(pair).to(device), stop - start, n):
             parts.append(
                 pl.DataFrame(
                     {
-                        "user_idx": users[start:stop][found.cpu().numpy()],
-                        "item_idx": items[start:stop][found.cpu().numpy()],
+                        "user_idx": users[start:stop][found],
+                        "item_idx": items[start:stop][found],
                         "reason_rank": np.full(len(found), rank),
-                        "reason_item_idx": rated_items[chosen.cpu().numpy()],
-                        "contribution": values[chosen].cpu().numpy(),
+                        "reason_item_idx": rated_items[chosen],
+                        "contribution": values[torch.from_numpy(chosen).to(device)].cpu().numpy(),
                     }
                 ).cast(REASON_SCHEMA)
             )
-            values[chosen] = float("-inf")
     if not parts:
         return pl.DataFrame(schema=REASON_SCHEMA)
     return pl.concat(parts).sort("user_idx", "item_idx", "reason_rank")
+
+
+def _best_entries(
+    values: torch.Tensor, pair: torch.Tensor, n_pairs: int, n: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For rank 1..n: the pairs that still have a positive entry and the position of each one's best (the first
+    best entry: its rated item of lowest index, for a stable answer on ties). Each best entry is blanked in
+    `values` once yielded, so the next rank finds the next best."""
+    total, device = len(values), values.device
+    positions = torch.arange(total, device=device)
+    for rank in range(1, n + 1):
+        best = torch.full((n_pairs,), float("-inf"), device=device)
+        best.scatter_reduce_(0, pair, values, "amax")
+        hit = (values == best[pair]) & (values > 0)
+        first = torch.full((n_pairs,), total, dtype=torch.int64, device=device)
+        first.scatter_reduce_(0, pair[hit], positions[hit], "amin")
+        found = torch.nonzero(first < total).flatten()
+        if len(found) == 0:
+            return
+        chosen = first[found]
+        yield rank, found.cpu().numpy(), chosen.cpu().numpy()
+        values[chosen] = float("-inf")

@@ -46,9 +46,8 @@ def recommend_with_reasons(
     reasons behind each item.
 
     Args:
-        model: the model that scores the lists.
+        model, maps: the model that scores the lists; the index to id maps.
         ratings: all indexed ratings; none of a user's rated items is recommended to them.
-        maps: index to id maps.
         config: `top_n`, `score_chunk_users` and `reasons` (per item; 0 gives none).
         rater: a rating model whose predictions, clipped to its rating scale, fill `predicted_rating`.
         users: only the users of indices first..last-1 (a shard, tasks/shards.py); default every user.
@@ -61,8 +60,7 @@ def recommend_with_reasons(
         `reason_item_id` (an item the user rated), `contribution` (tasks/reasons.py); empty when the model has no
         item affinity.
     """
-    first, last = users or (0, maps.n_users)
-    seen = UserItems.from_ratings(ratings, maps.n_users)
+    (first, last), seen = users or (0, maps.n_users), UserItems.from_ratings(ratings, maps.n_users)
     top_items, top_scores = top_k_unseen(
         model.rank_users,
         maps.n_users,
@@ -75,33 +73,42 @@ def recommend_with_reasons(
         (first, last),
         rules.allowed if rules is not None and rules.restricts else None,
     )
-    n = top_items.shape[1]
-    lists = pl.DataFrame(
-        {
-            "user_idx": np.repeat(np.arange(first, last, dtype=np.int32), n),
-            "item_idx": top_items.ravel().astype(np.int32),
-            "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), last - first),
-            "score": top_scores.ravel(),
-        }
-    ).filter(pl.col("item_idx") >= 0)
-    stars = None
-    if rater is not None:
-        pairs = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
-        stars = rater.predict(*pairs).numpy()
-    lists = lists.with_columns(
-        predicted_rating=pl.Series(stars, dtype=pl.Float32) if stars is not None else pl.lit(None, pl.Float32)
-    )
-    affinity = model.module.item_affinity() if config.reasons else None
-    reasons = pl.DataFrame(schema=REASON_SCHEMA)
-    if affinity is not None:
-        reasons = explain(
-            affinity, lists["user_idx"].to_numpy(), lists["item_idx"].to_numpy(), seen, config.reasons, model.device
-        )
+    lists = _with_stars(_long_lists(top_items, top_scores, first), rater)
+    reasons = _reasons(model, lists, seen, config.reasons)
     reasons = reasons.with_columns(reason_item_id=maps.items["item_id"].gather(reasons["reason_item_idx"]))
     return (
         maps.to_dataset_ids(lists).select("user_id", "item_id", "rank", "score", "predicted_rating"),
         maps.to_dataset_ids(reasons.drop("reason_item_idx")).select(list(REASONS_SCHEMA)),
     )
+
+
+def _reasons(model: TrainedModel, lists: pl.DataFrame, seen: UserItems, n: int) -> pl.DataFrame:
+    """Up to `n` reasons per listed item (tasks/reasons.py); none when `n` is 0 or the model has no item affinity."""
+    affinity = model.module.item_affinity() if n else None
+    if affinity is None:
+        return pl.DataFrame(schema=REASON_SCHEMA)
+    return explain(affinity, lists["user_idx"].to_numpy(), lists["item_idx"].to_numpy(), seen, n, model.device)
+
+
+def _long_lists(top_items: np.ndarray, top_scores: np.ndarray, first_user: int) -> pl.DataFrame:
+    """The (users, n) top-n arrays of users first_user.. as rows: user_idx, item_idx, rank, score (padding out)."""
+    n_users, n = top_items.shape
+    return pl.DataFrame(
+        {
+            "user_idx": np.repeat(np.arange(first_user, first_user + n_users, dtype=np.int32), n),
+            "item_idx": top_items.ravel().astype(np.int32),
+            "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), n_users),
+            "score": top_scores.ravel(),
+        }
+    ).filter(pl.col("item_idx") >= 0)
+
+
+def _with_stars(lists: pl.DataFrame, rater: TrainedModel | None) -> pl.DataFrame:
+    """`lists` with `predicted_rating`: the rating model's prediction of each pair, null without one."""
+    if rater is None:
+        return lists.with_columns(predicted_rating=pl.lit(None, pl.Float32))
+    pairs = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+    return lists.with_columns(predicted_rating=pl.Series(rater.predict(*pairs).numpy(), dtype=pl.Float32))
 
 
 @task(name="recommend", cache_policy=NO_CACHE)

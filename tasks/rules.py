@@ -135,17 +135,7 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
     allowed = np.ones(maps.n_items, dtype=bool)
     said = []
     if config.exclude_items is not None:
-        given = config.exclude_items
-        ids = read_item_ids(given) if isinstance(given, Path) else list(given)
-        known = set(items["item_id"].to_list()) | set(maps.items["item_id"].to_list())
-        missing = sorted(set(ids) - known)
-        if missing:
-            shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            where = f" (file {given})" if isinstance(given, Path) else ""
-            raise ListRuleError(
-                f"{setting('exclude_items')}{where}: item id(s) {shown} are not in the catalogue "
-                f"({items.height:,} items)"
-            )
+        ids = _excluded_ids(config.exclude_items, items, maps)
         allowed &= ~catalogue["item_id"].is_in(ids).to_numpy()
         said.append(f"{len(set(ids))} excluded item(s)")
     if config.min_item_ratings:
@@ -165,16 +155,34 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
     if config.max_year is not None:
         allowed &= (year <= config.max_year).fill_null(False).to_numpy()
         said.append(f"until {config.max_year}")
-    rules = ListRules(allowed, "; ".join(said) or "none")
-    if maps.n_items < config.top_n:
+    return _long_enough(ListRules(allowed, "; ".join(said) or "none"), maps.n_items, config.top_n)
+
+
+def _excluded_ids(given: list[int] | Path, items: pl.DataFrame, maps: IdMaps) -> list[int]:
+    """`exclude_items`'s ids, read from its file when it names one; a ListRuleError names any not in the catalogue."""
+    ids = read_item_ids(given) if isinstance(given, Path) else list(given)
+    known = set(items["item_id"].to_list()) | set(maps.items["item_id"].to_list())
+    missing = sorted(set(ids) - known)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        where = f" (file {given})" if isinstance(given, Path) else ""
         raise ListRuleError(
-            f"{setting('top_n')} {config.top_n:,} is more than the {maps.n_items:,} items in the "
-            f"catalogue: no list could be that long; set it to at most {maps.n_items:,}"
+            f"{setting('exclude_items')}{where}: item id(s) {shown} are not in the catalogue ({items.height:,} items)"
         )
-    if rules.n_allowed < config.top_n:
+    return ids
+
+
+def _long_enough(rules: ListRules, n_items: int, top_n: int) -> ListRules:
+    """`rules`, when they and the catalogue leave at least `top_n` items; a ListRuleError saying which does not."""
+    if n_items < top_n:
         raise ListRuleError(
-            f"the business rules ({rules.description}) leave {rules.n_allowed} of {maps.n_items:,} "
-            f"items to recommend, fewer than {setting('top_n')} {config.top_n}; loosen them"
+            f"{setting('top_n')} {top_n:,} is more than the {n_items:,} items in the "
+            f"catalogue: no list could be that long; set it to at most {n_items:,}"
+        )
+    if rules.n_allowed < top_n:
+        raise ListRuleError(
+            f"the business rules ({rules.description}) leave {rules.n_allowed} of {n_items:,} "
+            f"items to recommend, fewer than {setting('top_n')} {top_n}; loosen them"
         )
     return rules
 

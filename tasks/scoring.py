@@ -118,12 +118,9 @@ def top_k_unseen(
     Args:
         score_users: maps a tensor of user indices to their (len, n_items) scores, or to any increasing
             function of them when `to_score` maps the k best back to scores.
-        n_users: users 0..n_users-1 are scored.
-        n_items: number of items.
+        n_users, n_items: users 0..n_users-1 are scored against items 0..n_items-1.
         exclude: items never returned for a user.
-        k: list length.
-        device: where scores are computed.
-        chunk_users: users per chunk.
+        k, device, chunk_users: the list length, where scores are computed, users per chunk.
         to_score: applied to the k best values of each user only (a model's output transform, skipped on
             the other items).
         users: score only users first..last-1 (a shard); default all `n_users`.
@@ -134,44 +131,76 @@ def top_k_unseen(
         (items, scores), both (number of users scored, min(k, n_items)); where a user has fewer than k unseen
         items the tail is item -1 with score -inf.
     """
-    k = min(k, n_items)
-    first, last = users or (0, n_users)
-    top_items = np.empty((last - first, k), dtype=np.int64)
-    top_scores = np.empty((last - first, k), dtype=np.float32)
-    # where a user has fewer than k unseen (allowed) items, the list's tail is -inf padding: that many, and no more
-    if allowed is None:
-        n_padding, blocked = np.maximum(k - (n_items - exclude.counts()), 0), None
-    else:
-        n_padding = np.maximum(k - (int(allowed.sum()) - exclude.counts_within(allowed)), 0)
-        blocked = torch.from_numpy(np.flatnonzero(~allowed)).to(device)
-    n_padding = torch.from_numpy(n_padding).to(device)
+    k, (first, last) = min(k, n_items), users or (0, n_users)
+    top_items, top_scores = np.empty((last - first, k), dtype=np.int64), np.empty((last - first, k), dtype=np.float32)
+    n_padding, blocked = _padding(exclude, n_items, k, allowed, device)
     started = last_report = time.perf_counter()
     for start in range(first, last, chunk_users):
         stop = min(start + chunk_users, last)
-        # contiguous: the seen items are blanked through a flat view (a no-op for most models' products)
-        scores = score_users(torch.arange(start, stop, device=device)).float().contiguous()
-        seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
-        scores.view(-1).index_fill_(0, seen, float("-inf"))
-        if blocked is not None and len(blocked):
-            scores.index_fill_(1, blocked, float("-inf"))
-        values, indices = top_k_stable(scores, k)
-        # NaN and +inf rank above every number, so they show at the top; a model's -inf shows as more -inf than
-        # the padding
-        padding = torch.isinf(values)
-        broken = torch.isnan(values[:, 0]) | (values[:, 0] == float("inf")) | (padding.sum(1) > n_padding[start:stop])
-        if broken.any():
-            bad = start + int(torch.nonzero(broken)[0, 0])
-            raise NonFiniteScoreError(
-                f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
-                "nothing is ranked or published from it"
-            )
+        scores = _blanked_scores(score_users, start, stop, exclude, n_items, blocked, device)
+        values, indices, padding = _checked_top_k(scores, k, n_padding[start:stop], start)
         indices[padding] = -1
         if to_score is not None:
             values = to_score(values).masked_fill_(padding, float("-inf"))
         top_items[start - first : stop - first] = indices.cpu().numpy()
         top_scores[start - first : stop - first] = values.cpu().numpy()
-        if time.perf_counter() - last_report > PROGRESS_SECONDS:
-            last_report = time.perf_counter()
-            done = stop - first
-            log.info("scored %d of %d users (%.0f users/s)", done, last - first, done / (last_report - started))
+        last_report = _progress(stop - first, last - first, started, last_report)
     return top_items, top_scores
+
+
+def _progress(done: int, total: int, started: float, last_report: float) -> float:
+    """Log the users scored so far when PROGRESS_SECONDS have passed since the last report; returns its time."""
+    now = time.perf_counter()
+    if now - last_report <= PROGRESS_SECONDS:
+        return last_report
+    log.info("scored %d of %d users (%.0f users/s)", done, total, done / (now - started))
+    return now
+
+
+def _blanked_scores(
+    score_users: ScoreFn,
+    start: int,
+    stop: int,
+    exclude: UserItems,
+    n_items: int,
+    blocked: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Users start..stop-1's scores with their excluded items and the blocked ones set to -inf."""
+    # contiguous: the seen items are blanked through a flat view (a no-op for most models' products)
+    scores = score_users(torch.arange(start, stop, device=device)).float().contiguous()
+    seen = torch.from_numpy(exclude.block_positions(start, stop, n_items)).to(device)
+    scores.view(-1).index_fill_(0, seen, float("-inf"))
+    if blocked is not None and len(blocked):
+        scores.index_fill_(1, blocked, float("-inf"))
+    return scores
+
+
+def _padding(
+    exclude: UserItems, n_items: int, k: int, allowed: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per user, how many -inf entries pad the list's tail (where fewer than k unseen allowed items remain: that
+    many, and no more), and the items the rules block (None without rules)."""
+    if allowed is None:
+        n_padding, blocked = np.maximum(k - (n_items - exclude.counts()), 0), None
+    else:
+        n_padding = np.maximum(k - (int(allowed.sum()) - exclude.counts_within(allowed)), 0)
+        blocked = torch.from_numpy(np.flatnonzero(~allowed)).to(device)
+    return torch.from_numpy(n_padding).to(device), blocked
+
+
+def _checked_top_k(
+    scores: torch.Tensor, k: int, n_padding: torch.Tensor, first_user: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`top_k_stable` of a chunk's blanked scores and where its padding is; a NonFiniteScoreError when a model's
+    NaN or +inf ranks above every number (it shows at the top) or its -inf shows as more -inf than the padding."""
+    values, indices = top_k_stable(scores, k)
+    padding = torch.isinf(values)
+    broken = torch.isnan(values[:, 0]) | (values[:, 0] == float("inf")) | (padding.sum(1) > n_padding)
+    if broken.any():
+        bad = first_user + int(torch.nonzero(broken)[0, 0])
+        raise NonFiniteScoreError(
+            f"the model scored user index {bad} (and maybe others) as NaN or infinite; "
+            "nothing is ranked or published from it"
+        )
+    return values, indices, padding

@@ -130,6 +130,27 @@ def _extract_member(
     return target
 
 
+def _members(zf: zipfile.ZipFile, source: str) -> tuple[Layout, str, str | None, list[str]]:
+    """The archive's layout, its ratings and items members, and every member to extract (ml-100k's u.genre too)."""
+    try:
+        layout, ratings_member, items_member = detect_layout(zf.namelist())
+    except ValueError as exc:
+        raise IngestError(f"archive {source!r}: {exc}") from exc
+    ratings_folder, items_folder = ratings_member.rpartition("/")[0], (items_member or "").rpartition("/")[0]
+    if items_member and items_folder != ratings_folder:
+        log.warning(
+            "archive %r: the items file %r is not beside the ratings %r; its titles are used",
+            source,
+            items_member,
+            ratings_member,
+        )
+    members = [ratings_member, *([items_member] if items_member else [])]
+    genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
+    if layout.name == "ml-100k" and genre_member in zf.namelist():
+        members.append(genre_member)
+    return layout, ratings_member, items_member, members
+
+
 def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout, str, str | None, Path, Path | None]:
     """Check the archive, find its layout and extract the ratings and items files into `raw_dir` (flat).
 
@@ -147,29 +168,14 @@ def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout
                 f"archive {archive.source!r}: member(s) {', '.join(map(repr, unsafe[:5]))} are symbolic links or point "
                 "outside the archive's folder; refused, nothing extracted"
             )
-        try:
-            layout, ratings_member, items_member = detect_layout(zf.namelist())
-        except ValueError as exc:
-            raise IngestError(f"archive {archive.source!r}: {exc}") from exc
-        ratings_folder, items_folder = ratings_member.rpartition("/")[0], (items_member or "").rpartition("/")[0]
-        if items_member and items_folder != ratings_folder:
-            log.warning(
-                "archive %r: the items file %r is not beside the ratings %r; its titles are used",
-                archive.source,
-                items_member,
-                ratings_member,
-            )
-        members = [ratings_member, *([items_member] if items_member else [])]
-        genre_member = (items_member or "").rsplit("/", 1)[0] + "/u.genre"
-        if layout.name == "ml-100k" and genre_member in zf.namelist():
-            members.append(genre_member)
+        layout, ratings_member, items_member, members = _members(zf, archive.source)
         _refuse_unreadable_members(zf, members, archive.source)
         _check_size(zf, members, raw_dir, limit, archive.source)
         budget, files = [limit], []
         for name in members:
             try:
                 files.append(_extract_member(zf, name, raw_dir, budget, limit, archive.source))
-            except IngestError:
+            except IngestError:  # a RuntimeError too: our own refusal, not a broken archive
                 raise
             except (
                 zipfile.BadZipFile,

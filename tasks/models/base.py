@@ -175,6 +175,26 @@ class ModelFitError(RuntimeError):
     """Training diverged (a non-finite loss); nothing trained this way may be published."""
 
 
+def record_epoch(
+    rows: list[dict],
+    epoch: int,
+    epochs: int,
+    label: str,
+    loss: float,
+    seconds: float,
+    validate: Callable[[], float] | None,
+) -> str:
+    """One epoch's bookkeeping in every gradient-trained fit: the loss checked (`check_finite`), its history row
+    and, with `validate`, the validation loss's row appended to `rows`; returns the epoch's line for the log."""
+    check_finite(loss, epoch)
+    rows.append({"epoch": epoch, "split": label, "loss": loss})
+    message = f"epoch {epoch}/{epochs}: {label} loss {loss:.4f}"
+    if validate is not None:
+        rows.append({"epoch": epoch, "split": "validation", "loss": validate()})
+        message += f", validation loss {rows[-1]['loss']:.4f}"
+    return f"{message} ({seconds:.2f}s"
+
+
 def check_finite(loss: float, epoch: int) -> None:
     """Raise ModelFitError when an epoch's loss is NaN or infinite."""
     if not math.isfinite(loss):

@@ -28,10 +28,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from tasks.models.base import Recommender, check_finite
+from tasks.models.base import Recommender, record_epoch
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,7 @@ def sgd_fit_dot_bias(
     # One full shuffle here; each epoch then reorders blocks of SHUFFLE_BLOCK ratings (see block_shuffle).
     order = torch.randperm(len(ratings[2]), device=ratings[2].device, generator=generator)
     users, items, targets = (x.index_select(0, order) for x in ratings)
-    n = len(targets)
-    user_vectors, item_vectors = module.user_factors.weight, module.item_factors.weight
-    user_bias, item_bias = module.user_bias.weight.view(-1), module.item_bias.weight.view(-1)
-    low, high = (float(x) for x in module.y_range)
-    width = high - low
+    n, tables = len(targets), _Tables.of(module)
     steps_per_epoch = -(-n // batch_size)
     total_steps, step = epochs * steps_per_epoch, 0
     rows: list[dict] = []
@@ -114,28 +111,56 @@ def sgd_fit_dot_bias(
         for start in range(0, n, batch_size):
             eta = cosine_rate(learning_rate, step, total_steps)
             step += 1
-            u, i = epoch_users[start : start + batch_size], epoch_items[start : start + batch_size]
-            a, b = user_vectors.index_select(0, u), item_vectors.index_select(0, i)
-            a_bias, b_bias = user_bias.index_select(0, u), item_bias.index_select(0, i)
-            s = torch.einsum("bf,bf->b", a, b).add_(a_bias).add_(b_bias).sigmoid_()
-            error = s * width + low - epoch_targets[start : start + batch_size]
-            squared_error += torch.dot(error, error)
-            step_size = error.mul_(s).mul_(1.0 - s).mul_(-eta * width)  # -eta g, per rating
-            decay = -eta * regularization
-            item_delta = b.mul(decay).addcmul_(a, step_size[:, None])
-            user_delta = a.mul_(decay).addcmul_(b, step_size[:, None])
-            # scatter_add_ with an expanded index: about 4x faster on CPU than index_add_ for 2-D rows.
-            user_vectors.scatter_add_(0, u[:, None].expand_as(user_delta), user_delta)
-            item_vectors.scatter_add_(0, i[:, None].expand_as(item_delta), item_delta)
-            user_bias.index_add_(0, u, a_bias.mul_(decay).add_(step_size))
-            item_bias.index_add_(0, i, b_bias.mul_(decay).add_(step_size))
-        loss = float(squared_error) / n
-        check_finite(loss, epoch)
-        rows.append({"epoch": epoch, "split": label, "loss": loss})
+            batch = slice(start, start + batch_size)
+            squared_error += tables.step(
+                epoch_users[batch], epoch_items[batch], epoch_targets[batch], eta, regularization
+            )
         seconds = time.perf_counter() - started
-        message = f"epoch {epoch}/{epochs}: {label} loss {loss:.4f}"
-        if validate is not None:
-            rows.append({"epoch": epoch, "split": "validation", "loss": validate()})
-            message += f", validation loss {rows[-1]['loss']:.4f}"
-        log.info("%s (%.2fs, %.2fM ratings/s)", message, seconds, n / seconds / 1e6)
+        line = record_epoch(rows, epoch, epochs, label, float(squared_error) / n, seconds, validate)
+        log.info("%s, %.2fM ratings/s)", line, n / seconds / 1e6)
     return rows
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """An EmbeddingDotBias's tables as the SGD step updates them in place, and its rating range."""
+
+    user_vectors: torch.Tensor
+    item_vectors: torch.Tensor
+    user_bias: torch.Tensor
+    item_bias: torch.Tensor
+    low: float
+    width: float
+
+    @classmethod
+    def of(cls, module: Recommender) -> _Tables:
+        low, high = (float(x) for x in module.y_range)
+        return cls(
+            module.user_factors.weight,
+            module.item_factors.weight,
+            module.user_bias.weight.view(-1),
+            module.item_bias.weight.view(-1),
+            low,
+            high - low,
+        )
+
+    def step(
+        self, u: torch.Tensor, i: torch.Tensor, targets: torch.Tensor, eta: float, regularization: float
+    ) -> torch.Tensor:
+        """One batch's step (the module docstring's update, every rating of the batch at once); returns the batch's
+        summed squared error before the step."""
+        a, b = self.user_vectors.index_select(0, u), self.item_vectors.index_select(0, i)
+        a_bias, b_bias = self.user_bias.index_select(0, u), self.item_bias.index_select(0, i)
+        s = torch.einsum("bf,bf->b", a, b).add_(a_bias).add_(b_bias).sigmoid_()
+        error = s * self.width + self.low - targets
+        squared_error = torch.dot(error, error)
+        step_size = error.mul_(s).mul_(1.0 - s).mul_(-eta * self.width)  # -eta g, per rating
+        decay = -eta * regularization
+        item_delta = b.mul(decay).addcmul_(a, step_size[:, None])
+        user_delta = a.mul_(decay).addcmul_(b, step_size[:, None])
+        # scatter_add_ with an expanded index: about 4x faster on CPU than index_add_ for 2-D rows.
+        self.user_vectors.scatter_add_(0, u[:, None].expand_as(user_delta), user_delta)
+        self.item_vectors.scatter_add_(0, i[:, None].expand_as(item_delta), item_delta)
+        self.user_bias.index_add_(0, u, a_bias.mul_(decay).add_(step_size))
+        self.item_bias.index_add_(0, i, b_bias.mul_(decay).add_(step_size))
+        return squared_error

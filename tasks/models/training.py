@@ -15,7 +15,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from tasks.models.base import Recommender, check_finite, index_tensors
+from tasks.models.base import Recommender, index_tensors, record_epoch
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def minibatch_fit(
         validate: the validation loss after each epoch, recorded under split "validation".
 
     Returns:
-        History rows: `epoch`, `split` (`label` or "validation"), `loss` (reported loss per example).
-
-    Raises:
-        ModelFitError: when the reported loss becomes NaN or infinite.
+        History rows: `epoch`, `split` (`label` or "validation"), `loss` (reported loss per example); a
+        ModelFitError when the reported loss becomes NaN or infinite.
     """
     rows: list[dict] = []
     device = next(module.parameters()).device
+
+    evaluated = None if validate is None else _in_eval_mode(module, validate)
     # fastai's fit_one_cycle: the learning rate warms up over the first quarter, then anneals (cosine) to ~0.
     steps_per_epoch = -(-n // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -67,17 +67,20 @@ def minibatch_fit(
             optimizer.step()
             schedule.step()
             total += reported.detach()
-        train_loss = float(total) / n
-        check_finite(train_loss, epoch)
-        rows.append({"epoch": epoch, "split": label, "loss": train_loss})
-        message = f"epoch {epoch}/{epochs}: {label} loss {train_loss:.4f}"
-        if validate is not None:
-            module.eval()
-            with torch.no_grad():
-                rows.append({"epoch": epoch, "split": "validation", "loss": validate()})
-            message += f", validation loss {rows[-1]['loss']:.4f}"
-        log.info("%s (%.2fs)", message, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("%s)", record_epoch(rows, epoch, epochs, label, float(total) / n, seconds, evaluated))
     return rows
+
+
+def _in_eval_mode(module: nn.Module, validate: Callable[[], float]) -> Callable[[], float]:
+    """`validate` run with the module in eval mode (dropout off) and no gradients."""
+
+    def evaluated() -> float:
+        module.eval()
+        with torch.no_grad():
+            return validate()
+
+    return evaluated
 
 
 def adam(module: nn.Module, lr: float, decoupled_weight_decay: float | None = None) -> torch.optim.Optimizer:
