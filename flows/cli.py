@@ -168,7 +168,8 @@ def _replay(outcomes: Iterable[ReplayOutcome], n_dates: int) -> int:
 
 
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
-    from tasks.trend import LIST_METRICS, headline, metric_trend, plot_trend, series
+    from tasks.list_metrics import LIST_METRICS  # printed as values alone
+    from tasks.trend import headline, metric_trend, plot_trend, series
 
     con = _open_read_only(path, "recs trend")
     if con is None:

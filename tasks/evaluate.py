@@ -34,31 +34,6 @@ from tasks.train import TrainedModel
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
 
 
-def rating_errors(predictions: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """RMSE and MAE of predicted against true ratings."""
-    errors = predictions.astype(np.float64) - truth.astype(np.float64)
-    return {"rmse": math.sqrt(float(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors)))}
-
-
-def ranking_metrics(
-    top_items: np.ndarray, relevant: UserItems, n_items: int, k: int, catalogue: int | None = None
-) -> dict[str, float]:
-    """Precision, recall, nDCG, MAP, hit rate and coverage at k (definitions in the module docstring).
-
-    Args:
-        top_items: (n_users, >= k) ranked item indices per user, -1 for padding.
-        relevant: each user's relevant (test) items; users with none are not evaluated.
-        n_items: number of item indices.
-        k: cut-off.
-        catalogue: the items that could be recommended, for coverage (default: all `n_items`).
-    """
-    users, values, shown = ranking_values_by_user(top_items, relevant, n_items, k)
-    if len(users) == 0:
-        raise ValueError("no user has a test rating; cannot compute ranking metrics")
-    metrics = {metric: float(np.mean(per_user)) for metric, per_user in values.items()}
-    return {**metrics, "coverage": len(shown) / (catalogue or n_items)}
-
-
 def ranking_values_by_user(
     top_items: np.ndarray, relevant: UserItems, n_items: int, k: int, first_user: int = 0
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
@@ -170,28 +145,41 @@ def evaluate_shard(
         users=(first, last),
         allowed=allowed,
     )
-    evaluated, values, shown = ranking_values_by_user(
-        top_items, UserItems.from_ratings(test, model.n_users), n_items, config.k, first
-    )
-    parts += [
+    ranking, shown = ranking_by_user(top_items, UserItems.from_ratings(test, model.n_users), n_items, config.k, first)
+    return pl.concat([part.cast(_PER_USER_SCHEMA).select(list(_PER_USER_SCHEMA)) for part in [*parts, ranking]]), shown
+
+
+def ranking_by_user(
+    top_items: np.ndarray, relevant: UserItems, n_items: int, k: int, first_user: int = 0
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """`ranking_values_by_user` in long form (`user_idx`, `metric`, `value`), as `reduce_evaluation` sums them, and
+    the distinct items shown."""
+    evaluated, values, shown = ranking_values_by_user(top_items, relevant, n_items, k, first_user)
+    parts = [
         pl.DataFrame({"user_idx": evaluated, "metric": metric, "value": value}) for metric, value in values.items()
     ]
-    return pl.concat([part.cast(_PER_USER_SCHEMA).select(list(_PER_USER_SCHEMA)) for part in parts]), shown
+    return pl.concat([part.cast(_PER_USER_SCHEMA) for part in parts]), shown
 
 
-def _rating_errors_by_user(model: TrainedModel, test: pl.DataFrame, first: int, last: int) -> pl.DataFrame:
-    """Users first..last-1's summed squared and absolute errors over their test ratings, and their count."""
-    judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
-    predicted = model.predict(
-        *(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
-    )
-    errors = judged.select("user_idx", error=pl.Series(predicted.numpy(), dtype=pl.Float64) - pl.col("rating"))
+def errors_by_user(users: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> pl.DataFrame:
+    """Per user: the summed squared and absolute errors of predicted against true ratings, and their count (long
+    form, as `reduce_evaluation` sums them into RMSE and MAE)."""
+    errors = pl.DataFrame({"user_idx": users, "error": predicted.astype(np.float64) - truth.astype(np.float64)})
     by_user = errors.group_by("user_idx").agg(
         squared_error=(pl.col("error") ** 2).sum(),
         abs_error=pl.col("error").abs().sum(),
         n_ratings=pl.len().cast(pl.Float64),
     )
     return by_user.unpivot(index="user_idx", variable_name="metric")
+
+
+def _rating_errors_by_user(model: TrainedModel, test: pl.DataFrame, first: int, last: int) -> pl.DataFrame:
+    """`errors_by_user` of the model's predictions for users first..last-1's test ratings."""
+    judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
+    predicted = model.predict(
+        *(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+    )
+    return errors_by_user(judged["user_idx"].to_numpy(), predicted.numpy(), judged["rating"].to_numpy())
 
 
 def reduce_evaluation(per_user: pl.DataFrame, shown: np.ndarray, catalogue: int, k: int) -> pl.DataFrame:

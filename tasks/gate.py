@@ -64,6 +64,13 @@ class GateVerdict:
         """This failed verdict overridden by `force`: the run publishes, and its reason says so."""
         return GateVerdict(False, f"overridden by force: {self.reason}", self.baseline_run_id, forced=True)
 
+    def rejected_by(self, why: str, force: bool) -> GateVerdict:
+        """This verdict after a later check on the lists (their coverage, their churn) found `why`: rejected, with
+        the gate's own reason kept; with `force`, overridden (the run publishes, and its reason says so)."""
+        if force:
+            return GateVerdict(False, f"{why}; {self.reason}", self.baseline_run_id).overridden()
+        return GateVerdict(False, f"{why}; the quality gate had said: {self.reason}", self.baseline_run_id)
+
 
 @dataclass(frozen=True)
 class PublishedRun:

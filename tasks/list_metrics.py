@@ -83,9 +83,9 @@ def churn_rejection(metrics: pl.DataFrame, verdict: GateVerdict, config: Pipelin
     )
     if config.force:
         log.warning("churn is high but %s publishes anyway: %s", setting("force"), why)
-        return GateVerdict(False, f"overridden by force: {why}; {verdict.reason}", verdict.baseline_run_id, forced=True)
-    log.warning("the run's lists were not published: %s", why)
-    return GateVerdict(False, f"{why}; the quality gate had said: {verdict.reason}", verdict.baseline_run_id)
+    else:
+        log.warning("the run's lists were not published: %s", why)
+    return verdict.rejected_by(why, config.force)
 
 
 @task(name="list-metrics", cache_policy=NO_CACHE)

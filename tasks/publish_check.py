@@ -153,8 +153,6 @@ def list_coverage_task(
         return verdict
     if config.force:
         log.warning("the lists collapsed but %s publishes them anyway: %s", setting("force"), collapse)
-        return GateVerdict(
-            False, f"overridden by force: {collapse}; {verdict.reason}", verdict.baseline_run_id, forced=True
-        )
-    log.warning("the run's lists were not published: %s", collapse)
-    return GateVerdict(False, f"{collapse}; the quality gate had said: {verdict.reason}", verdict.baseline_run_id)
+    else:
+        log.warning("the run's lists were not published: %s", collapse)
+    return verdict.rejected_by(collapse, config.force)

@@ -18,8 +18,6 @@ import warehouse
 # keeps to the gate's two so that it fits a terminal.
 HEADLINE_METRICS = ("rmse", "ndcg", "precision", "recall", "churn", "popularity_percentile", "genre_diversity")
 GATE_METRICS = ("rmse", "ndcg")
-# What the published lists look like beyond accuracy (tasks/list_metrics.py), printed as values alone.
-LIST_METRICS = ("popularity_percentile", "genre_diversity", "churn", "jaccard")
 
 
 def metric_trend(con: duckdb.DuckDBPyConnection, n_runs: int) -> pl.DataFrame:

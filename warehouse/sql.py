@@ -36,10 +36,10 @@ def statement(name: str) -> str:
     return _read("statements", f"{name}.sql")
 
 
-def statements(name: str) -> list[str]:
-    """The statements of `statements/<name>.sql`, comments removed, one per `;` that ends a line."""
-    lines = [line for line in statement(name).splitlines() if not line.lstrip().startswith("--")]
-    return [part.strip() for part in "\n".join(lines).split(";\n") if part.strip().rstrip(";")]
+def statements(name: str) -> list[duckdb.Statement]:
+    """The statements of `statements/<name>.sql`, as DuckDB's parser splits them (each knows its named
+    parameters)."""
+    return duckdb.extract_statements(statement(name))
 
 
 def fetch(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> pl.DataFrame:
@@ -65,7 +65,8 @@ def run_statement(
     try:
         rows: list[tuple] = []
         for sql in statements(name):
-            bound = {key: value for key, value in (params or {}).items() if f"${key}" in sql}  # each its own
+            # each statement is given the parameters it names: DuckDB refuses a named parameter it does not use
+            bound = {key: value for key, value in (params or {}).items() if key in sql.named_parameters}
             cursor = con.execute(sql, bound) if bound else con.execute(sql)
             rows = cursor.fetchall() if cursor.description else []
         return rows

@@ -82,6 +82,19 @@ def test_every_model_fits_scores_and_round_trips(name, small_ratings, tmp_path):
     assert torch.allclose(module.score_users(torch.arange(4)), model.module.score_users(torch.arange(4)))
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_is_deterministic_by_seed_and_scores_users_and_items_it_never_saw(name, small_ratings):
+    # 5 users and 6 items in the vocabulary, ratings of 4 and 5: user 4 and item 5 have none
+    first, again = (fit(small_ratings, 5, 6, TINY, name=name) for _ in range(2))
+    users = torch.arange(5)
+    scores = first.score_users(users)
+    assert torch.equal(scores, again.score_users(users)), "the same seed gave another model"
+    assert scores.shape == (5, 6) and torch.isfinite(scores).all()
+    if first.predicts_ratings:
+        unseen = first.predict(torch.tensor([4, 0, 4]), torch.tensor([0, 5, 5]))
+        assert torch.isfinite(unseen).all() and unseen.min() >= 1.0 and unseen.max() <= 5.0
+
+
 def test_rating_models_learn_the_small_data(small_ratings):
     for name in ("dot_bias", "dot", "mlp"):
         model = fit(small_ratings, 4, 5, TINY, name=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,17 +36,18 @@ def test_second_holder_is_refused_with_the_holders_name(tmp_path):
 @pytest.mark.slow  # waits on another process's lock
 def test_waiting_holder_gets_the_lock_once_released(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
-    order = []
+    order, held = [], threading.Event()
 
     def first():
         with run_lock(warehouse_path, owner="first"):
             order.append("first in")
-            time.sleep(0.5)
+            held.set()
+            time.sleep(0.5)  # holding it while the second one waits
             order.append("first out")
 
     thread = threading.Thread(target=first)
     thread.start()
-    time.sleep(0.1)
+    assert held.wait(timeout=30), "the first holder never got the lock"
     with run_lock(warehouse_path, owner="second", timeout_seconds=10, poll_seconds=0.05):
         order.append("second in")
     thread.join()
@@ -118,8 +120,9 @@ def test_source_check_fires_once_per_new_archive(ml100k_zip, tmp_path, serve):
     assert not second.changed
     assert [status for _, status in server.requests] == [200, 304]  # the second check downloaded nothing
 
-    time.sleep(1.1)  # a new Last-Modified second, as a real update would have
+    modified = (site / "ratings.zip").stat().st_mtime
     write_zip(site / "ratings.zip", {"ml-100k/u.data": "1\t1\t5\t881250949\n"})
+    os.utime(site / "ratings.zip", (modified + 2, modified + 2))  # a later Last-Modified, as a real update has
     third = check_source(config)
     assert third.changed and third.previous_sha256 == first.sha256
 

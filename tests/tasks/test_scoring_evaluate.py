@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.evaluate import ranking_metrics, rating_errors
+from tasks.evaluate import errors_by_user, ranking_by_user, reduce_evaluation
 from tasks.scoring import NonFiniteScoreError, UserItems, top_k_stable, top_k_unseen
 
 
@@ -71,9 +71,19 @@ def test_top_k_pads_when_too_few_unseen_items():
     assert items.tolist() == [[2, -1, -1]] and math.isinf(values[0, 1])
 
 
+def _metrics(top, relevant, n_items, k, catalogue=None, errors=None) -> dict[str, float]:
+    """The metrics as the product computes them: per-user values (`evaluate_shard`'s), reduced."""
+    ranking, shown = ranking_by_user(top, relevant, n_items, k)
+    per_user = pl.concat([ranking, *([errors.cast(ranking.schema)] if errors is not None else [])])
+    metrics = reduce_evaluation(per_user, shown, catalogue or n_items, k)
+    return dict(metrics.select("metric", "value").iter_rows())
+
+
 def test_rating_errors():
-    errors = rating_errors(np.array([3.0, 4.0, 5.0]), np.array([4.0, 4.0, 3.0]))
-    assert errors["rmse"] == pytest.approx(math.sqrt(5 / 3)) and errors["mae"] == pytest.approx(1.0)
+    # users 0 and 1: errors -1 and 0 for user 0, 2 for user 1
+    errors = errors_by_user(np.array([0, 0, 1]), np.array([3.0, 4.0, 5.0]), np.array([4.0, 4.0, 3.0]))
+    m = _metrics(np.array([[0], [1]]), _items([(0, 0), (1, 1)], n_users=2), 2, 1, errors=errors)
+    assert m["rmse"] == pytest.approx(math.sqrt(5 / 3)) and m["mae"] == pytest.approx(1.0)
 
 
 def test_ranking_metrics_hand_computed():
@@ -82,7 +92,7 @@ def test_ranking_metrics_hand_computed():
     # user 2: no test items -> not evaluated.
     relevant = _items([(0, 1), (0, 5), (1, 0)], n_users=3)
     top = np.array([[1, 2, 5], [3, 4, 2], [0, 1, 2]])
-    m = ranking_metrics(top, relevant, n_items=8, k=3)
+    m = _metrics(top, relevant, n_items=8, k=3)
     dcg0 = 1 / math.log2(2) + 1 / math.log2(4)
     idcg0 = 1 / math.log2(2) + 1 / math.log2(3)
     assert m["precision"] == pytest.approx((2 / 3 + 0) / 2)
@@ -91,7 +101,7 @@ def test_ranking_metrics_hand_computed():
     assert m["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 0) / 2)
     assert m["hit_rate"] == pytest.approx(0.5)
     assert m["coverage"] == pytest.approx(len({1, 2, 5, 3, 4}) / 8)  # user 2's list is not evaluated
-    with_catalogue = ranking_metrics(top, relevant, n_items=8, k=3, catalogue=6)  # items 6, 7 never trained on
+    with_catalogue = _metrics(top, relevant, n_items=8, k=3, catalogue=6)  # items 6, 7 never trained on
     assert with_catalogue["coverage"] == pytest.approx(5 / 6)
 
 
@@ -120,7 +130,7 @@ def test_coverage_is_over_the_items_of_the_training_split():
 
 def test_ranking_metrics_ignore_padding():
     relevant = _items([(0, 2)], n_users=1)
-    m = ranking_metrics(np.array([[2, -1, -1]]), relevant, n_items=3, k=3)
+    m = _metrics(np.array([[2, -1, -1]]), relevant, n_items=3, k=3)
     assert (
         m["ndcg"] == pytest.approx(1.0)
         and m["precision"] == pytest.approx(1 / 3)
