@@ -15,9 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import warehouse
 from tasks.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from flows.nightly import RunResult
 
 REPLAY_WAREHOUSE = Path("warehouse/replay.duckdb")  # where `recs backfill` writes unless --warehouse says
 _EVERY = re.compile(r"^(\d+)([dw])$")
@@ -93,8 +97,8 @@ def backfill(options: dict, cutoffs: list[datetime]) -> Iterator[ReplayOutcome]:
     for as_of in cutoffs:
         run_config = PipelineConfig(**{**options, "as_of": as_of})
         try:
-            state = nightly(run_config, return_state=True)
-            result = state.result()
+            # a rejected run's state is Completed("Rejected") with its RunResult as the data
+            result = cast("RunResult", nightly(run_config, return_state=True).result())
         except Exception as exc:  # recorded as failed in `runs` by the flow itself
             yield ReplayOutcome(as_of, "failed", None, f"{type(exc).__name__}: {exc}")
             continue

@@ -10,11 +10,12 @@ this module runs the commands.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import duckdb
 import polars as pl
@@ -61,7 +62,8 @@ def _run(options: dict) -> int:
     log_path = _log_path(config, "run")
     try:
         with log_to_file(log_path), signals_cancel(), temporary_api():
-            result = nightly(config, return_state=True).result()
+            # a rejected run's state is Completed("Rejected") with its RunResult as the data
+            result = cast("RunResult", nightly(config, return_state=True).result())
     except TemporaryApiError as exc:  # the flow never ran: record the run here
         run_id = record_unstarted(config, f"{type(exc).__name__}: {exc}")
         print(f"recs run: the run {run_id or ''} could not start: {exc}", file=sys.stderr)
@@ -305,6 +307,7 @@ def _sql(args: dict) -> int:
     if result is None:
         print("recs sql: the last statement returns no result")
         return 0
+    assert isinstance(result, pl.DataFrame)  # a relation's rows: a table
     show(result, args["output"] or "table", wide=args["output"] == "wide")
     return 0
 
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         namespace, extras = parser.parse_known_args(argv)
         if extras:
-            subparser = parser._subparsers._group_actions[0].choices[namespace.command]
+            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            subparser = commands.choices[namespace.command]
             subparser.error(unknown_arguments(subparser, extras))
     except SystemExit as exc:  # a bad option (2) or --help (0): argparse has printed why
         return int(exc.code or 0)

@@ -22,6 +22,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from prefect import flow, unmapped
@@ -45,6 +46,9 @@ from tasks.shards import (
 from tasks.train import TrainedModel, train_phase
 from warehouse.runs import ListFiles
 
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+
 LOCAL = re.compile(r"^local:(\d+)$")
 WORKER_POLL_SECONDS = 1.0
 
@@ -60,7 +64,7 @@ class ClusterSession:
     def __init__(self, config: PipelineConfig) -> None:
         assert config.cluster is not None
         self.name, self.timeout = config.cluster, config.cluster_timeout_seconds
-        self._local = None
+        self._local: LocalCluster | None = None
 
     def task_runner(self):
         """A DaskTaskRunner on the cluster, giving up on reaching its scheduler after the timeout."""
@@ -139,7 +143,7 @@ def train_ials_shards(
     """`ials`'s epochs, each half-step's shards a map of task runs on the flow's task runner; returns the history
     rows and every shard's result (its objective part, finite, worker, the worker's peak resident bytes)."""
     plan = IalsShardPlan(
-        Path(folder), {side: [tuple(rows) for rows in ranges] for side, ranges in shards.items()}, n_ratings
+        Path(folder), {side: [(first, last) for first, last in ranges] for side, ranges in shards.items()}, n_ratings
     )
     done: list[tuple[float, bool, str, int]] = []
 

@@ -187,7 +187,8 @@ def _make_lists(
     """The published model (refitted on every rating with `refit_on_all`), its lists and what goes beside them,
     checked; the verdict comes back updated by the lists' checks (coverage, churn)."""
     config = inputs.config
-    model, rater, refits = candidates.models[choice.model], candidates.models.get(choice.stars or ""), {}
+    model, rater = candidates.models[choice.model], candidates.models.get(choice.stars or "")
+    refits: dict[str, pl.DataFrame] = {}
     if config.refit_on_all:
         with run.stage("refit"):
             model, rater, refits = _refit(inputs, choice, where)

@@ -61,9 +61,9 @@ class Placement:
         """The lists and their reasons (on a cluster, the reasons are in the shards' files beside the lists); the
         published model is saved as the run folder's `published_model`."""
         if self.cluster is not None:
-            lists, report = recommend_on_cluster(model, rater, inputs, self.cluster)
+            files, report = recommend_on_cluster(model, rater, inputs, self.cluster)
             run.note(cluster=inputs.config.cluster, cluster_workers=report.workers)
-            return lists, None
+            return files, None
         lists, reasons = recommend_task(model, inputs.ratings, inputs.maps, inputs.config, rater, inputs.rules)
         save_checkpoint_task(model, inputs.maps, inputs.config, inputs.folder.published_model)
         return lists, reasons

@@ -38,7 +38,7 @@ def served_deployments(path: Path = PREFECT_YAML, names: tuple[str, ...] = ("nig
     for entry in spec["deployments"]:
         if entry["name"] not in names:
             continue
-        triggers = [
+        triggers: list[Any] = [
             _TRIGGERS.validate_python({"name": f"{entry['name']}__automation_{i}", **trigger})
             for i, trigger in enumerate(entry.get("triggers", []), start=1)
         ]

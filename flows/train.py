@@ -13,6 +13,7 @@ from typing import Literal
 
 import polars as pl
 from prefect import flow
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
@@ -67,7 +68,7 @@ def train_on_deployment(
     assert config.train_deployment is not None
     if phase == "refit":
         save_all_ratings(ratings, folder)
-    flow_run = run_deployment(
+    flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync here: no event loop runs
         config.train_deployment,
         parameters={
             "config": config.model_dump(mode="json"),

@@ -292,7 +292,7 @@ class _SourceAndSplit(BaseModel):
 def _model_fields() -> dict[str, Any]:
     """The config's model fields, composed from the registry (tasks/models): `models`, `model`, and one parameter
     group per registered model, named after it."""
-    name = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # the registry's names, known at import
+    name: Any = Literal[tuple(MODELS)]  # the registry's names, known at import
     fields: dict[str, Any] = {
         "models": (
             list[name],
@@ -319,8 +319,8 @@ def _model_fields() -> dict[str, Any]:
 if TYPE_CHECKING:  # the type checker sees the fields every config has; the groups are read with `params_for`
 
     class _WithModels(_SourceAndSplit):
-        models: list[str]
-        model: str | None
+        models: list[str] = ["dot_bias", "ials"]
+        model: str | None = None
 
 else:
     _WithModels = create_model("_WithModels", __base__=_SourceAndSplit, **_model_fields())

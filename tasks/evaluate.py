@@ -108,7 +108,7 @@ def evaluate_users(
 
 # The per-user values the gate pairs (and the warehouse keeps with the published lists, user_metrics).
 GATE_VALUES = ("ndcg", "squared_error", "n_ratings")
-_PER_USER_SCHEMA = {"user_idx": pl.Int64, "metric": pl.String, "value": pl.Float64}
+_PER_USER_SCHEMA = pl.Schema({"user_idx": pl.Int64, "metric": pl.String, "value": pl.Float64})
 
 
 def evaluate_shard(
@@ -176,9 +176,8 @@ def errors_by_user(users: np.ndarray, predicted: np.ndarray, truth: np.ndarray) 
 def _rating_errors_by_user(model: TrainedModel, test: pl.DataFrame, first: int, last: int) -> pl.DataFrame:
     """`errors_by_user` of the model's predictions for users first..last-1's test ratings."""
     judged = test.filter(pl.col("user_idx").is_between(first, last - 1))
-    predicted = model.predict(
-        *(torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
-    )
+    users, items = (torch.from_numpy(judged[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+    predicted = model.predict(users, items)
     return errors_by_user(judged["user_idx"].to_numpy(), predicted.numpy(), judged["rating"].to_numpy())
 
 
@@ -193,7 +192,7 @@ def reduce_evaluation(per_user: pl.DataFrame, shown: np.ndarray, catalogue: int,
     counts = dict(per_user.group_by("metric").len().iter_rows())
     if not counts.get("ndcg"):
         raise ValueError("no user has a test rating; cannot compute ranking metrics")
-    rows = []
+    rows: list[tuple[str, int | None, float]] = []
     if "n_ratings" in sums:
         n = sums["n_ratings"]
         rows += [("rmse", None, math.sqrt(sums["squared_error"] / n)), ("mae", None, sums["abs_error"] / n)]
@@ -235,7 +234,7 @@ def published_model(metrics: dict[str, pl.DataFrame], config: PipelineConfig) ->
     """
     if config.model is not None:
         return config.model, "named in the config"
-    ndcg = {name: metric_value(frame, "ndcg", config.k) for name, frame in metrics.items()}
+    ndcg = {name: metric_value(frame, "ndcg", config.k) or 0.0 for name, frame in metrics.items()}
     best = max(ndcg, key=lambda name: ndcg[name])
     return best, f"best nDCG@{config.k} of {len(ndcg)} models ({ndcg[best]:.4f})"
 

@@ -162,7 +162,8 @@ def judge(
         return GateVerdict(True, "nothing is published for this dataset and protocol yet: nothing to compare with")
     baseline_run_id = baseline.metrics["run_id"][0] if "run_id" in baseline.metrics.columns else None
     against = against or f"run {baseline_run_id}"
-    failures, compared = [], []
+    failures: list[str] = []
+    compared: list[str] = []
     for metric, at, worse in JUDGED:
         outcome = _compare(metric, k if at else None, worse, candidate, baseline, tolerance, noise)
         if outcome is not None:

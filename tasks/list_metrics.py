@@ -61,7 +61,7 @@ def list_metrics(
             con.read_parquet(list(lists.paths)).select("user_id, item_id, rank").create_view("new_lists")
         else:
             con.register("new_lists", lists.select(list(_LISTS)).to_arrow())
-        con.register("previous_lists", previous.select(list(_LISTS)).cast(_LISTS).to_arrow())
+        con.register("previous_lists", previous.select(list(_LISTS)).cast(pl.Schema(_LISTS)).to_arrow())
         con.register("item_popularity", popularity.to_arrow())
         con.register("catalogue", catalogue.select("item_id", "genres").to_arrow())
         rows = con.execute(warehouse.query("list_metrics")).fetchall()

@@ -23,13 +23,15 @@ from tasks.scoring import UserItems
 
 MAX_ENTRIES = 1 << 22  # (pair, rated item) entries per chunk: about 30 bytes each while it is explained
 
-REASON_SCHEMA = {
-    "user_idx": pl.Int32,
-    "item_idx": pl.Int32,
-    "reason_rank": pl.Int16,
-    "reason_item_idx": pl.Int32,
-    "contribution": pl.Float32,
-}
+REASON_SCHEMA = pl.Schema(
+    {
+        "user_idx": pl.Int32,
+        "item_idx": pl.Int32,
+        "reason_rank": pl.Int16,
+        "reason_item_idx": pl.Int32,
+        "contribution": pl.Float32,
+    }
+)
 
 
 def _chunks(counts: np.ndarray, max_entries: int) -> list[tuple[int, int]]:

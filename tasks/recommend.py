@@ -107,8 +107,8 @@ def _with_stars(lists: pl.DataFrame, rater: TrainedModel | None) -> pl.DataFrame
     """`lists` with `predicted_rating`: the rating model's prediction of each pair, null without one."""
     if rater is None:
         return lists.with_columns(predicted_rating=pl.lit(None, pl.Float32))
-    pairs = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
-    return lists.with_columns(predicted_rating=pl.Series(rater.predict(*pairs).numpy(), dtype=pl.Float32))
+    users, items = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
+    return lists.with_columns(predicted_rating=pl.Series(rater.predict(users, items).numpy(), dtype=pl.Float32))
 
 
 @task(name="recommend", cache_policy=NO_CACHE)

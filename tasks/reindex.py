@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 from prefect import task
@@ -89,7 +90,7 @@ def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """
     kept = ratings.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if kept.height == 0:
-        first, last = (_day(t) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
+        first, last = (_day(cast(int, t)) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
         raise ValueError(f"{setting('as_of')} {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first} to {last}")
     return kept
 

@@ -4,6 +4,7 @@ and the text `recs run` prints."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 from prefect import task
@@ -73,7 +74,7 @@ def summary_markdown(
             "",
             metrics_markdown(metrics),
             "",
-            f"## Every model on the test split (k = {comparison['k'].max()})",
+            f"## Every model on the test split (k = {cast(int, comparison['k'].max())})",
             "",
             comparison_markdown(comparison, model),
             "",
@@ -113,7 +114,7 @@ def write_report(
     """
     with warehouse.open_reader(warehouse_path) as con:
         trend = metric_trend(con, trend_runs)
-    runs = series(trend, facts.get("source"), facts.get("protocol"), model)
+    runs = series(trend, facts["source"], facts["protocol"], model)  # noted by every run that reaches its report
     metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
     loss_png = plot_loss(history, RunFolder(run_dir).loss_chart)
     trend_png = plot_trend(runs, RunFolder(run_dir).trend_chart)

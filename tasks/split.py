@@ -12,6 +12,7 @@ user with a single rating is in train only; the random split never draws such a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -84,7 +85,7 @@ def _count(n: int, noun: str) -> str:
 def _why_no_test_rating(ratings: pl.DataFrame, method: SplitMethod, test_fraction: float) -> str:
     """Why the split left nothing to test on (every user keeps a training rating), and what would work."""
     per_user = ratings.group_by("user_idx").len()["len"]
-    n_users, most = per_user.len(), int(per_user.max())
+    n_users, most = per_user.len(), cast(int, per_user.max())
     shape = (
         f"every one of the {n_users:,} users has a single rating"
         if most == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import polars as pl
 import torch
@@ -111,7 +112,7 @@ class TrainedModel:
 
     @property
     def ratings_per_second(self) -> float:
-        passes = max(int(self.history["epoch"].max() or 0), 1)  # closed-form models read the ratings once
+        passes = max(cast(int, self.history["epoch"].max() or 0), 1)  # closed-form models read the ratings once
         return self.n_ratings * passes / self.seconds if self.seconds > 0 else float("nan")
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ BUSY_TIMEOUT_SECONDS = 60.0
 # A read-only DuckDB connection protects only the file it opened: through SQL it could still write files
 # (COPY ... TO), attach another warehouse read-write, read the host's files (read_csv, glob) and install
 # extensions. A reader gets none of that, and cannot turn it back on (docs/warehouse.md, "What a reader can do").
-READER_SETTINGS: dict[str, object] = {
+READER_SETTINGS: dict[str, str | bool] = {
     "enable_external_access": False,  # no file or network but the warehouse itself: no COPY, ATTACH, read_*, glob
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -24,7 +24,7 @@ READER_SETTINGS: dict[str, object] = {
 }
 # The pipeline's own connections read its files (shards' parquet) but never fetch an extension: a file that is
 # not DuckDB's (a SQLite file named as the warehouse) is refused instead of making DuckDB download a reader.
-WRITER_SETTINGS: dict[str, object] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+WRITER_SETTINGS: dict[str, str | bool] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 class WarehouseBusyError(RuntimeError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +22,14 @@ import polars as pl
 from warehouse.sql import query, run_statement, schema_scripts
 from warehouse.writer import open_writer
 
+# A frame's column types, as polars takes them (a DataType or its class).
+Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
+
 log = logging.getLogger(__name__)
 
 # The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006, 008), with their types.
 UTC_TIME = pl.Datetime("us", "UTC")
-RUN_FIELDS: dict[str, pl.DataType] = {
+RUN_FIELDS: Schema = {
     "status": pl.String,
     "error": pl.String,
     "finished_at": UTC_TIME,
@@ -98,9 +101,9 @@ class ListExtras:
     known_users: pl.DataFrame | None = None  # user_id: every user with ratings (those without a list are recorded)
 
 
-def _keyed(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str, model: str) -> pl.DataFrame:
+def _keyed(frame: pl.DataFrame | None, schema: Schema, run_id: str, model: str) -> pl.DataFrame:
     """`frame` (or an empty one of `schema`) with `run_id` and `model` columns in front."""
-    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(schema)
+    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(pl.Schema(schema))
     return frame.select(pl.lit(run_id).alias("run_id"), pl.lit(model).alias("model"), pl.all())
 
 
@@ -225,7 +228,9 @@ class ListFiles:
     def count(cls, paths: list[Path], reason_paths: list[Path] | None = None) -> ListFiles:
         files = [str(path) for path in paths]
         with duckdb.connect() as con:
-            n_rows, n_users, n_items = con.execute(query("list_file_counts"), {"files": files}).fetchone()
+            counted = con.execute(query("list_file_counts"), {"files": files}).fetchone()
+        assert counted is not None  # an aggregate returns one row
+        n_rows, n_users, n_items = counted
         return cls(tuple(files), n_rows, n_users, n_items, tuple(str(path) for path in reason_paths or ()))
 
 
@@ -331,9 +336,9 @@ def _replace_lists(
     )
 
 
-def _stamped(frame: pl.DataFrame | None, schema: dict[str, pl.DataType], run_id: str) -> pl.DataFrame:
+def _stamped(frame: pl.DataFrame | None, schema: Schema, run_id: str) -> pl.DataFrame:
     """`frame` (or an empty one of `schema`) in `schema`'s columns and types, with the `run_id`."""
-    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(schema)
+    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(pl.Schema(schema))
     return frame.with_columns(run_id=pl.lit(run_id))
 
 

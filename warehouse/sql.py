@@ -44,7 +44,9 @@ def statements(name: str) -> list[duckdb.Statement]:
 
 def fetch(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> pl.DataFrame:
     """Run `queries/<name>.sql` with bound `params` and return the result as polars (through Arrow)."""
-    return pl.from_arrow(con.sql(query(name), params=params or {}).to_arrow_table())
+    frame = pl.from_arrow(con.sql(query(name), params=params or {}).to_arrow_table())
+    assert isinstance(frame, pl.DataFrame)  # a table, never a single column
+    return frame
 
 
 def fetch_value(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> object:

@@ -316,7 +316,7 @@ def _item_id(column: str) -> pl.Expr:
 def read_u_item(path: Path) -> pl.DataFrame:
     """ml-100k `u.item`: pipe-separated, Latin-1; id, title, dates, URL, then 19 genre flags."""
     genre_file = path.with_name("u.genre")
-    genres = ML_100K_GENRES
+    genres: tuple[str, ...] = ML_100K_GENRES
     if genre_file.exists():
         names = [line.split("|")[0] for line in _decode(genre_file).splitlines() if line.strip()]
         genres = tuple(names) if len(names) == len(ML_100K_GENRES) else genres

@@ -131,7 +131,9 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
             archive, raw_dir, max_extracted_bytes
         )
         parsed = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
-        items = _read(layout.read_items, items_file, items_member, archive.source) if items_file else None
+        items = (
+            _read(layout.read_items, items_file, items_member, archive.source) if items_file and items_member else None
+        )
         parsed = _seconds(parsed, ratings_member, archive.source)
         # the examples name the file as extracted (`u.data line 7: ...`); the member's path says where it is
         examples = [

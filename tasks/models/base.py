@@ -63,7 +63,8 @@ class Interactions:
     @property
     def rating_range(self) -> tuple[float, float]:
         """The lowest and highest rating."""
-        return float(self.ratings["rating"].min()), float(self.ratings["rating"].max())
+        ratings = self.ratings["rating"]
+        return float(cast(float, ratings.min())), float(cast(float, ratings.max()))
 
 
 P = TypeVar("P", bound=ModelParams, contravariant=True)
@@ -278,6 +279,10 @@ class RatingMatrix(nn.Module):
 
     The models that score from a user's history (EASE, kNN) keep their training matrix in one of these.
     """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
 
     def __init__(self, n_rows: int, n_cols: int, nnz: int) -> None:
         super().__init__()

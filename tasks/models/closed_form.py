@@ -23,6 +23,8 @@ class Ease(Recommender):
 
     predicts_ratings = False
 
+    weights: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, nnz: int) -> None:
         super().__init__(n_users=n_users, n_items=n_items, nnz=nnz)
         self.history = RatingMatrix(n_users, n_items, nnz)
@@ -38,6 +40,10 @@ class Ease(Recommender):
 
 class BiasModel(Recommender):
     """rating = mu + b_u + b_i."""
+
+    global_mean: torch.Tensor
+    user_bias: torch.Tensor
+    item_bias: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__(n_users=n_users, n_items=n_items)
@@ -59,6 +65,8 @@ class Popularity(Recommender):
     """score = the item's number of training ratings."""
 
     predicts_ratings = False
+
+    counts: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__(n_users=n_users, n_items=n_items)

@@ -47,6 +47,8 @@ def _rows(embedding: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
 
 
 class _SigmoidRange(Recommender):
+    y_range: torch.Tensor
+
     def __init__(self, **init_args) -> None:
         super().__init__(**init_args)
         self.register_buffer("y_range", torch.tensor(init_args["y_range"], dtype=torch.float32))

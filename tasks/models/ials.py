@@ -107,6 +107,9 @@ class Ials(Recommender):
 
     predicts_ratings = False
 
+    user_factors: torch.Tensor
+    item_factors: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, factors: int) -> None:
         super().__init__(n_users=n_users, n_items=n_items, factors=factors)
         self.register_buffer("user_factors", torch.zeros((n_users, factors)))

@@ -63,6 +63,10 @@ class _Neighbourhood(Recommender):
 
     neighbours_are_items: bool
 
+    means: torch.Tensor
+    neighbours: torch.Tensor
+    similarities: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, nnz: int, k: int) -> None:
         super().__init__(n_users=n_users, n_items=n_items, nnz=nnz, k=k)
         n = n_items if self.neighbours_are_items else n_users

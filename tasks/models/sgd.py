@@ -29,10 +29,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from tasks.models.base import Recommender, record_epoch
+from tasks.models.base import record_epoch
+
+if TYPE_CHECKING:
+    from tasks.models.embedding import EmbeddingDotBias
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ def cosine_rate(peak: float, step: int, total_steps: int) -> float:
 
 @torch.no_grad()
 def sgd_fit_dot_bias(
-    module: Recommender,
+    module: EmbeddingDotBias,
     ratings: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     epochs: int,
     batch_size: int,
@@ -133,7 +137,7 @@ class _Tables:
     width: float
 
     @classmethod
-    def of(cls, module: Recommender) -> _Tables:
+    def of(cls, module: EmbeddingDotBias) -> _Tables:
         low, high = (float(x) for x in module.y_range)
         return cls(
             module.user_factors.weight,
