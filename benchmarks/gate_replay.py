@@ -7,7 +7,7 @@ Replays the operations guide's history (`recs backfill --start 1997-10-15 --end 
 healthy night, a deliberately broken model (`dot_bias` trained one epoch at learning rate 0) runs on the same
 date against what is published; it should be rejected every time. The rules:
 
-- the gate before issue 16's noise work: the published run's recorded metrics (its own test set) held to 10%
+- the gate without a noise test: the published run's recorded metrics (its own test set) held to 10%
   (`gate.drift_tolerance` 0.1), the tolerance alone (`gate.confidence` 0);
 - the same, a worsening also outside the 95% interval of a paired bootstrap over the users of both test sets;
 - the default: the published configuration trained on the candidate's split held to 10% beyond noise (paired

@@ -130,7 +130,7 @@ def test_credentials_in_the_source_url_never_reach_logs_or_the_warehouse(ml100k_
     failing = faulty_server(b"", "503")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "DEBUG"}
     outputs = []
-    # issue 27: a pre-signed URL's query string (S3's signature and token) was kept whole everywhere
+    # guards against: a pre-signed URL's query string (S3's signature and token) kept whole anywhere
     signed = "?X-Amz-Credential=AKIAs3cret&X-Amz-Signature=s3cret0sig&X-Amz-Security-Token=s3cret1tok"
     for server, expected_rc in ((good, 0), (failing, 1)):
         source = server.url.replace("http://", "http://alice:s3cret@") + signed

@@ -110,7 +110,7 @@ def test_gate_rejects_a_bad_run_and_keeps_the_good_runs_lists(ml100k_zip, tmp_pa
         "metrics of the candidate model, dot_bias, on the test split (not published)" in out
         and "published model" not in out
     )
-    # The flags of before issue 14 still work for a release, each with a warning naming its new flag.
+    # The flags of settings that moved into a model's group still work for a release, each with a warning naming its new flag.
     assert main(["run", *common, "--epochs", "1", "--learning-rate", "0", "--no-refit-on-all", "--force"]) == 0
     err = capsys.readouterr().err
     assert "epochs (--epochs) is deprecated" in err and "use dot_bias.epochs (--dot-bias-epochs)" in err
@@ -253,7 +253,7 @@ def test_lists_that_collapse_against_the_live_ones_are_not_published_unless_forc
 
 
 def test_a_changed_protocol_is_judged_against_the_live_lists_not_waved_through(ml100k_zip, tmp_path):
-    # issue 27: with ials published, `--seed 43` and a broken dot_bias exited 0 ("nothing is published for this
+    # guards against: with ials published, `--seed 43` and a broken dot_bias exiting 0 ("nothing is published for this
     # dataset and protocol yet") and its lists (nDCG@10 0.015) replaced the live ones; --as-of and --k did the same.
     where = {"source": str(ml100k_zip), "warehouse": tmp_path / "W.duckdb", "data_dir": tmp_path / "D"}
     live = nightly(PipelineConfig(**where))
@@ -345,7 +345,7 @@ def _training(process: subprocess.Popen, console: Path) -> list[psutil.Process]:
 
 
 def test_sigterm_ends_a_run_within_seconds_and_no_kill_leaves_a_process_or_scratch_behind(ml100k_zip, tmp_path):
-    # issue 27: SIGTERM took about 140 s; SIGKILL left Prefect's temporary API (220 MB) running, and a scratch folder
+    # guards against: SIGTERM taking about 140 s; SIGKILL leaving Prefect's temporary API (220 MB) running, and a scratch folder
     long_run = ["--source", str(ml100k_zip), "--models", "dot_bias", "--dot-bias-epochs", "1000"]
     process, console = _recs_run(tmp_path, *long_run)
     children = _training(process, console)

@@ -41,7 +41,7 @@ def _write_lock(path: Path) -> Iterator[None]:
 
 
 def _fold_wal(path: Path) -> None:
-    """Checkpoint a WAL left beside the warehouse (by a writer of the in-place era killed mid-write), so that
+    """Checkpoint a WAL left beside the warehouse (by a writer that wrote the file in place, as releases before the staging copy did, killed mid-write), so that
     copying the file alone copies everything committed."""
     if path.with_name(path.name + ".wal").exists():
         with open_waiting(path, read_only=False) as con:

@@ -113,7 +113,7 @@ def test_trend_deltas_from_previous_run_and_median_of_published(history_warehous
 
 
 def test_gate_baseline_is_the_live_lists_run_whatever_its_dataset_and_protocol(history_warehouse):
-    # issue 27: a run under another protocol was held to nothing ("nothing is published for this dataset and
+    # guards against: a run under another protocol held to nothing ("nothing is published for this dataset and
     # protocol yet") and replaced the live lists unjudged. The live lists are run `other`'s (published last).
     temporal = "temporal test=0.25 seed=42 k=10"
     published = published_run(history_warehouse, "new", "sha-src", temporal)

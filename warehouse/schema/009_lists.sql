@@ -1,4 +1,4 @@
--- What a publishing run adds beside the lists (issue 19): the list for unknown users, the reasons behind each
+-- What a publishing run adds beside the lists: the list for unknown users, the reasons behind each
 -- recommended item, and a way to serve any user id. Replaced whole with `recommendations`, in the same write.
 
 -- The top-n for a user with no published list (no history when the run published): the items with the most
