@@ -143,11 +143,7 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
         if parsed.ratings.height == 0:
             dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {examples[0]})" if parsed.n_bad_rows else ""
             raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
-        ratings, n_duplicates = keep_latest_ratings(parsed.ratings)
-        if n_duplicates:
-            log.warning(
-                "%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates
-            )
+        ratings, n_duplicates = _latest_ratings(parsed.ratings, ratings_member)
         items = items if items is not None else _untitled_items(ratings)
         ratings.write_parquet(work / "ratings.parquet")
         items.write_parquet(work / "items.parquet")
@@ -171,6 +167,14 @@ def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
         "parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height
     )
     return meta
+
+
+def _latest_ratings(ratings: pl.DataFrame, member: str) -> tuple[pl.DataFrame, int]:
+    """`keep_latest_ratings`, saying in the log how many repeated (user, item) ratings were dropped."""
+    latest, n_duplicates = keep_latest_ratings(ratings)
+    if n_duplicates:
+        log.warning("%s: %d repeated (user, item) ratings dropped, each pair's latest kept", member, n_duplicates)
+    return latest, n_duplicates
 
 
 def _read(reader: Callable[[Path], T], file: Path, member: str, source: str) -> T:
