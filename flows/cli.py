@@ -171,24 +171,20 @@ def _replay(outcomes: Iterable[ReplayOutcome], n_dates: int) -> int:
 
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
     from tasks.list_metrics import LIST_METRICS  # printed as values alone
-    from tasks.trend import headline, metric_trend, plot_trend, series
+    from tasks.trend import headline, plot_trend, run_series
 
     con = _open_read_only(path, "recs trend")
     if con is None:
         return 1
     with con:
         try:
-            trend = metric_trend(con, n_runs)
+            newest, newest_series = run_series(con, n_runs)
         except duckdb.CatalogException:
             print(f"recs trend: {path} predates the trend views; any new `recs run` adds them", file=sys.stderr)
             return 1
-        if trend.height == 0:
-            print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
-            return 1
-        newest = trend.sort("started_at").row(-1, named=True)
-        # A run has a series per model it trained: follow the one it published (or, rejected, would have).
-        newest["model"] = warehouse.fetch_value(con, "run_model", {"run_id": newest["run_id"]})
-    newest_series = series(trend, newest["source"], newest["protocol"], newest["model"])
+    if newest_series.height == 0:
+        print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
+        return 1
     print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
     print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")
     _print_frame(headline(newest_series))

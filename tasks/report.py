@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 import warehouse
 from tasks.run_folder import RunFolder
 from tasks.train import TrainedModel
-from tasks.trend import metric_trend, plot_loss, plot_trend, series
+from tasks.trend import plot_loss, plot_trend, run_series
 
 
 def _signed(value: float | None) -> str:
@@ -113,8 +113,7 @@ def write_report(
         (markdown summary, this run's metrics with deltas, loss-curve PNG, trend PNG).
     """
     with warehouse.open_reader(warehouse_path) as con:
-        trend = metric_trend(con, trend_runs)
-    runs = series(trend, facts["source"], facts["protocol"], model)  # noted by every run that reaches its report
+        _, runs = run_series(con, trend_runs, run_id)
     metrics = runs.filter(pl.col("run_id") == run_id).select("metric", "k", "value", "delta_previous", "delta_median")
     loss_png = plot_loss(history, RunFolder(run_dir).loss_chart)
     trend_png = plot_trend(runs, RunFolder(run_dir).trend_chart)

@@ -30,6 +30,22 @@ def series(trend: pl.DataFrame, source: str, protocol: str, model: str) -> pl.Da
     return trend.filter((pl.col("source") == source) & (pl.col("protocol") == protocol) & (pl.col("model") == model))
 
 
+def run_series(con: duckdb.DuckDBPyConnection, n_runs: int, run_id: str | None = None) -> tuple[dict, pl.DataFrame]:
+    """The series a run's metrics belong to (its source and protocol, and the model it published or, rejected, would
+    have), with its trend row: `run_id`'s, else the newest finished run's. An empty series when no run has metrics.
+
+    Raises:
+        duckdb.CatalogException: the warehouse predates the trend views.
+    """
+    trend = metric_trend(con, n_runs)
+    runs = trend.filter(pl.col("run_id") == run_id) if run_id is not None else trend
+    if runs.height == 0:
+        return {}, trend.clear()
+    run = runs.sort("started_at").row(-1, named=True)
+    run["model"] = warehouse.fetch_value(con, "run_model", {"run_id": run["run_id"]})
+    return run, series(trend, run["source"], run["protocol"], run["model"])
+
+
 def _label(metric: str, k: int | None) -> str:
     return metric if k is None else f"{metric}@{k}"
 
