@@ -87,9 +87,9 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
         inputs = _prepare(run, config)
         candidates = _train_every_model(run, inputs, where)
         choice = _choose(run, candidates, config)
-        verdict = _gate(run, inputs, candidates, choice, where)
+        verdict, judged = _gate(run, inputs, candidates, choice, where)
         lists = _make_lists(run, inputs, candidates, choice, verdict, where) if verdict.publishes else None
-        status = _publish_or_reject(run, inputs, candidates.judged(choice, inputs.maps)[1], lists)
+        status = _publish_or_reject(run, inputs, judged.users, lists)
     except BaseException as error:
         run.fail(error)
         raise
@@ -151,16 +151,19 @@ def _choose(run: RunLog, candidates: Candidates, config: PipelineConfig) -> Choi
     return choice
 
 
-def _gate(run: RunLog, inputs: RunInputs, candidates: Candidates, choice: Choice, where: Placement) -> GateVerdict:
-    """The quality gate's verdict on the chosen models against the published configuration."""
+def _gate(
+    run: RunLog, inputs: RunInputs, candidates: Candidates, choice: Choice, where: Placement
+) -> tuple[GateVerdict, Side]:
+    """The quality gate's verdict on the chosen models against the published configuration, and what it judged
+    (their metrics and per-user values, which are stored with the lists)."""
     config = inputs.config
     with run.stage("gate"):
-        judged, judged_users = candidates.judged(choice, inputs.maps)
+        judged = candidates.judged(choice, inputs.maps)
         published = published_run_task(config.warehouse, run.run_id, inputs.dataset.sha256, config.protocol)
         here = _published_configuration_here(published, choice, candidates, inputs, where)
-        verdict = gate_task(config.warehouse, published, Side(judged, judged_users), here, config)
+        verdict = gate_task(config.warehouse, published, judged, here, config)
     run.note(gate_baseline_run_id=verdict.baseline_run_id, gate_reason=verdict.reason)
-    return verdict
+    return verdict, judged
 
 
 def _published_configuration_here(
@@ -218,7 +221,7 @@ def _refit(inputs: RunInputs, choice: Choice, where: Placement) -> tuple[Trained
     return model, rater, {choice.model: model.history, choice.stars: rater.history}
 
 
-def _publish_or_reject(run: RunLog, inputs: RunInputs, judged_users: pl.DataFrame, lists: Lists | None) -> str:
+def _publish_or_reject(run: RunLog, inputs: RunInputs, judged_users: pl.DataFrame | None, lists: Lists | None) -> str:
     """Publish the lists in one write, with the per-user values the gate judged, when the verdict (after the lists'
     checks) lets them through, else record the run as rejected; returns its status."""
     config = inputs.config

@@ -13,7 +13,7 @@ import polars as pl
 
 from tasks.config import PipelineConfig
 from tasks.evaluate import comparison_table, published_model, rating_model
-from tasks.gate import GateVerdict, candidate_metrics, candidate_user_metrics
+from tasks.gate import GateVerdict, Side, candidate_metrics, candidate_user_metrics
 from tasks.ingest import Dataset
 from tasks.reindex import IdMaps
 from tasks.rules import ListRules
@@ -88,9 +88,9 @@ class Candidates:
         model, why = published_model(self.metrics, config)
         return Choice(model, rating_model(self.metrics), why)
 
-    def judged(self, choice: Choice, maps: IdMaps) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def judged(self, choice: Choice, maps: IdMaps) -> Side:
         """What the gate judges: the chosen models' metrics and, by user id, the per-user values behind them."""
-        return (
+        return Side(
             candidate_metrics(self.metrics, choice.model, choice.stars),
             candidate_user_metrics(self.per_user, choice.model, choice.stars, maps),
         )
