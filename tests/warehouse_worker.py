@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 import warehouse
@@ -55,8 +56,14 @@ class _KillingConnection:
     def __getattr__(self, name):
         return getattr(self._con, name)
 
-    def execute(self, sql: str, *args):
-        if sql.startswith(self._point):
+    def execute(self, sql, *args):
+        # `sql`: a statement's text, or the parsed Statement that warehouse.sql.statements gives
+        text = sql.query if isinstance(sql, duckdb.Statement) else sql
+        if (
+            "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+            .strip()
+            .startswith(self._point)
+        ):
             _die()
         return self._con.execute(sql, *args)
 
