@@ -3,7 +3,7 @@
     python benchmarks/cluster.py [--sizes ml-100k,1m,20m,50m] [--workers 2] [--shard-users 20000] [--json OUT]
 
 Each size is two `recs run`s on the defaults in child processes (benchmarks/scale.py's `run_once`): in process,
-then `--cluster local:N --shard-users S`. Prints wall seconds, the stages' seconds, the peak RSS of the run's
+then `--cluster-address local:N --cluster-shard-users S`. Prints wall seconds, the stages' seconds, the peak RSS of the run's
 process tree (the largest single process: the flow, or a worker) and, for the cluster run, each stage's shard
 count (ials: user + item shards per half-step) and each worker's peak RSS as its shards reported it. On two
 cores no speed-up is expected; what the figures show is that a worker's memory is its shard and the fixed side's
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    cluster = ["--cluster", f"local:{args.workers}", "--shard-users", str(args.shard_users)]
+    cluster = ["--cluster-address", f"local:{args.workers}", "--cluster-shard-users", str(args.shard_users)]
     rows = []
     for size in args.sizes.split(","):
         archive, _ = _archive(size, args.ml100k, args.work)

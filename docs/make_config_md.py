@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from pydantic import BaseModel  # noqa: E402
 
-from tasks.config import LEGACY_FIELDS, PipelineConfig, flag  # noqa: E402
+from tasks.config import CLUSTER_ADDRESS, LEGACY_FIELDS, PipelineConfig, flag  # noqa: E402
 from tasks.models import MODELS  # noqa: E402
 
 OUT = REPO / "docs" / "config.md"
@@ -76,6 +76,7 @@ def render() -> str:
             f"| `{old}` / `{flag(old)}` | {', '.join(f'`{new}` / `{flag(new)}`' for new in news)} |"
             for old, news in LEGACY_FIELDS.items()
         ],
+        f"| `cluster` given an address / `--cluster` | `{CLUSTER_ADDRESS}` / `{flag(CLUSTER_ADDRESS)}` |",
         "",
     ]
     return "\n".join(parts)

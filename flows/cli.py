@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -334,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     warehouse.no_world_access()  # what recs writes (logs, data, the warehouse) is not for other users
     parser = command_parser()
     try:
-        namespace, extras = parser.parse_known_args(argv)
+        with warnings.catch_warnings(record=True) as renamed:  # options renamed since (flows/options.py)
+            warnings.simplefilter("always", FutureWarning)
+            namespace, extras = parser.parse_known_args(argv)
+        for deprecation in renamed:
+            print(f"recs {namespace.command}: warning: {deprecation.message}", file=sys.stderr)
         if extras:
             commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
             subparser = commands.choices[namespace.command]

@@ -1,7 +1,7 @@
 """ials's training, the evaluate and the recommend stages on a Dask cluster, through Prefect's DaskTaskRunner
 (prefect-dask).
 
-`cluster` in the config says where: `local:N` starts one Dask LocalCluster of N worker processes on this host
+`cluster.address` in the config says where: `local:N` starts one Dask LocalCluster of N worker processes on this host
 for the run, shared by its stages (`ClusterSession`); `tcp://host:8786` (or `tls://`) uses a running scheduler, whose workers must share the run's
 `data_dir` and be able to import this package. Each stage runs as a subflow whose task runner is the cluster,
 mapping a shard task over user shards (tasks/shards.py); each shard reads its inputs from the run's folder and
@@ -9,7 +9,7 @@ writes its results there, and this process reads the shards' files back: lists c
 summed exactly (`tasks.evaluate.reduce_evaluation`). `ials` trains by shards too, one map per half-step
 (tasks/ials_shards.py); the rating model (`dot_bias`) trains in this process, where its SGD belongs.
 
-While shards wait, a cluster left with no worker for `cluster_timeout_seconds` fails the run naming it.
+While shards wait, a cluster left with no worker for `cluster.timeout_seconds` fails the run naming it.
 
 Dask workers report their task runs to the Prefect API of the flow that started them: a LocalCluster's
 workers are given this process's `PREFECT_API_URL`; the workers of a running cluster must be started with
@@ -62,8 +62,8 @@ class ClusterSession:
     stage of the run (its workers import torch once), closed with `close`; else the scheduler's address."""
 
     def __init__(self, config: PipelineConfig) -> None:
-        assert config.cluster is not None
-        self.name, self.timeout = config.cluster, config.cluster_timeout_seconds
+        assert config.cluster.address is not None
+        self.name, self.timeout = config.cluster.address, config.cluster.timeout_seconds
         self._local: LocalCluster | None = None
 
     def task_runner(self):
@@ -180,9 +180,9 @@ def _results(futures, timeout_seconds: float) -> list:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > timeout_seconds:
             raise ClusterError(
-                f"{setting('cluster')} {client.scheduler.address}: the Dask scheduler lost every worker "
+                f"{setting('cluster.address')} {client.scheduler.address}: the Dask scheduler lost every worker "
                 f"while {len(pending)} shard(s) were waiting, and none joined within {timeout_seconds:g} s "
-                f"({setting('cluster_timeout_seconds')}); nothing was published"
+                f"({setting('cluster.timeout_seconds')}); nothing was published"
             )
     return [future.result() for future in futures]
 
@@ -197,12 +197,12 @@ def _require_workers(address: str, timeout_seconds: float) -> int:
             workers = len(client.scheduler_info()["workers"])
     except (OSError, TimeoutError) as error:
         raise ClusterError(
-            f"{setting('cluster')} {address}: the Dask scheduler could not be reached "
+            f"{setting('cluster.address')} {address}: the Dask scheduler could not be reached "
             f"({type(error).__name__}: {error}); nothing was published"
         ) from error
     if workers == 0:
         raise ClusterError(
-            f"{setting('cluster')} {address}: the Dask scheduler has no workers; start some with "
+            f"{setting('cluster.address')} {address}: the Dask scheduler has no workers; start some with "
             f"`dask worker {address}` (nothing was published)"
         )
     return workers
@@ -214,7 +214,7 @@ def _on_cluster(subflow, session: ClusterSession, *args):
         return subflow.with_options(task_runner=session.task_runner())(*args)
     except (OSError, TimeoutError) as error:
         raise ClusterError(
-            f"{setting('cluster')} {session.name}: the Dask scheduler could not be reached or "
+            f"{setting('cluster.address')} {session.name}: the Dask scheduler could not be reached or "
             f"lost its workers ({type(error).__name__}: {error}); nothing was published"
         ) from error
 
@@ -236,12 +236,12 @@ def evaluate_on_cluster(
     values the gate pairs, and how the shards ran."""
     config, checkpoint = inputs.config, inputs.folder.checkpoint(phase, model.name)
     save_checkpoint(model, inputs.maps, config, checkpoint)
-    shards = user_shards(inputs.maps.n_users, config.shard_users)
+    shards = user_shards(inputs.maps.n_users, config.cluster.shard_users)
     print(
         f"evaluating {model.name} for {inputs.maps.n_users:,} users in {len(shards)} shards on cluster {session.name}"
     )
     folder = str(inputs.folder.path)
-    done = _on_cluster(evaluate_shards, session, folder, checkpoint.name, shards, config.cluster_timeout_seconds)
+    done = _on_cluster(evaluate_shards, session, folder, checkpoint.name, shards, session.timeout)
     metrics, per_user = reduce_shard_evaluations(done, model, inputs.catalogue, config.k)
     return metrics, per_user, _report(len(shards), done)
 
@@ -257,9 +257,9 @@ def recommend_on_cluster(
             names the cluster.
     """
     stars = save_list_inputs(model, rater, inputs, inputs.folder)
-    shards = user_shards(inputs.maps.n_users, inputs.config.shard_users)
+    shards = user_shards(inputs.maps.n_users, inputs.config.cluster.shard_users)
     print(f"recommending for {inputs.maps.n_users:,} users in {len(shards)} shards on cluster {session.name}")
-    folder, timeout = str(inputs.folder.path), inputs.config.cluster_timeout_seconds
+    folder, timeout = str(inputs.folder.path), session.timeout
     done = _on_cluster(recommend_shards, session, folder, shards, stars, timeout)
     lists = ListFiles.count([Path(path) for path, *_ in done], [Path(reasons) for _, reasons, *_ in done])
     return lists, _report(len(shards), done)
@@ -277,7 +277,7 @@ def train_on_cluster(
     def run_epochs(plan: IalsShardPlan, params: IalsParams, label: str) -> list[dict]:
         counts.append(len(plan.shards["users"]) + len(plan.shards["items"]))
         args = (str(plan.folder), plan.shards, plan.n_ratings, params.model_dump(), label)
-        rows, results = _on_cluster(train_ials_shards, session, *args, inputs.config.cluster_timeout_seconds)
+        rows, results = _on_cluster(train_ials_shards, session, *args, session.timeout)
         done.extend(results)
         return rows
 

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
+from tasks.config import CLUSTER_ADDRESS, LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
 from tasks.synth import SynthSpec
 
 _DEFAULTS = PipelineConfig()
@@ -77,11 +77,28 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                 )
         else:
             _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
+    # `--cluster ADDRESS`, from before the cluster's settings were a group: now `--cluster-address`
+    parser.add_argument(
+        "--cluster", dest=CLUSTER_ADDRESS, action=_Renamed, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     taken = {option for action in parser._actions for option in action.option_strings}
     for name in LEGACY_FIELDS:  # still accepted for a release; the config warns, naming the new flag
         if flag(name) in taken:  # a grouped setting whose option kept its name (`--gate-tolerance`)
             continue
         parser.add_argument(flag(name), dest=name, type=str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+class _Renamed(argparse.Action):
+    """An option renamed when its setting moved into a group: stored under the new setting, with a FutureWarning
+    naming the new option (`recs` prints it as a warning line)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        setattr(namespace, self.dest, values)
+        warnings.warn(
+            f"{option_string} is deprecated and will be removed in the next release; use {flag(self.dest)}",
+            FutureWarning,
+            stacklevel=2,
+        )
 
 
 def _split_list(text: str) -> list[str]:

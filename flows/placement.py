@@ -26,7 +26,7 @@ class Placement:
     """The run's way of running each stage; `close` ends its cluster, when it started one."""
 
     def __init__(self, config: PipelineConfig) -> None:
-        self.cluster = ClusterSession(config) if config.cluster else None  # started when a stage first needs it
+        self.cluster = ClusterSession(config) if config.cluster.address else None  # started when a stage first needs it
 
     def close(self) -> None:
         if self.cluster is not None:
@@ -62,7 +62,7 @@ class Placement:
         published model is saved as the run folder's `published_model`."""
         if self.cluster is not None:
             files, report = recommend_on_cluster(model, rater, inputs, self.cluster)
-            run.note(cluster=inputs.config.cluster, cluster_workers=report.workers)
+            run.note(cluster=inputs.config.cluster.address, cluster_workers=report.workers)
             return files, None
         lists, reasons = recommend_task(model, inputs.ratings, inputs.maps, inputs.config, rater, inputs.rules)
         save_checkpoint_task(model, inputs.maps, inputs.config, inputs.folder.published_model)

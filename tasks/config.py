@@ -140,7 +140,11 @@ LEGACY_FIELDS: dict[str, tuple[str, ...]] = {
     "gate_confidence": ("gate.confidence",),
     "gate_resamples": ("gate.resamples",),
     "gate_max_churn": ("gate.max_churn",),
+    "shard_users": ("cluster.shard_users",),
+    "cluster_timeout_seconds": ("cluster.timeout_seconds",),
 }
+# `cluster` was the address itself before it became a group: a string there is moved to `cluster.address`.
+CLUSTER_ADDRESS = "cluster.address"
 
 
 def _move_legacy_fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +236,39 @@ class GateSettings(BaseModel):
         description="Reject the run when more than this share of the users who have a published list would see it "
         "change (churn, tasks/list_metrics.py); unset, churn is recorded but not bounded.",
     )
+
+
+class ClusterSettings(BaseModel):
+    """Where ials's training, evaluation and the recommend stage run by shards (flows/cluster.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = Field(
+        None,
+        description="Unset, in this process; local:N, a Dask LocalCluster of N worker processes on this host; "
+        "tcp://host:8786, a running Dask scheduler whose workers share data_dir.",
+    )
+    shard_users: int = Field(
+        50_000,
+        ge=1,
+        description="Users per shard of evaluation and the lists (each shard one Prefect task run a stage).",
+    )
+    timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long to try to reach the Dask scheduler, or to wait for a worker when it has none while "
+        "shards wait, before the run fails.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _cluster_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"local:[1-9]\d{0,2}|(tcp|tls)://[^\s/:]+:\d+", value):
+            raise ValueError(
+                f"{value!r} is not a cluster: expected local:N (N Dask worker processes on this host, "
+                "1 to 999) or a Dask scheduler's address such as tcp://host:8786"
+            )
+        return value
 
 
 class _SourceAndSplit(BaseModel):
@@ -353,23 +390,7 @@ class PipelineConfig(_WithModels):
     score_chunk_users: int = Field(
         2048, ge=1, description="Users scored per chunk (a chunk x items score matrix is held at once)."
     )
-    cluster: str | None = Field(
-        None,
-        description="Where ials's training, evaluation and the recommend stage run, by shards (flows/cluster.py): "
-        "unset, in this process; local:N, a Dask LocalCluster of N worker processes on this host; tcp://host:8786, a running Dask "
-        "scheduler whose workers share data_dir.",
-    )
-    shard_users: int = Field(
-        50_000,
-        ge=1,
-        description="Users per shard of evaluation and the lists on a cluster (each shard one Prefect task run per stage).",
-    )
-    cluster_timeout_seconds: float = Field(
-        30.0,
-        gt=0,
-        description="How long to try to reach the cluster's Dask scheduler, or to wait for a worker when "
-        "it has none while shards wait, before the run fails.",
-    )
+    cluster: ClusterSettings = Field(ClusterSettings(), description=ClusterSettings.__doc__)
 
     # Business rules on the published lists (tasks/rules.py): applied before top-n, so every user still gets
     # `top_n` items where enough remain; the evaluation follows them only with `filter_evaluation`.
@@ -452,6 +473,18 @@ class PipelineConfig(_WithModels):
     @model_validator(mode="before")
     @classmethod
     def _legacy_fields(cls, values: Any) -> Any:
+        if isinstance(values, dict) and (
+            isinstance(values.get("cluster"), str) or "cluster" in values and values["cluster"] is None
+        ):
+            address = values["cluster"]
+            if address is not None:
+                warnings.warn(
+                    f"the setting cluster as an address is deprecated and will be removed in the next release; use "
+                    f"{setting(CLUSTER_ADDRESS)}",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+            values = {**values, "cluster": {"address": address}}
         if isinstance(values, dict) and any(name in values for name in LEGACY_FIELDS):
             return _move_legacy_fields(values)
         return values
@@ -553,16 +586,6 @@ class PipelineConfig(_WithModels):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return cls.model_validate(data)
-
-    @field_validator("cluster")
-    @classmethod
-    def _cluster_form(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"local:[1-9]\d{0,2}|(tcp|tls)://[^\s/:]+:\d+", value):
-            raise ValueError(
-                f"{value!r} is not a cluster: expected local:N (N Dask worker processes on this host, "
-                "1 to 999) or a Dask scheduler's address such as tcp://host:8786"
-            )
-        return value
 
     @field_validator("as_of")
     @classmethod

@@ -47,6 +47,26 @@ def test_a_model_setting_has_its_models_flag_and_the_old_flags_say_what_replaced
     ]
 
 
+def test_grouped_settings_keep_their_options_and_the_renamed_ones_say_what_replaced_them(capsys):
+    # the gate's and the download's options kept their names; the cluster's moved under --cluster-*
+    err = _err(capsys, ["run", "--gate-tolerance", "-1", "--download-retries", "11"])
+    assert "recs run: --gate-tolerance: '-1': Input should be greater than or equal to 0" in err
+    assert "recs run: --download-retries: '11': Input should be less than or equal to 10" in err
+    err = _err(capsys, ["run", "--cluster", "ftp://x", "--shard-users", "30"])
+    assert err.splitlines()[:2] == [
+        "recs run: warning: --cluster is deprecated and will be removed in the next release; use --cluster-address",
+        "recs run: warning: shard_users (--shard-users) is deprecated and will be removed in the next release; use "
+        "cluster.shard_users (--cluster-shard-users)",
+    ]
+    assert "recs run: --cluster-address: 'ftp://x': 'ftp://x' is not a cluster: expected local:N" in err
+    with pytest.warns(FutureWarning) as caught:
+        config = PipelineConfig.model_validate({"cluster": "local:2", "gate_max_churn": 0.4})
+    assert (config.cluster.address, config.gate.max_churn) == ("local:2", 0.4)
+    said = [str(warning.message) for warning in caught]
+    assert any("the setting cluster as an address is deprecated" in line and "cluster.address" in line for line in said)
+    assert any("the setting gate_max_churn is deprecated" in line for line in said)
+
+
 def test_a_bad_list_element_is_named_with_its_flag(capsys):
     err = _err(capsys, ["run", "--models", "ease,bpr2"])
     assert err.strip() == (

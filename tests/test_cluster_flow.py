@@ -29,6 +29,14 @@ DASK = str(Path(sys.executable).parent / "dask")
 LISTS = "SELECT user_id, item_id, rank, score, predicted_rating FROM recommendations ORDER BY user_id, rank"
 
 
+def _config(
+    warehouse: Path, address: str | None, shard_users: int = 50_000, timeout: float = 30.0, **fields: object
+) -> PipelineConfig:
+    """A run's config on the cluster at `address` (None: in process)."""
+    cluster = {"address": address, "shard_users": shard_users, "timeout_seconds": timeout}
+    return PipelineConfig.model_validate({"warehouse": warehouse, "cluster": cluster, **fields})
+
+
 def _same_lists(a: Path, b: Path, n_rows: int = 9430) -> None:
     ours, theirs = query_rows(a, LISTS), query_rows(b, LISTS)
     assert len(ours) == len(theirs) == n_rows
@@ -47,8 +55,8 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
     # ials trained in shards of at most 40,000 ratings (whole chunks of 5,000): 2 or 3 per side and half-step
     ials = {"epochs": 8, "shard_ratings": 40_000, "chunk_ratings": 5_000}
     common = {"source": str(ml100k_zip), "data_dir": tmp_path / "D", "shard_users": 300, "ials": ials}
-    in_process = nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
-    on_cluster = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
+    in_process = nightly(_config(tmp_path / "a.duckdb", None, **common))
+    on_cluster = nightly(_config(tmp_path / "b.duckdb", "local:2", **common))
     _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb")  # ials's lists, dot_bias's stars (rater.pt)
     metrics = "SELECT model, metric, k, round(value, 4) FROM run_metrics WHERE metric <> 'fit_seconds' ORDER BY ALL"
     assert query_rows(tmp_path / "a.duckdb", metrics) == query_rows(tmp_path / "b.duckdb", metrics)
@@ -81,8 +89,8 @@ def test_local_cluster_publishes_the_in_process_lists_on_a_synthetic_archive(tmp
         "shard_users": 400,
         "ials": {"epochs": 4, "shard_ratings": 20_000, "chunk_ratings": 5_000},
     }
-    nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
-    nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster="local:2", **common))
+    nightly(_config(tmp_path / "a.duckdb", None, **common))
+    nightly(_config(tmp_path / "b.duckdb", "local:2", **common))
     _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb", n_rows=8_000)
     metrics = "SELECT model, metric, k, round(value, 4) FROM run_metrics WHERE metric <> 'fit_seconds' ORDER BY ALL"
     assert query_rows(tmp_path / "a.duckdb", metrics) == query_rows(tmp_path / "b.duckdb", metrics)
@@ -143,10 +151,10 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
             "data_dir": tmp_path / "D",
             "shard_users": 100,
             "model": "bias",
-            "cluster_timeout_seconds": 5,
+            "timeout": 5,
         }  # the timeout is unused in process
-        nightly(PipelineConfig(warehouse=tmp_path / "a.duckdb", **common))
-        run = nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
+        nightly(_config(tmp_path / "a.duckdb", None, **common))
+        run = nightly(_config(tmp_path / "b.duckdb", address, **common))
         _same_lists(tmp_path / "a.duckdb", tmp_path / "b.duckdb")  # bias gives lists and stars
         assert query_rows(
             tmp_path / "b.duckdb", "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?", [run.run_id]
@@ -154,12 +162,10 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
 
         # a worker killed while ials trains by shards: the other one solves them, the same fit and lists
         ials = {**common, "model": "ials", "ials": {"epochs": 4, "shard_ratings": 10_000, "chunk_ratings": 5_000}}
-        nightly(PipelineConfig(warehouse=tmp_path / "ials-a.duckdb", **ials))
+        nightly(_config(tmp_path / "ials-a.duckdb", None, **ials))
         finished = {}
         thread = threading.Thread(
-            target=lambda: finished.update(
-                run=nightly(PipelineConfig(warehouse=tmp_path / "ials-b.duckdb", cluster=address, **ials))
-            )
+            target=lambda: finished.update(run=nightly(_config(tmp_path / "ials-b.duckdb", address, **ials)))
         )
         thread.start()
         shards = tmp_path / "D" / "runs"
@@ -186,9 +192,7 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         finished = {}
         thread = threading.Thread(
             target=lambda: finished.update(
-                run=nightly(
-                    PipelineConfig(warehouse=tmp_path / "c.duckdb", cluster=address, **{**common, "shard_users": 30})
-                )
+                run=nightly(_config(tmp_path / "c.duckdb", address, **{**common, "shard_users": 30}))
             )
         )
         before = set(shards.glob("*/shards/recommend-*.parquet"))
@@ -206,13 +210,7 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         failed = {}
         thread = threading.Thread(
             target=lambda: failed.update(
-                error=_raised(
-                    lambda: nightly(
-                        PipelineConfig(
-                            warehouse=tmp_path / "b.duckdb", cluster=address, **{**common, "shard_users": 30}
-                        )
-                    )
-                )
+                error=_raised(lambda: nightly(_config(tmp_path / "b.duckdb", address, **{**common, "shard_users": 30})))
             )
         )
         before = set(shards.glob("*/shards/recommend-*.parquet"))
@@ -222,8 +220,10 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         os.killpg(workers[1].pid, signal.SIGKILL)
         killed_at = time.monotonic()
         thread.join(timeout=120)
-        assert f"cluster (--cluster) {address}: the Dask scheduler lost every worker while" in str(failed["error"])
-        assert "none joined within 5 s (cluster_timeout_seconds (--cluster-timeout-seconds))" in str(failed["error"])
+        assert f"cluster.address (--cluster-address) {address}: the Dask scheduler lost every worker while" in str(
+            failed["error"]
+        )
+        assert "none joined within 5 s (cluster.timeout_seconds (--cluster-timeout-seconds))" in str(failed["error"])
         assert time.monotonic() - killed_at < 60
         assert query_rows(tmp_path / "b.duckdb", LISTS) == published  # nothing was replaced
 
@@ -234,16 +234,19 @@ def test_a_real_scheduler_and_workers_and_their_faults(ml100k_zip, tmp_path):
         with Client(address, timeout=10) as client:
             while client.scheduler_info()["workers"] and time.monotonic() < deadline:
                 time.sleep(0.2)
-        with pytest.raises(Exception, match=f"cluster \\(--cluster\\) {address}: the Dask scheduler has no workers"):
-            nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
+        with pytest.raises(
+            Exception, match=f"cluster.address \\(--cluster-address\\) {address}: the Dask scheduler has no workers"
+        ):
+            nightly(_config(tmp_path / "b.duckdb", address, **common))
 
         os.killpg(scheduler.pid, signal.SIGKILL)  # the scheduler gone: the run fails naming it, within the timeout
         scheduler.wait()
         started = time.monotonic()
         with pytest.raises(
-            Exception, match=f"cluster \\(--cluster\\) {address}: the Dask scheduler could not be reached"
+            Exception,
+            match=f"cluster.address \\(--cluster-address\\) {address}: the Dask scheduler could not be reached",
         ):
-            nightly(PipelineConfig(warehouse=tmp_path / "b.duckdb", cluster=address, **common))
+            nightly(_config(tmp_path / "b.duckdb", address, **common))
         assert time.monotonic() - started < 60
         assert query_rows(tmp_path / "b.duckdb", LISTS) == published  # nothing was replaced
         errors = query_rows(tmp_path / "b.duckdb", "SELECT status, error FROM runs ORDER BY started_at")[-3:]

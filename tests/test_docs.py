@@ -35,7 +35,7 @@ NOT_RUN = {
     "recs serve": "serves the deployments until interrupted; tests/tasks/test_operations.py checks what it serves",
     "recs synth --users 138000": "writes the 20M-rating archive (a minute, 1.5 GB); tests/tasks/test_synth.py runs `recs synth` small",
     "https://": "downloads from the internet",
-    "--cluster tcp://scheduler-host": "needs a Dask scheduler on other hosts; tests/test_cluster_flow.py runs one on 127.0.0.1",
+    "--cluster-address tcp://scheduler-host": "needs a Dask scheduler on other hosts; tests/test_cluster_flow.py runs one on 127.0.0.1",
     "--exclude-genres horror": "the README's run with two rules (20 s more of CI); tests/test_nightly_flow.py::"
     "test_business_rules_reasons_fallback_and_churn_through_the_flow runs such rules through the flow",
 }

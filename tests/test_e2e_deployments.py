@@ -391,10 +391,9 @@ def test_a_deployment_run_on_a_dask_cluster_maps_its_shards_as_task_runs_on_the_
     address = _start_dask(stack, _free_port(), 2)
     nightly_id = _deployment_id(stack, "nightly/nightly")
     overrides = {
-        "cluster": address,
+        "cluster": {"address": address, "shard_users": 300},
         "warehouse": "warehouse/cluster.duckdb",
         "models": ["dot_bias", "ials"],
-        "shard_users": 300,
         "ials": {"epochs": 8, "shard_ratings": 40_000, "chunk_ratings": 5_000},
     }
     created = _api(

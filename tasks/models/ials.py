@@ -97,7 +97,7 @@ class IalsParams(ModelParams):
     shard_ratings: int = Field(
         1 << 23,
         ge=1,
-        description="On a cluster (--cluster): ratings per shard of a half-step, in whole chunks of "
+        description="On a cluster (--cluster-address): ratings per shard of a half-step, in whole chunks of "
         "chunk_ratings; a worker holds one shard's ratings and the fixed side's vectors, never the whole matrix.",
     )
 

@@ -85,5 +85,6 @@ def test_a_cluster_setting_that_is_neither_form_says_what_is_expected():
         with pytest.raises(
             ValueError, match=f"'{bad}' is not a cluster: expected local:N .* or a Dask scheduler's address"
         ):
-            PipelineConfig(cluster=bad)
-    assert PipelineConfig(cluster="local:4").cluster == "local:4" and PipelineConfig(cluster="tls://h:8786").cluster
+            PipelineConfig(cluster={"address": bad})
+    assert PipelineConfig(cluster={"address": "local:4"}).cluster.address == "local:4"
+    assert PipelineConfig(cluster={"address": "tls://h:8786"}).cluster.address == "tls://h:8786"
