@@ -149,7 +149,8 @@ def _backfill(options: dict) -> int:
         )
         return EXIT_CANCELLED
     print()
-    _trend(config.warehouse, config.trend_runs, None)
+    # the replay's chart beside the replay's warehouse, never over the live warehouse's trend.png
+    _trend(config.warehouse, config.trend_runs, config.warehouse.with_name(f"{config.warehouse.stem}-trend.png"))
     if failed:
         print(
             f"recs backfill: {failed} of {len(cutoffs)} runs failed; see `recs runs` and the log {log_path}",
@@ -232,14 +233,27 @@ def _recommend(user_id: int, path: Path) -> int:
             )
             return 1
         if rows.height == 0:
-            n_users = warehouse.fetch_value(con, "users_with_lists")
-            print(
-                f"recs: user {user_id} has no published recommendations in {path} ({n_users} users have lists)",
-                file=sys.stderr,
-            )
-            return 1
+            return _recommend_fallback(con, user_id, path)
     print(f"recommendations for user {user_id}:")
     _print_frame(rows.with_columns(pl.col("score").round(3), pl.col("predicted_rating").round(1)))
+    return 0
+
+
+def _recommend_fallback(con: duckdb.DuckDBPyConnection, user_id: int, path: Path) -> int:
+    """A user without a list of their own gets what `recommendations_for` serves them: the list for unknown users."""
+    rows = warehouse.fetch(con, "fallback_for_user", {"user_id": user_id})
+    if rows.height == 0:
+        n_users = warehouse.fetch_value(con, "users_with_lists")
+        print(
+            f"recs: user {user_id} has no published recommendations in {path} ({n_users} users have lists)",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"user {user_id} has no list of their own in {path}; the list for unknown users (the most-rated items the "
+        f"rules allow, as recommendations_for({user_id}) serves it):"
+    )
+    _print_frame(rows)
     return 0
 
 
@@ -293,6 +307,12 @@ def _sql(args: dict) -> int:
             relation = con.sql(text, params=params or None)
             result = pl.from_arrow(relation.to_arrow_table()) if relation is not None else None
         except duckdb.Error as exc:
+            if isinstance(exc, duckdb.InvalidInputException) and "read-only mode" in str(exc):
+                print(
+                    "recs sql: the warehouse is opened read-only: `recs sql` reads; writes belong to `recs run`",
+                    file=sys.stderr,
+                )
+                return 1
             print(f"recs sql: {type(exc).__name__}: {exc}", file=sys.stderr)
             if isinstance(exc, duckdb.PermissionException):
                 print(
@@ -330,6 +350,14 @@ def _synth(options: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `recs` console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `recs runs | head`: the reader went away; stop quietly, as any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit goes nowhere
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     # The temporary Prefect API `recs run` starts needs no telemetry (its heartbeat also logged lock errors).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     warehouse.no_world_access()  # what recs writes (logs, data, the warehouse) is not for other users

@@ -199,7 +199,23 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
     capsys.readouterr()
 
     assert main(["sql", "DELETE FROM recommendations", "--warehouse", str(warehouse_path)]) == 1
-    assert "read-only mode" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "recs sql: the warehouse is opened read-only: `recs sql` reads; writes belong to `recs run`\n"
+    )
+    # a user with no list of their own: what recommendations_for serves them, marked as such
+    assert main(["recommend", "99999", "--warehouse", str(warehouse_path)]) == 0
+    out = capsys.readouterr().out
+    assert "user 99999 has no list of their own" in out and "recommendations_for(99999)" in out
+    assert out.splitlines()[3].split()[:3] == ["1", "50", "Star"]  # Star Wars (1977), the most rated
+    # a reader whose pipe closes early (`| head`) stops quietly
+    piped = subprocess.run(
+        f"{sys.executable} -m flows.cli sql 'SELECT * FROM range(200000)' --warehouse {warehouse_path} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert (piped.stdout, piped.stderr) == ("range\n", "")
     assert main(["sql", "SELECT count(*) FROM recommendations", "--csv", "--warehouse", str(warehouse_path)]) == 0
     assert capsys.readouterr().out.endswith("\n9430\n")
 

@@ -176,6 +176,8 @@ def test_a_replay_never_replaces_the_live_lists(ml100k_zip, tmp_path, monkeypatc
     assert "replaying 2 dates into warehouse/replay.duckdb" in capsys.readouterr().out
     replayed = tmp_path / "warehouse" / "replay.duckdb"
     assert query_rows(replayed, "SELECT count(*) FROM runs WHERE as_of IS NOT NULL") == [(2,)]
+    assert (tmp_path / "warehouse" / "replay-trend.png").exists()  # its chart beside it, not the live trend.png
+    assert not (tmp_path / "warehouse" / "trend.png").exists()
     assert query_rows(live, "SELECT run_id, user_id, item_id, rank FROM recommendations ORDER BY ALL") == lists
 
 
