@@ -22,7 +22,15 @@ from typing import NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import CLUSTER_ADDRESS, LEGACY_FIELDS, PipelineConfig, flag, local_source_problem, redact
+from tasks.config import (
+    CLUSTER_ADDRESS,
+    LEGACY_FIELDS,
+    PipelineConfig,
+    flag,
+    local_path,
+    local_source_problem,
+    redact,
+)
 from tasks.synth import SynthSpec
 
 _DEFAULTS = PipelineConfig()
@@ -192,6 +200,10 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     if config is None:
         return None
     problem = local_source_problem(config.source)
+    if problem is None and (path := local_path(config.source)) is not None:
+        from tasks.ingest.unzip import local_archive_problem  # its package imports Prefect: only when a path is given
+
+        problem = local_archive_problem(path)
     if problem:
         print(f"recs {command}: --source: {problem}", file=sys.stderr)
         return None

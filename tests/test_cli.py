@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import zipfile
 from datetime import UTC
 
 import polars as pl
@@ -65,6 +66,20 @@ def test_grouped_settings_keep_their_options_and_the_renamed_ones_say_what_repla
     said = [str(warning.message) for warning in caught]
     assert any("the setting cluster as an address is deprecated" in line and "cluster.address" in line for line in said)
     assert any("the setting gate_max_churn is deprecated" in line for line in said)
+
+
+def test_a_local_file_that_is_no_archive_of_ratings_is_refused_before_anything_starts(tmp_path, capsys):
+    not_a_zip, no_ratings = tmp_path / "ratings.csv", tmp_path / "other.zip"
+    not_a_zip.write_text("userId,movieId,rating,timestamp\n1,2,3.5,0\n")
+    with zipfile.ZipFile(no_ratings, "w") as archive:
+        archive.writestr("data/readme.txt", "x")
+    where = ["--warehouse", str(tmp_path / "w.duckdb"), "--data-dir", str(tmp_path / "D")]
+    assert main(["run", "--source", str(not_a_zip), *where]) == 2
+    assert f"recs run: --source: '{not_a_zip}' is not a zip archive" in capsys.readouterr().err
+    assert main(["run", "--source", str(no_ratings), *where]) == 2
+    err = capsys.readouterr().err
+    assert f"'{no_ratings}': no ratings file of a known layout; the archive holds: data/readme.txt" in err
+    assert not (tmp_path / "w.duckdb").exists() and not (tmp_path / "D").exists()  # no run began, nothing written
 
 
 def test_a_bad_list_element_is_named_with_its_flag(capsys):

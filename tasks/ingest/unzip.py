@@ -130,6 +130,22 @@ def _extract_member(
     return target
 
 
+def local_archive_problem(path: Path) -> str | None:
+    """Why a local archive cannot be a run's source, from its member names alone (nothing extracted): not a zip
+    archive, or no ratings file of a layout this product reads; None when it may be. `recs run` asks this before
+    Prefect starts, so such a file is refused in a second rather than after the run has begun."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"{str(path)!r} is not a zip archive ({exc}); expected a MovieLens .zip archive"
+    try:
+        detect_layout(names)
+    except ValueError as exc:
+        return f"{str(path)!r}: {exc}"
+    return None
+
+
 def _members(zf: zipfile.ZipFile, source: str) -> tuple[Layout, str, str | None, list[str]]:
     """The archive's layout, its ratings and items members, and every member to extract (ml-100k's u.genre too)."""
     try:
