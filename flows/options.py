@@ -184,6 +184,24 @@ def describe_errors(exc: ValidationError) -> list[str]:
     return said
 
 
+def _source_problem(source: str) -> str | None:
+    """What makes the source unusable before anything starts: a local path that is missing or no zip of ratings, a
+    host with no DNS answer (then with the offline form)."""
+    problem = local_source_problem(source)
+    if problem is not None:
+        return problem
+    # tasks.ingest imports Prefect: only now, for a source that needs a look
+    if (path := local_path(source)) is not None:
+        from tasks.ingest.unzip import local_archive_problem
+
+        return local_archive_problem(path)
+    from tasks.ingest import OFFLINE_HINT
+    from tasks.ingest.fetch import unresolvable_host
+
+    unresolvable = unresolvable_host(source)
+    return f"{unresolvable}. {OFFLINE_HINT}" if unresolvable else None
+
+
 def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     """The config the options describe, or None after printing what is wrong (`recs <command>: ...`)."""
     config, errors = None, []
@@ -199,11 +217,7 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
         print(f"recs {command}: {message}", file=sys.stderr)
     if config is None:
         return None
-    problem = local_source_problem(config.source)
-    if problem is None and (path := local_path(config.source)) is not None:
-        from tasks.ingest.unzip import local_archive_problem  # its package imports Prefect: only when a path is given
-
-        problem = local_archive_problem(path)
+    problem = _source_problem(config.source)
     if problem:
         print(f"recs {command}: --source: {problem}", file=sys.stderr)
         return None

@@ -68,7 +68,7 @@ def test_grouped_settings_keep_their_options_and_the_renamed_ones_say_what_repla
     assert any("the setting gate_max_churn is deprecated" in line for line in said)
 
 
-def test_a_local_file_that_is_no_archive_of_ratings_is_refused_before_anything_starts(tmp_path, capsys):
+def test_a_source_that_cannot_work_is_refused_before_anything_starts(tmp_path, capsys):
     not_a_zip, no_ratings = tmp_path / "ratings.csv", tmp_path / "other.zip"
     not_a_zip.write_text("userId,movieId,rating,timestamp\n1,2,3.5,0\n")
     with zipfile.ZipFile(no_ratings, "w") as archive:
@@ -80,6 +80,13 @@ def test_a_local_file_that_is_no_archive_of_ratings_is_refused_before_anything_s
     err = capsys.readouterr().err
     assert f"'{no_ratings}': no ratings file of a known layout; the archive holds: data/readme.txt" in err
     assert not (tmp_path / "w.duckdb").exists() and not (tmp_path / "D").exists()  # no run began, nothing written
+    # a host with no DNS answer: one line with the offline form, before anything starts
+    assert main(["run", "--source", "http://no-such-host.invalid/ml-100k.zip", *where]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "recs run: --source: the host 'no-such-host.invalid' of 'http://no-such-host.invalid/ml-100k.zip' cannot be "
+        "resolved (no DNS answer). If this machine has no internet access, set source (--source) to a local copy of "
+        "the archive, e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
+    ]
 
 
 def test_a_bad_list_element_is_named_with_its_flag(capsys):

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # The first run on a machine without internet access meets this: the default source is GroupLens's URL.
-_OFFLINE_HINT = (
+OFFLINE_HINT = (
     f"If this machine has no internet access, set {setting('source')} to a local copy of the archive, "
     "e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
 )
@@ -72,7 +72,7 @@ def fetch_with_retries(config: PipelineConfig) -> Archive:
         return fetch(config)
     except IngestError as exc:
         if exc.unreachable:  # said once, when the retries are spent, not in every retry's log line
-            raise IngestError(f"{exc}. {_OFFLINE_HINT}") from exc
+            raise IngestError(f"{exc}. {OFFLINE_HINT}") from exc
         raise
 
 

@@ -11,11 +11,13 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -101,6 +103,33 @@ class _SourceIndex:
             partial.write_text(json.dumps(self.entries, indent=2))
 
 
+def unresolvable_host(source: str) -> str | None:
+    """Why an http(s) source cannot be reached at all: its host name has no address (offline, or misspelt); None
+    when it resolves or `source` is not a URL. `recs run` asks this before Prefect starts."""
+    host = urlsplit(source).hostname if source_scheme_is_web(source) else None
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return f"the host {host!r} of {redact(source)!r} cannot be resolved (no DNS answer)"
+    return None
+
+
+def source_scheme_is_web(source: str) -> bool:
+    return urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def _unresolvable(error: BaseException) -> bool:
+    """Whether a connection failed because its host name has no address (a `socket.gaierror` in its chain)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _download(source: str, archive_dir: Path, timeout: float, index: _SourceIndex) -> tuple[Path, str]:
     """Stream `source` into `archive_dir`, hashing as it goes; return the archive path and its sha256."""
     headers = {}
@@ -143,6 +172,11 @@ def _download(source: str, archive_dir: Path, timeout: float, index: _SourceInde
             index.remember(source, sha256, response)
             return final, sha256
     except httpx.ConnectError as exc:
+        if _unresolvable(exc):  # no DNS answer: offline, or a misspelt host; a retry seconds later gets none either
+            host = urlsplit(source).hostname
+            raise IngestError(
+                f"source {shown!r}: the host {host!r} cannot be resolved (no DNS answer)", unreachable=True
+            ) from exc
         raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True, unreachable=True) from exc
     except httpx.TransportError as exc:
         raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True) from exc

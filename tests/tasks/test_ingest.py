@@ -156,6 +156,13 @@ def test_http_404_is_not_retryable(tmp_path, serve):
     assert error.value.retryable is False
 
 
+def test_a_host_with_no_dns_answer_is_not_retried(tmp_path):
+    # .invalid never resolves (RFC 6761): offline, or a misspelt host, a retry seconds later gets no answer either
+    with pytest.raises(IngestError, match="the host 'no-such-host.invalid' cannot be resolved") as error:
+        fetch_archive("http://no-such-host.invalid/ml-100k.zip", tmp_path / "data")
+    assert error.value.retryable is False and error.value.unreachable is True
+
+
 @pytest.mark.parametrize("source", ["ftp://example.com/ml-100k.zip", "s3://bucket/ml-100k.zip"])
 def test_unsupported_scheme_is_refused(source, tmp_path):
     with pytest.raises(IngestError, match="not supported"):
