@@ -120,6 +120,15 @@ def source_scheme_is_web(source: str) -> bool:
     return urlsplit(source).scheme.lower() in ("http", "https")
 
 
+def _cannot_connect(error: httpx.ConnectError, source: str, shown: str) -> IngestError:
+    """The IngestError of a failed connection: retried, unless the host has no DNS answer (offline, or a misspelt
+    host: a retry seconds later gets none either)."""
+    if _unresolvable(error):
+        host = urlsplit(source).hostname
+        return IngestError(f"source {shown!r}: the host {host!r} cannot be resolved (no DNS answer)", unreachable=True)
+    return IngestError(f"source {shown!r}: {type(error).__name__}: {error}", retryable=True, unreachable=True)
+
+
 def _unresolvable(error: BaseException) -> bool:
     """Whether a connection failed because its host name has no address (a `socket.gaierror` in its chain)."""
     seen: BaseException | None = error
@@ -172,12 +181,7 @@ def _download(source: str, archive_dir: Path, timeout: float, index: _SourceInde
             index.remember(source, sha256, response)
             return final, sha256
     except httpx.ConnectError as exc:
-        if _unresolvable(exc):  # no DNS answer: offline, or a misspelt host; a retry seconds later gets none either
-            host = urlsplit(source).hostname
-            raise IngestError(
-                f"source {shown!r}: the host {host!r} cannot be resolved (no DNS answer)", unreachable=True
-            ) from exc
-        raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True, unreachable=True) from exc
+        raise _cannot_connect(exc, source, shown) from exc
     except httpx.TransportError as exc:
         raise IngestError(f"source {shown!r}: {type(exc).__name__}: {exc}", retryable=True) from exc
 
