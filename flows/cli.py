@@ -23,8 +23,7 @@ import polars as pl
 
 import warehouse
 from flows.console import show, terminal_width, text_table
-from flows.options import command_parser, config_from_options, nested, unknown_arguments
-from tasks.config import PipelineConfig
+from flows.options import READERS, command_parser, config_from_options, nested, unknown_arguments
 from tasks.synth import SynthSpec
 
 if TYPE_CHECKING:
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 
     from flows.backfill import ReplayOutcome
     from flows.nightly import RunResult
+    from tasks.config import PipelineConfig
 
 
 def _print_frame(frame: pl.DataFrame) -> None:
@@ -172,8 +172,7 @@ def _replay(outcomes: Iterable[ReplayOutcome], n_dates: int) -> int:
 
 
 def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
-    from tasks.list_metrics import LIST_METRICS  # printed as values alone
-    from tasks.trend import headline, plot_trend, run_series
+    from tasks.trend import LIST_METRICS, headline, plot_trend, run_series
 
     con = _open_read_only(path, "recs trend")
     if con is None:
@@ -361,7 +360,8 @@ def _main(argv: list[str] | None) -> int:
     # The temporary Prefect API `recs run` starts needs no telemetry (its heartbeat also logged lock errors).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     warehouse.no_world_access()  # what recs writes (logs, data, the warehouse) is not for other users
-    parser = command_parser()
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    parser = command_parser(config_options=not words or words[0] not in READERS)
     try:
         with warnings.catch_warnings(record=True) as renamed:  # options renamed since (flows/options.py)
             warnings.simplefilter("always", FutureWarning)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from prefect.exceptions import TerminationSignal
 
-from tasks.config import setting
+from tasks.naming import setting
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import warehouse
-from tasks.config import setting
+from tasks.naming import setting
 from warehouse.runs import mark_abandoned, utc_now
 from warehouse.writer import resolved
 

@@ -18,22 +18,22 @@ import typing
 import warnings
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import (
-    CLUSTER_ADDRESS,
-    LEGACY_FIELDS,
-    PipelineConfig,
-    flag,
-    local_path,
-    local_source_problem,
-    redact,
-)
+from tasks.naming import flag
+from tasks.sources import local_path, local_source_problem, redact
 from tasks.synth import SynthSpec
+from tasks.trend import DEFAULT_TREND_RUNS
+from warehouse.reader import DEFAULT_WAREHOUSE
 
-_DEFAULTS = PipelineConfig()
+if TYPE_CHECKING:
+    from tasks.config import PipelineConfig
+
+# The reading commands need neither the config nor torch (which the config's models import): `recs runs` builds
+# its parser without the run options and answers in about a second.
+READERS = ("recommend", "runs", "sql", "trend")
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
@@ -71,10 +71,13 @@ def _option_type(annotation: object) -> object:
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per config field: type, choices, description and default. Lists are comma-separated
     (`--models ease,bpr`)."""
+    from tasks.config import CLUSTER_ADDRESS, LEGACY_FIELDS, PipelineConfig
+
+    defaults = PipelineConfig()
     for name, field in PipelineConfig.model_fields.items():
         annotation = _option_type(field.annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            group = getattr(_DEFAULTS, name)
+            group = getattr(defaults, name)
             for sub, sub_field in annotation.model_fields.items():
                 _add_option(
                     parser,
@@ -84,7 +87,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                     getattr(group, sub),
                 )
         else:
-            _add_option(parser, name, annotation, field.description, getattr(_DEFAULTS, name))
+            _add_option(parser, name, annotation, field.description, getattr(defaults, name))
     # `--cluster ADDRESS`, from before the cluster's settings were a group: now `--cluster-address`
     parser.add_argument(
         "--cluster", dest=CLUSTER_ADDRESS, action=_Renamed, default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -149,6 +152,8 @@ def nested(options: dict) -> dict:
 
 def _choices(path: list[str]) -> tuple[str, ...]:
     """The allowed values of a Literal field (or of a list of them) at `path` in the config."""
+    from tasks.config import PipelineConfig
+
     model: type[BaseModel] = PipelineConfig
     annotation: object = None
     for part in path:
@@ -204,6 +209,8 @@ def _source_problem(source: str) -> str | None:
 
 def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     """The config the options describe, or None after printing what is wrong (`recs <command>: ...`)."""
+    from tasks.config import PipelineConfig
+
     config, errors = None, []
     with warnings.catch_warnings(record=True) as deprecations:  # old flags: said whether or not the rest is valid
         warnings.simplefilter("always", FutureWarning)
@@ -224,20 +231,21 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     return config
 
 
-def command_parser() -> argparse.ArgumentParser:
-    """`recs` and its commands, each with its options (`recs run`'s and `recs backfill`'s from the config)."""
+def command_parser(config_options: bool = True) -> argparse.ArgumentParser:
+    """`recs` and its commands, each with its options (`recs run`'s and `recs backfill`'s from the config, unless
+    `config_options` is false: enough to parse a reading command)."""
     parser = Parser(prog="recs", description="Nightly MovieLens recommendation pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_run_commands(commands)
+    _add_run_commands(commands, config_options)
     _add_synth_command(commands)
     readers = [_add_recommend_command(commands), _add_runs_command(commands), _add_sql_command(commands)]
     for reader in [*readers, _add_trend_command(commands)]:
         reader.add_argument(
             "--warehouse",
             type=Path,
-            default=_DEFAULTS.warehouse,
+            default=DEFAULT_WAREHOUSE,
             metavar="PATH",
-            help=f"DuckDB file to read (default: {_DEFAULTS.warehouse})",
+            help=f"DuckDB file to read (default: {DEFAULT_WAREHOUSE})",
         )
     return parser
 
@@ -245,14 +253,15 @@ def command_parser() -> argparse.ArgumentParser:
 Commands = argparse._SubParsersAction  # what add_subparsers returns
 
 
-def _add_run_commands(commands: Commands) -> None:
+def _add_run_commands(commands: Commands, config_options: bool) -> None:
     """`recs run`, `recs backfill` and `recs serve`."""
     run = commands.add_parser(
         "run",
         help="run the nightly flow once: ingest, train, evaluate, publish top-n to DuckDB",
         description="Run the nightly flow once on Prefect's local (ephemeral) API. Options override the defaults shown.",
     )
-    add_config_options(run)
+    if config_options:
+        add_config_options(run)
 
     backfill = commands.add_parser(
         "backfill",
@@ -265,7 +274,8 @@ def _add_run_commands(commands: Commands) -> None:
     )
     backfill.add_argument("--end", type=date.fromisoformat, required=True, metavar="DATE", help="last date, YYYY-MM-DD")
     backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
-    add_config_options(backfill)
+    if config_options:
+        add_config_options(backfill)
 
     serve = commands.add_parser(
         "serve",
@@ -356,9 +366,9 @@ def _add_trend_command(commands: Commands) -> argparse.ArgumentParser:
     trend.add_argument(
         "--runs",
         type=int,
-        default=_DEFAULTS.trend_runs,
+        default=DEFAULT_TREND_RUNS,
         metavar="N",
-        help=f"median over the last N published runs (default: {_DEFAULTS.trend_runs})",
+        help=f"median over the last N published runs (default: {DEFAULT_TREND_RUNS})",
     )
     trend.add_argument(
         "--chart",

@@ -13,14 +13,25 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer, field_validator, model_validator
 
 from tasks.models import MODELS, ModelParams
+from tasks.naming import flag, setting
+from tasks.sources import ML_100K_URL, local_path, local_source_problem, redact, source_scheme
+from tasks.trend import DEFAULT_TREND_RUNS
+from warehouse.reader import DEFAULT_WAREHOUSE
 
-ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-SOURCE_SCHEMES = ("http", "https", "file")
+__all__ = [  # the helpers other modules import from here, beside the config itself
+    "ML_100K_URL",
+    "flag",
+    "local_path",
+    "local_source_problem",
+    "redact",
+    "setting",
+    "source_scheme",
+]
+
 # 8 GiB: ml-32m's ratings.csv, the largest MovieLens file, is 0.9 GB.
 MAX_EXTRACTED_BYTES = 8 << 30
 
@@ -32,84 +43,6 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODELS)  # every registered model (tasks/mo
 # Test share each split method uses when `test_fraction` is not set: the Microsoft Recommenders
 # MovieLens protocol for the per-user splits, the seeds' global 80/20 for `random`.
 DEFAULT_TEST_FRACTION: dict[str, float] = {"stratified": 0.25, "random": 0.2, "temporal": 0.25}
-
-
-def redact(source: str) -> str:
-    """The source, safe to log and store: a URL's user:password and every query value and fragment replaced.
-
-    A query string is where signed URLs keep their credentials (S3's `X-Amz-Signature` and
-    `X-Amz-Security-Token`, GCS's `X-Goog-Signature`, Azure's SAS `sig`, a plain `token=`): every value is
-    replaced, the names kept, so the URL still says what it was (`...?X-Amz-Signature=***&token=***`).
-    """
-    if "://" not in source:
-        return source  # a path: nothing in it is a credential
-    parts = urlsplit(source)
-    if parts.username is not None or parts.password is not None:
-        host = parts.hostname or ""
-        parts = parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else ""))
-    if parts.query:
-        names = [pair.partition("=")[0] for pair in parts.query.split("&") if pair]
-        parts = parts._replace(query="&".join(f"{name}=***" for name in names))
-    if parts.fragment:
-        parts = parts._replace(fragment="***")
-    return urlunsplit(parts)
-
-
-def source_scheme(source: str) -> str:
-    """The source's URL scheme, lower case: http, https or file; "" for a plain path.
-
-    A colon alone does not make a URL: an existing file is a path whatever its name, and so is any name whose
-    colon is not followed by `//` (`nightly-2024-01-01T03:00.zip`, `C:/data/ml.zip`).
-
-    Raises:
-        ValueError: another scheme followed by `//` (ftp://, s3://, ...), naming it and the ones supported.
-    """
-    scheme = urlsplit(source).scheme.lower()
-    if not scheme or scheme in SOURCE_SCHEMES:
-        return scheme
-    if Path(source).exists() or not source[len(scheme) + 1 :].startswith("//"):
-        return ""
-    raise ValueError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
-
-
-def local_path(source: str) -> Path | None:
-    """The file a `file://` URL or plain path names; None for http(s).
-
-    Raises:
-        ValueError: an unsupported scheme (see `source_scheme`).
-    """
-    scheme = source_scheme(source)
-    if scheme in ("http", "https"):
-        return None
-    return Path(unquote(urlsplit(source).path)) if scheme == "file" else Path(source)
-
-
-def local_source_problem(source: str) -> str | None:
-    """Why a local source cannot be read (no such file, a directory), or None; URLs are checked when fetched.
-
-    Raises:
-        ValueError: an unsupported scheme (see `source_scheme`).
-    """
-    path = local_path(source)
-    if path is None:
-        return None
-    if path.is_dir():
-        return f"{str(path)!r} is a directory; expected a MovieLens .zip archive"
-    if not path.exists():
-        return f"no such file {str(path)!r}"
-    return None
-
-
-def flag(setting: str) -> str:
-    """The `recs run` option of a config field: `top_n` -> `--top-n`, `mlp.epochs` -> `--mlp-epochs`."""
-    return "--" + setting.replace(".", "-").replace("_", "-")
-
-
-def setting(name: str) -> str:
-    """A config field as messages name it, with its option: `lock_timeout_seconds (--lock-timeout-seconds)`.
-
-    Messages reach people who set the field in a deployment's parameters and people who pass the flag."""
-    return f"{name} ({flag(name)})"
 
 
 def _deep_merge(base: dict, changes: dict) -> dict:
@@ -290,7 +223,7 @@ class _SourceAndSplit(BaseModel):
         Path("data"),
         description="Where downloads, parsed parquet and each run's checkpoint, id maps and splits are kept.",
     )
-    warehouse: Path = Field(Path("warehouse/recs.duckdb"), description="DuckDB file the run publishes to.")
+    warehouse: Path = Field(DEFAULT_WAREHOUSE, description="DuckDB file the run publishes to.")
     download: DownloadSettings = Field(DownloadSettings(), description=DownloadSettings.__doc__)
     max_extracted_bytes: int = Field(
         MAX_EXTRACTED_BYTES,
@@ -444,7 +377,9 @@ class PipelineConfig(_WithModels):
     )
     force: bool = Field(False, description="Publish even when the quality gate rejects the run or the lists collapsed.")
     trend_runs: int = Field(
-        5, ge=1, description="Trend deltas compare each run with the median of this many earlier published runs."
+        DEFAULT_TREND_RUNS,
+        ge=1,
+        description="Trend deltas compare each run with the median of this many earlier published runs.",
     )
     lock_timeout_seconds: float = Field(
         0.0,

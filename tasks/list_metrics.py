@@ -27,7 +27,6 @@ from warehouse.runs import ListFiles
 
 log = logging.getLogger(__name__)
 
-LIST_METRICS = ("popularity_percentile", "genre_diversity", "churn", "jaccard")
 _LISTS = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int16}
 
 

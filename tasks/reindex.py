@@ -11,8 +11,8 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import setting
 from tasks.ingest import Dataset
+from tasks.naming import setting
 from tasks.run_folder import RunFolder
 
 

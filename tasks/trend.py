@@ -10,7 +10,6 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-from matplotlib.figure import Figure
 
 import warehouse
 
@@ -18,6 +17,9 @@ import warehouse
 # keeps to the gate's two so that it fits a terminal.
 HEADLINE_METRICS = ("rmse", "ndcg", "precision", "recall", "churn", "popularity_percentile", "genre_diversity")
 GATE_METRICS = ("rmse", "ndcg")
+# What the published lists look like beyond accuracy (tasks/list_metrics.py), printed as values alone.
+LIST_METRICS = ("popularity_percentile", "genre_diversity", "churn", "jaccard")
+DEFAULT_TREND_RUNS = 5  # earlier published runs whose median a run's delta is taken from
 
 
 def metric_trend(con: duckdb.DuckDBPyConnection, n_runs: int) -> pl.DataFrame:
@@ -89,6 +91,8 @@ def plot_trend(trend: pl.DataFrame, path: Path, metrics: tuple[str, ...] = HEADL
         (a if a is not None else s).strftime("%Y-%m-%d") for s, a in zip(runs["started_at"], runs["as_of"], strict=True)
     ]
     panels = [(m, k) for m in metrics for k in trend.filter(pl.col("metric") == m)["k"].unique().to_list()]
+    from matplotlib.figure import Figure  # imported when a chart is drawn: reading commands start faster
+
     figure = Figure(figsize=(10, 2.6 * max(len(panels), 1)), layout="constrained")
     axes = figure.subplots(max(len(panels), 1), 1, sharex=True, squeeze=False)[:, 0]
     for axis, (metric, k) in zip(axes, panels, strict=False):
@@ -127,6 +131,8 @@ def plot_loss(history: pl.DataFrame, path: Path) -> Path:
 
     MSE for the rating models, the BPR loss for bpr; a closed-form model has no epochs and the chart says so.
     """
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7, 4), layout="constrained")
     axis = figure.subplots()
     for (split,), rows in history.group_by("split", maintain_order=True):

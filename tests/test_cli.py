@@ -229,6 +229,20 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
     out = capsys.readouterr().out
     assert "user 99999 has no list of their own" in out and "recommendations_for(99999)" in out
     assert out.splitlines()[3].split()[:3] == ["1", "50", "Star"]  # Star Wars (1977), the most rated
+    # the reading commands need neither torch nor Prefect: they answer in well under a second
+    # (`python benchmarks/readers.py` prints how long)
+    for command in (["runs"], ["recommend", "42"], ["sql", "SELECT 1"]):
+        code = (
+            "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
+            "print('heavy:', [m for m in ('torch', 'prefect') if m in sys.modules], code)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, *command, "--warehouse", str(warehouse_path)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert done.stdout.splitlines()[-1] == "heavy: [] 0", (command, done.stdout[-300:], done.stderr[-300:])
     # a reader whose pipe closes early (`| head`) stops quietly
     piped = subprocess.run(
         f"{sys.executable} -m flows.cli sql 'SELECT * FROM range(200000)' --warehouse {warehouse_path} | head -1",

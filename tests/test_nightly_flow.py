@@ -16,9 +16,9 @@ from flows.cli import main
 from flows.nightly import nightly
 from tasks.checkpoint import load_trained_model
 from tasks.config import MODEL_NAMES, PipelineConfig
-from tasks.list_metrics import LIST_METRICS
 from tasks.models import MODELS
 from tasks.run_folder import RunFolder
+from tasks.trend import LIST_METRICS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -10,6 +10,8 @@ import duckdb
 # DuckDB lets one process open a file to write, or any number to read, never both. The pipeline writes a
 # staging copy and renames it over the file (warehouse/writer.py), so a reader only waits on the short
 # moments when a writer holds the file's shared lock to copy it; both sides retry for this long.
+# Where `recs run` publishes, and every reading command reads, unless --warehouse names another file.
+DEFAULT_WAREHOUSE = Path("warehouse/recs.duckdb")
 BUSY_TIMEOUT_SECONDS = 60.0
 
 # A read-only DuckDB connection protects only the file it opened: through SQL it could still write files

@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 import httpx
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from tasks.config import local_path, local_source_problem, redact, setting
 from tasks.ingest.errors import IngestError
 from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
+from tasks.naming import setting
 from tasks.run_folder import atomic_write
+from tasks.sources import local_path, local_source_problem, redact
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from tasks.config import setting
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import CHUNK_BYTES, Archive
 from tasks.ingest.movielens import Layout, detect_layout
+from tasks.naming import setting
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,78 @@
+"""Where a run's ratings come from: the source's scheme, its local path, and the form that is safe to log and store.
+
+Light on purpose (no model, no torch): `recs` checks a source with these before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+SOURCE_SCHEMES = ("http", "https", "file")
+
+
+def redact(source: str) -> str:
+    """The source, safe to log and store: a URL's user:password and every query value and fragment replaced.
+
+    A query string is where signed URLs keep their credentials (S3's `X-Amz-Signature` and
+    `X-Amz-Security-Token`, GCS's `X-Goog-Signature`, Azure's SAS `sig`, a plain `token=`): every value is
+    replaced, the names kept, so the URL still says what it was (`...?X-Amz-Signature=***&token=***`).
+    """
+    if "://" not in source:
+        return source  # a path: nothing in it is a credential
+    parts = urlsplit(source)
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        parts = parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else ""))
+    if parts.query:
+        names = [pair.partition("=")[0] for pair in parts.query.split("&") if pair]
+        parts = parts._replace(query="&".join(f"{name}=***" for name in names))
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return urlunsplit(parts)
+
+
+def source_scheme(source: str) -> str:
+    """The source's URL scheme, lower case: http, https or file; "" for a plain path.
+
+    A colon alone does not make a URL: an existing file is a path whatever its name, and so is any name whose
+    colon is not followed by `//` (`nightly-2024-01-01T03:00.zip`, `C:/data/ml.zip`).
+
+    Raises:
+        ValueError: another scheme followed by `//` (ftp://, s3://, ...), naming it and the ones supported.
+    """
+    scheme = urlsplit(source).scheme.lower()
+    if not scheme or scheme in SOURCE_SCHEMES:
+        return scheme
+    if Path(source).exists() or not source[len(scheme) + 1 :].startswith("//"):
+        return ""
+    raise ValueError(f"source {redact(source)!r}: scheme {scheme!r} is not supported (use http, https, file or a path)")
+
+
+def local_path(source: str) -> Path | None:
+    """The file a `file://` URL or plain path names; None for http(s).
+
+    Raises:
+        ValueError: an unsupported scheme (see `source_scheme`).
+    """
+    scheme = source_scheme(source)
+    if scheme in ("http", "https"):
+        return None
+    return Path(unquote(urlsplit(source).path)) if scheme == "file" else Path(source)
+
+
+def local_source_problem(source: str) -> str | None:
+    """Why a local source cannot be read (no such file, a directory), or None; URLs are checked when fetched.
+
+    Raises:
+        ValueError: an unsupported scheme (see `source_scheme`).
+    """
+    path = local_path(source)
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"{str(path)!r} is a directory; expected a MovieLens .zip archive"
+    if not path.exists():
+        return f"no such file {str(path)!r}"
+    return None
