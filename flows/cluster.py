@@ -256,7 +256,7 @@ def recommend_on_cluster(
         ClusterError: the scheduler could not be reached, or the shards failed after their retries; the message
             names the cluster.
     """
-    stars = save_list_inputs(model, rater, inputs, inputs.folder)
+    stars = save_list_inputs(model, rater, inputs)
     shards = user_shards(inputs.maps.n_users, inputs.config.cluster.shard_users)
     print(f"recommending for {inputs.maps.n_users:,} users in {len(shards)} shards on cluster {session.name}")
     folder, timeout = str(inputs.folder.path), session.timeout
@@ -281,7 +281,6 @@ def train_on_cluster(
         done.extend(results)
         return rows
 
-    ratings = inputs.ratings if phase == "refit" else inputs.train
     fit = sharded(inputs.folder.ials_fit(phase), run_epochs)
-    model = train_phase(ratings, inputs.maps, inputs.config, name, phase, init, fit)
+    model = train_phase(inputs.fit_ratings(phase), inputs.maps, inputs.config, name, phase, init, fit)
     return model, _report(sum(counts), done)

@@ -34,7 +34,7 @@ class Placement:
 
     def train(self, inputs: RunInputs, phase: str, name: str) -> tuple[TrainedModel, str]:
         """`name`'s fit of `phase` (the refit on every rating, the others on the training split) and its device."""
-        config, ratings = inputs.config, inputs.ratings if phase == "refit" else inputs.train
+        config, ratings = inputs.config, inputs.fit_ratings(phase)
         if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
             return train_on_deployment(ratings, config, inputs.folder, phase, name)
         init = warm_start(config, inputs.folder.run_id, name, phase, inputs.maps)

@@ -122,6 +122,10 @@ class Noise:
     resamples: int = 1000
     seed: int = 0
 
+    @classmethod
+    def of(cls, config: PipelineConfig) -> Noise:
+        return cls(config.gate.confidence, config.gate.resamples, config.seed)
+
 
 @dataclass(frozen=True)
 class OnThisSplit:
@@ -209,10 +213,6 @@ def decide(
     gate = config.gate
     if published is None:
         return judge(candidate, None, config.k, gate.tolerance)
-    noise, recorded_as = (
-        Noise(gate.confidence, gate.resamples, config.seed),
-        f"run {published.run_id}'s recorded metrics (its own test set)",
-    )
     comparable = published.elsewhere is None and recorded.metrics.height > 0  # its recorded metrics measure ours
     notes: list[str] = []
     if published.elsewhere is not None:
@@ -233,8 +233,8 @@ def decide(
             recorded,
             config.k,
             gate.drift_tolerance,
-            noise,
-            against=recorded_as,
+            Noise.of(config),
+            against=_recorded_as(published),
             tolerance_setting="gate.drift_tolerance",
         )
         parts.append(drift)
@@ -242,6 +242,10 @@ def decide(
     passed = all(part.passed for part in judged)
     shown = [part.reason for part in judged if not part.passed] if not passed else [part.reason for part in judged]
     return GateVerdict(passed, "; ".join(notes + shown), published.run_id)
+
+
+def _recorded_as(published: PublishedRun) -> str:
+    return f"run {published.run_id}'s recorded metrics (its own test set)"
 
 
 def _on_this_split(
@@ -254,15 +258,13 @@ def _on_this_split(
 ) -> GateVerdict | None:
     """The comparison with the published configuration on this run's split (with its recorded metrics instead when
     the configuration cannot be rebuilt); None when the run trains that configuration itself. Adds to `notes`."""
-    gate = config.gate
-    noise = Noise(gate.confidence, gate.resamples, config.seed)
+    gate, noise = config.gate, Noise.of(config)
     if here is None:
         notes.append(
             f"the published configuration cannot be rebuilt ({published.unreadable}), so its recorded "
             f"metrics are held to {setting('gate.tolerance')}"
         )
-        against = f"run {published.run_id}'s recorded metrics (its own test set)"
-        return judge(candidate, recorded, config.k, gate.tolerance, noise, against=against)
+        return judge(candidate, recorded, config.k, gate.tolerance, noise, against=_recorded_as(published))
     if here.same_as_candidate:
         notes.append(f"this run trains the published configuration ({published.describe()}) with the same settings")
         return None

@@ -39,6 +39,11 @@ class RunInputs:
         """The same data under other settings (the gate trains the published run's models with theirs)."""
         return replace(self, config=config)
 
+    def fit_ratings(self, phase: str) -> pl.DataFrame:
+        """What a phase's fit trains on: every rating for the refit, the training split for `train` and `gate`
+        (as `RunFolder.phase_input` names their files)."""
+        return self.ratings if phase == "refit" else self.train
+
     @property
     def catalogue(self) -> int:
         """The items a model could recommend from the training split: what coverage is a share of."""

@@ -117,11 +117,10 @@ def reduce_shard_evaluations(
     return metrics, per_user.filter(pl.col("metric").is_in(GATE_VALUES))
 
 
-def save_list_inputs(
-    model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, folder: RunFolder
-) -> str | None:
+def save_list_inputs(model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs) -> str | None:
     """Save what the recommend shards read beyond the run's inputs: the published model, the rating model when it
     is another, and every rating; returns the shards' `rater` argument."""
+    folder = inputs.folder
     save_checkpoint(model, inputs.maps, inputs.config, folder.published_model)
     save_all_ratings(inputs.ratings, folder)
     if rater is None:

@@ -26,7 +26,7 @@ from tasks.ingest.errors import IngestError
 from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 from tasks.naming import setting
 from tasks.run_folder import atomic_write
-from tasks.sources import local_path, local_source_problem, redact
+from tasks.sources import local_path, local_source_problem, redact, source_scheme
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class _SourceIndex:
 def unresolvable_host(source: str) -> str | None:
     """Why an http(s) source cannot be reached at all: its host name has no address (offline, or misspelt); None
     when it resolves or `source` is not a URL. `recs run` asks this before Prefect starts."""
-    host = urlsplit(source).hostname if source_scheme_is_web(source) else None
+    host = urlsplit(source).hostname if source_scheme(source) in ("http", "https") else None
     if not host:
         return None
     try:
@@ -115,10 +115,6 @@ def unresolvable_host(source: str) -> str | None:
     except socket.gaierror:
         return f"the host {host!r} of {redact(source)!r} cannot be resolved (no DNS answer)"
     return None
-
-
-def source_scheme_is_web(source: str) -> bool:
-    return urlsplit(source).scheme.lower() in ("http", "https")
 
 
 def _cannot_connect(error: httpx.ConnectError, source: str, shown: str) -> IngestError:
