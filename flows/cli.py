@@ -186,7 +186,10 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
     if newest_series.height == 0:
         print(f"recs trend: no finished runs with metrics in {path}", file=sys.stderr)
         return 1
-    print(f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}")
+    rmse_from = "" if newest["rating_model"] == newest["model"] else f", RMSE of {newest['rating_model']} (its stars)"
+    print(
+        f"metric trend of source {newest['source']}, protocol '{newest['protocol']}', model {newest['model']}{rmse_from}"
+    )
     print(f"(Δprev: change from the run before; Δmedian: change from the median of the last {n_runs} published runs)")
     _print_frame(headline(newest_series))
     lists = headline(newest_series, LIST_METRICS, deltas=False)
@@ -196,6 +199,9 @@ def _trend(path: Path, n_runs: int, chart: Path | None) -> int:
             "Jaccard overlap against the lists published before):"
         )
         _print_frame(lists)
+    if newest_series["run_id"].n_unique() < 2:
+        print("one run so far: the chart is drawn once there are two")
+        return 0
     chart = chart or path.with_name("trend.png")
     plot_trend(newest_series, chart)
     print(f"chart written to {chart}")
@@ -258,6 +264,8 @@ def _recommend_fallback(con: duckdb.DuckDBPyConnection, user_id: int, path: Path
 
 # What `recs runs` shows by default: enough to fit 120 columns, the reason cut to the space left.
 _RUNS_COLUMNS = ["run_id", "status", "started_at", "as_of", "seconds", "model", "rmse", "ndcg", "reason"]
+# What a narrow terminal leaves out of `recs runs` first; when, status, model, nDCG and the reason always stay.
+RUNS_DROP_ORDER = ("as_of", "seconds", "rmse", "run_id")
 
 
 def _runs(path: Path, output: str | None) -> int:
@@ -270,7 +278,7 @@ def _runs(path: Path, output: str | None) -> int:
         runs = runs.select(_RUNS_COLUMNS).with_columns(pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M"))
         if runs["as_of"].null_count() == runs.height:
             runs = runs.drop("as_of")
-    show(runs, output or "table", wide=output == "wide")
+    show(runs, output or "table", wide=output == "wide", drop_order=RUNS_DROP_ORDER)
     return 0
 
 

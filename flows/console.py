@@ -8,8 +8,10 @@ from datetime import date, datetime
 
 import polars as pl
 
-# Narrowest a column is cut to when a table must fit the terminal.
+# Narrowest a column is cut to when a table must fit the terminal; before that, columns are cut to _READABLE
+# and the ones a table names as droppable are left out.
 _MIN_COLUMN = 8
+_READABLE = 24
 # Columns never cut: ids are for copying into the next command or query.
 _WHOLE = {"run_id", "flow_run_id", "user_id", "item_id"}
 # Most decimals a number is shown with.
@@ -41,24 +43,49 @@ def _cell(value: object, decimals: int) -> str:
     return str(value)
 
 
-def text_table(frame: pl.DataFrame, width: int | None = None) -> str:
+def _total(widths: list[int]) -> int:
+    return sum(widths) + 2 * (len(widths) - 1)
+
+
+def _cut_widest(widths: list[int], header: list[str], width: int, floor: int) -> None:
+    """Narrow the widest column that is not an id, a character at a time, until the line fits `width` or every
+    such column is down to `floor`."""
+    cuttable = [i for i, name in enumerate(header) if name not in _WHOLE]
+    while cuttable and _total(widths) > width:
+        widest = max(cuttable, key=widths.__getitem__)
+        if widths[widest] <= floor:
+            return
+        widths[widest] -= 1
+
+
+def text_table(frame: pl.DataFrame, width: int | None = None, drop_order: tuple[str, ...] = ()) -> str:
     """The frame as left-aligned columns two spaces apart, each float column with the decimals its values
-    need (at most 4). With a `width`, the widest columns are cut (ending in `…`) until each line fits, ids
-    never; None prints every cell whole."""
+    need (at most 4). None prints every cell whole; with a `width` every line fits it: the widest columns are
+    cut (ending in `…`) to _READABLE characters, then the columns of `drop_order` are left out, in that order,
+    until the rest fit, then the widest are cut to _MIN_COLUMN; ids are never cut, and a line still too wide
+    (ids alone wider than the terminal) is cut at its edge."""
     header = frame.columns
     decimals = [_decimals(frame[name].to_list()) for name in header]
     rows = [[_cell(value, decimals[i]) for i, value in enumerate(row)] for row in frame.iter_rows()]
     widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
-    cuttable = [i for i, name in enumerate(header) if name not in _WHOLE]
-    while width is not None and cuttable and sum(widths) + 2 * (len(widths) - 1) > width:
-        widest = max(cuttable, key=widths.__getitem__)
-        if widths[widest] <= _MIN_COLUMN:
-            break
-        widths[widest] -= 1
+    if width is not None:
+        _cut_widest(widths, header, width, _READABLE)
+        for name in drop_order:
+            if _total(widths) <= width:
+                break
+            if name in header:
+                gone = header.index(name)
+                del header[gone]
+                for row in rows:
+                    del row[gone]
+                widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
+                _cut_widest(widths, header, width, _READABLE)
+        _cut_widest(widths, header, width, _MIN_COLUMN)
 
     def line(cells: list[str]) -> str:
         cut = [cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(cells, widths, strict=False)]
-        return "  ".join(cell.ljust(w) for cell, w in zip(cut, widths, strict=False)).rstrip()
+        text = "  ".join(cell.ljust(w) for cell, w in zip(cut, widths, strict=False)).rstrip()
+        return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
@@ -70,8 +97,8 @@ def as_json(frame: pl.DataFrame) -> str:
     )
 
 
-def show(frame: pl.DataFrame, output: str = "table", wide: bool = False) -> None:
-    """Print the frame: `table` (fitted to the terminal unless `wide`), `csv` or `json`."""
+def show(frame: pl.DataFrame, output: str = "table", wide: bool = False, drop_order: tuple[str, ...] = ()) -> None:
+    """Print the frame: `table` (fitted to the terminal unless `wide`, see `text_table`), `csv` or `json`."""
     if output == "csv":
         lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)]
         flat = frame.with_columns(
@@ -81,4 +108,4 @@ def show(frame: pl.DataFrame, output: str = "table", wide: bool = False) -> None
     elif output == "json":
         print(as_json(frame))
     else:
-        print(text_table(frame, None if wide else terminal_width()))
+        print(text_table(frame, None if wide else terminal_width(), drop_order))

@@ -24,7 +24,7 @@ from flows.placement import Placement
 from flows.runlog import RunLog, start_run_task
 from tasks.config import PipelineConfig, describe_overrides
 from tasks.gate import GateVerdict, OnThisSplit, PublishedRun, Side, gate_task, on_this_split, published_run_task
-from tasks.ingest import fetch_with_retries, load_dataset_task
+from tasks.ingest import fetch_with_retries, load_dataset_task, with_default_source
 from tasks.inspect import inspect_task
 from tasks.list_metrics import list_metrics_task
 from tasks.publish import publish_task, record_model_task, reject_task
@@ -64,11 +64,12 @@ def nightly(
 
     Args:
         config: every parameter of the run (in a deployment: the deployment's config).
-        source: replaces `config.source`; event triggers set this one.
+        source: replaces `config.source`; event triggers set this one. When neither names a source, the run
+            reads the environment variable RECS_SOURCE, else the Prefect Variable recs_source (docs/operations.md).
         overrides: config fields to change, the others kept as `config` has them, e.g. `{"top_n": 20}` or
             `{"mlp": {"epochs": 8}}`; the result is validated as a whole.
     """
-    config = config.with_overrides(overrides).with_source(source)
+    config = with_default_source(config.with_overrides(overrides).with_source(source))
     config = config.model_copy(update={"warehouse": warehouse.resolved(config.warehouse)})  # a link, followed once
     if overrides:
         print(describe_overrides(overrides))

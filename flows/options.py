@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from tasks.naming import flag
-from tasks.sources import local_path, local_source_problem, redact
+from tasks.sources import SOURCE_ENVIRONMENT, local_path, local_source_problem, redact, source_from_environment
 from tasks.synth import SynthSpec
 from tasks.trend import DEFAULT_TREND_RUNS
 from warehouse.reader import DEFAULT_WAREHOUSE
@@ -211,6 +211,9 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     """The config the options describe, or None after printing what is wrong (`recs <command>: ...`)."""
     from tasks.config import PipelineConfig
 
+    source_flag = "--source"
+    if "source" not in options and (from_environment := source_from_environment()):
+        options, source_flag = {**options, "source": from_environment}, SOURCE_ENVIRONMENT
     config, errors = None, []
     with warnings.catch_warnings(record=True) as deprecations:  # old flags: said whether or not the rest is valid
         warnings.simplefilter("always", FutureWarning)
@@ -221,12 +224,12 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
     for deprecation in deprecations:
         print(f"recs {command}: warning: {deprecation.message}", file=sys.stderr)
     for message in errors:
-        print(f"recs {command}: {message}", file=sys.stderr)
+        print(f"recs {command}: {message.replace('--source:', f'{source_flag}:', 1)}", file=sys.stderr)
     if config is None:
         return None
     problem = _source_problem(config.source)
     if problem:
-        print(f"recs {command}: --source: {problem}", file=sys.stderr)
+        print(f"recs {command}: {source_flag}: {problem}", file=sys.stderr)
         return None
     return config
 

@@ -14,6 +14,7 @@ from prefect.events import emit_event
 
 import flows.logs  # noqa: F401  (routes tasks.* logs to the Prefect run)
 from tasks.config import PipelineConfig
+from tasks.ingest import with_default_source
 from tasks.refresh import RATINGS_UPDATED, check_source_task, remember_announced, source_resource_id
 
 log = logging.getLogger("tasks.refresh")
@@ -26,6 +27,7 @@ def refresh(config: PipelineConfig = PipelineConfig()) -> bool:
     Returns:
         Whether the event was emitted.
     """
+    config = with_default_source(config)  # the nightly's source, found the same way
     check = check_source_task(config)
     if not check.changed:
         log.info("source %s unchanged (sha256 %s); nothing to announce", check.source, check.sha256[:12])

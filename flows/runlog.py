@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from flows.deadline import cancellation_reason
 from flows.lock import run_lock
@@ -85,6 +86,13 @@ class RunLog:
             mark_failed(self.config.warehouse, self.run_id, said, self.final_facts(), status)
         except Exception:
             log.exception("could not record run %s as %s in %s", self.run_id, status, self.config.warehouse)
+        # An event says why, beside the flow run's own: `prefect deployment run --watch` prints events (a local
+        # server streams no logs), the UI lists them, and an automation can alert on `recs.run.failed`.
+        emit_event(
+            event=f"recs.run.{status}",
+            resource={"prefect.resource.id": f"recs.run.{self.run_id}", "prefect.resource.name": said},
+            payload={"run_id": self.run_id, "status": status, "reason": said},
+        )
 
 
 def record_unstarted(config: PipelineConfig, reason: str) -> str | None:

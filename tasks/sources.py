@@ -5,11 +5,21 @@ Light on purpose (no model, no torch): `recs` checks a source with these before 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 SOURCE_SCHEMES = ("http", "https", "file")
+# Where a run finds its source when its config names none (before ML_100K_URL): a deployment's source changes
+# with these, read when the run starts, without editing deploy/prefect.yaml or deploying again.
+SOURCE_ENVIRONMENT = "RECS_SOURCE"  # the environment of `recs run`, `recs serve` or the worker; wins over:
+SOURCE_VARIABLE = "recs_source"  # a Prefect Variable on the server: `prefect variable set recs_source PATH-OR-URL`
+
+
+def source_from_environment() -> str | None:
+    """The source the environment variable RECS_SOURCE names, or None when it is unset or empty."""
+    return os.environ.get(SOURCE_ENVIRONMENT) or None
 
 
 def redact(source: str) -> str:

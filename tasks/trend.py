@@ -34,7 +34,9 @@ def series(trend: pl.DataFrame, source: str, protocol: str, model: str) -> pl.Da
 
 def run_series(con: duckdb.DuckDBPyConnection, n_runs: int, run_id: str | None = None) -> tuple[dict, pl.DataFrame]:
     """The series a run's metrics belong to (its source and protocol, and the model it published or, rejected, would
-    have), with its trend row: `run_id`'s, else the newest finished run's. An empty series when no run has metrics.
+    have), with its trend row: `run_id`'s, else the newest finished run's. RMSE comes from the run's rating model,
+    the one behind the lists' predicted stars, trained every night whichever model ranks. An empty series when no
+    run has metrics.
 
     Raises:
         duckdb.CatalogException: the warehouse predates the trend views.
@@ -44,8 +46,11 @@ def run_series(con: duckdb.DuckDBPyConnection, n_runs: int, run_id: str | None =
     if runs.height == 0:
         return {}, trend.clear()
     run = runs.sort("started_at").row(-1, named=True)
-    run["model"] = warehouse.fetch_value(con, "run_model", {"run_id": run["run_id"]})
-    return run, series(trend, run["source"], run["protocol"], run["model"])
+    run.update(warehouse.fetch(con, "run_model", {"run_id": run["run_id"]}).row(0, named=True))
+    run["rating_model"] = run["rating_model"] or run["model"]
+    ranking = series(trend, run["source"], run["protocol"], run["model"]).filter(pl.col("metric") != "rmse")
+    rating = series(trend, run["source"], run["protocol"], run["rating_model"]).filter(pl.col("metric") == "rmse")
+    return run, pl.concat([ranking, rating]).sort("started_at", "run_id", "model", "metric")
 
 
 def _label(metric: str, k: int | None) -> str:

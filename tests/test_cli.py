@@ -14,7 +14,7 @@ from datetime import UTC
 import polars as pl
 import pytest
 
-from flows.cli import main
+from flows.cli import RUNS_DROP_ORDER, main
 from flows.console import text_table
 from tasks.config import PipelineConfig
 from tests.helpers import REPO
@@ -79,6 +79,14 @@ def test_a_source_that_cannot_work_is_refused_before_anything_starts(tmp_path, c
     assert main(["run", "--source", str(no_ratings), *where]) == 2
     err = capsys.readouterr().err
     assert f"'{no_ratings}': no ratings file of a known layout; the archive holds: data/readme.txt" in err
+    wrong_header = tmp_path / "wrong-header.zip"
+    with zipfile.ZipFile(wrong_header, "w") as archive:
+        archive.writestr("ml/ratings.csv", "user,item,stars\n1,2,3\n")
+    assert main(["run", "--source", str(wrong_header), *where]) == 2
+    assert capsys.readouterr().err == (
+        f"recs run: --source: '{wrong_header}': ml/ratings.csv line 1: header is user,item,stars, "
+        "expected userId,movieId,rating,timestamp\n"
+    )
     assert not (tmp_path / "w.duckdb").exists() and not (tmp_path / "D").exists()  # no run began, nothing written
     # a host with no DNS answer: one line with the offline form, before anything starts
     assert main(["run", "--source", "http://no-such-host.invalid/ml-100k.zip", *where]) == 2
@@ -87,6 +95,20 @@ def test_a_source_that_cannot_work_is_refused_before_anything_starts(tmp_path, c
         "resolved (no DNS answer). If this machine has no internet access, set source (--source) to a local copy of "
         "the archive, e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
     ]
+
+
+def test_the_source_from_the_environment_is_checked_and_named_like_the_flag(tmp_path, capsys, monkeypatch):
+    where = ["--warehouse", str(tmp_path / "w.duckdb"), "--data-dir", str(tmp_path / "D")]
+    monkeypatch.setenv("RECS_SOURCE", str(tmp_path / "gone.zip"))
+    assert main(["run", *where]) == 2
+    assert capsys.readouterr().err == f"recs run: RECS_SOURCE: no such file '{tmp_path / 'gone.zip'}'\n"
+    monkeypatch.setenv("RECS_SOURCE", "ftp://host/ml.zip")
+    assert main(["run", *where]) == 2
+    assert "recs run: RECS_SOURCE: 'ftp://host/ml.zip': source 'ftp://host/ml.zip': scheme 'ftp'" in (
+        capsys.readouterr().err
+    )
+    assert main(["run", "--source", str(tmp_path / "flag.zip"), *where]) == 2  # the flag wins
+    assert capsys.readouterr().err == f"recs run: --source: no such file '{tmp_path / 'flag.zip'}'\n"
 
 
 def test_a_bad_list_element_is_named_with_its_flag(capsys):
@@ -140,6 +162,32 @@ def test_text_tables_fit_the_width_by_cutting_the_widest_column():
     fitted = text_table(frame, 60).splitlines()
     assert max(map(len, fitted)) <= 60 and fitted[2].endswith("…") and "0.908" in fitted[2]
     assert max(map(len, text_table(frame, None).splitlines())) > 200  # --wide: every cell whole
+
+
+def test_recs_runs_fits_any_terminal_leaving_out_columns_in_the_stated_order():
+    runs = pl.DataFrame(
+        {
+            "run_id": ["20261123T152730Z-f0e9fd"] * 2,
+            "status": ["succeeded", "rejected"],
+            "started_at": ["2026-11-23 15:27"] * 2,
+            "as_of": ["1998-01-01"] * 2,
+            "seconds": [47.5, 9.1],
+            "model": ["dot_bias", "popularity"],
+            "rmse": [0.9079712, None],
+            "ndcg": [0.4883, 0.2492],
+            "reason": ["published: nDCG@10 0.4883 vs 0.4880 published, within the noise " * 2, "held back"],
+        }
+    )
+    for width, left_out in ((200, []), (120, ["as_of"]), (80, ["as_of", "seconds", "rmse", "run_id"])):
+        lines = text_table(runs, width, RUNS_DROP_ORDER).splitlines()
+        assert max(map(len, lines)) <= width, (width, lines)
+        assert {name for name in runs.columns if name not in lines[0].split()} == set(left_out)
+        assert lines[2].split()[:2] == (
+            ["20261123T152730Z-f0e9fd", "succeeded"] if "run_id" not in left_out else ["succeeded", "2026-11-23"]
+        )
+        assert "published: nDCG@10 0.48" in lines[2]  # the reason stays readable
+    narrowest = text_table(runs, 30, RUNS_DROP_ORDER).splitlines()
+    assert max(map(len, narrowest)) <= 30 and narrowest[2].startswith("succeed")
 
 
 @pytest.mark.slow
@@ -233,7 +281,7 @@ def test_reader_commands_fit_120_columns_and_sql_is_read_only(ml100k_zip, tmp_pa
     # (`python benchmarks/readers.py` prints how long)
     for command in (["runs"], ["recommend", "42"], ["sql", "SELECT 1"]):
         code = (
-            "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
+            "import sys; from flows.cli import RUNS_DROP_ORDER, main; code = main(sys.argv[1:]); "
             "print('heavy:', [m for m in ('torch', 'prefect') if m in sys.modules], code)"
         )
         done = subprocess.run(

@@ -1,8 +1,10 @@
 """End to end against a real Prefect server on 127.0.0.1, set up by the docs' own commands ("From an
 empty machine to a scheduled run", run line by line): the server, the work pools, `prefect deploy --all` of
-deploy/prefect.yaml and a worker. Then: the server's scheduler creating the nightly's 03:00 runs and a
-short interval schedule's run completing on the worker; a deployment run that trains through the training
-deployment; the ratings-updated event triggering a run; a run that overrides one setting; two runs at once; a
+deploy/prefect.yaml, a worker and the Prefect Variable that names the runs' source (a local copy of ml-100k:
+nothing here reaches the internet). Then: the server's scheduler creating the nightly's 03:00 runs and a
+short interval schedule's run completing on the worker; a deployment run that reads its source from the
+variable and trains through the training deployment; the docs' `deployment run --watch` of a source that does not
+exist printing why it failed; the ratings-updated event triggering a run; a run that overrides one setting; two runs at once; a
 run on a real Dask cluster (`dask scheduler`, two `dask worker`) whose shards are task runs on the server.
 Every process the test starts is stopped by its pid (and its process group) at the end.
 
@@ -36,6 +38,7 @@ PREFECT = str(BIN / "prefect")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SETUP_DOC = REPO / "docs" / "operations.md"
 SETUP_HEADING = "## From an empty machine to a scheduled run"
+DOCS_SOURCE = "/srv/recs/ml-100k.zip"  # the source the docs' set-up puts in the recs_source variable
 NIGHTLY_MODELS = ["dot_bias", "ials", "bias", "popularity"]
 
 
@@ -72,8 +75,9 @@ def _free_port() -> int:
 class Stack:
     """The processes of one e2e session and how to talk to them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, source: Path) -> None:
         self.root = root
+        self.source = source  # what the docs' DOCS_SOURCE stands for here
         self.checkout = root / "checkout"
         port = _free_port()
         self.api = f"http://127.0.0.1:{port}/api"
@@ -109,8 +113,9 @@ class Stack:
     def readme_line(self, line: str) -> None:
         """One line of the docs' set-up block, as a user types it: `export` sets the environment, a
         trailing `&` starts a background process, anything else must exit 0. `.venv/bin/` is this Python's
-        folder and port 4200 the test's free port."""
+        folder, port 4200 the test's free port and DOCS_SOURCE the test's copy of ml-100k."""
         line = line.replace(".venv/bin/", f"{BIN}/").replace("4200", str(self.port))
+        line = line.replace(DOCS_SOURCE, str(self.source))
         if line.startswith("export "):
             name, value = line.removeprefix("export ").split("=", 1)
             self.env[name] = value
@@ -146,8 +151,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("e2e"))
+def stack(tmp_path_factory, ml100k_zip) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copy(ml100k_zip, root / "ml-100k.zip")
+    stack = Stack(root, root / "ml-100k.zip")
     # The deployments run this checkout's code from the folder `prefect deploy` ran in, as a team's would;
     # a copy keeps the runs' relative paths (data/, warehouse/) out of the repository.
     for folder in ("flows", "tasks", "warehouse", "deploy"):
@@ -156,10 +163,11 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         )
     try:
         for line in readme_setup_commands():
-            if " deployment run " in line:  # the tests below start their runs with a loopback source instead
+            if " deployment run " in line:  # the tests below start the runs
                 continue
             stack.readme_line(line)
         assert stack.env["PREFECT_API_URL"] == stack.api, "the docs' set-up no longer exports the API's URL"
+        assert json.loads(stack.cli("variable", "get", "recs_source")) == str(stack.source), "the docs set no source"
         # The GPU host's worker, on the pool the docs created for it.
         stack.start("worker-gpu", PREFECT, "worker", "start", "--pool", "recs-gpu")
         yield stack
@@ -286,9 +294,10 @@ def test_the_servers_scheduler_creates_runs_and_a_worker_completes_one(stack, so
     assert runs == [("succeeded",)] and n_users == 943
 
 
-def test_a_deployment_run_trains_on_the_training_deployment_and_publishes(stack, source_url):
+def test_a_deployment_run_reads_its_source_from_the_variable_and_trains_on_the_training_deployment(stack):
     nightly_id = _deployment_id(stack, "nightly/nightly")
-    parameters = {"config": {"source": source_url, "train_deployment": "train/gpu", "models": ["dot_bias", "ease"]}}
+    # no source in the run's config: the recs_source variable the docs' set-up wrote names the local archive
+    parameters = {"config": {"train_deployment": "train/gpu", "models": ["dot_bias", "ease"]}}
     created = _api("POST", f"{stack.api}/deployments/{nightly_id}/create_flow_run", json={"parameters": parameters})
     run = stack.wait_for_run(created.json()["id"])
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.logs()}"
@@ -296,11 +305,36 @@ def test_a_deployment_run_trains_on_the_training_deployment_and_publishes(stack,
     n_users, runs = _published(stack.checkout / "warehouse" / "recs.duckdb")
     assert n_users == 943
     assert runs[-1][1:3] == (run["id"], "succeeded")
+    with duckdb.connect(str(stack.checkout / "warehouse" / "recs.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT source FROM runs WHERE flow_run_id = ?", [run["id"]]).fetchone() == (
+            str(stack.source),
+        )
     training_runs = _flow_runs(stack, _deployment_id(stack, "train/gpu"))
     # Train both, then refit the published ranker (ease: the better nDCG@10) and the model behind its stars.
     assert [r["state"]["type"] for r in training_runs] == ["COMPLETED"] * 4
     phases = sorted((r["parameters"]["phase"], r["parameters"]["model"]) for r in training_runs)
     assert phases == [("refit", "dot_bias"), ("refit", "ease"), ("train", "dot_bias"), ("train", "ease")]
+
+
+def test_a_run_whose_source_does_not_exist_says_why_in_its_state_and_in_watch(stack):
+    missing = stack.root / "no-such" / "ml-100k.zip"
+    stack.cli("variable", "set", "recs_source", str(missing), "--overwrite")
+    try:
+        (line,) = [line for line in readme_setup_commands() if " deployment run " in line]  # step 4, as written
+        args = shlex.split(line.replace(".venv/bin/", f"{BIN}/"))
+        watched = subprocess.run(args, cwd=stack.checkout, env=stack.env, capture_output=True, text=True, timeout=180)
+    finally:
+        stack.cli("variable", "set", "recs_source", str(stack.source), "--overwrite")
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    output = " ".join((watched.stdout + watched.stderr).split())  # rich wraps long lines
+    assert f"no such file {str(missing)!r}" in output and "prefect variable set recs_source" in output, output
+    nightly_id = _deployment_id(stack, "nightly/nightly")
+    failed = [r for r in _flow_runs(stack, nightly_id) if r["state"]["type"] == "FAILED"][-1]
+    message = failed["state"]["message"]
+    assert f"no such file {str(missing)!r}" in message and "--params" in message, message
+    with duckdb.connect(str(stack.checkout / "warehouse" / "recs.duckdb"), read_only=True) as con:
+        status, reason = con.execute("SELECT status, error FROM runs WHERE flow_run_id = ?", [failed["id"]]).fetchone()
+    assert status == "failed" and "no such file" in reason
 
 
 def test_the_ratings_updated_event_triggers_a_nightly_run(stack, source_url):

@@ -160,7 +160,8 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
     assert "recommendations for user 1" in capsys.readouterr().out
     # The trend follows the published model's series, not whichever model sorts last.
     assert main(["trend", "--warehouse", str(warehouse_path), "--chart", str(tmp_path / "trend.png")]) == 0
-    assert f"model {published}\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"model {published}, RMSE of " in out and "one run so far" in out
 
 
 def test_csv_layout_archive_runs_unchanged(ml100k_dataset, tmp_path, serve):

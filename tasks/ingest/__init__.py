@@ -13,13 +13,21 @@ Layout under `data_dir`:
 
 from __future__ import annotations
 
+import logging
+
 from prefect import task
+from prefect.runtime import deployment
 from prefect.tasks import exponential_backoff
+from prefect.variables import Variable
+from pydantic import ValidationError
 
 from tasks.config import PipelineConfig, setting
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive, fetch_archive, sha256_of
 from tasks.ingest.parse import PARSER_VERSION, Dataset, load_dataset
+from tasks.sources import SOURCE_ENVIRONMENT, SOURCE_VARIABLE, local_path, redact, source_from_environment
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PARSER_VERSION",
@@ -32,6 +40,8 @@ __all__ = [
     "load_dataset",
     "load_dataset_task",
     "sha256_of",
+    "source_hint",
+    "with_default_source",
 ]
 
 # The first run on a machine without internet access meets this: the default source is GroupLens's URL.
@@ -39,6 +49,40 @@ OFFLINE_HINT = (
     f"If this machine has no internet access, set {setting('source')} to a local copy of the archive, "
     "e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
 )
+# A deployment's run meets a source it cannot reach: the YAML is not where a team should have to change it.
+DEPLOYMENT_SOURCE_HINT = (
+    f"A deployment's run whose config names no source reads it from the environment variable {SOURCE_ENVIRONMENT} "
+    f"of the worker, else from the Prefect Variable {SOURCE_VARIABLE}: set that to a path or URL the worker can "
+    f"read (`prefect variable set {SOURCE_VARIABLE} /path/to/ml-100k.zip --overwrite`), or give one run its "
+    """source (`prefect deployment run nightly/nightly --params '{"source": "/path/to/ml-100k.zip"}'`)"""
+)
+
+
+def source_hint(source: str) -> str:
+    """How to point the run at a source it can reach: a deployment's run by its variable or parameters, any other
+    at a local copy of a URL it cannot reach (`recs run --source`)."""
+    if deployment.id:
+        return f". {DEPLOYMENT_SOURCE_HINT}"
+    return f". {OFFLINE_HINT}" if local_path(source) is None else ""
+
+
+def with_default_source(config: PipelineConfig) -> PipelineConfig:
+    """`config` as it is when it names its source; otherwise with the source the environment variable RECS_SOURCE
+    names, else the Prefect Variable recs_source, read now: a deployment's source changes without a redeploy.
+    With neither, the config keeps its default, ML-100k's URL."""
+    if "source" in config.model_fields_set:
+        return config
+    origin, source = f"the environment variable {SOURCE_ENVIRONMENT}", source_from_environment()
+    if source is None:
+        origin, value = f"the Prefect Variable {SOURCE_VARIABLE}", Variable.get(SOURCE_VARIABLE)
+        source = str(value) if value else None
+    if source is None:
+        return config
+    log.info("source %s, from %s", redact(source), origin)
+    try:
+        return config.with_overrides({"source": source})
+    except ValidationError as exc:  # said where the value was set, not as the config's field
+        raise ValueError(f"the source in {origin}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from exc
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -72,7 +116,7 @@ def fetch_with_retries(config: PipelineConfig) -> Archive:
         return fetch(config)
     except IngestError as exc:
         if exc.unreachable:  # said once, when the retries are spent, not in every retry's log line
-            raise IngestError(f"{exc}. {OFFLINE_HINT}") from exc
+            raise IngestError(f"{exc}{source_hint(config.source)}") from exc
         raise
 
 

@@ -9,4 +9,6 @@ class IngestError(RuntimeError):
     def __init__(self, message: str, *, retryable: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
-        self.unreachable = unreachable  # no connection to the source's host could be made (offline, DNS)
+        self.unreachable = (
+            unreachable  # the source cannot be reached: no connection to its host (offline, DNS), no such file
+        )

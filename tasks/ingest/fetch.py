@@ -239,7 +239,7 @@ def fetch_archive(source: str, data_dir: Path, expected_sha256: str | None = Non
     local = _local_path(source)
     if local is not None:
         if problem := local_source_problem(source):
-            raise IngestError(f"source: {problem}")
+            raise IngestError(f"source: {problem}", unreachable=True)
         sha256 = sha256_of(local)
         _check_expected(sha256, expected_sha256, source)
         return Archive(local, sha256, str(local))

@@ -236,17 +236,25 @@ def read_ratings_dat(path: Path) -> ParsedRatings:
     return _read_delimited_ratings(path, "::")
 
 
+RATINGS_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
+
+
+def ratings_csv_header_problem(name: str, first_line: str) -> str | None:
+    """What is wrong with a `ratings.csv`'s first line (empty, or not its header), or None."""
+    expected = ",".join(RATINGS_CSV_HEADER)
+    if not first_line.strip():
+        return f"{name}: is empty, expected the header {expected} and ratings"
+    header = [field.strip().strip('"') for field in first_line.strip().split(",")]
+    if header != RATINGS_CSV_HEADER:
+        return f"{name} line 1: header is {','.join(header)}, expected {expected}"
+    return None
+
+
 def read_ratings_csv(path: Path) -> ParsedRatings:
     """ml-20m and later `ratings.csv`: header `userId,movieId,rating,timestamp`."""
-    expected = ["userId", "movieId", "rating", "timestamp"]
-    try:
-        header = pl.read_csv(path, n_rows=0).columns
-    except pl.exceptions.NoDataError as exc:
-        raise RatingsFormatError(
-            f"{path.name}: is empty, expected the header {','.join(expected)} and ratings"
-        ) from exc
-    if header != expected:
-        raise RatingsFormatError(f"{path.name} line 1: header is {','.join(header)}, expected {','.join(expected)}")
+    with path.open(encoding="utf-8-sig", errors="replace") as file:
+        if problem := ratings_csv_header_problem(path.name, file.readline()):
+            raise RatingsFormatError(problem)
     return _read_delimited_ratings(path, ",", header_lines=1)
 
 

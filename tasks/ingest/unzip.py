@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import CHUNK_BYTES, Archive
-from tasks.ingest.movielens import Layout, detect_layout
+from tasks.ingest.movielens import Layout, detect_layout, ratings_csv_header_problem, read_ratings_csv
 from tasks.naming import setting
 
 log = logging.getLogger(__name__)
@@ -131,19 +131,29 @@ def _extract_member(
 
 
 def local_archive_problem(path: Path) -> str | None:
-    """Why a local archive cannot be a run's source, from its member names alone (nothing extracted): not a zip
-    archive, or no ratings file of a layout this product reads; None when it may be. `recs run` asks this before
-    Prefect starts, so such a file is refused in a second rather than after the run has begun."""
+    """Why a local archive cannot be a run's source, from its member names and a ratings.csv's first line (nothing
+    extracted): not a zip archive, no ratings file of a layout this product reads, a csv without its header; None
+    when it may be (the run checks the rest). `recs run` asks this before Prefect starts, so such a file is refused
+    in a second rather than after the run has begun."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+        zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         return f"{str(path)!r} is not a zip archive ({exc}); expected a MovieLens .zip archive"
-    try:
-        detect_layout(names)
-    except ValueError as exc:
-        return f"{str(path)!r}: {exc}"
-    return None
+    with zf:
+        names = zf.namelist()
+        try:
+            layout, ratings_member, _ = detect_layout(names)
+        except ValueError as exc:
+            return f"{str(path)!r}: {exc}"
+        if layout.read_ratings is not read_ratings_csv:
+            return None
+        try:
+            with zf.open(ratings_member) as member:  # its first line only: the header
+                first_line = member.readline(4096).decode("utf-8-sig", errors="replace")
+        except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error):
+            return None  # encrypted, an unknown compression, damaged: the run's unzip says which, with its checks
+    problem = ratings_csv_header_problem(ratings_member, first_line)
+    return f"{str(path)!r}: {problem}" if problem else None
 
 
 def _members(zf: zipfile.ZipFile, source: str) -> tuple[Layout, str, str | None, list[str]]:

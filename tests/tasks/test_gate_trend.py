@@ -12,7 +12,7 @@ import pytest
 import warehouse
 from tasks.config import PipelineConfig
 from tasks.gate import Noise, OnThisSplit, PublishedRun, Side, decide, judge, published_run, recorded_metrics
-from tasks.trend import headline, metric_trend, plot_loss, plot_trend
+from tasks.trend import headline, metric_trend, plot_loss, plot_trend, run_series
 from warehouse.runs import ModelRecord, mark_failed, mark_rejected, publish, record_model, start_run
 
 PROTOCOL = "stratified test=0.25 seed=42 k=10"
@@ -264,3 +264,37 @@ def test_headline_table_and_charts(history_warehouse, tmp_path):
     loss = plot_loss(history, tmp_path / "loss.png")
     for png in (chart, loss):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+
+
+def _ials_run(path, run_id: str, started: datetime, rmse: float, ndcg: float) -> None:
+    """A run that publishes ials's lists (nDCG, no RMSE) with dot_bias's stars (RMSE), as the default nightly."""
+    start_run(path, run_id, None, "{}", started)
+    ranking = _metrics(rmse, ndcg).filter(pl.col("metric").is_in(["ndcg", "precision"]))
+    record_model(path, run_id, "ials", ModelRecord(ranking))
+    record_model(path, run_id, "dot_bias", ModelRecord(_metrics(rmse, 0.05)))
+    facts = {"source": "src", "source_sha256": "sha", "protocol": PROTOCOL, "model": "ials", "rating_model": "dot_bias"}
+    recs = pl.DataFrame({"user_id": [1], "item_id": [2], "rank": [1], "score": [4.0]})
+    items = pl.DataFrame(
+        {"item_id": [2], "title": ["B"], "genres": [[]], "year": [None]},
+        schema={"item_id": pl.Int64, "title": pl.String, "genres": pl.List(pl.String), "year": pl.Int32},
+    )
+    publish(path, run_id, recs, items, facts)
+
+
+def test_the_trend_takes_rmse_from_the_rating_model_and_one_run_is_a_table(tmp_path, capsys):
+    from flows.cli import main
+
+    path, t0 = tmp_path / "w.duckdb", datetime(2026, 1, 1, 3, tzinfo=UTC)
+    _ials_run(path, "a", t0, 0.91, 0.48)
+    assert main(["trend", "--warehouse", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "model ials, RMSE of dot_bias (its stars)" in out and "one run so far" in out
+    assert not (tmp_path / "trend.png").exists()
+    _ials_run(path, "b", t0 + timedelta(days=1), 0.90, 0.49)
+    with warehouse.open_reader(path) as con:
+        run, series = run_series(con, 5)
+    table = headline(series)
+    assert (run["model"], run["rating_model"]) == ("ials", "dot_bias")
+    assert table["rmse"].to_list() == [0.91, 0.90] and table["ndcg@10"].to_list() == [0.48, 0.49]
+    assert main(["trend", "--warehouse", str(path)]) == 0
+    assert f"chart written to {tmp_path / 'trend.png'}" in capsys.readouterr().out
