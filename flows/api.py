@@ -13,6 +13,7 @@ started here is that instance, so Prefect's client finds it running and uses it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -86,6 +87,16 @@ class _ServerDyingWithUs(SubprocessASGIServer):
             },
             preexec_fn=lambda: _die_with(parent),  # only a prctl call and a getppid in the child
         )
+
+    def stop(self) -> None:
+        """Stop it without Prefect's "Stopping temporary server" line: it comes at exit, after the run's summary."""
+        prefect_logger = logging.getLogger("prefect")
+        level = prefect_logger.level
+        prefect_logger.setLevel(logging.WARNING)
+        try:
+            super().stop()
+        finally:
+            prefect_logger.setLevel(level)
 
 
 @contextmanager

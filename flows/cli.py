@@ -51,6 +51,7 @@ def _log_path(config: PipelineConfig, command: str) -> Path:
 
 
 def _run(options: dict) -> int:
+    verbose = options.pop("verbose", False)
     config = config_from_options("run", options)
     if config is None:
         return 2
@@ -62,7 +63,7 @@ def _run(options: dict) -> int:
 
     log_path = _log_path(config, "run")
     try:
-        with log_to_file(log_path), signals_cancel(), temporary_api():
+        with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
             # a rejected run's state is Completed("Rejected") with its RunResult as the data
             result = cast("RunResult", nightly(config, return_state=True).result())
     except TemporaryApiError as exc:  # the flow never ran: record the run here
@@ -121,6 +122,7 @@ def _backfill(options: dict) -> int:
     )
 
     start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
+    verbose = options.pop("verbose", False)
     try:
         cutoffs = replay_dates(start, end, parse_every(every))
         config = config_from_options("backfill", replay_options({**options, "as_of": cutoffs[0]}))
@@ -137,7 +139,7 @@ def _backfill(options: dict) -> int:
 
     log_path = _log_path(config, "backfill")
     try:
-        with log_to_file(log_path), signals_cancel(), temporary_api():
+        with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
             failed = _replay(backfill(nested(options), cutoffs), len(cutoffs))
     except TemporaryApiError as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)

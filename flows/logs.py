@@ -76,23 +76,40 @@ class _RunLogFile(logging.FileHandler):
             self.stream = None  # type: ignore[assignment]  # closed as far as this handler is concerned
 
 
+class _StagesAndProblems(logging.Filter):
+    """The console's share of a run's records without `-v`: each stage's line (logged with `STAGE`), warnings and
+    errors. Epochs, task-run states and the rest stay in the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "stage", False)
+
+
+# `extra` of the record a stage's start logs: the one INFO line per stage the console keeps without -v.
+STAGE = {"stage": True}
+
+
 @contextmanager
-def log_to_file(path: Path) -> Iterator[Path]:
+def log_to_file(path: Path, verbose: bool = True) -> Iterator[Path]:
     """Within the block, send every log record of this process to `path`, tracebacks included, and keep
-    tracebacks off the console, where each record stays one line. For `recs run` and `recs backfill`: a
-    failed run prints its reason and this path."""
+    tracebacks off the console, where each record stays one line; unless `verbose`, the console shows only the
+    stages' lines, warnings and errors. For `recs run` and `recs backfill`: a failed run prints its reason and
+    this path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = _RunLogFile(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
     logging.getLogger().addHandler(to_file)
     consoles = [(handler, handler.formatter) for handler in _console_handlers()]
+    brief = _StagesAndProblems()
     for handler, formatter in consoles:
         handler.setFormatter(_WithoutTraceback(formatter))
+        if not verbose:
+            handler.addFilter(brief)
     try:
         yield path
     finally:
         for handler, formatter in consoles:  # as they were: tracebacks reach the console again outside the block
             handler.setFormatter(formatter)
+            handler.removeFilter(brief)
         logging.getLogger().removeHandler(to_file)
         to_file.close()
 

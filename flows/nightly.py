@@ -126,12 +126,12 @@ def _prepare(run: RunLog, config: PipelineConfig) -> RunInputs:
 def _train_every_model(run: RunLog, inputs: RunInputs, where: Placement) -> Candidates:
     """Each configured model trained, evaluated, inspected and recorded, one write each."""
     candidates = Candidates()
-    for name in inputs.config.models:
-        with run.stage("train"):
+    for number, name in enumerate(inputs.config.models, start=1):
+        with run.stage("train", f"{name} ({number} of {len(inputs.config.models)}), then its evaluation"):
             model, device = where.train(inputs, "train", name)
-        with run.stage("evaluate"):
+        with run.stage("evaluate", announce=False):
             metrics, per_user = where.evaluate(model, "train", inputs)
-        with run.stage("inspect"):
+        with run.stage("inspect", announce=False):
             record = inspect_task(model, metrics, inputs.train, inputs.maps, inputs.config)
             record_model_task(inputs.config.warehouse, run.run_id, name, record)
         candidates.add(model, device, metrics, per_user)

@@ -256,6 +256,17 @@ def command_parser(config_options: bool = True) -> argparse.ArgumentParser:
 Commands = argparse._SubParsersAction  # what add_subparsers returns
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="every log record on the console (epochs, task runs); without it, a line per stage, warnings and errors. "
+        "The run's log file has everything either way",
+    )
+
+
 def _add_run_commands(commands: Commands, config_options: bool) -> None:
     """`recs run`, `recs backfill` and `recs serve`."""
     run = commands.add_parser(
@@ -265,6 +276,7 @@ def _add_run_commands(commands: Commands, config_options: bool) -> None:
     )
     if config_options:
         add_config_options(run)
+    _add_verbose(run)
 
     backfill = commands.add_parser(
         "backfill",
@@ -279,6 +291,7 @@ def _add_run_commands(commands: Commands, config_options: bool) -> None:
     backfill.add_argument("--every", default="14d", help="step between dates: days (14d) or weeks (2w); default 14d")
     if config_options:
         add_config_options(backfill)
+    _add_verbose(backfill)
 
     serve = commands.add_parser(
         "serve",

@@ -16,9 +16,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.logging import get_run_logger
 
 from flows.deadline import cancellation_reason
 from flows.lock import run_lock
+from flows.logs import STAGE
 from tasks.config import PipelineConfig
 from tasks.run_folder import RunFolder
 from warehouse.runs import mark_failed, start_run, utc_now
@@ -54,7 +56,11 @@ class RunLog:
         self.facts.update(facts)
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, detail: str = "", announce: bool = True) -> Iterator[None]:
+        """Time the block as stage `name` (the seconds add up when a stage runs per model); unless `announce` is
+        false, log its start in one line, the one the console shows without -v: `stage train: ials (2 of 4)`."""
+        if announce:
+            get_run_logger().info("stage %s%s", name, f": {detail}" if detail else "", extra=STAGE)
         self._running = (name, time.perf_counter())
         try:
             yield

@@ -191,6 +191,39 @@ def test_recs_runs_fits_any_terminal_leaving_out_columns_in_the_stated_order():
 
 
 @pytest.mark.slow
+def test_a_run_says_a_line_per_stage_and_verbose_says_everything(tmp_path, ml100k_zip):
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        where = ["--data-dir", str(tmp_path / "data"), "--warehouse", str(tmp_path / "W.duckdb")]
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--source", str(ml100k_zip), *where, "--top-n", "5", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    brief = run()
+    assert brief.returncode == 0, brief.stderr
+    stages = [line.split(" - ", 1)[1] for line in brief.stderr.splitlines()]
+    assert stages == [
+        "stage ingest",
+        "stage reindex",
+        "stage rules",
+        "stage split",
+        "stage train: dot_bias (1 of 2), then its evaluation",
+        "stage train: ials (2 of 2), then its evaluation",
+        "stage gate",
+        "stage refit",
+        "stage recommend",
+        "stage publish",
+    ]
+    log = next((tmp_path / "data" / "logs").glob("recs-run-*.log")).read_text()
+    assert "epoch 20/20" in log and "Finished in state Completed()" in log  # everything, in the file
+    verbose = run("-v")
+    assert verbose.returncode == 0 and "epoch 20/20" in verbose.stderr and len(verbose.stderr.splitlines()) > 60
+
+
+@pytest.mark.slow
 def test_a_failed_run_prints_one_line_and_where_the_log_is(tmp_path, faulty_server):
     unreachable = faulty_server(b"", "refused").url
     done = subprocess.run(
