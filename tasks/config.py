@@ -308,6 +308,13 @@ class PipelineConfig(_WithModels):
         "id (new ones start fresh), for their warm_epochs; the split fit only on the temporal split (tasks/warm.py).",
     )
     device: Device = Field("auto", description="Training and scoring device; auto picks cuda, then mps, then cpu.")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Threads torch trains with on CPU; unset: the cores this process may use that other work leaves "
+        "idle when a fit starts (tasks/cpu_threads.py), or OMP_NUM_THREADS when set (Dask's workers set 1).",
+    )
     train_deployment: str | None = Field(
         None,
         description="Train through this Prefect deployment (e.g. 'train/gpu' on a GPU work pool) instead of in the "

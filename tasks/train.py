@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import cast
 
@@ -13,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
+from tasks.cpu_threads import cpu_threads
 from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, Recommender
 from tasks.models.base import InitialRows, WarmFit, index_tensors
 from tasks.reindex import IdMaps
@@ -187,13 +189,15 @@ def fit(
     started = time.perf_counter()
     interactions = Interactions(train, n_users, n_items)
     spec, params = MODELS[name], fit_params(config, name, warm=init is not None)
-    if init is None and sharded is None:
-        module, rows = spec.fit(interactions, params, device, validation, seed=config.seed, label=history_label)
-    else:
-        warm_fit = sharded or spec.warm_fit()
-        module, rows = warm_fit(
-            interactions, params, device, validation, seed=config.seed, label=history_label, init=init
-        )
+    with cpu_threads(config.cpu_threads) if device.type == "cpu" else nullcontext(None) as threads:
+        log.info("fitting %s on %s%s", name, device, f", torch threads: {threads}" if threads else "")
+        if init is None and sharded is None:
+            module, rows = spec.fit(interactions, params, device, validation, seed=config.seed, label=history_label)
+        else:
+            warm_fit = sharded or spec.warm_fit()
+            module, rows = warm_fit(
+                interactions, params, device, validation, seed=config.seed, label=history_label, init=init
+            )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
