@@ -62,6 +62,8 @@ def _run(options: dict) -> int:
     from flows.runlog import record_unstarted
 
     log_path = _log_path(config, "run")
+    if not warehouse.resolved(config.warehouse).exists():
+        print(f"recs run: {config.warehouse} does not exist: this run creates a new warehouse there", file=sys.stderr)
     try:
         with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
             # a rejected run's state is Completed("Rejected") with its RunResult as the data
@@ -216,7 +218,10 @@ def _open_read_only(path: Path, command: str) -> duckdb.DuckDBPyConnection | Non
     from flows.lock import settle_dead_runs
 
     if not path.exists():
-        print(f"recs: warehouse {path} does not exist; run `recs run` first", file=sys.stderr)
+        print(
+            f"{command}: warehouse {path} does not exist; run `recs run` first, or name one with --warehouse",
+            file=sys.stderr,
+        )
         return None
     try:
         settle_dead_runs(path, found_by=command)

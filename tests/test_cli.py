@@ -111,6 +111,14 @@ def test_the_source_from_the_environment_is_checked_and_named_like_the_flag(tmp_
     assert capsys.readouterr().err == f"recs run: --source: no such file '{tmp_path / 'flag.zip'}'\n"
 
 
+def test_readers_refuse_a_warehouse_that_does_not_exist(tmp_path, capsys):
+    typo = tmp_path / "typo" / "recs.duckdb"
+    for command in (["runs"], ["recommend", "1"], ["trend"], ["sql", "SELECT 1"]):
+        assert main([*command, "--warehouse", str(typo)]) == 1
+        assert capsys.readouterr().err.startswith(f"recs {command[0]}: warehouse {typo} does not exist")
+    assert not typo.parent.exists()
+
+
 def test_a_bad_list_element_is_named_with_its_flag(capsys):
     err = _err(capsys, ["run", "--models", "ease,bpr2"])
     assert err.strip() == (
@@ -204,7 +212,9 @@ def test_a_run_says_a_line_per_stage_and_verbose_says_everything(tmp_path, ml100
 
     brief = run()
     assert brief.returncode == 0, brief.stderr
-    stages = [line.split(" - ", 1)[1] for line in brief.stderr.splitlines()]
+    said, *logged = brief.stderr.splitlines()
+    assert said == f"recs run: {tmp_path / 'W.duckdb'} does not exist: this run creates a new warehouse there"
+    stages = [line.split(" - ", 1)[1] for line in logged]
     assert stages == [
         "stage ingest",
         "stage reindex",
@@ -221,6 +231,7 @@ def test_a_run_says_a_line_per_stage_and_verbose_says_everything(tmp_path, ml100
     assert "epoch 20/20" in log and "Finished in state Completed()" in log  # everything, in the file
     verbose = run("-v")
     assert verbose.returncode == 0 and "epoch 20/20" in verbose.stderr and len(verbose.stderr.splitlines()) > 60
+    assert "creates a new warehouse" not in verbose.stderr  # it exists now
 
 
 @pytest.mark.slow
