@@ -10,7 +10,7 @@ from tasks.config import PipelineConfig
 from tasks.ingest import with_default_source
 from tasks.sources import ML_100K_URL
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]  # the harness starts a server
 
 
 @pytest.fixture
