@@ -1,6 +1,7 @@
 """Route the `tasks.*` loggers to Prefect: imported by every flow module, so the records of the pure task
 functions reach the run's logs in the Prefect UI."""
 
+import io
 import logging
 import sys
 from collections.abc import Iterator
@@ -115,7 +116,14 @@ def log_to_file(path: Path, verbose: bool = True) -> Iterator[Path]:
 
 
 def _console_handlers() -> list[logging.StreamHandler]:
-    """The stream handlers (not files) of every logger, each once."""
+    """The stream handlers of every logger that write to a console, each once: not files, not memory (pytest's
+    capture, which must keep every record)."""
     loggers = [entry for entry in logging.root.manager.loggerDict.values() if isinstance(entry, logging.Logger)]
     handlers = {id(h): h for logger in [logging.getLogger(), *loggers] for h in logger.handlers}.values()
-    return [h for h in handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    return [
+        h
+        for h in handlers
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and not isinstance(h.stream, io.StringIO)
+    ]

@@ -4,6 +4,7 @@ the served and the deployed pipeline cannot drift apart."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,14 @@ def served_deployments(path: Path = PREFECT_YAML, names: tuple[str, ...] = ("nig
     return deployments
 
 
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve_pipeline(with_training: bool = False) -> None:
-    """Serve the nightly and refresh deployments (and the training one when asked) until interrupted."""
+    """Serve the nightly and refresh deployments (and the training one when asked) until interrupted.
+
+    SIGTERM ends it cleanly from the start: Prefect's runner handles it once it polls, and until then (while the
+    deployments are registered) this process exits at once, instead of dying by the signal."""
+    signal.signal(signal.SIGTERM, _stop_before_serving)
     serve(*served_deployments(names=("nightly", "refresh", "gpu") if with_training else ("nightly", "refresh")))

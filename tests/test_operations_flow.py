@@ -323,6 +323,7 @@ def _recs_run(tmp_path, *flags: str) -> tuple[subprocess.Popen, Path]:
             "-m",
             "flows.cli",
             "run",
+            "-v",  # the epochs on the console: _training waits for them
             "--warehouse",
             str(tmp_path / "W.duckdb"),
             "--data-dir",
