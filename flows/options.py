@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from tasks.naming import flag
-from tasks.sources import SOURCE_ENVIRONMENT, local_path, local_source_problem, redact, source_from_environment
+from tasks.sources import (
+    OFFLINE_HINT,
+    SOURCE_ENVIRONMENT,
+    local_path,
+    local_source_problem,
+    redact,
+    source_from_environment,
+)
 from tasks.synth import SynthSpec
 from tasks.trend import DEFAULT_TREND_RUNS
 from warehouse.reader import DEFAULT_WAREHOUSE
@@ -200,7 +207,6 @@ def _source_problem(source: str) -> str | None:
         from tasks.ingest.unzip import local_archive_problem
 
         return local_archive_problem(path)
-    from tasks.ingest import OFFLINE_HINT
     from tasks.ingest.fetch import unresolvable_host
 
     unresolvable = unresolvable_host(source)

@@ -9,12 +9,27 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from tasks.naming import setting
+
 ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 SOURCE_SCHEMES = ("http", "https", "file")
 # Where a run finds its source when its config names none (before ML_100K_URL): a deployment's source changes
 # with these, read when the run starts, without editing deploy/prefect.yaml or deploying again.
 SOURCE_ENVIRONMENT = "RECS_SOURCE"  # the environment of `recs run`, `recs serve` or the worker; wins over:
 SOURCE_VARIABLE = "recs_source"  # a Prefect Variable on the server: `prefect variable set recs_source PATH-OR-URL`
+
+# The first run on a machine without internet access meets this: the default source is GroupLens's URL.
+OFFLINE_HINT = (
+    f"If this machine has no internet access, set {setting('source')} to a local copy of the archive, "
+    "e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
+)
+# A deployment's run meets a source it cannot reach: the YAML is not where a team should have to change it.
+DEPLOYMENT_SOURCE_HINT = (
+    f"A deployment's run whose config names no source reads it from the environment variable {SOURCE_ENVIRONMENT} "
+    f"of the worker, else from the Prefect Variable {SOURCE_VARIABLE}: set that to a path or URL the worker can "
+    f"read (`prefect variable set {SOURCE_VARIABLE} /path/to/ml-100k.zip --overwrite`), or give one run its "
+    """source (`prefect deployment run nightly/nightly --params '{"source": "/path/to/ml-100k.zip"}'`)"""
+)
 
 
 def source_from_environment() -> str | None:

@@ -153,6 +153,19 @@ def test_a_missing_local_source_is_refused_before_prefect_starts(tmp_path):
         assert time.monotonic() - started < 20
 
 
+def test_checking_a_local_archive_loads_neither_prefect_nor_the_stage(tmp_path):
+    archive = tmp_path / "wrong-header.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ml/ratings.csv", "user,item,stars\n1,2,3\n")
+    check = (
+        "import sys; from tasks.ingest.unzip import local_archive_problem; "
+        f"print(local_archive_problem(__import__('pathlib').Path({str(archive)!r}))); "
+        "print(sorted(m for m in ('prefect', 'tasks.ingest.stage') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == "[]" and "header is user,item,stars" in done.stdout, done.stderr
+
+
 def test_overrides_change_some_fields_and_keep_the_rest():
     deployment = PipelineConfig.model_validate({"models": ["ease", "bpr"], "mlp": {"epochs": 3}, "top_n": 7})
     run = deployment.with_overrides({"top_n": 20, "mlp": {"dropout": 0.3}})

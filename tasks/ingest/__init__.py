@@ -1,7 +1,9 @@
 """Ingest: fetch a MovieLens archive, cache it by content, unzip it safely and parse it to parquet.
 
-The work is in `fetch.py`, `unzip.py`, `parse.py` (with the formats in `movielens.py`); this module holds
-the stage's Prefect tasks and what the rest of the pipeline imports.
+The work is in `fetch.py`, `unzip.py`, `parse.py` (with the formats in `movielens.py`); `stage.py` holds the
+stage's Prefect tasks. This module is what the rest of the pipeline imports; it loads `stage.py` (and with it
+Prefect) only when one of its names is used, so that `recs run` checks a local archive with `unzip.py` before
+Prefect loads.
 
 Layout under `data_dir`:
 
@@ -13,21 +15,24 @@ Layout under `data_dir`:
 
 from __future__ import annotations
 
-import logging
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from prefect import task
-from prefect.runtime import deployment
-from prefect.tasks import exponential_backoff
-from prefect.variables import Variable
-from pydantic import ValidationError
-
-from tasks.config import PipelineConfig, setting
-from tasks.ingest.errors import IngestError
-from tasks.ingest.fetch import Archive, fetch_archive, sha256_of
-from tasks.ingest.parse import PARSER_VERSION, Dataset, load_dataset
-from tasks.sources import SOURCE_ENVIRONMENT, SOURCE_VARIABLE, local_path, redact, source_from_environment
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tasks.ingest.stage import (
+        PARSER_VERSION,
+        Archive,
+        Dataset,
+        IngestError,
+        fetch_archive,
+        fetch_archive_task,
+        fetch_with_retries,
+        load_dataset,
+        load_dataset_task,
+        sha256_of,
+        source_hint,
+        with_default_source,
+    )
 
 __all__ = [
     "PARSER_VERSION",
@@ -44,83 +49,8 @@ __all__ = [
     "with_default_source",
 ]
 
-# The first run on a machine without internet access meets this: the default source is GroupLens's URL.
-OFFLINE_HINT = (
-    f"If this machine has no internet access, set {setting('source')} to a local copy of the archive, "
-    "e.g. `recs run --source path/to/ml-100k.zip` (a path or a file:// URL)"
-)
-# A deployment's run meets a source it cannot reach: the YAML is not where a team should have to change it.
-DEPLOYMENT_SOURCE_HINT = (
-    f"A deployment's run whose config names no source reads it from the environment variable {SOURCE_ENVIRONMENT} "
-    f"of the worker, else from the Prefect Variable {SOURCE_VARIABLE}: set that to a path or URL the worker can "
-    f"read (`prefect variable set {SOURCE_VARIABLE} /path/to/ml-100k.zip --overwrite`), or give one run its "
-    """source (`prefect deployment run nightly/nightly --params '{"source": "/path/to/ml-100k.zip"}'`)"""
-)
 
-
-def source_hint(source: str) -> str:
-    """How to point the run at a source it can reach: a deployment's run by its variable or parameters, any other
-    at a local copy of a URL it cannot reach (`recs run --source`)."""
-    if deployment.id:
-        return f". {DEPLOYMENT_SOURCE_HINT}"
-    return f". {OFFLINE_HINT}" if local_path(source) is None else ""
-
-
-def with_default_source(config: PipelineConfig) -> PipelineConfig:
-    """`config` as it is when it names its source; otherwise with the source the environment variable RECS_SOURCE
-    names, else the Prefect Variable recs_source, read now: a deployment's source changes without a redeploy.
-    With neither, the config keeps its default, ML-100k's URL."""
-    if "source" in config.model_fields_set:
-        return config
-    origin, source = f"the environment variable {SOURCE_ENVIRONMENT}", source_from_environment()
-    if source is None:
-        origin, value = f"the Prefect Variable {SOURCE_VARIABLE}", Variable.get(SOURCE_VARIABLE)
-        source = str(value) if value else None
-    if source is None:
-        return config
-    log.info("source %s, from %s", redact(source), origin)
-    try:
-        return config.with_overrides({"source": source})
-    except ValidationError as exc:  # said where the value was set, not as the config's field
-        raise ValueError(f"the source in {origin}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from exc
-
-
-def _retry_transient(task, task_run, state) -> bool:
-    """Prefect retry condition: retry network faults and 5xx, not a 404 or a sha256 mismatch."""
-    try:
-        state.result()
-    except IngestError as exc:
-        return exc.retryable
-    except Exception:
-        return False
-    return False
-
-
-@task(name="fetch-archive", retry_jitter_factor=0.5, retry_condition_fn=_retry_transient)
-def fetch_archive_task(config: PipelineConfig) -> Archive:
-    """Prefect wrapper of `fetch_archive`; see `fetch_with_retries` for the retries."""
-    return fetch_archive(config.source, config.data_dir, config.source_sha256, config.download.timeout_seconds)
-
-
-def fetch_with_retries(config: PipelineConfig) -> Archive:
-    """Run `fetch_archive_task`, retrying transient faults `config.download.retries` times.
-
-    The wait doubles from `config.download.retry_delay_seconds`; Prefect's jitter draws each wait between
-    0.63 and 1.5 times its value, keeping the average.
-    """
-    fetch = fetch_archive_task.with_options(
-        retries=config.download.retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=config.download.retry_delay_seconds),
-    )
-    try:
-        return fetch(config)
-    except IngestError as exc:
-        if exc.unreachable:  # said once, when the retries are spent, not in every retry's log line
-            raise IngestError(f"{exc}{source_hint(config.source)}") from exc
-        raise
-
-
-@task(name="parse-archive")
-def load_dataset_task(archive: Archive, config: PipelineConfig) -> Dataset:
-    """Prefect wrapper of `load_dataset` (cached on disk by the archive's sha256)."""
-    return load_dataset(archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes)
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("tasks.ingest.stage"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
