@@ -47,6 +47,11 @@ def _total(widths: list[int]) -> int:
     return sum(widths) + 2 * (len(widths) - 1)
 
 
+def _widths(header: list[str], rows: list[list[str]]) -> list[int]:
+    """Each column's width: its widest cell or its name."""
+    return [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
+
+
 def _cut_widest(widths: list[int], header: list[str], width: int, floor: int) -> None:
     """Narrow the widest column that is not an id, a character at a time, until the line fits `width` or every
     such column is down to `floor`."""
@@ -67,7 +72,7 @@ def text_table(frame: pl.DataFrame, width: int | None = None, drop_order: tuple[
     header = frame.columns
     decimals = [_decimals(frame[name].to_list()) for name in header]
     rows = [[_cell(value, decimals[i]) for i, value in enumerate(row)] for row in frame.iter_rows()]
-    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
+    widths = _widths(header, rows)
     if width is not None:
         _cut_widest(widths, header, width, _READABLE)
         for name in drop_order:
@@ -78,7 +83,7 @@ def text_table(frame: pl.DataFrame, width: int | None = None, drop_order: tuple[
                 del header[gone]
                 for row in rows:
                     del row[gone]
-                widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(header)]
+                widths = _widths(header, rows)
                 _cut_widest(widths, header, width, _READABLE)
         _cut_widest(widths, header, width, _MIN_COLUMN)
 

@@ -172,8 +172,9 @@ def _choices(path: list[str]) -> tuple[str, ...]:
     return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
 
 
-def describe_errors(exc: ValidationError) -> list[str]:
-    """A config's validation errors in flags: `--models: 'bpr2' is not one of dot_bias, dot, ... (did you mean bpr?)`."""
+def describe_errors(exc: ValidationError, named: dict[str, str] | None = None) -> list[str]:
+    """A config's validation errors in flags: `--models: 'bpr2' is not one of dot_bias, dot, ... (did you mean bpr?)`.
+    `named` gives a setting set elsewhere than by its flag its own name (`{"source": "RECS_SOURCE"}`)."""
     said = []
     for error in exc.errors():
         path = [part for part in error["loc"] if isinstance(part, str)]
@@ -183,7 +184,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
         if not path:  # a rule across fields: its message names the fields and their flags already
             said.append(error["msg"].removeprefix("Value error, "))
             continue
-        where = flag(".".join(path))
+        where = (named or {}).get(".".join(path)) or flag(".".join(path))
         if error["type"] == "extra_forbidden":
             said.append(f"{where}: no such setting")
         elif error["type"] == "literal_error" and (choices := _choices(path)):
@@ -226,11 +227,11 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
         try:
             config = PipelineConfig(**nested(options))
         except ValidationError as exc:
-            errors = describe_errors(exc)
+            errors = describe_errors(exc, {"source": source_flag})
     for deprecation in deprecations:
         print(f"recs {command}: warning: {deprecation.message}", file=sys.stderr)
     for message in errors:
-        print(f"recs {command}: {message.replace('--source:', f'{source_flag}:', 1)}", file=sys.stderr)
+        print(f"recs {command}: {message}", file=sys.stderr)
     if config is None:
         return None
     problem = _source_problem(config.source)

@@ -18,18 +18,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tasks.ingest.errors import IngestError
+from tasks.ingest.fetch import Archive, fetch_archive, sha256_of
+from tasks.ingest.parse import PARSER_VERSION, Dataset, load_dataset
+
 if TYPE_CHECKING:
     from tasks.ingest.stage import (
-        PARSER_VERSION,
-        Archive,
-        Dataset,
-        IngestError,
-        fetch_archive,
         fetch_archive_task,
         fetch_with_retries,
-        load_dataset,
         load_dataset_task,
-        sha256_of,
         source_hint,
         with_default_source,
     )
@@ -51,6 +48,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """The stage's names (the others are imported above): `stage.py`, and Prefect with it, loads on first use."""
     if name in __all__:
         return getattr(importlib.import_module("tasks.ingest.stage"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

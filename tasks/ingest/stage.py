@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from tasks.config import PipelineConfig
 from tasks.ingest.errors import IngestError
-from tasks.ingest.fetch import Archive, fetch_archive, sha256_of
-from tasks.ingest.parse import PARSER_VERSION, Dataset, load_dataset
+from tasks.ingest.fetch import Archive, fetch_archive
+from tasks.ingest.parse import Dataset, load_dataset
 from tasks.sources import (
     DEPLOYMENT_SOURCE_HINT,
     OFFLINE_HINT,
@@ -26,21 +26,6 @@ from tasks.sources import (
 )
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "PARSER_VERSION",
-    "Archive",
-    "Dataset",
-    "IngestError",
-    "fetch_archive",
-    "fetch_archive_task",
-    "fetch_with_retries",
-    "load_dataset",
-    "load_dataset_task",
-    "sha256_of",
-    "source_hint",
-    "with_default_source",
-]
 
 
 def source_hint(source: str) -> str:
