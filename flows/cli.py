@@ -231,7 +231,7 @@ def _open_read_only(path: Path, command: str) -> duckdb.DuckDBPyConnection | Non
         return None
 
 
-def _recommend(user_id: int, path: Path) -> int:
+def _recommend(user_id: str, path: Path) -> int:
     con = _open_read_only(path, "recs recommend")
     if con is None:
         return 1
@@ -244,6 +244,9 @@ def _recommend(user_id: int, path: Path) -> int:
                 file=sys.stderr,
             )
             return 1
+        except duckdb.ConversionException:  # text given, whole-number ids published
+            print(f"recs recommend: {user_id!r} is not a user id of {path}: its ids are whole numbers", file=sys.stderr)
+            return 1
         if rows.height == 0:
             return _recommend_fallback(con, user_id, path)
     print(f"recommendations for user {user_id}:")
@@ -251,7 +254,7 @@ def _recommend(user_id: int, path: Path) -> int:
     return 0
 
 
-def _recommend_fallback(con: duckdb.DuckDBPyConnection, user_id: int, path: Path) -> int:
+def _recommend_fallback(con: duckdb.DuckDBPyConnection, user_id: str, path: Path) -> int:
     """A user without a list of their own gets what `recommendations_for` serves them: the list for unknown users."""
     rows = warehouse.fetch(con, "fallback_for_user", {"user_id": user_id})
     if rows.height == 0:
@@ -263,7 +266,7 @@ def _recommend_fallback(con: duckdb.DuckDBPyConnection, user_id: int, path: Path
         return 1
     print(
         f"user {user_id} has no list of their own in {path}; the list for unknown users (the most-rated items the "
-        f"rules allow, as recommendations_for({user_id}) serves it):"
+        f"rules allow, as recommendations_for({user_id if user_id.lstrip('-').isdigit() else repr(user_id)}) serves it):"
     )
     _print_frame(rows)
     return 0

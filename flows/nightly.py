@@ -24,7 +24,7 @@ from flows.placement import Placement
 from flows.runlog import RunLog, start_run_task
 from tasks.config import PipelineConfig, describe_overrides
 from tasks.gate import GateVerdict, OnThisSplit, PublishedRun, Side, gate_task, on_this_split, published_run_task
-from tasks.ingest import fetch_with_retries, load_dataset_task, with_default_source
+from tasks.ingest import config_for_data_task, fetch_with_retries, load_dataset_task, with_default_source
 from tasks.inspect import inspect_task
 from tasks.list_metrics import list_metrics_task
 from tasks.publish import publish_task, record_model_task, reject_task
@@ -87,7 +87,7 @@ def _nightly_run(config: PipelineConfig) -> RunResult | State:
     try:
         inputs = _prepare(run, config)
         candidates = _train_every_model(run, inputs, where)
-        choice = _choose(run, candidates, config)
+        choice = _choose(run, candidates, inputs.config)
         verdict, judged = _gate(run, inputs, candidates, choice, where)
         lists = _make_lists(run, inputs, candidates, choice, verdict, where) if verdict.publishes else None
         status = _publish_or_reject(run, inputs, judged.users, lists)
@@ -112,6 +112,7 @@ def _prepare(run: RunLog, config: PipelineConfig) -> RunInputs:
         n_bad_rows=dataset.n_bad_rows,
         n_duplicate_ratings=dataset.n_duplicate_ratings,
     )
+    config = config_for_data_task(config, dataset)  # implicit feedback: no rating model; no time column: no as_of
     with run.stage("reindex"):
         ratings, maps = reindex_task(dataset, run.directory, config.as_of)
     with run.stage("rules"):  # a rule that cannot apply fails here, before any training

@@ -197,17 +197,18 @@ def describe_errors(exc: ValidationError, named: dict[str, str] | None = None) -
     return said
 
 
-def _source_problem(source: str) -> str | None:
-    """What makes the source unusable before anything starts: a local path that is missing or no zip of ratings, a
-    host with no DNS answer (then with the offline form)."""
+def _source_problem(config: PipelineConfig) -> str | None:
+    """What makes the source unusable before anything starts: a local path that is missing, or whose first lines
+    show it cannot be read, a host with no DNS answer (then with the offline form)."""
+    source = config.source
     problem = local_source_problem(source)
     if problem is not None:
         return problem
-    # tasks.ingest imports Prefect: only now, for a source that needs a look
     if (path := local_path(source)) is not None:
+        from tasks.ingest.own_data import read_settings
         from tasks.ingest.unzip import local_archive_problem
 
-        return local_archive_problem(path)
+        return local_archive_problem(path, read_settings(config))
     from tasks.ingest.fetch import unresolvable_host
 
     unresolvable = unresolvable_host(source)
@@ -234,7 +235,7 @@ def config_from_options(command: str, options: dict) -> PipelineConfig | None:
         print(f"recs {command}: {message}", file=sys.stderr)
     if config is None:
         return None
-    problem = _source_problem(config.source)
+    problem = _source_problem(config)
     if problem:
         print(f"recs {command}: {source_flag}: {problem}", file=sys.stderr)
         return None
@@ -332,7 +333,7 @@ def _add_synth_command(commands: Commands) -> None:
 
 def _add_recommend_command(commands: Commands) -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="print one user's published list with titles")
-    recommend.add_argument("user_id", type=int, help="the dataset's own user id")
+    recommend.add_argument("user_id", help="the source's own user id (a whole number or text, as the source has it)")
     return recommend
 
 

@@ -61,8 +61,8 @@ class Checkpoint:
             "model": self.model,
             "init_args": self.init_args,
             "state_dict": self.state_dict,
-            "user_ids": torch.from_numpy(self.user_ids),
-            "item_ids": torch.from_numpy(self.item_ids),
+            "user_ids": _stored_ids(self.user_ids),
+            "item_ids": _stored_ids(self.item_ids),
             "config": self.config,
             "training": self.training,
         }
@@ -76,8 +76,8 @@ class Checkpoint:
             stored["model"],
             stored["init_args"],
             stored["state_dict"],
-            stored["user_ids"].numpy(),
-            stored["item_ids"].numpy(),
+            _loaded_ids(stored["user_ids"]),
+            _loaded_ids(stored["item_ids"]),
             stored["config"],
             stored["training"],
         )
@@ -111,6 +111,16 @@ class Checkpoint:
             (training["rating_scale"][0], training["rating_scale"][1]),
             UnseenFallback.from_state(fallback) if fallback else None,
         )
+
+
+def _stored_ids(ids: np.ndarray) -> torch.Tensor | list[str]:
+    """Whole-number ids as a tensor; text ids (a team's SKUs) as a list of strings, which torch's safe loader
+    (`weights_only`) reads as well."""
+    return torch.from_numpy(ids) if ids.dtype.kind in "iu" else [str(i) for i in ids]
+
+
+def _loaded_ids(stored: torch.Tensor | list[str]) -> np.ndarray:
+    return stored.numpy() if isinstance(stored, torch.Tensor) else np.array(stored, dtype=str)
 
 
 def save_checkpoint(model: TrainedModel, maps: IdMaps, config: PipelineConfig, path: Path) -> None:

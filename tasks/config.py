@@ -109,6 +109,12 @@ def _is_int(text: str) -> bool:
     return bool(re.fullmatch(r"\s*-?\d+\s*", text))
 
 
+def _is_file_name(text: str) -> bool:
+    """A value of `exclude_items` that names a file: a path with a folder, or a name with a suffix of letters
+    (`blocked.txt`); anything else is an item id (`tt0114709`, `B00004SB92`)."""
+    return "/" in text or "\\" in text or bool(re.search(r"\.[A-Za-z]{1,5}$", text.strip()))
+
+
 def describe_overrides(overrides: dict[str, Any]) -> str:
     """What a run's `overrides` changed, for its log, with any credentials in a source removed."""
     shown = {**overrides, **({"source": redact(overrides["source"])} if "source" in overrides else {})}
@@ -212,7 +218,9 @@ class _SourceAndSplit(BaseModel):
     # Source and storage
     source: str = Field(
         ML_100K_URL,
-        description="MovieLens archive: an http(s) URL, a file:// URL or a local path to a .zip.",
+        description="Where the interactions come from: a MovieLens archive, a delimited text or Parquet file, a zip "
+        "or folder of them, or a DuckDB file (with source_table or source_query); an http(s) URL, a file:// URL or a "
+        "local path (docs/data.md).",
     )
     source_sha256: str | None = Field(
         None,
@@ -237,6 +245,66 @@ class _SourceAndSplit(BaseModel):
         "off the 0.5-5 scale: fail names its file, line and field; drop skips such rows and records their count "
         "in runs.n_bad_rows.",
     )
+
+    # A team's own interactions (docs/data.md): how to read a source that is not a MovieLens archive
+    source_table: str | None = Field(
+        None, description="A DuckDB file as the source: the table (or view) of interactions to read."
+    )
+    source_query: str | None = Field(
+        None,
+        description="A DuckDB file as the source: one SELECT whose result is the interactions (the file is opened "
+        "read-only; anything but a SELECT is refused).",
+    )
+    source_member: str | None = Field(
+        None,
+        description="A zip archive or folder as the source: its file of interactions (a path inside it, or a file "
+        "name), when it holds more than one.",
+    )
+    user_column: str | int | None = Field(
+        None,
+        description="The interactions' user column: a header name, or a 1-based position in a file without a "
+        "header; unset, a column named user, user_id, userId, customer, visitorid, ... (first in a header-less file).",
+    )
+    item_column: str | int | None = Field(
+        None,
+        description="The item column (name or 1-based position); unset, item, item_id, movieId, artistID, product, "
+        "sku, ... or the id column left once the user's is known (second in a header-less file).",
+    )
+    rating_column: str | int | None = Field(
+        None,
+        description="The rating column (name or 1-based position); unset, rating, score, stars or feedback (third in "
+        "a header-less file). A rating column makes the feedback explicit.",
+    )
+    weight_column: str | int | None = Field(
+        None,
+        description="Implicit feedback's weight column (name or 1-based position): plays, counts, hours, "
+        "quantities; unset, weight, count, plays, hours or quantity. Without one, each row weighs 1.",
+    )
+    timestamp_column: str | int | None = Field(
+        None,
+        description="The time column (name or 1-based position): Unix seconds or milliseconds, or ISO dates and "
+        "times; unset, timestamp, time, date or ts (fourth in a header-less file). Without one, the temporal split, "
+        "as_of and backfill are refused.",
+    )
+    feedback: Literal["explicit", "implicit"] | None = Field(
+        None,
+        description="explicit: ratings, a rating model predicts the stars and RMSE is measured; implicit: each row "
+        "an interaction, a pair's weights added, no rating model. Unset: explicit when the source has a rating column.",
+    )
+    rating_scale: list[float] | None = Field(
+        None,
+        description="Explicit feedback's scale MIN,MAX (e.g. 1,10): rows off it are bad rows, and predicted ratings "
+        "are kept within it; unset, the lowest and highest rating in the data.",
+    )
+    items: Path | None = Field(
+        None,
+        description="A file of items (id, title, genres) for the titles view and the reasons; unset, the items file "
+        "in the source's zip or folder, or none.",
+    )
+    item_id_column: str | None = Field(
+        None, description="The items file's id column; unset, id, item_id, movieId, anime_ids, ... by name."
+    )
+    item_title_column: str | None = Field(None, description="The items file's title column; unset, title or name.")
 
     # Split
     split: SplitMethod = Field(
@@ -334,10 +402,10 @@ class PipelineConfig(_WithModels):
 
     # Business rules on the published lists (tasks/rules.py): applied before top-n, so every user still gets
     # `top_n` items where enough remain; the evaluation follows them only with `filter_evaluation`.
-    exclude_items: list[int] | Path | None = Field(
+    exclude_items: list[int | str] | Path | None = Field(
         None,
-        description="Item ids never to recommend: a list (comma-separated on the command line) or a file of ids, "
-        "one a line ('#' starts a comment).",
+        description="Item ids never to recommend, as the source writes them: a list (comma-separated on the command "
+        "line) or a file of ids, one a line ('#' starts a comment; a value with a / or a .txt-like suffix is a file).",
     )
     min_item_ratings: int = Field(
         0, ge=0, description="Items with fewer ratings than this in the data are never recommended (0: no limit)."
@@ -461,16 +529,17 @@ class PipelineConfig(_WithModels):
     @field_validator("exclude_items", mode="before")
     @classmethod
     def _ids_or_file(cls, value: Any) -> Any:
-        # `--exclude-items blocked.txt` arrives as ["blocked.txt"], `--exclude-items 1,2` as ["1", "2"]
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and not _is_int(value[0]):
+        # `--exclude-items blocked.txt` arrives as ["blocked.txt"], `--exclude-items 1,2` as ["1", "2"], and
+        # `--exclude-items tt0114709` as ["tt0114709"]: an id, since it names no file
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and _is_file_name(value[0]):
             return Path(value[0])
-        if isinstance(value, list) and (bad := [v for v in value if isinstance(v, str) and not _is_int(v)]):
-            raise ValueError(
-                f"{bad[0]!r} is not an item id: expected item ids (integers) or the path of one file of ids"
-            )
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",") if part.strip()]
-            return parts if parts and all(_is_int(part) for part in parts) else Path(value)
+            return Path(value) if len(parts) == 1 and _is_file_name(parts[0]) else parts
+        if isinstance(value, list):  # ids as whole numbers where they are, else as written
+            return [
+                int(v) if isinstance(v, str) and _is_int(v) else v.strip() if isinstance(v, str) else v for v in value
+            ]
         return value
 
     @model_validator(mode="after")
@@ -481,6 +550,56 @@ class PipelineConfig(_WithModels):
                 "no item could be recommended"
             )
         return self
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _low_high(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 2 or not value[0] < value[1]):
+            raise ValueError(f"{value} is not a scale: expected MIN,MAX with MIN below MAX, such as 1,10")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_read_a_database(self) -> PipelineConfig:
+        if self.source_table is not None and self.source_query is not None:
+            raise ValueError(
+                f"{setting('source_table')} and {setting('source_query')} are both set; give one: the table to read, "
+                "or the SELECT whose result to read"
+            )
+        if self.feedback == "implicit" and "models" in self.model_fields_set:
+            self.refuse_rating_models()
+        return self
+
+    def rating_models(self) -> list[str]:
+        """The configured models that predict ratings (they need explicit feedback)."""
+        return [name for name in self.models if MODELS[name].module.predicts_ratings]
+
+    def refuse_rating_models(self) -> None:
+        if rating := self.rating_models():
+            raise ValueError(
+                f"{', '.join(rating)} predict{'s' if len(rating) == 1 else ''} ratings, and implicit feedback has none: "
+                f"{setting('models')} may name ials, ease, bpr, popularity (models that rank)"
+            )
+
+    def for_data(self, feedback: str, has_timestamps: bool) -> PipelineConfig:
+        """This config as it applies to the data read: on implicit feedback the default models lose those that
+        predict ratings (models named explicitly that do are refused); data without a time column refuses what
+        needs one.
+
+        Raises:
+            ValueError: the setting that cannot apply, and why.
+        """
+        if not has_timestamps and (self.as_of is not None or self.split == "temporal"):
+            what = setting("as_of") if self.as_of is not None else f"{setting('split')} temporal"
+            raise ValueError(
+                f"the data has no time column: {what} needs one (timestamp_column, --timestamp-column); use "
+                "--split stratified"
+            )
+        if feedback != "implicit" or not self.rating_models():
+            return self
+        if "models" in self.model_fields_set:
+            self.refuse_rating_models()
+        kept = [name for name in self.models if name not in self.rating_models()]
+        return self.with_overrides({"models": kept or ["ials"]})
 
     @field_validator("source")
     @classmethod

@@ -321,7 +321,7 @@ def candidate_user_metrics(
     if rating_model:
         errors = per_user[rating_model].filter(pl.col("metric").is_in(["squared_error", "n_ratings"]))
         parts.append(errors.with_columns(model=pl.lit(rating_model)))
-    ids = maps.users.select(pl.col("user_idx").cast(pl.Int64), pl.col("user_id").cast(pl.Int64))
+    ids = maps.users.select(pl.col("user_idx").cast(pl.Int64), "user_id")
     return pl.concat(parts).join(ids, on="user_idx").select("model", "user_id", "metric", "value")
 
 

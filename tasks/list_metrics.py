@@ -27,7 +27,7 @@ from warehouse.runs import ListFiles
 
 log = logging.getLogger(__name__)
 
-_LISTS = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int16}
+_LISTS = ("user_id", "item_id", "rank")  # ids as the source has them: whole numbers or text
 
 
 def item_popularity(ratings: pl.DataFrame, maps: IdMaps) -> pl.DataFrame:
@@ -59,8 +59,8 @@ def list_metrics(
         if isinstance(lists, ListFiles):
             con.read_parquet(list(lists.paths)).select("user_id, item_id, rank").create_view("new_lists")
         else:
-            con.register("new_lists", lists.select(list(_LISTS)).to_arrow())
-        con.register("previous_lists", previous.select(list(_LISTS)).cast(pl.Schema(_LISTS)).to_arrow())
+            con.register("new_lists", lists.select(_LISTS).to_arrow())
+        con.register("previous_lists", previous.select(_LISTS).with_columns(pl.col("rank").cast(pl.Int16)).to_arrow())
         con.register("item_popularity", popularity.to_arrow())
         con.register("catalogue", catalogue.select("item_id", "genres").to_arrow())
         rows = con.execute(warehouse.query("list_metrics")).fetchall()

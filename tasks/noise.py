@@ -60,6 +60,8 @@ def paired_interval(
     ]
     if any(set(needed) - set(w.columns) for w in wide):
         return None
+    if wide[0].schema["user_id"] != wide[1].schema["user_id"]:  # a warehouse whose ids became text (docs/warehouse.md)
+        wide = [w.with_columns(pl.col("user_id").cast(pl.String)) for w in wide]
     paired = wide[0].join(wide[1], on="user_id", suffix="_baseline").drop_nulls().sort("user_id")
     n = paired.height
     if n == 0:

@@ -73,29 +73,19 @@ def ratings_per_item(ratings: pl.DataFrame, n_items: int) -> np.ndarray:
     return np.bincount(ratings["item_idx"].to_numpy(), minlength=n_items)
 
 
-def read_item_ids(path: Path) -> list[int]:
-    """Item ids from a file, one a line; blank lines and `#` comments are skipped.
+def read_item_ids(path: Path) -> list[tuple[int, int | str]]:
+    """Item ids from a file, one a line, with their line numbers, as written (whole numbers as ints); blank lines
+    and `#` comments are skipped.
 
     Raises:
-        ListRuleError: the file does not exist, or a line is not an integer id (its line number named).
+        ListRuleError: the file does not exist.
     """
     if not path.is_file():
         raise ListRuleError(
             f"{setting('exclude_items')}: no such file {str(path)!r}; expected a file of item ids, one a line"
         )
-    ids = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            ids.append(int(text))
-        except ValueError:
-            raise ListRuleError(
-                f"{setting('exclude_items')} file {path}, line {number}: {text!r} is not an item id "
-                "(expected one integer id a line)"
-            ) from None
-    return ids
+    lines = enumerate((line.split("#", 1)[0].strip() for line in path.read_text().splitlines()), start=1)
+    return [(number, int(text) if text.lstrip("+-").isdigit() else text) for number, text in lines if text]
 
 
 def _genre_mask(wanted: list[str], name: str, genres: pl.Series, known: list[str]) -> np.ndarray:
@@ -136,8 +126,8 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
     said = []
     if config.exclude_items is not None:
         ids = _excluded_ids(config.exclude_items, items, maps)
-        allowed &= ~catalogue["item_id"].is_in(ids).to_numpy()
-        said.append(f"{len(set(ids))} excluded item(s)")
+        allowed &= ~catalogue["item_id"].is_in(ids.implode()).to_numpy()
+        said.append(f"{ids.n_unique()} excluded item(s)")
     if config.min_item_ratings:
         allowed &= ratings_per_item(ratings, maps.n_items) >= config.min_item_ratings
         said.append(f"at least {config.min_item_ratings} ratings")
@@ -158,18 +148,30 @@ def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataF
     return _long_enough(ListRules(allowed, "; ".join(said) or "none"), maps.n_items, config.top_n)
 
 
-def _excluded_ids(given: list[int] | Path, items: pl.DataFrame, maps: IdMaps) -> list[int]:
-    """`exclude_items`'s ids, read from its file when it names one; a ListRuleError names any not in the catalogue."""
-    ids = read_item_ids(given) if isinstance(given, Path) else list(given)
-    known = set(items["item_id"].to_list()) | set(maps.items["item_id"].to_list())
-    missing = sorted(set(ids) - known)
+def _excluded_ids(given: list[int | str] | Path, items: pl.DataFrame, maps: IdMaps) -> pl.Series:
+    """`exclude_items`'s ids (read from its file when it names one) in the catalogue's id type; a ListRuleError
+    names any not in the catalogue."""
+    numbered = read_item_ids(given) if isinstance(given, Path) else list(enumerate(given, start=1))
+    ids = [value for _, value in numbered]
+    where = f" (file {given})" if isinstance(given, Path) else ""
+    id_type = maps.items.schema["item_id"]
+    if id_type == pl.String:
+        typed = pl.Series("item_id", [str(i) for i in ids], dtype=pl.String)
+    elif words := [(number, value) for number, value in numbered if isinstance(value, str)]:
+        at = f" file {given}, line {words[0][0]}:" if isinstance(given, Path) else ":"
+        raise ListRuleError(
+            f"{setting('exclude_items')}{at} {words[0][1]!r} is not an item id: this catalogue's ids are whole numbers"
+        )
+    else:
+        typed = pl.Series("item_id", ids, dtype=pl.Int64)
+    known = pl.concat([items["item_id"].cast(id_type), maps.items["item_id"]]).unique()
+    missing = typed.filter(~typed.is_in(known.implode())).unique().sort().to_list()
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        where = f" (file {given})" if isinstance(given, Path) else ""
         raise ListRuleError(
             f"{setting('exclude_items')}{where}: item id(s) {shown} are not in the catalogue ({items.height:,} items)"
         )
-    return ids
+    return typed
 
 
 def _long_enough(rules: ListRules, n_items: int, top_n: int) -> ListRules:

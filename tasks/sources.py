@@ -88,7 +88,7 @@ def local_path(source: str) -> Path | None:
 
 
 def local_source_problem(source: str) -> str | None:
-    """Why a local source cannot be read (no such file, a directory), or None; URLs are checked when fetched.
+    """Why a local source cannot be read (no such file or folder), or None; URLs are checked when fetched.
 
     Raises:
         ValueError: an unsupported scheme (see `source_scheme`).
@@ -96,8 +96,6 @@ def local_source_problem(source: str) -> str | None:
     path = local_path(source)
     if path is None:
         return None
-    if path.is_dir():
-        return f"{str(path)!r} is a directory; expected a MovieLens .zip archive"
     if not path.exists():
         return f"no such file {str(path)!r}"
     return None

@@ -187,7 +187,8 @@ def fit(
     use_tf32_matmuls(device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    interactions = Interactions(train, n_users, n_items)
+    scale = (config.rating_scale[0], config.rating_scale[1]) if config.rating_scale else None
+    interactions = Interactions(train, n_users, n_items, scale)
     spec, params = MODELS[name], fit_params(config, name, warm=init is not None)
     with cpu_threads(config.cpu_threads) if device.type == "cpu" else nullcontext(None) as threads:
         log.info("fitting %s on %s%s", name, device, f", torch threads: {threads}" if threads else "")

@@ -57,7 +57,10 @@ class WarmStart:
         rows: InitialRows = {}
         for side, ids, tonight in (("user", self.user_ids, maps.users), ("item", self.item_ids, maps.items)):
             before = pl.DataFrame({"id": ids, "before": np.arange(len(ids))})
-            matched = tonight.rename({f"{side}_id": "id"}).join(before, on="id")
+            tonight = tonight.rename({f"{side}_id": "id"})
+            if before.schema["id"] != tonight.schema["id"]:  # whole-number ids then, text now (or the reverse)
+                before, tonight = (frame.with_columns(pl.col("id").cast(pl.String)) for frame in (before, tonight))
+            matched = tonight.join(before, on="id")
             now = torch.from_numpy(matched[f"{side}_idx"].to_numpy().astype(np.int64))
             then = torch.from_numpy(matched["before"].to_numpy().astype(np.int64))
             for name, tensor in self.state.items():

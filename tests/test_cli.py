@@ -69,16 +69,14 @@ def test_grouped_settings_keep_their_options_and_the_renamed_ones_say_what_repla
 
 
 def test_a_source_that_cannot_work_is_refused_before_anything_starts(tmp_path, capsys):
-    not_a_zip, no_ratings = tmp_path / "ratings.csv", tmp_path / "other.zip"
-    not_a_zip.write_text("userId,movieId,rating,timestamp\n1,2,3.5,0\n")
-    with zipfile.ZipFile(no_ratings, "w") as archive:
-        archive.writestr("data/readme.txt", "x")
+    no_columns = tmp_path / "events.csv"
+    no_columns.write_text("when,what\n2024-01-01,click\n")
     where = ["--warehouse", str(tmp_path / "w.duckdb"), "--data-dir", str(tmp_path / "D")]
-    assert main(["run", "--source", str(not_a_zip), *where]) == 2
-    assert f"recs run: --source: '{not_a_zip}' is not a zip archive" in capsys.readouterr().err
-    assert main(["run", "--source", str(no_ratings), *where]) == 2
-    err = capsys.readouterr().err
-    assert f"'{no_ratings}': no ratings file of a known layout; the archive holds: data/readme.txt" in err
+    assert main(["run", "--source", str(no_columns), *where]) == 2
+    assert capsys.readouterr().err == (
+        f"recs run: --source: '{no_columns}': header when,what: no user column (a name such as "
+        "user/userid/users/visitorid); name it with user_column (--user-column)\n"
+    )
     wrong_header = tmp_path / "wrong-header.zip"
     with zipfile.ZipFile(wrong_header, "w") as archive:
         archive.writestr("ml/ratings.csv", "user,item,stars\n1,2,3\n")
@@ -138,7 +136,7 @@ def test_rules_across_settings_name_their_flags(capsys):
 
 
 def test_a_missing_local_source_is_refused_before_prefect_starts(tmp_path):
-    for source, said in ((str(tmp_path / "ml-100k.zp"), "no such file"), (str(tmp_path), "is a directory")):
+    for source, said in ((str(tmp_path / "ml-100k.zp"), "no such file"), (str(tmp_path), "holds no file of interactions")):
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "flows.cli", "run", "--source", source],

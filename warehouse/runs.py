@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.sql import query, run_statement, schema_scripts
+from warehouse.sql import ID_COLUMNS, ids_as_text, query, run_statement, schema_scripts
 from warehouse.writer import open_writer
 
 # A frame's column types, as polars takes them (a DataType or its class).
@@ -101,9 +101,19 @@ class ListExtras:
     known_users: pl.DataFrame | None = None  # user_id: every user with ratings (those without a list are recorded)
 
 
+def _typed(frame: pl.DataFrame | None, schema: Schema) -> pl.DataFrame:
+    """`frame` in `schema`'s columns and types (an empty one when None), its id columns as the source has them:
+    whole numbers or text (schema/ types them BIGINT until text ids arrive)."""
+    if frame is None:
+        return pl.DataFrame(schema=schema)
+    return frame.select(
+        pl.col(column) if column in ID_COLUMNS else pl.col(column).cast(dtype) for column, dtype in schema.items()
+    )
+
+
 def _keyed(frame: pl.DataFrame | None, schema: Schema, run_id: str, model: str) -> pl.DataFrame:
     """`frame` (or an empty one of `schema`) with `run_id` and `model` columns in front."""
-    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(pl.Schema(schema))
+    frame = _typed(frame, schema)
     return frame.select(pl.lit(run_id).alias("run_id"), pl.lit(model).alias("model"), pl.all())
 
 
@@ -286,9 +296,7 @@ def publish(
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
             or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
         ),
-        "new_user_metrics": (
-            user_metrics if user_metrics is not None else pl.DataFrame(schema=USER_METRICS_SCHEMA)
-        ).select(pl.lit(run_id).alias("run_id"), *[pl.col(c).cast(t) for c, t in USER_METRICS_SCHEMA.items()]),
+        "new_user_metrics": _typed(user_metrics, USER_METRICS_SCHEMA).select(pl.lit(run_id).alias("run_id"), pl.all()),
     }
     with open_writer(path) as con:
         _replace_lists(con, recommendations, extras.reasons, run_id, generated_at)
@@ -311,6 +319,8 @@ def _replace_lists(
     """The live lists and their reasons replaced by the run's: from its shards' files in one statement, or from
     frames."""
     if isinstance(recommendations, ListFiles):
+        if pl.read_parquet_schema(recommendations.paths[0]).get("user_id") == pl.String:
+            ids_as_text(con)
         params = {
             "files": list(recommendations.paths),
             "reason_files": list(recommendations.reason_paths),
@@ -338,7 +348,7 @@ def _replace_lists(
 
 def _stamped(frame: pl.DataFrame | None, schema: Schema, run_id: str) -> pl.DataFrame:
     """`frame` (or an empty one of `schema`) in `schema`'s columns and types, with the `run_id`."""
-    frame = pl.DataFrame(schema=schema) if frame is None else frame.select(list(schema)).cast(pl.Schema(schema))
+    frame = _typed(frame, schema)
     return frame.with_columns(run_id=pl.lit(run_id))
 
 

@@ -55,13 +55,31 @@ def fetch_value(con: duckdb.DuckDBPyConnection, name: str, params: dict | None =
     return row[0] if row else None
 
 
+# The columns that hold a source's own ids: BIGINT while every id written was a whole number, VARCHAR from the first
+# text id on (statements/text_ids.sql).
+ID_COLUMNS = ("user_id", "item_id", "similar_item_id", "reason_item_id")
+
+
+def ids_as_text(con: duckdb.DuckDBPyConnection) -> None:
+    """Make the warehouse's id columns text, unless they are already: before text ids are written."""
+    (n_whole_number_columns,) = con.execute(query("integer_id_columns")).fetchall()[0]
+    if n_whole_number_columns:
+        for sql in statements("text_ids"):
+            cursor = con.execute(sql)
+            if cursor.description:
+                cursor.fetchall()
+
+
 def run_statement(
     con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pl.DataFrame] | None = None, params: dict | None = None
 ) -> list[tuple]:
     """Run the statements of `statements/<name>.sql` in order, with `frames` registered under their names (and
     unregistered after) and bound `params`; returns the rows the last one returns (a RETURNING clause), if any.
+    A frame with text ids first makes the warehouse's id columns text (`ids_as_text`).
     """
     frames = frames or {}
+    if any(frame.schema.get(column) == pl.String for frame in frames.values() for column in ID_COLUMNS):
+        ids_as_text(con)
     for view, frame in frames.items():
         con.register(view, frame.to_arrow())
     try:

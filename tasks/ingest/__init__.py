@@ -24,6 +24,7 @@ from tasks.ingest.parse import PARSER_VERSION, Dataset, load_dataset
 
 if TYPE_CHECKING:
     from tasks.ingest.stage import (
+        config_for_data_task,
         fetch_archive_task,
         fetch_with_retries,
         load_dataset_task,
@@ -36,6 +37,7 @@ __all__ = [
     "Archive",
     "Dataset",
     "IngestError",
+    "config_for_data_task",
     "fetch_archive",
     "fetch_archive_task",
     "fetch_with_retries",

@@ -51,6 +51,11 @@ def _local_path(source: str) -> Path | None:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's sha256; a folder's is that of its files' relative paths and sha256s, in order."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "\n".join(f"{p.relative_to(path)}\t{sha256_of(p)}" for p in files)
+        return hashlib.sha256(listing.encode()).hexdigest()
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):

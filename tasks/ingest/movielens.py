@@ -411,6 +411,12 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
+def holds_movielens_ratings(member_names: list[str]) -> bool:
+    """Whether an archive holds a ratings file of a MovieLens layout (one or more: `detect_layout` says which)."""
+    ratings_names = {layout.ratings_file for layout in LAYOUTS}
+    return any(name.rsplit("/", 1)[-1] in ratings_names for name in member_names)
+
+
 def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
     """Find the one ratings file of a known layout in the archive, and its items file.
 
@@ -465,6 +471,8 @@ def keep_latest_ratings(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         The ratings (in file order when there were no duplicates) and how many rows were dropped.
     """
     # Ids are packed into one int64 when they fit (always for MovieLens): hashing it is 4x faster than a struct.
+    if not (ratings.schema["user_id"].is_integer() and ratings.schema["item_id"].is_integer()):
+        return _latest_by_struct(ratings)
     ids = ratings.select(
         low=pl.min_horizontal(pl.col("user_id", "item_id").min()),
         high=pl.max_horizontal(pl.col("user_id", "item_id").max()),
@@ -474,7 +482,16 @@ def keep_latest_ratings(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     n_duplicates = ratings.height - ratings.select(key.n_unique()).item()
     if n_duplicates == 0:
         return ratings, 0
-    latest = ratings.sort("timestamp", maintain_order=True).unique(
+    return _latest(ratings), n_duplicates
+
+
+def _latest_by_struct(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """`keep_latest_ratings` for ids that are text (a team's SKUs, UUIDs)."""
+    n_duplicates = ratings.height - ratings.select(pl.struct("user_id", "item_id").n_unique()).item()
+    return (_latest(ratings), n_duplicates) if n_duplicates else (ratings, 0)
+
+
+def _latest(ratings: pl.DataFrame) -> pl.DataFrame:
+    return ratings.sort("timestamp", maintain_order=True).unique(
         ["user_id", "item_id"], keep="last", maintain_order=True
     )
-    return latest, n_duplicates

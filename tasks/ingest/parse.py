@@ -7,19 +7,30 @@ import json
 import logging
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import polars as pl
 
 from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy
 from tasks.ingest.errors import IngestError
-from tasks.ingest.fetch import Archive
-from tasks.ingest.movielens import ParsedRatings, RatingsFormatError, keep_latest_ratings
+from tasks.ingest.fetch import Archive, sha256_of
+from tasks.ingest.movielens import ParsedRatings, RatingsFormatError, holds_movielens_ratings, keep_latest_ratings
+from tasks.ingest.own_data import (
+    NOT_DATA,
+    ReadSettings,
+    items_coverage,
+    read_own_data,
+    say_coverage,
+    source_kind,
+)
 from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
-from tasks.ingest.unzip import extract_members
+from tasks.ingest.tables import TableError
+from tasks.ingest.unzip import extract_files, extract_members
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,7 +49,9 @@ class Dataset:
     layout: str
     n_ratings: int
     n_bad_rows: int = 0  # rows dropped under on_bad_rows=drop
-    n_duplicate_ratings: int = 0  # repeated (user, item) rows dropped, each pair's latest kept
+    n_duplicate_ratings: int = 0  # repeated (user, item) rows: dropped (latest kept), or added up (implicit)
+    feedback: str = "explicit"  # or "implicit": `rating` is then log(1 + weight) (tasks/ingest/interactions.py)
+    has_timestamps: bool = True  # False: the source has no time column, and `timestamp` is null
 
     def ratings(self) -> pl.DataFrame:
         return pl.read_parquet(self.ratings_path)
@@ -64,9 +77,15 @@ def _apply_bad_row_policy(meta: dict, policy: BadRowPolicy, source: str) -> None
 
 
 def load_dataset(
-    archive: Archive, data_dir: Path, on_bad_rows: BadRowPolicy = "fail", max_extracted_bytes: int = MAX_EXTRACTED_BYTES
+    archive: Archive,
+    data_dir: Path,
+    on_bad_rows: BadRowPolicy = "fail",
+    max_extracted_bytes: int = MAX_EXTRACTED_BYTES,
+    settings: ReadSettings | None = None,
 ) -> Dataset:
-    """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256.
+    """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256; a source
+    that is not a MovieLens archive (a team's own interactions, tasks/ingest/own_data.py) is read with `settings`,
+    once per sha256 and settings.
 
     Every ratings row is checked (tasks/ingest/movielens.py); bad rows are left out of the parquet and counted, and
     repeated (user, item) ratings are reduced to each pair's latest. The parse is cached whatever the policy;
@@ -85,18 +104,18 @@ def load_dataset(
         IngestError: unreadable zip, unsafe member, size limit, unknown layout, empty or malformed file,
             bad rows under `fail`.
     """
-    out_dir = data_dir / "datasets" / archive.sha256
+    settings = settings or ReadSettings({})
+    own = is_own_data(archive.path, settings)
+    out_dir = data_dir / "datasets" / (f"{archive.sha256}-{_own_key(settings)}" if own else archive.sha256)
     remove_dead_scratch(out_dir.parent)  # what a run killed mid-parse left
-    meta_path = out_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta.get("parser") == PARSER_VERSION and (damaged := _damaged_parquet(out_dir)):
-        log.warning("the cached parse %s cannot be read (%s); parsing archive %s again", *damaged, archive.sha256[:12])
-        meta = {}
+    meta = _cached_meta(out_dir, archive.sha256)
     if meta.get("parser") == PARSER_VERSION:
         log.info("archive %s already parsed (%s, %d ratings)", archive.sha256[:12], meta["layout"], meta["n_ratings"])
     else:
-        meta = _parse(archive, out_dir, max_extracted_bytes)
+        parse = _parse_own_data if own else _parse
+        meta = _in_scratch(archive, out_dir, lambda work: parse(archive, work, max_extracted_bytes, settings))
     _apply_bad_row_policy(meta, on_bad_rows, archive.source)
+    say_coverage(meta, archive.source)
     return Dataset(
         out_dir / "ratings.parquet",
         out_dir / "items.parquet",
@@ -105,7 +124,56 @@ def load_dataset(
         meta["n_ratings"],
         meta["n_bad_rows"],
         meta["n_duplicate_ratings"],
+        meta.get("feedback", "explicit"),
+        meta.get("has_timestamps", True),
     )
+
+
+def _cached_meta(out_dir: Path, sha256: str) -> dict:
+    """The meta of a cached parse whose files read, else {} (nothing cached, or a damaged parse: parsed again)."""
+    meta_path = out_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("parser") == PARSER_VERSION and (damaged := _damaged_parquet(out_dir)):
+        log.warning("the cached parse %s cannot be read (%s); parsing archive %s again", *damaged, sha256[:12])
+        return {}
+    return meta
+
+
+def is_own_data(path: Path, settings: ReadSettings) -> bool:
+    """Whether a source is a team's own interactions rather than a MovieLens archive: anything but a zip, a zip
+    that holds no MovieLens ratings file, or one whose member to read is named."""
+    if source_kind(path) != "zip":
+        return True
+    if settings.member is not None:
+        return True
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False  # refused as a broken archive by the MovieLens reader, naming it
+    return not holds_movielens_ratings(names)
+
+
+def _own_key(settings: ReadSettings) -> str:
+    """The settings' key, with the content of an items file they name (a changed file is parsed again)."""
+    if settings.items is None or not Path(settings.items).is_file():
+        return settings.key
+    return f"{settings.key}{sha256_of(Path(settings.items))[:8]}"
+
+
+def _in_scratch(archive: Archive, out_dir: Path, parse: Callable[[Path], dict]) -> dict:
+    """`parse(work)` into a scratch folder beside `out_dir`, renamed to `out_dir` whole once it is done."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f"{scratch_prefix()}{archive.sha256[:12]}-"))
+    try:
+        meta = parse(work)
+        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():  # parsed by an older version, or by a concurrent parse that finished first
+            shutil.rmtree(out_dir)
+        work.replace(out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return meta
 
 
 def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
@@ -120,53 +188,107 @@ def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _parse(archive: Archive, out_dir: Path, max_extracted_bytes: int) -> dict:
-    """Parse the archive into `out_dir` (written whole or not at all) and return its meta."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f"{scratch_prefix()}{archive.sha256[:12]}-"))
-    try:
-        raw_dir = work / "raw"
-        raw_dir.mkdir()
-        layout, ratings_member, items_member, ratings_file, items_file = extract_members(
-            archive, raw_dir, max_extracted_bytes
-        )
-        parsed = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
-        items = (
-            _read(layout.read_items, items_file, items_member, archive.source) if items_file and items_member else None
-        )
-        parsed = _seconds(parsed, ratings_member, archive.source)
-        # the examples name the file as extracted (`u.data line 7: ...`); the member's path says where it is
-        examples = [
-            ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
-            for e in parsed.bad_row_examples
-        ]
-        if parsed.ratings.height == 0:
-            dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {examples[0]})" if parsed.n_bad_rows else ""
-            raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
-        ratings, n_duplicates = _latest_ratings(parsed.ratings, ratings_member)
-        items = items if items is not None else _untitled_items(ratings)
-        ratings.write_parquet(work / "ratings.parquet")
-        items.write_parquet(work / "items.parquet")
-        shutil.rmtree(raw_dir)
-        meta = {
-            "parser": PARSER_VERSION,
-            "layout": layout.name,
-            "n_ratings": ratings.height,
-            "source": archive.source,
-            "n_bad_rows": parsed.n_bad_rows,
-            "bad_row_examples": examples,
-            "n_duplicate_ratings": n_duplicates,
-        }
-        (work / "meta.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():  # parsed by an older version, or by a concurrent parse that finished first
-            shutil.rmtree(out_dir)
-        work.replace(out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _parse(archive: Archive, work: Path, max_extracted_bytes: int, settings: ReadSettings) -> dict:
+    """Parse the MovieLens archive into `work` and return its meta."""
+    raw_dir = work / "raw"
+    raw_dir.mkdir()
+    layout, ratings_member, items_member, ratings_file, items_file = extract_members(
+        archive, raw_dir, max_extracted_bytes
+    )
+    parsed = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
+    items = _read(layout.read_items, items_file, items_member, archive.source) if items_file and items_member else None
+    parsed = _seconds(parsed, ratings_member, archive.source)
+    # the examples name the file as extracted (`u.data line 7: ...`); the member's path says where it is
+    examples = [
+        ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
+        for e in parsed.bad_row_examples
+    ]
+    if parsed.ratings.height == 0:
+        dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {examples[0]})" if parsed.n_bad_rows else ""
+        raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
+    ratings, n_duplicates = _latest_ratings(parsed.ratings, ratings_member)
+    items = items if items is not None else _untitled_items(ratings)
+    ratings.write_parquet(work / "ratings.parquet")
+    items.write_parquet(work / "items.parquet")
+    shutil.rmtree(raw_dir)
     log.info(
         "parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height
     )
+    return {
+        "parser": PARSER_VERSION,
+        "layout": layout.name,
+        "n_ratings": ratings.height,
+        "source": archive.source,
+        "n_bad_rows": parsed.n_bad_rows,
+        "bad_row_examples": examples,
+        "n_duplicate_ratings": n_duplicates,
+    }
+
+
+def _source_files(archive: Archive, work: Path, limit: int) -> dict[str, Path]:
+    """The files of a source: a zip's data members (extracted with the archive checks), a folder's files, or the
+    file itself under the name its source gives it."""
+    kind = source_kind(archive.path)
+    if kind == "zip":
+        (work / "raw").mkdir()
+        return extract_files(archive, work / "raw", limit, lambda name: not NOT_DATA.search(name))
+    if kind == "folder":
+        files = sorted(path for path in archive.path.rglob("*") if path.is_file())
+        return {str(path.relative_to(archive.path)): path for path in files}
+    name = Path(urlsplit(archive.source).path).name or archive.path.name
+    return {name: archive.path}
+
+
+def _parse_own_data(archive: Archive, work: Path, limit: int, settings: ReadSettings) -> dict:
+    """Read a team's own interactions (tasks/ingest/own_data.py) into `work` and return the meta."""
+    try:
+        checked, items_read, name = read_own_data(_source_files(archive, work, limit), settings)
+    except TableError as exc:
+        raise IngestError(f"source {archive.source!r}: {exc}") from exc
+    parsed = ParsedRatings(checked.ratings, checked.n_bad_rows, checked.bad_row_examples)
+    ratings = _seconds(parsed, name, archive.source).ratings
+    _refuse_too_few(ratings, checked.n_bad_rows, checked.bad_row_examples, f"source {archive.source!r}, {name}")
+    items = items_read[1] if items_read else _untitled_items(ratings)
+    ratings.write_parquet(work / "ratings.parquet")
+    items.select("item_id", "title", "genres", "year").write_parquet(work / "items.parquet")
+    shutil.rmtree(work / "raw", ignore_errors=True)
+    log.info(
+        "parsed %s of %s: %d %s interactions, %d items",
+        name,
+        archive.source,
+        ratings.height,
+        checked.feedback,
+        items.height,
+    )
+    meta = {
+        "parser": PARSER_VERSION,
+        "layout": "interactions",
+        "file": name,
+        "feedback": checked.feedback,
+        "has_timestamps": checked.has_timestamps,
+        "id_types": {role: str(ratings.schema[f"{role}_id"]) for role in ("user", "item")},
+        "n_ratings": ratings.height,
+        "source": archive.source,
+        "n_bad_rows": checked.n_bad_rows,
+        "bad_row_examples": checked.bad_row_examples,
+        "n_duplicate_ratings": checked.n_repeated,
+    }
+    if items_read:
+        meta |= {"items_file": items_read[0], **items_coverage(ratings, items)}
     return meta
+
+
+def _refuse_too_few(ratings: pl.DataFrame, n_bad: int, examples: list[str], where: str) -> None:
+    """No interactions left, or one user's: nothing a recommender can learn from."""
+    if ratings.height == 0:
+        dropped = f" ({n_bad:,} bad rows, first: {examples[0]})" if n_bad else ""
+        raise IngestError(f"{where}: holds no interactions{dropped}")
+    users = ratings["user_id"].unique()
+    if users.len() == 1:
+        raise IngestError(
+            f"{where}: holds the interactions of one user ({users[0]}); a recommender learns from many users' "
+            "interactions: expected two or more"
+        )
 
 
 def _latest_ratings(ratings: pl.DataFrame, member: str) -> tuple[pl.DataFrame, int]:
@@ -206,7 +328,7 @@ def _seconds(parsed: ParsedRatings, member: str, source: str) -> ParsedRatings:
     n_large = int(large.sum())
     if n_large == 0:
         return parsed
-    if n_large < ratings.height:
+    if n_large < ratings["timestamp"].count():
         small, big = ratings.filter(~large)["timestamp"][0], ratings.filter(large)["timestamp"][0]
         raise IngestError(
             f"archive {source!r}, member {member!r}: timestamps mix seconds ({small}) and milliseconds ({big}) since 1970; expected one "

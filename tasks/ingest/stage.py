@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from tasks.config import PipelineConfig
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive, fetch_archive
+from tasks.ingest.own_data import read_settings
 from tasks.ingest.parse import Dataset, load_dataset
 from tasks.sources import (
     DEPLOYMENT_SOURCE_HINT,
@@ -92,5 +93,20 @@ def fetch_with_retries(config: PipelineConfig) -> Archive:
 
 @task(name="parse-archive")
 def load_dataset_task(archive: Archive, config: PipelineConfig) -> Dataset:
-    """Prefect wrapper of `load_dataset` (cached on disk by the archive's sha256)."""
-    return load_dataset(archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes)
+    """Prefect wrapper of `load_dataset` (cached on disk by the archive's sha256, and the read settings for a
+    team's own data)."""
+    return load_dataset(archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes, read_settings(config))
+
+
+@task(name="settings-for-data")
+def config_for_data_task(config: PipelineConfig, dataset: Dataset) -> PipelineConfig:
+    """`PipelineConfig.for_data` for the dataset read: the models its feedback can train, refusals for what its
+    lack of a time column rules out, said in the log when the models change."""
+    adjusted = config.for_data(dataset.feedback, dataset.has_timestamps)
+    if adjusted.models != config.models:
+        log.info(
+            "implicit feedback: training %s (%s predict ratings, and there are none)",
+            ", ".join(adjusted.models),
+            ", ".join(config.rating_models()),
+        )
+    return adjusted

@@ -9,11 +9,19 @@ import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import CHUNK_BYTES, Archive
-from tasks.ingest.movielens import Layout, detect_layout, ratings_csv_header_problem, read_ratings_csv
+from tasks.ingest.movielens import (
+    Layout,
+    detect_layout,
+    holds_movielens_ratings,
+    ratings_csv_header_problem,
+    read_ratings_csv,
+)
+from tasks.ingest.own_data import ReadSettings, quick_problem, source_kind
 from tasks.naming import setting
 
 log = logging.getLogger(__name__)
@@ -130,17 +138,22 @@ def _extract_member(
     return target
 
 
-def local_archive_problem(path: Path) -> str | None:
-    """Why a local archive cannot be a run's source, from its member names and a ratings.csv's first line (nothing
-    extracted): not a zip archive, no ratings file of a layout this product reads, a csv without its header; None
-    when it may be (the run checks the rest). `recs run` asks this before Prefect starts, so such a file is refused
-    in a second rather than after the run has begun."""
+def local_archive_problem(path: Path, settings: ReadSettings | None = None) -> str | None:
+    """Why a local source cannot be a run's source, from a MovieLens archive's member names and a ratings.csv's
+    first line, or the first lines of a team's own file (nothing extracted): a csv without its header, columns that
+    do not resolve; None when it may be (the run checks the rest). `recs run` asks this before Prefect starts, so
+    such a file is refused in a second rather than after the run has begun."""
+    settings = settings or ReadSettings({})
+    if source_kind(path) != "zip" or settings.member is not None:
+        return quick_problem(path, settings)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        return f"{str(path)!r} is not a zip archive ({exc}); expected a MovieLens .zip archive"
+        return f"{str(path)!r} is not a zip archive ({exc}); expected a MovieLens .zip archive or a team's interactions"
     with zf:
         names = zf.namelist()
+        if not holds_movielens_ratings(names):
+            return None  # a zip of a team's own files: the run finds its interactions file
         try:
             layout, ratings_member, _ = detect_layout(names)
         except ValueError as exc:
@@ -183,35 +196,62 @@ def extract_members(archive: Archive, raw_dir: Path, limit: int) -> tuple[Layout
     Returns:
         The layout, the ratings and items members' names, and the extracted ratings and items files.
     """
+    with _open_checked(archive) as zf:
+        layout, ratings_member, items_member, members = _members(zf, archive.source)
+        files = _extract(zf, members, raw_dir, limit, archive.source)
+    return layout, ratings_member, items_member, files[0], files[1] if items_member else None
+
+
+def _open_checked(archive: Archive) -> zipfile.ZipFile:
+    """The archive opened, refused when a member is a link or climbs out of the folder."""
     try:
         zf = zipfile.ZipFile(archive.path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise IngestError(f"archive {archive.source!r} is unreadable: {exc}") from exc
-    with zf:
-        unsafe = _unsafe_members(zf)
-        if unsafe:
+    unsafe = _unsafe_members(zf)
+    if unsafe:
+        zf.close()
+        raise IngestError(
+            f"archive {archive.source!r}: member(s) {', '.join(map(repr, unsafe[:5]))} are symbolic links or point "
+            "outside the archive's folder; refused, nothing extracted"
+        )
+    return zf
+
+
+def extract_files(archive: Archive, raw_dir: Path, limit: int, wanted: Callable[[str], bool]) -> dict[str, Path]:
+    """Every file member `wanted` keeps, extracted into `raw_dir` (flat) with the same checks as a MovieLens
+    archive's: by member name, the extracted file."""
+    with _open_checked(archive) as zf:
+        members = [info.filename for info in zf.infolist() if not info.is_dir() and wanted(info.filename)]
+        names = [Path(member).name for member in members]
+        if twice := sorted({member for member in members if names.count(Path(member).name) > 1}):
             raise IngestError(
-                f"archive {archive.source!r}: member(s) {', '.join(map(repr, unsafe[:5]))} are symbolic links or point "
-                "outside the archive's folder; refused, nothing extracted"
+                f"archive {archive.source!r}: members {', '.join(map(repr, twice[:4]))} share a file name; expected "
+                "one file of each name"
             )
-        layout, ratings_member, items_member, members = _members(zf, archive.source)
-        _refuse_unreadable_members(zf, members, archive.source)
-        _check_size(zf, members, raw_dir, limit, archive.source)
-        budget, files = [limit], []
-        for name in members:
-            try:
-                files.append(_extract_member(zf, name, raw_dir, budget, limit, archive.source))
-            except IngestError:  # a RuntimeError too: our own refusal, not a broken archive
-                raise
-            except (
-                zipfile.BadZipFile,
-                zipfile.LargeZipFile,
-                EOFError,
-                zlib.error,
-                RuntimeError,
-                NotImplementedError,
-            ) as exc:
-                raise IngestError(
-                    f"archive {archive.source!r} is unreadable at member {name!r}: {type(exc).__name__}: {exc}"
-                ) from exc
-    return layout, ratings_member, items_member, files[0], files[1] if items_member else None
+        files = _extract(zf, members, raw_dir, limit, archive.source)
+    return dict(zip(members, files, strict=True))
+
+
+def _extract(zf: zipfile.ZipFile, members: list[str], raw_dir: Path, limit: int, source: str) -> list[Path]:
+    """`members` extracted within the size limit (declared and inflated), each refused when unreadable."""
+    _refuse_unreadable_members(zf, members, source)
+    _check_size(zf, members, raw_dir, limit, source)
+    budget, files = [limit], []
+    for name in members:
+        try:
+            files.append(_extract_member(zf, name, raw_dir, budget, limit, source))
+        except IngestError:  # a RuntimeError too: our own refusal, not a broken archive
+            raise
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            EOFError,
+            zlib.error,
+            RuntimeError,
+            NotImplementedError,
+        ) as exc:
+            raise IngestError(
+                f"archive {source!r} is unreadable at member {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return files

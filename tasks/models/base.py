@@ -59,10 +59,13 @@ class Interactions:
     ratings: pl.DataFrame  # user_idx, item_idx (indices < n_users, n_items), rating
     n_users: int
     n_items: int
+    scale: tuple[float, float] | None = None  # the ratings' scale when it is given (rating_scale), not read
 
     @property
     def rating_range(self) -> tuple[float, float]:
-        """The lowest and highest rating."""
+        """The rating scale: as given, else the lowest and highest rating."""
+        if self.scale is not None:
+            return self.scale
         ratings = self.ratings["rating"]
         return float(cast(float, ratings.min())), float(cast(float, ratings.max()))
 

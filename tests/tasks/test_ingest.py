@@ -94,14 +94,17 @@ def test_csv_layout(tmp_path):
     assert unknown["genres"] == [] and unknown["year"] is None
 
 
-def test_unknown_layout_lists_contents_and_layouts(tmp_path):
+def test_a_zip_without_movielens_ratings_is_read_as_interactions_and_says_what_it_holds(tmp_path):
     archive = write_zip(tmp_path / "other.zip", {"data/readme.txt": "hello", "data/scores.tsv": "1\t2\n"})
     with pytest.raises(IngestError) as error:
         _load(archive, tmp_path / "data")
-    message = str(error.value)
-    assert (
-        "data/scores.tsv" in message and "u.data" in message and "ratings.dat" in message and "ratings.csv" in message
+    assert str(error.value) == (
+        f"source '{archive}', data/scores.tsv: holds the interactions of one user (1); a recommender learns from "
+        "many users' interactions: expected two or more"
     )
+    prose = write_zip(tmp_path / "prose.zip", {"notes/a.txt": "hello world\n"})
+    with pytest.raises(IngestError, match=r"notes/a.txt: header hello,world: no user column .* \(--user-column\)"):
+        _load(prose, tmp_path / "data")
 
 
 def test_malformed_rating_names_file_line_and_field(tmp_path):

@@ -93,11 +93,13 @@ def test_a_rule_that_leaves_too_few_items_names_the_settings(ml100k_dataset, ml1
     )
     ids.write_text("1\n2\n")
     assert resolve_rules(PipelineConfig(exclude_items=ids), items, ratings, maps).n_allowed == 1680
-    # on the command line `--exclude-items 1,2` is ids, `--exclude-items blocked.txt` a file, `1,x` neither
+    # on the command line `--exclude-items 1,2` is ids, `--exclude-items blocked.txt` a file, `1,x` and
+    # `tt0114709` ids of a catalogue with text ids, which this one is not
     assert PipelineConfig(exclude_items=["1", "2"]).exclude_items == [1, 2]
     assert PipelineConfig(exclude_items=[str(ids)]).exclude_items == ids
-    with pytest.raises(ValueError, match="'x' is not an item id: expected item ids"):
-        PipelineConfig(exclude_items=["1", "x"])
+    assert PipelineConfig(exclude_items=["1", "x"]).exclude_items == [1, "x"]
+    assert PipelineConfig(exclude_items=["tt0114709"]).exclude_items == ["tt0114709"]
+    assert "'x' is not an item id: this catalogue's ids are whole numbers" in error(exclude_items=["1", "x"])
     assert not resolve_rules(PipelineConfig(), items, ratings, maps).restricts
 
 

@@ -1,0 +1,228 @@
+"""Read a team's interactions as they are stored: a delimited text file (DuckDB's CSV reader), a Parquet file
+(polars) or a DuckDB table or read-only query. Each gives a `RawTable`: one column per role the file has
+(tasks/ingest/columns.py), typed as the file types it, with the line or row each came from; the rows are
+checked afterwards (tasks/ingest/interactions.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from tasks.ingest.columns import ColumnError, resolve_columns
+from tasks.ingest.dialect import Dialect, sniff
+
+NUMERIC_ROLES = ("rating", "weight")
+_CAST_VALUE = re.compile(r'Could not convert string "(.*)" to')
+
+
+class TableError(ValueError):
+    """The interactions cannot be read: the message names the file, the line or column, and what was expected."""
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """Interactions as stored: `row` (the n-th row read, from 1) and a column per role."""
+
+    frame: pl.DataFrame
+    names: dict[str, str]  # role -> the column's name in the source ("column 2" without a header)
+    name: str  # the file (or table) as messages call it
+    where: str  # "line" for text, "row" for Parquet and tables
+    n_rejected: int = 0  # rows the reader could not split or type
+    rejected: list[str] = field(default_factory=list)  # the first few, as "x.csv line 7: ..."
+    header: list[str] | None = None
+    # the file's line of each row number (for text: blank and refused lines skipped), found only for messages
+    locate: Callable[[list[int]], list[int]] | None = None
+
+    def where_is(self, rows: list[int]) -> list[str]:
+        """`x.csv line 7` (or `x.parquet row 7`) for each row number."""
+        numbers = self.locate(rows) if self.locate is not None else rows
+        return [f"{self.name} {self.where} {number}" for number in numbers]
+
+
+def _column_names(header: list[str] | None, n_columns: int) -> list[str]:
+    return header if header is not None else [f"column {i + 1}" for i in range(n_columns)]
+
+
+def _rejected(
+    con: duckdb.DuckDBPyConnection, name: str, names: list[str], dialect: Dialect
+) -> tuple[set[int], list[str]]:
+    """The lines DuckDB's reader refused, and the first few in words."""
+    rows = con.execute(
+        "SELECT line, column_idx, error_type, error_message FROM reader_rejects ORDER BY line"
+    ).fetchall()
+    said = []
+    for line, column, kind, message in rows[:5]:
+        if kind == "CAST":
+            value = match.group(1) if (match := _CAST_VALUE.search(message)) else message
+            said.append(f"{name} line {line}: field {names[column - 1]!r} is {value!r}, expected a number")
+        elif kind in ("TOO MANY COLUMNS", "MISSING COLUMNS"):
+            found = re.search(r"Found: (\d+)", message)
+            said.append(
+                f"{name} line {line}: has {found.group(1) if found else 'another number of'} fields, expected "
+                f"{dialect.n_columns} separated by {dialect.separator_name}"
+            )
+        else:
+            said.append(f"{name} line {line}: {message.splitlines()[0]}")
+    return {row[0] for row in rows}, said
+
+
+def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> RawTable:
+    """A delimited text file's interactions, through DuckDB's CSV reader (quotes, `::`, Latin-1); lines it cannot
+    split, or whose rating or weight is not a number, are counted with their line and field."""
+    dialect = sniff(path, name)
+    roles = _roles(dialect.header, dialect.n_columns, given, name)
+    names = _column_names(dialect.header, dialect.n_columns)
+    types = {f"c{i}": "VARCHAR" for i in range(dialect.n_columns)}
+    for role in NUMERIC_ROLES:
+        if role in roles:
+            types[f"c{roles[role]}"] = "DOUBLE"
+    with duckdb.connect() as con:
+        con.execute("SET preserve_insertion_order = true")  # row i of the result is the i-th accepted line
+        try:
+            relation = con.read_csv(
+                str(path),
+                delimiter=dialect.separator,
+                header=dialect.header is not None,
+                columns=types,
+                auto_detect=False,
+                quotechar='"',
+                escapechar='"',
+                encoding=dialect.encoding,
+                store_rejects=True,
+                rejects_table="reader_rejects",
+                rejects_scan="reader_scans",
+            )
+            frame = relation.select(*(f"c{index}" for index in roles.values())).pl()
+        except duckdb.Error as exc:
+            raise TableError(f"{name}: cannot be read as {dialect.separator_name}-separated text: {exc}") from exc
+        refused, rejected = _rejected(con, name, names, dialect)
+    frame = frame.rename({f"c{index}": role for role, index in roles.items()})
+    frame = frame.with_columns(row=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
+
+    def locate(rows: list[int]) -> list[int]:
+        lines = line_numbers(path, dialect, refused)
+        return [int(lines[row - 1]) for row in rows]
+
+    by_role = {role: names[index] for role, index in roles.items()}
+    return RawTable(frame, by_role, name, "line", len(refused), rejected, dialect.header, locate)
+
+
+def line_numbers(path: Path, dialect: Dialect, refused: set[int]) -> pl.Series:
+    """The numbers of the lines DuckDB's reader accepted, in order: not blank, not the header, not `refused`."""
+    lines = pl.scan_csv(
+        path,
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        new_columns=["text"],
+        infer_schema=False,
+        encoding="utf8-lossy",
+    )
+    numbered = lines.with_row_index("line", offset=1).filter(pl.col("text").str.strip_chars() != "")
+    numbered = numbered.slice(1 if dialect.header is not None else 0)
+    if refused:
+        numbered = numbered.filter(~pl.col("line").is_in(sorted(refused)))
+    return numbered.select(pl.col("line").cast(pl.Int64)).collect(engine="streaming").to_series()
+
+
+def _roles(
+    header: list[str] | None, n_columns: int, given: Mapping[str, str | int | None], name: str
+) -> dict[str, int]:
+    try:
+        return resolve_columns(header, n_columns, given)
+    except ColumnError as exc:
+        raise TableError(f"{name}: {exc}") from exc
+
+
+_ID_TYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.String)
+_EXPECTED = {
+    "user": "whole numbers or text (ids)",
+    "item": "whole numbers or text (ids)",
+    "rating": "numbers",
+    "weight": "numbers",
+    "timestamp": "whole numbers (Unix seconds), dates or times",
+}
+
+
+def _type_problem(role: str, dtype: pl.DataType) -> bool:
+    if role in ("user", "item"):
+        return dtype not in _ID_TYPES and not isinstance(dtype, pl.Categorical)
+    if role in NUMERIC_ROLES:
+        return not dtype.is_numeric()
+    return not (dtype.is_integer() or dtype.is_temporal() or dtype == pl.String)
+
+
+def from_frame(frame: pl.DataFrame, name: str, given: Mapping[str, str | int | None]) -> RawTable:
+    """A Parquet file's or a DuckDB table's interactions: columns found by name, each checked for its type."""
+    roles = _roles(frame.columns, frame.width, given, name)
+    for role, index in roles.items():
+        column = frame.columns[index]
+        if _type_problem(role, frame.schema[column]):
+            raise TableError(
+                f"{name}: column {column!r} (the {role}) holds {frame.schema[column]}, expected {_EXPECTED[role]}"
+            )
+    picked = frame.select(pl.col(frame.columns[index]).alias(role) for role, index in roles.items())
+    picked = picked.with_columns(
+        *(pl.col(role).cast(pl.Float64) for role in NUMERIC_ROLES if role in roles),
+        *(pl.col(role).cast(pl.String) for role in ("user", "item") if picked.schema[role] == pl.Categorical),
+    )
+    picked = picked.with_columns(row=pl.int_range(1, picked.height + 1, dtype=pl.Int64))
+    return RawTable(picked, {role: frame.columns[i] for role, i in roles.items()}, name, "row", header=frame.columns)
+
+
+def read_parquet(path: Path, name: str, given: Mapping[str, str | int | None]) -> RawTable:
+    try:
+        frame = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise TableError(f"{name}: cannot be read as Parquet: {exc}") from exc
+    return from_frame(frame, name, given)
+
+
+def read_duckdb(path: Path, name: str, table: str | None, query: str | None, given: Mapping) -> RawTable:
+    """A table (`table`) or the result of one read-only SELECT (`query`) of the DuckDB file at `path`, opened
+    read-only: nothing in it can be changed by reading it."""
+    if (table is None) == (query is None):
+        raise TableError(
+            f"{name} is a DuckDB database: name the table to read with source_table (--source-table NAME), or give "
+            "one SELECT with source_query (--source-query 'SELECT ...')"
+        )
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise TableError(f"{name}: cannot be opened as a DuckDB database: {exc}") from exc
+    with con:
+        if query is not None:
+            _refuse_writes(con, query)
+        try:
+            relation = con.table(table) if table is not None else con.sql(query or "")
+            frame = relation.pl()
+        except duckdb.CatalogException as exc:
+            tables = [row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+            raise TableError(
+                f"{name}: has no table {table!r}; its tables: {', '.join(tables) or 'none'} (source_table, --source-table)"
+                if table is not None
+                else f"{name}: source_query (--source-query) fails: {str(exc).splitlines()[0]}"
+            ) from exc
+        except duckdb.Error as exc:
+            raise TableError(f"{name}: source_query (--source-query) fails: {str(exc).splitlines()[0]}") from exc
+    return from_frame(frame, f"{name} ({'table ' + table if table else 'source_query'})", given)
+
+
+def _refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise TableError(
+            f"source_query (--source-query) is not SQL DuckDB can read: {str(exc).splitlines()[0]}"
+        ) from exc
+    kinds = [statement.type.name for statement in statements]
+    if kinds != ["SELECT"]:
+        raise TableError(
+            f"source_query (--source-query) is {' + '.join(kinds) or 'empty'}; expected one SELECT: the source is "
+            "only read"
+        )
