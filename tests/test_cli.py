@@ -136,7 +136,10 @@ def test_rules_across_settings_name_their_flags(capsys):
 
 
 def test_a_missing_local_source_is_refused_before_prefect_starts(tmp_path):
-    for source, said in ((str(tmp_path / "ml-100k.zp"), "no such file"), (str(tmp_path), "holds no file of interactions")):
+    for source, said in (
+        (str(tmp_path / "ml-100k.zp"), "no such file"),
+        (str(tmp_path), "holds no file of interactions"),
+    ):
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "flows.cli", "run", "--source", source],

@@ -178,7 +178,7 @@ def _summed(good: pl.DataFrame, weighted: bool) -> tuple[pl.DataFrame, int]:
         good.with_columns(weight=weight)
         .group_by("user_id", "item_id", maintain_order=True)
         .agg(pl.col("weight").sum(), pl.col("timestamp").max())
-        .filter(pl.col("weight") > 0)
     )
-    ratings = pairs.select("user_id", "item_id", pl.col("weight").log1p().cast(pl.Float32).alias("rating"), "timestamp")
-    return ratings, good.height - pairs.height
+    interacted = pairs.filter(pl.col("weight") > 0)
+    rating = pl.col("weight").log1p().cast(pl.Float32).alias("rating")
+    return interacted.select("user_id", "item_id", rating, "timestamp"), good.height - pairs.height

@@ -6,6 +6,8 @@ checked afterwards (tasks/ingest/interactions.py)."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +73,17 @@ def _rejected(
     return {row[0] for row in rows}, said
 
 
-def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> RawTable:
+def read_text(path: Path, name: str, given: Mapping[str, str | int | None], lines_of: Path | None = None) -> RawTable:
     """A delimited text file's interactions, through DuckDB's CSV reader (quotes, `::`, Latin-1); lines it cannot
-    split, or whose rating or weight is not a number, are counted with their line and field."""
+    split, or whose rating or weight is not a number, are counted with their line and field. `lines_of` is the
+    file whose lines messages number, when `path` is a copy of it."""
     dialect = sniff(path, name)
+    if dialect.encoding != "utf-8":  # DuckDB's reader reads UTF-8: a Latin-1 file is read through a UTF-8 copy
+        with tempfile.TemporaryDirectory(prefix="recs-latin1-") as folder:
+            copy = Path(folder) / path.name
+            with path.open(encoding=dialect.encoding, newline="") as src, copy.open("w", encoding="utf-8") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            return read_text(copy, name, given, lines_of=path)
     roles = _roles(dialect.header, dialect.n_columns, given, name)
     names = _column_names(dialect.header, dialect.n_columns)
     types = {f"c{i}": "VARCHAR" for i in range(dialect.n_columns)}
@@ -105,7 +114,7 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> R
     frame = frame.with_columns(row=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
 
     def locate(rows: list[int]) -> list[int]:
-        lines = line_numbers(path, dialect, refused)
+        lines = line_numbers(lines_of or path, dialect, refused)
         return [int(lines[row - 1]) for row in rows]
 
     by_role = {role: names[index] for role, index in roles.items()}
