@@ -64,6 +64,27 @@ def replay_options(options: dict) -> dict:
     return {"warehouse": REPLAY_WAREHOUSE, **options}
 
 
+def refuse_timeless_data(config: PipelineConfig) -> None:
+    """Raise, before any night is replayed, when a local source's data has no time column: every date would fail
+    alike. The source is read as the first night would read it (and that parse is kept for it)."""
+    from tasks.ingest.fetch import fetch_archive
+    from tasks.ingest.own_data import read_settings
+    from tasks.ingest.parse import load_dataset
+    from tasks.sources import local_path
+
+    if local_path(config.source) is None:
+        return
+    archive = fetch_archive(config.source, config.data_dir, config.source_sha256)
+    dataset = load_dataset(
+        archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes, read_settings(config)
+    )
+    if not dataset.has_timestamps:
+        raise ValueError(
+            f"the data of {config.source} has no time column: a replay at dates needs one (timestamp_column, "
+            "--timestamp-column). Nothing was run"
+        )
+
+
 def refuse_live_warehouse(path: Path) -> None:
     """Raise when `path` holds lists published by a live run: a replay would replace them with its last date's."""
     if not path.exists():

@@ -119,9 +119,11 @@ def _backfill(options: dict) -> int:
         backfill,
         parse_every,
         refuse_live_warehouse,
+        refuse_timeless_data,
         replay_dates,
         replay_options,
     )
+    from tasks.ingest.errors import IngestError
 
     start, end, every = options.pop("start"), options.pop("end"), options.pop("every")
     verbose = options.pop("verbose", False)
@@ -131,7 +133,8 @@ def _backfill(options: dict) -> int:
         if config is None:
             return 2
         refuse_live_warehouse(config.warehouse)
-    except (ValueError, LiveWarehouseError) as exc:
+        refuse_timeless_data(config)
+    except (ValueError, LiveWarehouseError, IngestError) as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
     print(f"replaying {len(cutoffs)} dates into {config.warehouse}", flush=True)
@@ -349,16 +352,17 @@ def _sql(args: dict) -> int:
 def _synth(options: dict) -> int:
     from tasks.synth import synth
 
-    out = options.pop("out")
+    out, form = options.pop("out"), options.pop("form")
     spec = SynthSpec(**options)
     try:
         spec.check()
     except ValueError as exc:
         print(f"recs synth: {exc}", file=sys.stderr)
         return 2
-    made = synth(spec, out)
+    made = synth(spec, out, form)
+    what = ("interactions", "items") if form == "interactions" else ("ratings", "movies")
     print(
-        f"wrote {out}: {made['ratings']:,} ratings by {made['users']:,} users of {made['items']:,} movies, "
+        f"wrote {out}: {made['ratings']:,} {what[0]} by {made['users']:,} users of {made['items']:,} {what[1]}, "
         f"{made['bytes'] / 1e6:.1f} MB (generated in {made['generate_seconds']:.1f}s, "
         f"written in {made['write_seconds']:.1f}s)"
     )

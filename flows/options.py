@@ -328,7 +328,14 @@ def _add_synth_command(commands: Commands) -> None:
     synth.add_argument("--items", type=int, default=spec.items, help=f"movies (default: {spec.items})")
     synth.add_argument("--ratings", type=int, default=spec.ratings, help=f"ratings (default: {spec.ratings})")
     synth.add_argument("--seed", type=int, default=spec.seed, help=f"random seed (default: {spec.seed})")
-    synth.add_argument("--out", type=Path, required=True, metavar="FILE.zip", help="archive to write")
+    synth.add_argument(
+        "--form",
+        choices=("movielens", "interactions"),
+        default="movielens",
+        help="movielens: an ml-20m archive; interactions: a purchase log customer_id,sku,quantity with text ids and "
+        "no timestamps, as a team exports one (default: movielens)",
+    )
+    synth.add_argument("--out", type=Path, required=True, metavar="FILE", help="archive (.zip) or CSV to write")
 
 
 def _add_recommend_command(commands: Commands) -> argparse.ArgumentParser:

@@ -215,12 +215,28 @@ def write_archive(ratings: pl.DataFrame, movies: pl.DataFrame, out: Path, folder
                 frame.write_csv(handle, float_precision=1 if name == "ratings.csv" else None)
 
 
-def synth(spec: SynthSpec, out: Path) -> dict[str, float]:
-    """Generate and write an archive; returns what was made and how long it took."""
+def write_interactions(ratings: pl.DataFrame, out: Path) -> None:
+    """Write the ratings as a team's purchase log: `customer_id,sku,quantity` with text ids (`C0000001`,
+    `SKU-000296`), no timestamps, and a quantity of 1 to 3 that grows with the rating (so that it is learnable)."""
+    log = ratings.select(
+        customer_id=pl.format("C{}", pl.col("userId").cast(pl.String).str.zfill(7)),
+        sku=pl.format("SKU-{}", pl.col("movieId").cast(pl.String).str.zfill(6)),
+        quantity=(1 + (pl.col("rating") >= 4).cast(pl.Int8) + (pl.col("rating") >= 4.5).cast(pl.Int8)),
+    )
+    with atomic_write(out) as partial:
+        log.write_csv(partial)
+
+
+def synth(spec: SynthSpec, out: Path, form: str = "movielens") -> dict[str, float]:
+    """Generate and write an archive (`form` movielens) or an interactions CSV (`interactions`); returns what was
+    made and how long it took."""
     started = time.perf_counter()
     ratings, movies = synthesize(spec)
     generated = time.perf_counter()
-    write_archive(ratings, movies, out)
+    if form == "interactions":
+        write_interactions(ratings, out)
+    else:
+        write_archive(ratings, movies, out)
     return {
         "ratings": ratings.height,
         "users": ratings["userId"].n_unique(),

@@ -36,6 +36,8 @@ NOT_RUN = {
     "recs synth --users 138000": "writes the 20M-rating archive (a minute, 1.5 GB); tests/tasks/test_synth.py runs `recs synth` small",
     "https://": "downloads from the internet",
     "--cluster-address tcp://scheduler-host": "needs a Dask scheduler on other hosts; tests/test_cluster_flow.py runs one on 127.0.0.1",
+    '--source-query "SELECT customer': "needs a team's DuckDB file; tests/tasks/test_own_data.py reads a DuckDB table "
+    "and query, and refuses a query that writes",
     "--exclude-genres horror": "the README's run with two rules (20 s more of CI); tests/test_nightly_flow.py::"
     "test_business_rules_reasons_fallback_and_churn_through_the_flow runs such rules through the flow",
 }

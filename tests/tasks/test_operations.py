@@ -143,3 +143,7 @@ def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
     (trigger,) = nightly.triggers
     assert trigger.expect == {"recs.ratings.updated"}
     assert trigger.parameters == {"source": "{{ event.payload.source }}"}
+    (interactions,) = served_deployments(names=("interactions",))
+    config = PipelineConfig(**interactions.parameters["config"])  # a team's log: read settings, ranking models only
+    assert (config.feedback, config.models, config.user_column) == ("implicit", ["ials", "popularity"], "customer_id")
+    assert not interactions.schedules  # on demand until the export exists

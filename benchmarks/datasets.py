@@ -1,0 +1,87 @@
+"""The default run's models and `popularity` on ML-100k and each real dataset of ../shared/datasets/real.
+
+    python benchmarks/datasets.py [--datasets ../shared/datasets] [--json OUT]
+
+Each dataset is read as `recs run` reads it (the read settings below, the same as docs/data.md's commands), split
+stratified 75/25 with seed 42, and scored at k = 10 over the items each user has not interacted with. The models
+are the ones a default run trains on that data (`PipelineConfig.for_data`: `dot_bias` and `ials` on ratings,
+`ials` alone on implicit feedback) plus `popularity`, the baseline a list must beat; `published` marks the one a
+default run publishes (the best of its models by nDCG@10). Prints fit seconds, nDCG@10, coverage@10 and RMSE
+(in the data's own rating units) where the feedback is explicit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.protocol import fit_and_score, stratified
+from tasks.config import PipelineConfig
+from tasks.ingest import fetch_archive, load_dataset
+from tasks.ingest.own_data import ReadSettings
+from tasks.reindex import reindex
+
+# name, path under the datasets folder, read settings (as docs/data.md's commands give them)
+DATASETS = (
+    ("ml-100k", "ml-100k.zip", ReadSettings({})),
+    ("anime (ratings 1-10)", "real/anime.zip", ReadSettings({}, member="anime_ratings.dat")),
+    ("lastfm-2k (play counts)", "real/lastfm-2k.zip", ReadSettings({})),
+    ("amazon-video-games (pairs)", "real/amazon-video-games.txt", ReadSettings({})),
+)
+COLUMNS = ("fit_seconds", "ndcg", "coverage", "rmse")
+
+
+def _rows(name: str, path: Path, settings: ReadSettings) -> list[dict]:
+    with tempfile.TemporaryDirectory() as scratch:
+        dataset = load_dataset(fetch_archive(str(path.resolve()), Path(scratch)), Path(scratch), settings=settings)
+        ratings, maps = reindex(dataset.ratings())
+    train, test = stratified(ratings, seed=42)
+    config = PipelineConfig(k=10, seed=42).for_data(dataset.feedback, dataset.has_timestamps)
+    print(
+        f"{name}: {ratings.height:,} {dataset.feedback} interactions, {maps.n_users:,} users, {maps.n_items:,} items; "
+        f"default models {', '.join(config.models)}",
+        flush=True,
+    )
+    rows = [fit_and_score(model, train, test, maps, config) for model in [*config.models, "popularity"]]
+    best = max((row for row in rows if row["model"] in config.models), key=lambda row: row["ndcg"])
+    for row in rows:
+        row |= {"dataset": name, "feedback": dataset.feedback, "published": row is best}
+        print(f"  {row['model']}: nDCG@10 {row['ndcg']:.4f}, fit {row['fit_seconds']:.2f}s", flush=True)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| dataset | model | fit_seconds | ndcg@10 | coverage@10 | rmse |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        rmse = f"{row['rmse']:.4f}" if row["rmse"] is not None else ""
+        model = f"**{row['model']}** (published)" if row["published"] else row["model"]
+        lines.append(
+            f"| {row['dataset']} | {model} | {row['fit_seconds']:.2f} | {row['ndcg']:.4f} | {row['coverage']:.4f} "
+            f"| {rmse} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    parser.add_argument("--datasets", type=Path, default=default, help=f"folder of the datasets (default: {default})")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = [row for name, path, settings in DATASETS for row in _rows(name, args.datasets / path, settings)]
+    print()
+    print(markdown_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1, default=str))
+        print(f"\nrows written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
