@@ -192,17 +192,17 @@ def _summed(good: pl.DataFrame, weighted: bool) -> tuple[pl.DataFrame, int]:
     """One row per (user, item): its rows' weights (or their count) added, its latest time, rating log(1 + weight);
     pairs whose weight adds up to 0 are no interaction and are left out."""
     weight = pl.col("weight") if weighted else pl.lit(1.0)
-    weighted = good.select("user_id", "item_id", weight.alias("weight"), "timestamp")
-    key = _pair_key(weighted)
-    if weighted.select(key.n_unique()).item() == weighted.height:  # no pair twice: nothing to add up
-        pairs = weighted
+    rows = good.select("user_id", "item_id", weight.alias("weight"), "timestamp")
+    key = _pair_key(rows)
+    if rows.select(key.n_unique()).item() == rows.height:  # no pair twice: nothing to add up
+        pairs = rows
     else:
         pairs = (
-            weighted.with_columns(key=key)
+            rows.with_columns(key=key)
             .group_by("key", maintain_order=True)
             .agg(pl.col("user_id", "item_id").first(), pl.col("weight").sum(), pl.col("timestamp").max())
             .drop("key")
         )
     interacted = pairs.filter(pl.col("weight") > 0)
     rating = pl.col("weight").log1p().cast(pl.Float32).alias("rating")
-    return interacted.select("user_id", "item_id", rating, "timestamp"), good.height - pairs.height
+    return interacted.select("user_id", "item_id", rating, "timestamp"), rows.height - pairs.height
