@@ -64,6 +64,13 @@ def replay_options(options: dict) -> dict:
     return {"warehouse": REPLAY_WAREHOUSE, **options}
 
 
+def refuse_before_replay(config: PipelineConfig) -> None:
+    """Raise before any night is replayed: a live warehouse (`refuse_live_warehouse`), data without a time column
+    (`refuse_timeless_data`)."""
+    refuse_live_warehouse(config.warehouse)
+    refuse_timeless_data(config)
+
+
 def refuse_timeless_data(config: PipelineConfig) -> None:
     """Raise, before any night is replayed, when a local source's data has no time column: every date would fail
     alike. The source is read as the first night would read it (and that parse is kept for it)."""

@@ -118,8 +118,7 @@ def _backfill(options: dict) -> int:
         LiveWarehouseError,
         backfill,
         parse_every,
-        refuse_live_warehouse,
-        refuse_timeless_data,
+        refuse_before_replay,
         replay_dates,
         replay_options,
     )
@@ -132,8 +131,7 @@ def _backfill(options: dict) -> int:
         config = config_from_options("backfill", replay_options({**options, "as_of": cutoffs[0]}))
         if config is None:
             return 2
-        refuse_live_warehouse(config.warehouse)
-        refuse_timeless_data(config)
+        refuse_before_replay(config)
     except (ValueError, LiveWarehouseError, IngestError) as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2

@@ -83,13 +83,11 @@ def load_dataset(
     max_extracted_bytes: int = MAX_EXTRACTED_BYTES,
     settings: ReadSettings | None = None,
 ) -> Dataset:
-    """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256; a source
-    that is not a MovieLens archive (a team's own interactions, tasks/ingest/own_data.py) is read with `settings`,
-    once per sha256 and settings.
+    """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256; a team's
+    own interactions (tasks/ingest/own_data.py) are read with `settings`, once per sha256 and settings.
 
-    Every ratings row is checked (tasks/ingest/movielens.py); bad rows are left out of the parquet and counted, and
-    repeated (user, item) ratings are reduced to each pair's latest. The parse is cached whatever the policy;
-    the policy is applied to the cached counts, so a failed run and a later `drop` run parse once.
+    Every row is checked; bad rows are left out of the parquet and counted, repeated (user, item) ratings reduced
+    to each pair's latest. The parse is cached whatever the policy, which applies to the cached counts.
 
     Args:
         archive: a verified local archive.

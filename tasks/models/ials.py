@@ -75,8 +75,12 @@ class IalsParams(ModelParams):
         le=1,
         description="How the penalty grows with a row's count (Rendle et al.'s nu): 0 plain L2, 1 proportional.",
     )
-    unobserved_weight: float = Field(
-        0.3, ge=0, description="Weight of every unrated (user, item) pair pulled towards 0 (Rendle et al.'s alpha_0)."
+    unobserved_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of every unrated (user, item) pair pulled towards 0 (Rendle et al.'s alpha_0). Unset: "
+        "0.3 (chosen on ML-100k) times the fitted data's density over ML-100k's, so that the unrated pairs weigh "
+        "against each user's interactions as they did there (a sparse catalogue of 24k items gets about 0.002).",
     )
     confidence: float = Field(
         0.0, ge=0, description="A rating r weighs 1 + confidence x r as a positive; 0 treats every rating alike."
@@ -100,6 +104,29 @@ class IalsParams(ModelParams):
         description="On a cluster (--cluster-address): ratings per shard of a half-step, in whole chunks of "
         "chunk_ratings; a worker holds one shard's ratings and the fixed side's vectors, never the whole matrix.",
     )
+
+    @property
+    def a0(self) -> float:
+        """The unobserved weight, once `for_interactions` has resolved it."""
+        if self.unobserved_weight is None:
+            raise ValueError("ials: unobserved_weight is resolved from the data (IalsParams.for_interactions) first")
+        return self.unobserved_weight
+
+    def for_interactions(self, interactions: Interactions) -> IalsParams:
+        """These settings with the unobserved weight resolved for the data a fit sees: as set, else scaled by its
+        density. Rendle et al. weigh the unrated pairs by alpha_0 against each row's count: a user with n ratings
+        among |I| items sees n observed terms and alpha_0 |I| unobserved ones, so keeping alpha_0 |I| / n where
+        it was tuned means alpha_0 in proportion to the density n / |I|. On ML-100k's 100,000 ratings it is 0.3
+        exactly, so ML-100k's published lists (fitted on all of them) are the tuned setting's."""
+        if self.unobserved_weight is not None:
+            return self
+        density = interactions.ratings.height / (interactions.n_users * interactions.n_items)
+        return self.model_copy(update={"unobserved_weight": REFERENCE_UNOBSERVED_WEIGHT * (density / ML_100K_DENSITY)})
+
+
+# Where unobserved_weight's default was chosen (benchmarks/tune.py): 0.3 on ML-100k, whose density is this.
+REFERENCE_UNOBSERVED_WEIGHT = 0.3
+ML_100K_DENSITY = 100_000 / (943 * 1682)
 
 
 class Ials(Recommender):
@@ -244,9 +271,7 @@ def gramian(other: torch.Tensor, unobserved_weight: float) -> torch.Tensor:
 
 def row_penalty(indptr: torch.Tensor, n_other: int, params: IalsParams) -> torch.Tensor:
     """Each row's regularization, reg (its count + a0 x the other side's size)^nu."""
-    return params.regularization * (indptr.diff().float() + params.unobserved_weight * n_other).pow(
-        params.regularization_exponent
-    )
+    return params.regularization * (indptr.diff().float() + params.a0 * n_other).pow(params.regularization_exponent)
 
 
 def _times_gram(x: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -362,9 +387,10 @@ def fit_ials(
 ) -> tuple[Ials, list[dict]]:
     """`ials` by alternating conjugate-gradient solves (see the module docstring); one history row per epoch.
     `init`: rows of the initial vectors from a previous fit (a warm start)."""
+    params = params.for_interactions(interactions)
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
     problem = ials_problem(interactions, params, device, seed, init)
-    a0 = params.unobserved_weight
+    a0 = params.a0
     user_penalty = row_penalty(problem.by_user.indptr, n_items, params)
     item_penalty = row_penalty(problem.by_item.indptr, n_users, params)
     width = tile_width(f, params.cache_bytes, device)

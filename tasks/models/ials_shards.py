@@ -139,7 +139,7 @@ def solve_shard(
         str(folder), side, first, last, tile_width(params.factors, params.cache_bytes, torch.device("cpu"))
     )
     penalty = row_penalty(tiles.indptr, tiles.n_cols, params)
-    gram = gramian(other, params.unobserved_weight)
+    gram = gramian(other, params.a0)
     solve_side(x, other, gram, tiles, penalty, params.cg_steps, params.chunk_ratings)
     part = (penalty * x.pow(2).sum(1)).double().sum()
     if side == "items":  # the epoch's vectors are final now: this shard's ratings and its share of every pair
@@ -219,6 +219,7 @@ def sharded_ials(folder: Path, run_epochs: RunEpochs) -> WarmFit[IalsParams]:
         label: str = "train",
         init: InitialRows | None = None,
     ) -> tuple[Ials, list[dict]]:
+        params = params.for_interactions(interactions)
         plan = prepare_ials_shards(interactions, params, seed, folder, init)
         log.info(
             "training ials on %d ratings: %d user and %d item shards per epoch",

@@ -107,7 +107,8 @@ def test_seeded_deterministic_and_a_single_rating_user_gets_a_finite_vector():
 
 
 def test_non_finite_factors_fail_the_fit(tmp_path):
-    interactions, params = Interactions(_ratings(), 6, 5), IalsParams(factors=4, epochs=2, confidence=float("inf"))
+    interactions = Interactions(_ratings(), 6, 5)
+    params = IalsParams(factors=4, epochs=2, confidence=float("inf")).for_interactions(interactions)
     with pytest.raises(ModelFitError, match="non-finite in epoch 1"):
         fit_ials(interactions, params, CPU)
     plan = prepare_ials_shards(interactions, params, 0, tmp_path / "ials")
@@ -120,6 +121,7 @@ def test_training_by_shards_is_the_in_process_fit_bit_for_bit(ml100k_indexed, tm
     ratings, maps = ml100k_indexed
     interactions = Interactions(ratings, maps.n_users, maps.n_items)
     params = IalsParams(epochs=3, chunk_ratings=chunk_ratings, shard_ratings=shard_ratings)
+    params = params.for_interactions(interactions)  # as the sharded fit resolves them before its shards run
     whole, rows = fit_ials(interactions, params, torch.device("cpu"), seed=7)
 
     plan = prepare_ials_shards(interactions, params, 7, tmp_path / "ials-train")
@@ -144,8 +146,9 @@ def test_shards_are_whole_chunks_within_the_ratings_budget():
 
 def test_a_retried_shard_reads_the_same_inputs_and_writes_the_same_vectors(ml100k_indexed, tmp_path):
     ratings, maps = ml100k_indexed
-    params = IalsParams(epochs=1, chunk_ratings=5000, shard_ratings=20_000)
-    plan = prepare_ials_shards(Interactions(ratings, maps.n_users, maps.n_items), params, 0, tmp_path / "ials")
+    interactions = Interactions(ratings, maps.n_users, maps.n_items)
+    params = IalsParams(epochs=1, chunk_ratings=5000, shard_ratings=20_000).for_interactions(interactions)
+    plan = prepare_ials_shards(interactions, params, 0, tmp_path / "ials")
     first, last = plan.shards["users"][1]
     once = solve_shard(plan.folder, "users", 1, first, last, plan.firsts("items"), params)
     written = vectors_path(plan.folder, "users", 1, first).read_bytes()
@@ -153,6 +156,17 @@ def test_a_retried_shard_reads_the_same_inputs_and_writes_the_same_vectors(ml100
     again = solve_shard(plan.folder, "users", 1, first, last, plan.firsts("items"), params)  # the retry
     assert again == once and vectors_path(plan.folder, "users", 1, first).read_bytes() == written
     assert np.load(vectors_path(plan.folder, "users", 0, first)).shape == (last - first, params.factors)  # inputs kept
+
+
+def test_the_unobserved_weight_follows_the_density_and_is_the_tuned_one_on_ml_100k(ml100k_indexed):
+    ratings, maps = ml100k_indexed
+    whole = Interactions(ratings, maps.n_users, maps.n_items)
+    assert IalsParams().for_interactions(whole).unobserved_weight == 0.3  # exactly: ML-100k's lists are the tuned ones
+    quarter = Interactions(ratings.head(25_000), maps.n_users, maps.n_items)
+    assert IalsParams().for_interactions(quarter).unobserved_weight == pytest.approx(0.075)
+    assert IalsParams(unobserved_weight=0.5).for_interactions(quarter).unobserved_weight == 0.5  # set: as set
+    with pytest.raises(ValueError, match="resolved from the data"):
+        _ = IalsParams().a0
 
 
 def test_the_fit_does_not_depend_on_the_thread_count(ml100k_indexed):
