@@ -64,8 +64,9 @@ def _apply_bad_row_policy(meta: dict, policy: BadRowPolicy, source: str) -> None
     n_bad = meta["n_bad_rows"]
     if n_bad and policy == "fail":
         examples = "; ".join(meta["bad_row_examples"][:3])
+        what = ("source", "row(s)") if meta["layout"] == "interactions" else ("archive", "ratings row(s)")
         raise IngestError(
-            f"archive {source!r}: {n_bad:,} bad ratings row(s), first: {examples}. "
+            f"{what[0]} {source!r}: {n_bad:,} bad {what[1]}, first: {examples}. "
             "Fix the file, or run with on_bad_rows=drop (--on-bad-rows drop) to skip them and record the count"
         )
     if n_bad:
@@ -96,11 +97,10 @@ def load_dataset(
         max_extracted_bytes: refuse archives whose extracted files exceed this.
 
     Returns:
-        The parsed dataset (cached under `data_dir/datasets/<sha256>/`).
+        The parsed dataset (cached under `data_dir/datasets/<sha256>[-<settings key>]/`).
 
     Raises:
-        IngestError: unreadable zip, unsafe member, size limit, unknown layout, empty or malformed file,
-            bad rows under `fail`.
+        IngestError: an unreadable or unsafe source, the size limit, a malformed file, bad rows under `fail`.
     """
     settings = settings or ReadSettings({})
     own = is_own_data(archive.path, settings)
@@ -113,6 +113,7 @@ def load_dataset(
         parse = _parse_own_data if own else _parse
         meta = _in_scratch(archive, out_dir, lambda work: parse(archive, work, max_extracted_bytes, settings))
     _apply_bad_row_policy(meta, on_bad_rows, archive.source)
+    _refuse_too_few_left(meta, out_dir, archive.source)
     say_coverage(meta, archive.source)
     return Dataset(
         out_dir / "ratings.parquet",
@@ -125,6 +126,13 @@ def load_dataset(
         meta.get("feedback", "explicit"),
         meta.get("has_timestamps", True),
     )
+
+
+def _refuse_too_few_left(meta: dict, out_dir: Path, source: str) -> None:
+    """A team's interactions that the bad-row policy dropped to none, or to one user's (`refuse_too_few`)."""
+    if meta["layout"] == "interactions" and meta["n_bad_rows"]:
+        ratings = pl.read_parquet(out_dir / "ratings.parquet")
+        refuse_too_few(ratings, meta["n_bad_rows"], meta["bad_row_examples"], f"source {source!r}, {meta['file']}")
 
 
 def _cached_meta(out_dir: Path, sha256: str) -> dict:
@@ -245,7 +253,8 @@ def _parse_own_data(archive: Archive, work: Path, limit: int, settings: ReadSett
         raise IngestError(f"source {archive.source!r}: {exc}") from exc
     parsed = ParsedRatings(checked.ratings, checked.n_bad_rows, checked.bad_row_examples)
     ratings = _seconds(parsed, name, archive.source).ratings
-    _refuse_too_few(ratings, checked.n_bad_rows, checked.bad_row_examples, f"source {archive.source!r}, {name}")
+    if checked.n_bad_rows == 0:  # with bad rows, what the policy says of them comes first (load_dataset)
+        refuse_too_few(ratings, 0, [], f"source {archive.source!r}, {name}")
     items = items_read[1] if items_read else _untitled_items(ratings)
     ratings.write_parquet(work / "ratings.parquet")
     items.select("item_id", "title", "genres", "year").write_parquet(work / "items.parquet")
@@ -276,7 +285,7 @@ def _parse_own_data(archive: Archive, work: Path, limit: int, settings: ReadSett
     return meta
 
 
-def _refuse_too_few(ratings: pl.DataFrame, n_bad: int, examples: list[str], where: str) -> None:
+def refuse_too_few(ratings: pl.DataFrame, n_bad: int, examples: list[str], where: str) -> None:
     """No interactions left, or one user's: nothing a recommender can learn from."""
     if ratings.height == 0:
         dropped = f" ({n_bad:,} bad rows, first: {examples[0]})" if n_bad else ""

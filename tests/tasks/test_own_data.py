@@ -125,10 +125,7 @@ def test_a_given_rating_scale_makes_rows_off_it_bad(tmp_path):
     source = tmp_path / "scores.csv"
     source.write_text("user,item,score\n1,1,7\n1,2,11\n2,1,0\n2,2,10\n")
     message = _refusal(source, tmp_path / "data", rating_scale=(1.0, 10.0))
-    assert (
-        "2 bad ratings row(s), first: scores.csv line 3: field 'score' is '11.0', off the rating scale 1 to 10"
-        in message
-    )
+    assert "2 bad row(s), first: scores.csv line 3: field 'score' is '11.0', off the rating scale 1 to 10" in message
     kept = _load(source, tmp_path / "data", "drop", rating_scale=(1.0, 10.0))
     assert (kept.n_ratings, kept.n_bad_rows) == (2, 2)
 
@@ -195,7 +192,7 @@ def test_a_non_numeric_rating(tmp_path):
     source = tmp_path / "ratings.tsv"
     source.write_text("user\titem\trating\n1\t1\t4\n\n2\t1\tfive\n3\t1\t2\n")
     assert _refusal(source, tmp_path / "d").endswith(
-        "1 bad ratings row(s), first: ratings.tsv line 4: field 'rating' is 'five', expected a number. Fix the file, "
+        "1 bad row(s), first: ratings.tsv line 4: field 'rating' is 'five', expected a number. Fix the file, "
         "or run with on_bad_rows=drop (--on-bad-rows drop) to skip them and record the count"
     )
 
@@ -205,8 +202,7 @@ def test_negative_or_non_finite_weights(tmp_path):
     source.write_text("user,item,plays\n1,1,3\n1,2,-2\n2,1,inf\n2,2,1\n")
     message = _refusal(source, tmp_path / "d")
     assert (
-        "2 bad ratings row(s), first: plays.csv line 3: field 'plays' is '-2.0', expected a finite number, 0 or more"
-        in message
+        "2 bad row(s), first: plays.csv line 3: field 'plays' is '-2.0', expected a finite number, 0 or more" in message
     )
     assert "plays.csv line 4: field 'plays' is 'inf'" in message
 
