@@ -77,7 +77,8 @@ def _header_and_quote(path: Path, separator: str, lines: list[str]) -> tuple[boo
     try:
         with duckdb.connect() as con:
             found = con.execute(
-                "SELECT HasHeader, Quote FROM sniff_csv(?, delim = ?, ignore_errors = true, null_padding = true)",
+                "SELECT HasHeader, Quote FROM sniff_csv(?, delim = ?, ignore_errors = true, null_padding = true, "
+                "compression = 'none')",
                 [str(path), separator],
             ).fetchone()
         if found is not None:

@@ -262,6 +262,7 @@ def _text_items(path: Path, name: str) -> pl.DataFrame:
             quotechar=dialect.quote,
             escapechar=dialect.quote,
             encoding=dialect.encoding,
+            compression="none",  # by its bytes: a downloaded source is cached as <sha256>.zip, whatever it holds
             ignore_errors=True,
         )
         frame = relation.pl()

@@ -102,6 +102,7 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None], line
                 quotechar='"',
                 escapechar='"',
                 encoding=dialect.encoding,
+                compression="none",  # by its bytes: a downloaded source is cached as <sha256>.zip, whatever it holds
                 store_rejects=True,
                 rejects_table="reader_rejects",
                 rejects_scan="reader_scans",

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+import torch
 
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestError, fetch_archive, load_dataset
@@ -19,13 +20,13 @@ from tests.helpers import DATASETS
 REAL = DATASETS / "real"
 
 
-def _load(source: Path, data_dir: Path, policy: str = "fail", **settings):
+def _load(source: Path | str, data_dir: Path, policy: str = "fail", **settings):
     columns = {role: settings.pop(f"{role}_column", None) for role in ("user", "item", "rating", "weight", "timestamp")}
     archive = fetch_archive(str(source), data_dir)
     return load_dataset(archive, data_dir, policy, settings=ReadSettings(columns, **settings))  # type: ignore[arg-type]
 
 
-def _refusal(source: Path, data_dir: Path, **settings) -> str:
+def _refusal(source: Path | str, data_dir: Path, **settings) -> str:
     with pytest.raises(IngestError) as error:
         _load(source, data_dir, **settings)
     message = str(error.value)
@@ -262,3 +263,37 @@ def test_a_duckdb_table_that_does_not_exist_and_a_query_that_writes(tmp_path):
         "shop.duckdb is a DuckDB database: name the table to read with source_table (--source-table NAME), or give "
         "one SELECT with source_query (--source-query 'SELECT ...')"
     )
+
+
+def test_a_csv_over_http_is_downloaded_cached_and_named_by_its_url(tmp_path, serve):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "events.csv").write_text("visitorid,itemid\nv1,a\nv1,b\nv2,a\nv3,c\n")
+    url = f"{serve(site).url}/events.csv"
+    dataset = _load(url, tmp_path / "d")
+    assert (dataset.feedback, dataset.n_ratings) == ("implicit", 4)
+    (site / "later.csv").write_text("visitorid,itemid\nv1,a\nv2,a\nguest,\n")
+    message = _refusal(url.replace("events.csv", "later.csv"), tmp_path / "d")
+    assert "later.csv line 4: field 'itemid' is empty, expected an id" in message  # the URL's file name, its line
+
+
+def test_text_ids_survive_a_checkpoint_and_a_warm_start_matches_them(tmp_path):
+    from tasks.checkpoint import save_checkpoint
+    from tasks.reindex import reindex
+    from tasks.train import fit
+    from tasks.warm import WarmStart
+
+    users = [f"u{u}" for u in range(30) for _ in range(6)]
+    items = [f"sku-{(u * 5 + k) % 20}" for u in range(30) for k in range(6)]
+    frame = pl.DataFrame({"user_id": users, "item_id": items, "rating": [1.0] * 180, "timestamp": [None] * 180})
+    ratings, maps = reindex(frame.with_columns(pl.col("timestamp").cast(pl.Int64)))
+    config = PipelineConfig(device="cpu", ials={"epochs": 2, "factors": 4})  # type: ignore[arg-type]
+    model = fit(ratings, maps.n_users, maps.n_items, config, name="ials")
+    save_checkpoint(model, maps, config, tmp_path / "model.pt")
+    tonight = reindex(frame.filter(pl.col("user_id") != "u0").with_columns(pl.col("timestamp").cast(pl.Int64)))[1]
+    rows = WarmStart.load(tmp_path / "model.pt", "last-night").initial_rows(tonight)
+    now, values = rows["user_factors"]
+    assert len(now) == 29  # every user but u0, matched by their text ids
+    u1_now = int(tonight.users.filter(pl.col("user_id") == "u1")["user_idx"][0])
+    u1_then = int(maps.users.filter(pl.col("user_id") == "u1")["user_idx"][0])
+    assert torch.equal(values[now.tolist().index(u1_now)], model.module.user_factors[u1_then])
