@@ -43,7 +43,9 @@ def test_the_three_real_files_read_as_their_publishers_describe_them(tmp_path):
     )
     assert (ratings["rating"].min(), ratings["rating"].max()) == (1.0, 10.0)
     assert ratings["timestamp"].null_count() == ratings.height
-    assert anime.items().height == 7_390  # anime_info.dat, found beside it (its ids are another numbering)
+    titles = anime.items()  # anime_info.dat, found beside it: the same numbering, whatever its README says
+    assert titles.height == 7_390 and titles.filter(pl.col("item_id") == 6)["title"].to_list() == ["Death Note"]
+    assert "Mystery" in titles.filter(pl.col("item_id") == 6)["genres"][0]
 
     lastfm = _load(REAL / "lastfm-2k.zip", tmp_path)
     plays = lastfm.ratings()
@@ -297,3 +299,14 @@ def test_text_ids_survive_a_checkpoint_and_a_warm_start_matches_them(tmp_path):
     u1_now = int(tonight.users.filter(pl.col("user_id") == "u1")["user_idx"][0])
     u1_then = int(maps.users.filter(pl.col("user_id") == "u1")["user_idx"][0])
     assert torch.equal(values[now.tolist().index(u1_now)], model.module.user_factors[u1_then])
+
+
+def test_an_items_file_of_another_catalogue_is_said_with_the_counts(tmp_path, caplog):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "orders.csv").write_text("customer,sku\nc1,s1\nc2,s1\nc2,s2\nc3,s3\n")
+    (folder / "catalogue.csv").write_text("sku,name\ns1,Kettle\nx9,Lamp\nx8,Desk\n")
+    with caplog.at_level("WARNING"):
+        dataset = _load(folder, tmp_path / "d")
+    assert "only 1 of the 3 rated items have a row in the items file catalogue.csv (3 rows)" in caplog.text
+    assert dataset.items().filter(pl.col("item_id") == "s1")["title"].to_list() == ["Kettle"]  # and the run goes on
