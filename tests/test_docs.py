@@ -36,6 +36,11 @@ NOT_RUN = {
     "recs synth --users 138000": "writes the 20M-rating archive (a minute, 1.5 GB); tests/tasks/test_synth.py runs `recs synth` small",
     "https://": "downloads from the internet",
     "--cluster-address tcp://scheduler-host": "needs a Dask scheduler on other hosts; tests/test_cluster_flow.py runs one on 127.0.0.1",
+    "--source data/purchases.csv": "a synthetic purchase log (15 s more of CI); tests/test_own_data_flow.py runs "
+    "one with text ids, rules and an items file through `recs run`, `recs recommend` and recommendations_for",
+    "recs recommend C0000001": "reads the purchase log's warehouse, not run above",
+    "recs synth --form interactions": "writes the purchase log the next example reads, not run above; "
+    "tests/tasks/test_synth.py runs `recs synth`",
     '--source-query "SELECT customer': "needs a team's DuckDB file; tests/tasks/test_own_data.py reads a DuckDB table "
     "and query, and refuses a query that writes",
     "--exclude-genres horror": "the README's run with two rules (20 s more of CI); tests/test_nightly_flow.py::"

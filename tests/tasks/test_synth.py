@@ -85,3 +85,20 @@ def test_recs_synth_command(tmp_path, capsys):
     assert out.is_file() and "2,500 ratings by 100 users" in capsys.readouterr().out
     assert main(["synth", "--users", "100", "--items", "80", "--ratings", "1000", "--out", str(out)]) == 2
     assert "below 20 per user" in capsys.readouterr().err
+
+
+def test_the_purchase_log_form_has_text_ids_and_quantities_and_reads_as_implicit(tmp_path, capsys):
+    out = tmp_path / "purchases.csv"
+    assert (
+        main(
+            ["synth", "--form", "interactions", "--users", "100", "--items", "80", "--ratings", "3000"]
+            + ["--out", str(out)]
+        )
+        == 0
+    )
+    assert "wrote" in capsys.readouterr().out and out.read_text().startswith("customer_id,sku,quantity\nC0000001,SKU-")
+    dataset = load_dataset(fetch_archive(str(out), tmp_path / "d"), tmp_path / "d")
+    ratings = dataset.ratings()
+    assert (dataset.feedback, dataset.has_timestamps, dataset.n_ratings) == ("implicit", False, 3000)
+    assert ratings.schema["user_id"] == ratings.schema["item_id"] == pl.String
+    assert ratings["rating"].exp().round(0).is_in([2.0, 3.0, 4.0]).all()  # log(1 + quantity), quantity 1 to 3
