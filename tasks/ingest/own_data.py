@@ -58,6 +58,25 @@ class ReadSettings:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
+    def any_set(self) -> str | None:
+        """The first setting given (as its flag), or None when none is."""
+        given = [f"--{role}-column" for role, value in self.columns.items() if value is not None]
+        given += [f"--{flag}" for flag, value in self._flags().items() if value is not None]
+        return given[0] if given else None
+
+    def _flags(self) -> dict[str, object]:
+        return {
+            "feedback": self.feedback,
+            "rating-scale": self.rating_scale,
+            "source-member": self.member,
+            "source-table": self.table,
+            "source-query": self.query,
+            "items": self.items,
+            "item-id-column": self.item_id_column,
+            "item-title-column": self.item_title_column,
+        }
+
+    @property
     def given(self) -> dict[str, str | None]:
         return dict(self.columns)
 
@@ -82,6 +101,8 @@ def quick_problem(path: Path, settings: ReadSettings) -> str | None:
     """What makes a local file or folder of interactions unreadable that its first lines (or Parquet schema) show,
     in a fraction of a second: no separator, columns that do not resolve. None when the run may read it (a zip or
     DuckDB file is checked by the run)."""
+    if settings.items is not None and not Path(settings.items).is_file():
+        return f"items (--items): no such file {settings.items!r}; expected a file of item ids and titles"
     kind = source_kind(path)
     if kind in ("zip", "duckdb"):
         return None
@@ -116,6 +137,11 @@ def source_kind(path: Path) -> SourceKind:
 def read_table(path: Path, name: str, settings: ReadSettings) -> RawTable:
     """One file of interactions, read as its kind."""
     kind = source_kind(path)
+    if kind != "duckdb" and (settings.table is not None or settings.query is not None):
+        raise TableError(
+            f"{name}: is {'a ' + kind if kind != 'text' else 'text'}, not a DuckDB database; source_table "
+            "(--source-table) and source_query (--source-query) read a DuckDB file's tables"
+        )
     try:
         if kind == "parquet":
             return read_parquet(path, name, settings.given)
@@ -284,6 +310,10 @@ def read_own_data(
         (name, path), items_file = choose_files(files, settings)
     checked = check_interactions(read_table(path, name, settings), settings.feedback, settings.rating_scale)
     if settings.items is not None:
+        if not Path(settings.items).is_file():
+            raise TableError(
+                f"items (--items): no such file {settings.items!r}; expected a file of item ids and titles"
+            )
         items_file = (settings.items, Path(settings.items))
     if items_file is None:
         return checked, None, name

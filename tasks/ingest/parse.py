@@ -147,16 +147,23 @@ def _cached_meta(out_dir: Path, sha256: str) -> dict:
 
 def is_own_data(path: Path, settings: ReadSettings) -> bool:
     """Whether a source is a team's own interactions rather than a MovieLens archive: anything but a zip, a zip
-    that holds no MovieLens ratings file, or one whose member to read is named."""
-    if source_kind(path) != "zip":
-        return True
-    if settings.member is not None:
+    that holds no MovieLens ratings file, or one whose member to read is named.
+
+    Raises:
+        IngestError: a MovieLens archive given settings that apply to a team's own data only.
+    """
+    if source_kind(path) != "zip" or settings.member is not None:
         return True
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError):
         return False  # refused as a broken archive by the MovieLens reader, naming it
+    if holds_movielens_ratings(names) and settings.any_set:
+        raise IngestError(
+            f"{str(path)!r} is a MovieLens archive, read as its layout says: {settings.any_set} and the other "
+            "settings for a team's own data (docs/data.md) do not apply to it; leave them out"
+        )
     return not holds_movielens_ratings(names)
 
 

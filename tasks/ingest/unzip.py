@@ -153,7 +153,9 @@ def local_archive_problem(path: Path, settings: ReadSettings | None = None) -> s
     with zf:
         names = zf.namelist()
         if not holds_movielens_ratings(names):
-            return None  # a zip of a team's own files: the run finds its interactions file
+            return quick_problem(path, settings)  # a zip of a team's own files: the run finds its interactions file
+        if settings.any_set:
+            return f"{str(path)!r} is a MovieLens archive: {settings.any_set} applies to a team's own data only"
         try:
             layout, ratings_member, _ = detect_layout(names)
         except ValueError as exc:

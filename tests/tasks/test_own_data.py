@@ -310,3 +310,19 @@ def test_an_items_file_of_another_catalogue_is_said_with_the_counts(tmp_path, ca
         dataset = _load(folder, tmp_path / "d")
     assert "only 1 of the 3 rated items have a row in the items file catalogue.csv (3 rows)" in caplog.text
     assert dataset.items().filter(pl.col("item_id") == "s1")["title"].to_list() == ["Kettle"]  # and the run goes on
+
+
+def test_settings_that_cannot_apply_are_refused(tmp_path, ml100k_zip):
+    source = tmp_path / "events.csv"
+    source.write_text("user,item\na,x\nb,x\n")
+    assert _refusal(source, tmp_path / "d", items=str(tmp_path / "nope.csv")).endswith(
+        f"items (--items): no such file '{tmp_path / 'nope.csv'}'; expected a file of item ids and titles"
+    )
+    assert _refusal(source, tmp_path / "d", table="orders").endswith(
+        "events.csv: is text, not a DuckDB database; source_table (--source-table) and source_query (--source-query) "
+        "read a DuckDB file's tables"
+    )
+    assert _refusal(ml100k_zip, tmp_path / "d", feedback="implicit").endswith(
+        "is a MovieLens archive, read as its layout says: --feedback and the other settings for a team's own data "
+        "(docs/data.md) do not apply to it; leave them out"
+    )
