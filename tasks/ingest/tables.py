@@ -99,8 +99,8 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None], line
                 header=dialect.header is not None,
                 columns=types,
                 auto_detect=False,
-                quotechar='"',
-                escapechar='"',
+                quotechar=dialect.quote,  # DuckDB's sniffer's: none where a lone " is part of a value
+                escapechar=dialect.quote,
                 encoding=dialect.encoding,
                 compression="none",  # by its bytes: a downloaded source is cached as <sha256>.zip, whatever it holds
                 store_rejects=True,
