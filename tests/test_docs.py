@@ -161,8 +161,13 @@ def checkout(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_every_recs_and_sql_example_runs_as_written(checkout, capsys):
+def test_every_recs_and_sql_example_runs_as_written(checkout, capsys, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "120"}
+    # the session's Prefect API: each `recs run` then skips starting a temporary one of its own (4 s each here);
+    # tests/test_cli.py runs `recs run` with its temporary API, as the README's first command does
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     ran, skipped = [], []
     for example in recs_examples():
         if why := _not_run(example):
