@@ -1,6 +1,7 @@
 """The default run's models and `popularity` on ML-100k and each real dataset of ../shared/datasets/real.
 
     python benchmarks/datasets.py [--datasets ../shared/datasets] [--json OUT]
+    python benchmarks/datasets.py --confidence 0,0.25,0.5,1
 
 Each dataset is read as `recs run` reads it (the read settings below, the same as docs/data.md's commands), split
 stratified 75/25 with seed 42, and scored at k = 10 over the items each user has not interacted with. The models
@@ -25,6 +26,7 @@ from tasks.config import PipelineConfig
 from tasks.ingest import fetch_archive, load_dataset
 from tasks.ingest.own_data import ReadSettings
 from tasks.reindex import reindex
+from tasks.split import split_ratings
 
 # name, path under the datasets folder, read settings (as docs/data.md's commands give them)
 DATASETS = (
@@ -55,6 +57,24 @@ def _rows(name: str, path: Path, settings: ReadSettings) -> list[dict]:
     return rows
 
 
+def confidence_rows(name: str, path: Path, settings: ReadSettings, values: list[float]) -> list[dict]:
+    """On implicit feedback, `ials`'s validation nDCG@10 at each confidence (the weight of log(1 + weight)): the
+    training split split again per user 75/25 with seed 43, as benchmarks/tune.py does; the test split unread."""
+    with tempfile.TemporaryDirectory() as scratch:
+        dataset = load_dataset(fetch_archive(str(path.resolve()), Path(scratch)), Path(scratch), settings=settings)
+        ratings, maps = reindex(dataset.ratings())
+    if dataset.feedback != "implicit":
+        return []
+    fit_part, validation = split_ratings(stratified(ratings, seed=42)[0], "stratified", 0.25, 43)
+    rows = []
+    for value in values:
+        config = PipelineConfig(k=10, seed=42).with_overrides({"ials": {"confidence": value}})
+        row = fit_and_score("ials", fit_part, validation, maps, config)
+        rows.append({"dataset": name, "confidence": value, "validation_ndcg": row["ndcg"]})
+        print(f"  {name}: ials.confidence {value:g}: validation nDCG@10 {row['ndcg']:.4f}", flush=True)
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| dataset | model | fit_seconds | ndcg@10 | coverage@10 | rmse |", "|---|---|---|---|---|---|"]
     for row in rows:
@@ -72,7 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     default = Path(__file__).resolve().parents[2] / "shared" / "datasets"
     parser.add_argument("--datasets", type=Path, default=default, help=f"folder of the datasets (default: {default})")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--confidence",
+        type=lambda text: [float(value) for value in text.split(",")],
+        help="instead: ials's validation nDCG@10 at these confidences (e.g. 0,0.25,0.5,1) on the implicit datasets",
+    )
     args = parser.parse_args(argv)
+    if args.confidence:
+        for name, path, settings in DATASETS:
+            confidence_rows(name, args.datasets / path, settings, args.confidence)
+        return 0
     rows = [row for name, path, settings in DATASETS for row in _rows(name, args.datasets / path, settings)]
     print()
     print(markdown_table(rows))
