@@ -236,8 +236,8 @@ class _SourceAndSplit(BaseModel):
     max_extracted_bytes: int = Field(
         MAX_EXTRACTED_BYTES,
         gt=0,
-        description="Refuse an archive whose ratings and items files expand past this many bytes (zip bombs); "
-        "the free disk space is checked too.",
+        description="Refuse an archive whose ratings and items files expand past this many bytes (zip bombs), or a "
+        "team's file or folder of interactions larger than this; the free disk space is checked too.",
     )
     on_bad_rows: BadRowPolicy = Field(
         "fail",

@@ -31,6 +31,7 @@ from tasks.ingest.own_data import (
 from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 from tasks.ingest.tables import TableError
 from tasks.ingest.unzip import extract_files, extract_members
+from tasks.naming import setting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -247,9 +248,16 @@ def _source_files(archive: Archive, work: Path, limit: int) -> dict[str, Path]:
         return extract_files(archive, work / "raw", limit, lambda name: not NOT_DATA.search(name))
     if kind == "folder":
         files = sorted(path for path in archive.path.rglob("*") if path.is_file())
-        return {str(path.relative_to(archive.path)): path for path in files}
-    name = Path(urlsplit(archive.source).path).name or archive.path.name
-    return {name: archive.path}
+        found = {str(path.relative_to(archive.path)): path for path in files}
+    else:
+        found = {Path(urlsplit(archive.source).path).name or archive.path.name: archive.path}
+    size = sum(path.stat().st_size for path in found.values())
+    if size > limit:  # as a zip's members are held to it: the parse holds a few times this in memory
+        raise IngestError(
+            f"source {archive.source!r}: {size:,} bytes, over the {limit:,} byte limit "
+            f"({setting('max_extracted_bytes')}); refused"
+        )
+    return found
 
 
 def _parse_own_data(archive: Archive, work: Path, limit: int, settings: ReadSettings) -> dict:

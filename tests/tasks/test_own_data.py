@@ -326,3 +326,11 @@ def test_settings_that_cannot_apply_are_refused(tmp_path, ml100k_zip):
         "is a MovieLens archive, read as its layout says: --feedback and the other settings for a team's own data "
         "(docs/data.md) do not apply to it; leave them out"
     )
+
+
+def test_a_file_past_the_size_limit_is_refused_naming_the_setting(tmp_path):
+    source = tmp_path / "events.csv"
+    source.write_text("user,item\n" + "".join(f"u{i},i{i % 7}\n" for i in range(100)))
+    archive = fetch_archive(str(source), tmp_path / "d")
+    with pytest.raises(IngestError, match=r"over the 500 byte limit \(max_extracted_bytes \(--max-extracted-bytes\)\)"):
+        load_dataset(archive, tmp_path / "d", "fail", 500, ReadSettings({}))
