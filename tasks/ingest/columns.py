@@ -1,7 +1,7 @@
 """Which column of a team's interactions file is the user, the item, the rating, the weight and the time.
 
 A header's names are matched to roles case-insensitively, ignoring `_`, `-`, `.` and spaces (`User_ID`, `userId`
-and `user id` are all `userid`), against the aliases below; an `...id` column left over once the user is known
+and `user id` are all `userid`: `normal_name`), against the aliases below; an `...id` column left over once the user is known
 is the item (`Anime_ID`, `artistID`). A file without a header takes its columns by position: user, item, rating,
 timestamp, as MovieLens's `u.data` and `ratings.dat` have them. A setting names a role's column where neither
 works: a header name or a 1-based position (`--user-column`, `--item-column`, ...).
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 ROLES = ("user", "item", "rating", "weight", "timestamp")
 REQUIRED = ("user", "item")
-# Each role's names, compared in `_normal` form; the first match in the header wins only if it is the only one.
+# Each role's names, compared in `normal_name` form; the first match in the header wins only if it is the only one.
 ALIASES: Mapping[str, tuple[str, ...]] = {
     "user": ("user", "userid", "users", "visitorid", "visitor", "customer", "customerid", "member", "memberid"),
     "item": ("item", "itemid", "items", "movieid", "movie", "artistid", "artist", "product", "productid", "sku"),
@@ -30,7 +30,8 @@ class ColumnError(ValueError):
     """The file's columns cannot be given their roles: the message names what was found and the setting to use."""
 
 
-def _normal(name: str) -> str:
+def normal_name(name: str) -> str:
+    """A column name as it is compared: lower case, without blanks, quotes, `_`, `-` or `.`."""
     return re.sub(r"[\s_.\-]", "", name.strip().strip('"').lower())
 
 
@@ -45,11 +46,11 @@ def _given_index(role: str, given: str | int, header: Sequence[str] | None, n_co
         if not 1 <= position <= n_columns:
             raise ColumnError(f"{_flag(role)} is {position}, but the file has {n_columns} columns")
         return position - 1
-    names = [_normal(name) for name in header or ()]
-    if _normal(str(given)) not in names:
+    names = [normal_name(name) for name in header or ()]
+    if normal_name(str(given)) not in names:
         found = ",".join(header) if header else "no header"
         raise ColumnError(f"{_flag(role)} is {given!r}, which is not a column of the file (header: {found})")
-    return names.index(_normal(str(given)))
+    return names.index(normal_name(str(given)))
 
 
 def _by_alias(role: str, names: list[str], taken: set[int], header: Sequence[str]) -> int | None:
@@ -83,7 +84,7 @@ def resolve_columns(
     if unknown:
         raise ColumnError(f"no such role {', '.join(unknown)}; the roles are {', '.join(ROLES)}")
     chosen = {role: _given_index(role, value, header, n_columns) for role, value in named.items()}
-    names = [_normal(name) for name in header] if header is not None else None
+    names = [normal_name(name) for name in header] if header is not None else None
     for role in ROLES:
         if role in chosen:
             continue

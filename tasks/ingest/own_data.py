@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from tasks.ingest.columns import ROLES, ColumnError, resolve_columns
+from tasks.ingest.columns import ROLES, ColumnError, normal_name, resolve_columns
 from tasks.ingest.dialect import DialectError, sniff
 from tasks.ingest.interactions import CheckedInteractions, Feedback, check_interactions
 from tasks.ingest.tables import RawTable, TableError, read_duckdb, read_parquet, read_text
@@ -162,14 +162,10 @@ def _header(path: Path, name: str) -> tuple[list[str] | None, int]:
     return dialect.header, dialect.n_columns
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[\s_.\-]", "", name.strip().strip('"').lower())
-
-
 def _find(header: list[str], given: str | None, names: tuple[str, ...]) -> int | None:
-    normal = [_normal(column) for column in header]
+    normal = [normal_name(column) for column in header]
     if given is not None:
-        return normal.index(_normal(given)) if _normal(given) in normal else None
+        return normal.index(normal_name(given)) if normal_name(given) in normal else None
     return next((i for i, column in enumerate(normal) if column in names), None)
 
 
