@@ -206,6 +206,9 @@ def read_duckdb(path: Path, name: str, table: str | None, query: str | None, giv
     except duckdb.Error as exc:
         raise TableError(f"{name}: cannot be opened as a DuckDB database: {exc}") from exc
     with con:
+        # the query reads this database and nothing else: no files, URLs or extensions through it (their contents
+        # would reach the published ids)
+        con.execute("SET enable_external_access = false")
         if query is not None:
             _refuse_writes(con, query)
         try:

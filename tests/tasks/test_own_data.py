@@ -261,6 +261,12 @@ def test_a_duckdb_table_that_does_not_exist_and_a_query_that_writes(tmp_path):
         assert "expected one SELECT: the source is only read" in _refusal(database, tmp_path / "d", query=writes)
     with duckdb.connect(str(database), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM orders").fetchone() == (0,)  # the table is still there
+    secret = tmp_path / "secret.csv"
+    secret.write_text("user_id,item_id\nroot,hunter2\nadmin,letmein\n")
+    reads_a_file = f"SELECT * FROM read_csv('{secret}')"  # a query reads the database, never the machine's files
+    assert "source_query (--source-query) fails: Permission Error" in _refusal(
+        database, tmp_path / "d", query=reads_a_file
+    )
     assert _refusal(database, tmp_path / "d").endswith(
         "shop.duckdb is a DuckDB database: name the table to read with source_table (--source-table NAME), or give "
         "one SELECT with source_query (--source-query 'SELECT ...')"
