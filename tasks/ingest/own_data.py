@@ -23,7 +23,7 @@ import polars as pl
 from tasks.ingest.columns import ROLES, ColumnError, normal_name, resolve_columns
 from tasks.ingest.dialect import DialectError, sniff
 from tasks.ingest.interactions import CheckedInteractions, Feedback, check_interactions
-from tasks.ingest.tables import RawTable, TableError, read_duckdb, read_parquet, read_text
+from tasks.ingest.tables import RawTable, TableError, read_csv, read_duckdb, read_parquet, read_text, utf8_file
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ class ReadSettings:
             "item-title-column": self.item_title_column,
         }
 
-    @property
-    def given(self) -> dict[str, str | None]:
-        return dict(self.columns)
-
 
 def read_settings(config: Any) -> ReadSettings:
     """How a `PipelineConfig` says to read a source that is not a MovieLens archive."""
@@ -112,7 +108,7 @@ def quick_problem(path: Path, settings: ReadSettings) -> str | None:
             choose_files(files, settings)
             return None
         header, n_columns = _header(path, path.name)
-        resolve_columns(header, n_columns, settings.given)
+        resolve_columns(header, n_columns, settings.columns)
     except (TableError, ColumnError, DialectError) as exc:
         return f"{str(path)!r}: {exc}" if not str(exc).startswith(path.name) else str(exc)
     except (OSError, pl.exceptions.PolarsError) as exc:
@@ -144,12 +140,12 @@ def read_table(path: Path, name: str, settings: ReadSettings) -> RawTable:
         )
     try:
         if kind == "parquet":
-            return read_parquet(path, name, settings.given)
+            return read_parquet(path, name, settings.columns)
         if kind == "duckdb":
-            return read_duckdb(path, name, settings.table, settings.query, settings.given)
+            return read_duckdb(path, name, settings.table, settings.query, settings.columns)
         if kind in ("zip", "folder"):
             raise TableError(f"{name}: is a {kind} inside the source; expected a file of interactions")
-        return read_text(path, name, settings.given)
+        return read_text(path, name, settings.columns)
     except DialectError as exc:
         raise TableError(str(exc)) from exc
 
@@ -181,7 +177,7 @@ def choose_files(files: Mapping[str, Path], settings: ReadSettings) -> tuple[tup
     for name, path in data.items():
         try:
             header, n_columns = _header(path, name)
-            resolve_columns(header, n_columns, settings.given)
+            resolve_columns(header, n_columns, settings.columns)
             interactions.append(name)
         except (ColumnError, DialectError, OSError, pl.exceptions.PolarsError) as exc:
             tried[name] = str(exc)
@@ -274,20 +270,9 @@ def _text_items(path: Path, name: str) -> pl.DataFrame:
 
     dialect = sniff(path, name)
     header = dialect.header or [f"column{i + 1}" for i in range(dialect.n_columns)]
-    with duckdb.connect() as con:
-        relation = con.read_csv(
-            str(path),
-            delimiter=dialect.separator,
-            header=dialect.header is not None,
-            columns={f"c{i}": "VARCHAR" for i in range(dialect.n_columns)},
-            auto_detect=False,
-            quotechar=dialect.quote,
-            escapechar=dialect.quote,
-            encoding=dialect.encoding,
-            compression="none",  # by its bytes: a downloaded source is cached as <sha256>.zip, whatever it holds
-            ignore_errors=True,
-        )
-        frame = relation.pl()
+    columns = {f"c{i}": "VARCHAR" for i in range(dialect.n_columns)}
+    with utf8_file(path, dialect) as readable, duckdb.connect() as con:
+        frame = read_csv(con, readable, dialect, columns, ignore_errors=True).pl()
     return frame.rename(dict(zip(frame.columns, header, strict=True)))
 
 

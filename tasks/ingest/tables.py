@@ -8,9 +8,11 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -73,36 +75,56 @@ def _rejected(
     return {row[0] for row in rows}, said
 
 
-def read_text(path: Path, name: str, given: Mapping[str, str | int | None], lines_of: Path | None = None) -> RawTable:
+@contextmanager
+def utf8_file(path: Path, dialect: Dialect) -> Iterator[Path]:
+    """`path` when it is UTF-8, else a UTF-8 copy of it for as long as the block runs: DuckDB's CSV reader reads
+    UTF-8 only. Lines are the same in both, so messages number the original's."""
+    if dialect.encoding == "utf-8":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="recs-utf8-") as folder:
+        copy = Path(folder) / path.name
+        with path.open(encoding=dialect.encoding, newline="") as src, copy.open("w", encoding="utf-8") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        yield copy
+
+
+def read_csv(
+    con: duckdb.DuckDBPyConnection, path: Path, dialect: Dialect, columns: dict[str, str], **options: Any
+) -> duckdb.DuckDBPyRelation:
+    """DuckDB's CSV reader over a UTF-8 file (`utf8_file`) as `dialect` describes it, `columns` typed as given."""
+    return con.read_csv(
+        str(path),
+        delimiter=dialect.separator,
+        header=dialect.header is not None,
+        columns=columns,
+        auto_detect=False,
+        quotechar=dialect.quote,  # DuckDB's sniffer's: none where a lone " is part of a value
+        escapechar=dialect.quote,
+        encoding="utf-8",
+        compression="none",  # by its bytes: a downloaded source is cached as <sha256>.zip, whatever it holds
+        **options,
+    )
+
+
+def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> RawTable:
     """A delimited text file's interactions, through DuckDB's CSV reader (quotes, `::`, Latin-1); lines it cannot
-    split, or whose rating or weight is not a number, are counted with their line and field. `lines_of` is the
-    file whose lines messages number, when `path` is a copy of it."""
+    split, or whose rating or weight is not a number, are counted with their line and field."""
     dialect = sniff(path, name)
-    if dialect.encoding != "utf-8":  # DuckDB's reader reads UTF-8: a Latin-1 file is read through a UTF-8 copy
-        with tempfile.TemporaryDirectory(prefix="recs-latin1-") as folder:
-            copy = Path(folder) / path.name
-            with path.open(encoding=dialect.encoding, newline="") as src, copy.open("w", encoding="utf-8") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            return read_text(copy, name, given, lines_of=path)
     roles = _roles(dialect.header, dialect.n_columns, given, name)
     names = _column_names(dialect.header, dialect.n_columns)
     types = {f"c{i}": "VARCHAR" for i in range(dialect.n_columns)}
     for role in NUMERIC_ROLES:
         if role in roles:
             types[f"c{roles[role]}"] = "DOUBLE"
-    with duckdb.connect() as con:
+    with utf8_file(path, dialect) as readable, duckdb.connect() as con:
         con.execute("SET preserve_insertion_order = true")  # row i of the result is the i-th accepted line
         try:
-            relation = con.read_csv(
-                str(path),
-                delimiter=dialect.separator,
-                header=dialect.header is not None,
-                columns=types,
-                auto_detect=False,
-                quotechar=dialect.quote,  # DuckDB's sniffer's: none where a lone " is part of a value
-                escapechar=dialect.quote,
-                encoding=dialect.encoding,
-                compression="none",  # by its bytes: a downloaded source is cached as <sha256>.zip, whatever it holds
+            relation = read_csv(
+                con,
+                readable,
+                dialect,
+                types,
                 store_rejects=True,
                 rejects_table="reader_rejects",
                 rejects_scan="reader_scans",
@@ -115,7 +137,7 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None], line
     frame = frame.with_columns(row=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
 
     def locate(rows: list[int]) -> list[int]:
-        lines = line_numbers(lines_of or path, dialect, refused)
+        lines = line_numbers(path, dialect, refused)
         return [int(lines[row - 1]) for row in rows]
 
     by_role = {role: names[index] for role, index in roles.items()}
