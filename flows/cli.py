@@ -1,6 +1,7 @@
 """`recs`: the command line.
 
-`recs run` runs the nightly flow once, `recs backfill` replays it over past dates, `recs serve` serves the
+`recs run` runs the nightly flow once, `recs backfill` replays it over past dates, `recs tune` searches the
+models' settings for a dataset, `recs serve` serves the
 deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse;
 `recs synth` writes a synthetic MovieLens archive for scale tests; `recs sql` runs a read-only query.
 
@@ -87,6 +88,40 @@ def _run(options: dict) -> int:
     return EXIT_REJECTED if result.status == "rejected" else 0
 
 
+def _tune(options: dict) -> int:
+    verbose = options.pop("verbose", False)
+    config = config_from_options("tune", options)
+    if config is None:
+        return 2
+    from flows.api import TemporaryApiError, temporary_api
+    from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
+    from flows.logs import log_to_file
+    from flows.tune import tune  # imported here: Prefect's import is slow and `--help` should not wait
+
+    log_path = _log_path(config, "tune")
+    try:
+        with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
+            result = tune(config)
+    except TemporaryApiError as exc:
+        print(f"recs tune: the tune could not start: {exc}", file=sys.stderr)
+        return 1
+    except (RunCancelled, KeyboardInterrupt) as exc:  # its finished trials are kept: the next tune resumes them
+        print(
+            f"recs tune: cancelled: {cancellation_reason(exc)}; its finished trials are kept and the next `recs tune` "
+            f"on this data resumes them. Log: {log_path}",
+            file=sys.stderr,
+        )
+        return EXIT_CANCELLED
+    except Exception as exc:
+        print(f"recs tune: the tune failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"recs tune: the full log, tracebacks included, is {log_path}", file=sys.stderr)
+        return 1
+    print()
+    print(result.summary)
+    print(f"the nightly runs on this data take these settings (tuned_settings in {config.warehouse}); log: {log_path}")
+    return 0
+
+
 def _print_result(result: RunResult, config: PipelineConfig, log_path: Path) -> None:
     """What a finished run says: its verdict, its model's metrics, every model's, and its stages' seconds."""
     print()
@@ -103,6 +138,10 @@ def _print_result(result: RunResult, config: PipelineConfig, log_path: Path) -> 
         print(f"quality gate: {result.gate}")
         print(f"metrics of the published model, {result.model}, on the test split:")
     _print_frame(result.metrics)
+    if tuned := result.facts.get("tuning_run_id"):
+        print(
+            f"settings tuned for this data by tune {tuned} (--tuned off ignores them): {result.facts['tuned_settings']}"
+        )
     if result.comparison["model"].n_unique() > 1:
         print("every model on the test split:")
         from tasks.report import comparison_wide
@@ -400,6 +439,8 @@ def _main(argv: list[str] | None) -> int:
         return _run(args)
     if command == "backfill":
         return _backfill(args)
+    if command == "tune":
+        return _tune(args)
     if command == "serve":
         from flows.serve import serve_pipeline
 

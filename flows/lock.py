@@ -28,10 +28,14 @@ class RunLockedError(RuntimeError):
     """Another run holds the warehouse's lock."""
 
 
-def lock_path(warehouse_path: Path) -> Path:
-    """`<warehouse>.lock` beside the file the path names, links followed: two names of one file share one lock."""
+def lock_path(warehouse_path: Path, suffix: str = ".lock") -> Path:
+    """`<warehouse>.lock` beside the file the path names, links followed: two names of one file share one lock.
+    Tunes take `<warehouse>.tune.lock` (`TUNE_LOCK`): one tune at a time, while nightly runs go on."""
     target = resolved(warehouse_path)
-    return target.with_name(target.name + ".lock")
+    return target.with_name(target.name + suffix)
+
+
+TUNE_LOCK = ".tune.lock"
 
 
 def _holder(path: Path) -> str:
@@ -44,21 +48,23 @@ def _holder(path: Path) -> str:
 
 @contextmanager
 def run_lock(
-    warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, poll_seconds: float = 1.0
+    warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, poll_seconds: float = 1.0, suffix: str = ".lock"
 ) -> Iterator[None]:
-    """Hold the warehouse's run lock for the block.
+    """Hold the warehouse's run lock (or, with `suffix` TUNE_LOCK, its tune lock) for the block.
 
     Args:
         warehouse_path: the DuckDB file the run publishes to.
         owner: what to tell a refused run about the holder (the run's name).
         timeout_seconds: how long to wait for the holder to finish; 0 refuses at once.
         poll_seconds: how often to retry while waiting.
+        suffix: which lock: `.lock` for nightly runs, TUNE_LOCK for tunes.
 
     Raises:
         RunLockedError: the lock is still held after `timeout_seconds`; the message names the holder.
     """
-    path = lock_path(warehouse_path)
+    path = lock_path(warehouse_path, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
+    what = "tune" if suffix == TUNE_LOCK else "nightly run"
     handle = open(path, "a+")  # held open for the whole block: the lock lives with the handle
     try:
         deadline = time.monotonic() + timeout_seconds
@@ -71,7 +77,7 @@ def run_lock(
                 if time.monotonic() >= deadline:
                     waited_for = f"gave up after waiting {timeout_seconds:g}s" if timeout_seconds else "not waiting"
                     raise RunLockedError(
-                        f"another nightly run holds {path}: {_holder(path)}; {waited_for} "
+                        f"another {what} holds {path}: {_holder(path)}; {waited_for} "
                         f"({setting('lock_timeout_seconds')} sets the wait). Nothing was changed."
                     ) from None
                 if not waited:

@@ -35,6 +35,7 @@ from tasks.rules import fallback_task, list_rules_task
 from tasks.run_inputs import Candidates, Choice, Lists, RunInputs
 from tasks.split import split_task
 from tasks.train import TrainedModel
+from tasks.tune.stage import tuned_config_task
 from warehouse.runs import ListExtras, list_counts
 
 
@@ -113,6 +114,8 @@ def _prepare(run: RunLog, config: PipelineConfig) -> RunInputs:
         n_duplicate_ratings=dataset.n_duplicate_ratings,
     )
     config = config_for_data_task(config, dataset)  # implicit feedback: no rating model; no time column: no as_of
+    config, tuning_run_id, taken = tuned_config_task(config, dataset)  # what `recs tune` chose for this data
+    run.settings_chosen(config, tuning_run_id, taken)
     with run.stage("reindex"):
         ratings, maps = reindex_task(dataset, run.directory, config.as_of)
     with run.stage("rules"):  # a rule that cannot apply fails here, before any training

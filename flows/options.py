@@ -276,7 +276,7 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_commands(commands: Commands, config_options: bool) -> None:
-    """`recs run`, `recs backfill` and `recs serve`."""
+    """`recs run`, `recs backfill`, `recs tune` and `recs serve`."""
     run = commands.add_parser(
         "run",
         help="run the nightly flow once: ingest, train, evaluate, publish top-n to DuckDB",
@@ -301,6 +301,8 @@ def _add_run_commands(commands: Commands, config_options: bool) -> None:
         add_config_options(backfill)
     _add_verbose(backfill)
 
+    _add_tune_command(commands, config_options)
+
     serve = commands.add_parser(
         "serve",
         help="serve the nightly and refresh deployments from this process, schedules and trigger included",
@@ -313,6 +315,20 @@ def _add_run_commands(commands: Commands, config_options: bool) -> None:
         action="store_true",
         help="also serve the training deployment (train/gpu) that config.train_deployment can name",
     )
+
+
+def _add_tune_command(commands: Commands, config_options: bool) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="search the models' settings for this data (Optuna), record the best for the nightly runs",
+        description="Search the settings of the models a nightly run would train on this source, on a validation "
+        "split carved from its training split (the test split is never read), within --tune-budget-seconds; the "
+        "best go to the warehouse (tuned_settings), and every later `recs run` on the same data takes them for the "
+        "settings it does not give (--tuned off ignores them). Other options as for `recs run`.",
+    )
+    if config_options:
+        add_config_options(tune)
+    _add_verbose(tune)
 
 
 def _add_synth_command(commands: Commands) -> None:

@@ -4,6 +4,7 @@ It serves the flow only; what it writes to the warehouse goes through warehouse/
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -54,6 +55,15 @@ class RunLog:
 
     def note(self, **facts: Any) -> None:
         self.facts.update(facts)
+
+    def settings_chosen(self, config: PipelineConfig, tuning_run_id: str | None, taken: dict[str, Any]) -> None:
+        """The run trains with `config`, which took `taken` from tune `tuning_run_id`: `runs.config` and the run
+        folder's config.json say so (the quality gate retrains a published run's models from its stored config)."""
+        if tuning_run_id is None:
+            return
+        self.note(tuning_run_id=tuning_run_id, tuned_settings=json.dumps(taken, sort_keys=True))
+        self.note(config=config.model_dump_json())
+        self.folder.config.write_text(config.model_dump_json(indent=2))
 
     @contextmanager
     def stage(self, name: str, detail: str = "", announce: bool = True) -> Iterator[None]:

@@ -18,12 +18,14 @@ from pydantic import TypeAdapter
 from flows.nightly import nightly
 from flows.refresh import refresh
 from flows.train import train
+from flows.tune import tune
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "deploy" / "prefect.yaml"
 FLOWS: dict[str, Flow] = {
     "flows/nightly.py:nightly": nightly,
     "flows/refresh.py:refresh": refresh,
     "flows/train.py:train": train,
+    "flows/tune.py:tune": tune,
 }
 _TRIGGERS = TypeAdapter(DeploymentTriggerTypes)
 
@@ -32,7 +34,10 @@ def _concurrency(spec: Any) -> int | ConcurrencyLimitConfig | None:
     return ConcurrencyLimitConfig(**spec) if isinstance(spec, dict) else spec
 
 
-def served_deployments(path: Path = PREFECT_YAML, names: tuple[str, ...] = ("nightly", "refresh")) -> list:
+SERVED = ("nightly", "refresh", "tune")
+
+
+def served_deployments(path: Path = PREFECT_YAML, names: tuple[str, ...] = SERVED) -> list:
     """`RunnerDeployment`s for the named deployments of a prefect.yaml (work pools do not apply when served)."""
     spec = yaml.safe_load(path.read_text())
     deployments = []
@@ -62,9 +67,9 @@ def _stop_before_serving(signum: int, frame: object) -> None:
 
 
 def serve_pipeline(with_training: bool = False) -> None:
-    """Serve the nightly and refresh deployments (and the training one when asked) until interrupted.
+    """Serve the nightly, refresh and tune deployments (and the training one when asked) until interrupted.
 
     SIGTERM ends it cleanly from the start: Prefect's runner handles it once it polls, and until then (while the
     deployments are registered) this process exits at once, instead of dying by the signal."""
     signal.signal(signal.SIGTERM, _stop_before_serving)
-    serve(*served_deployments(names=("nightly", "refresh", "gpu") if with_training else ("nightly", "refresh")))
+    serve(*served_deployments(names=(*SERVED, "gpu") if with_training else SERVED))

@@ -8,11 +8,14 @@ as JSON with each run in `runs.config` and in the run's checkpoint.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer, field_validator, model_validator
 
@@ -31,6 +34,8 @@ __all__ = [  # the helpers other modules import from here, beside the config its
     "setting",
     "source_scheme",
 ]
+
+log = logging.getLogger(__name__)
 
 # 8 GiB: ml-32m's ratings.csv, the largest MovieLens file, is 0.9 GB.
 MAX_EXTRACTED_BYTES = 8 << 30
@@ -210,6 +215,57 @@ class ClusterSettings(BaseModel):
         return value
 
 
+class TuneSettings(BaseModel):
+    """The tuning search (`recs tune`, flows/tune.py): its budget and the data it searches on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # 10 minutes: ML-100k's search ends at the trial cap in about a minute on two cores (benchmarks/tuning.py).
+    budget_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="The search stops at this many seconds (the trial in progress is cut at its next epoch) and keeps "
+        "the best settings so far; a budget that cannot fit one trial is refused with the time the trial took.",
+    )
+    max_trials: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Trials per model at most (the settings given are the first); a resumed search counts the trials "
+        "it finished before.",
+    )
+    # On ML-100k, whose defaults were chosen on this validation split, the best of 100 trials beat them by 0.006
+    # validation nDCG@10 (2 standard errors: the winner of many noisy tries) and lost 0.01 on the test split.
+    confidence: float = Field(
+        0.95,
+        ge=0,
+        lt=1,
+        description="Keep the settings given unless the search's best beats them on the validation users with this "
+        "confidence, corrected for the trials it was the best of (Bonferroni: 3.3 standard errors of the paired "
+        "per-user difference after 100 trials); 0 takes the best whatever the margin.",
+    )
+
+    def min_gain_z(self, n_trials: int) -> float:
+        """The standard errors by which the best of `n_trials` must beat the settings given."""
+        if self.confidence == 0:
+            return -math.inf
+        return NormalDist().inv_cdf(1 - (1 - self.confidence) / max(n_trials - 1, 1))
+
+    sample_users: int | None = Field(
+        20_000,
+        ge=100,
+        description="Search on at most this many users (a seeded sample, each with all their interactions); the "
+        "chosen settings are carried to the full data (docs/models.md). Unset: all users.",
+    )
+    validation_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Share of each user's training interactions held out to score the trials (the test split is "
+        "never read).",
+    )
+
+
 class _SourceAndSplit(BaseModel):
     """The config's first fields: where the ratings come from, where the results go, and the split."""
 
@@ -368,6 +424,14 @@ class PipelineConfig(_WithModels):
     """Parameters of one nightly run, from source archive to published recommendations."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Tuning
+    tune: TuneSettings = Field(TuneSettings(), description=TuneSettings.__doc__)
+    tuned: Literal["on", "off"] = Field(
+        "on",
+        description="on: the models take the settings the newest `recs tune` chose for this dataset, for every "
+        "setting not given explicitly (flags and a deployment's config win); off: the defaults.",
+    )
 
     # Training
     warm_start: bool = Field(
@@ -580,14 +644,39 @@ class PipelineConfig(_WithModels):
                 f"{setting('models')} may name ials, ease, bpr, popularity (models that rank)"
             )
 
-    def for_data(self, feedback: str, has_timestamps: bool) -> PipelineConfig:
-        """This config as it applies to the data read: on implicit feedback the default models lose those that
-        predict ratings (models named explicitly that do are refused); data without a time column refuses what
-        needs one.
+    def for_data(self, feedback: str, has_timestamps: bool, n_items: int | None = None) -> PipelineConfig:
+        """This config as it applies to the data read: the default models gain ease when the catalogue of `n_items`
+        is small enough for it (`ease.max_matrix_bytes`), and on implicit feedback lose those that predict ratings
+        (models named explicitly that do are refused); data without a time column refuses what needs one.
 
         Raises:
             ValueError: the setting that cannot apply, and why.
         """
+        config = self._for_feedback(feedback, has_timestamps)
+        if n_items is None:
+            return config
+        if not cast(Any, self.params_for("ease")).fits(n_items):
+            return config._without_ease(n_items)
+        if "models" not in self.model_fields_set and "ease" not in config.models:
+            return config.with_overrides({"models": [*config.models, "ease"]})
+        return config
+
+    def _without_ease(self, n_items: int) -> PipelineConfig:
+        """ease left out of the models above its memory bound; refused when it is the only model, or the one to
+        publish."""
+        if "ease" not in self.models:
+            return self
+        bound = cast(Any, self.params_for("ease")).max_matrix_bytes
+        why = (
+            f"ease's items x items matrix for {n_items:,} items takes {4 * n_items * n_items / 1e9:.2f} GB, over "
+            f"{setting('ease.max_matrix_bytes')} {bound / 1e9:.2f} GB"
+        )
+        if self.models == ["ease"] or self.model == "ease":
+            raise ValueError(f"{why}: raise it to train ease on this catalogue, or train another model")
+        log.warning("%s: ease is left out of this run's models", why)
+        return self.with_overrides({"models": [m for m in self.models if m != "ease"]})
+
+    def _for_feedback(self, feedback: str, has_timestamps: bool) -> PipelineConfig:
         if not has_timestamps and (self.as_of is not None or self.split == "temporal"):
             what = setting("as_of") if self.as_of is not None else f"{setting('split')} temporal"
             raise ValueError(

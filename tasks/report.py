@@ -53,6 +53,13 @@ def comparison_markdown(comparison: pl.DataFrame, published: str) -> str:
     return "\n".join(lines)
 
 
+def tuned_line(facts: dict) -> str:
+    """Which tune's settings the run took, or that it took none."""
+    if facts.get("tuning_run_id"):
+        return f"Settings tuned for this dataset by tune `{facts['tuning_run_id']}`: {facts.get('tuned_settings')}."
+    return "Settings: the defaults and those given (no tune of this dataset applied; `recs tune` makes one)."
+
+
 def summary_markdown(
     run_id: str, status: str, gate: str, model: str, metrics: pl.DataFrame, facts: dict, comparison: pl.DataFrame
 ) -> str:
@@ -69,6 +76,8 @@ def summary_markdown(
             f"{f', ratings up to {as_of:%Y-%m-%d}' if as_of else ''}): "
             f"{facts.get('n_ratings')} ratings, {facts.get('n_users')} users, {facts.get('n_items')} items; "
             f"{facts.get('n_train')} train / {facts.get('n_test')} test ({facts.get('protocol')}).",
+            "",
+            tuned_line(facts),
             "",
             f"## Metrics of `{model}` on the test split",
             "",

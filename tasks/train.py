@@ -6,7 +6,7 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import polars as pl
 import torch
@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
 from tasks.cpu_threads import cpu_threads
-from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, Recommender
-from tasks.models.base import InitialRows, WarmFit, index_tensors
+from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
+from tasks.models.base import EpochHook, InitialRows, WarmFit, index_tensors
 from tasks.reindex import IdMaps
 from tasks.split import holdout
 from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
@@ -163,6 +163,7 @@ def fit(
     name: str = "dot_bias",
     init: InitialRows | None = None,
     sharded: WarmFit | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> TrainedModel:
     """Fit the registered model `name` on indexed ratings with its hyperparameters from `config`.
 
@@ -177,6 +178,7 @@ def fit(
         init: a warm start's initial rows (tasks/warm.py; ials and dot_bias): the fit then runs `warm_epochs`.
         sharded: the model's fit by shards (`ModelSpec.sharded`, on a cluster) instead of its fit in this process;
             the shards solve on their workers' CPUs.
+        on_epoch: called after each epoch with the module, for a model that `reports_epochs` (a tuning trial).
 
     Raises:
         ModelFitError: when a gradient-trained model's loss becomes NaN or infinite.
@@ -192,16 +194,23 @@ def fit(
     spec, params = MODELS[name], fit_params(config, name, warm=init is not None)
     with cpu_threads(config.cpu_threads) if device.type == "cpu" else nullcontext(None) as threads:
         log.info("fitting %s on %s%s", name, device, f", torch threads: {threads}" if threads else "")
-        if init is None and sharded is None:
-            module, rows = spec.fit(interactions, params, device, validation, seed=config.seed, label=history_label)
-        else:
-            warm_fit = sharded or spec.warm_fit()
-            module, rows = warm_fit(
-                interactions, params, device, validation, seed=config.seed, label=history_label, init=init
-            )
+        fit_model, extra = _the_fit(spec, init, sharded, on_epoch)
+        module, rows = fit_model(
+            interactions, params, device, validation, seed=config.seed, label=history_label, **extra
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
+
+
+def _the_fit(
+    spec: ModelSpec, init: InitialRows | None, sharded: WarmFit | None, on_epoch: EpochHook | None
+) -> tuple[Any, dict[str, Any]]:
+    """The fit to call and its extra arguments: a warm start's or the shards' (they take `init`), else the model's
+    own (with `on_epoch` where the model reports epochs)."""
+    if init is not None or sharded is not None:
+        return sharded or spec.warm_fit(), {"init": init}
+    return spec.fit, ({"on_epoch": on_epoch} if on_epoch is not None and spec.reports_epochs else {})
 
 
 def fit_params(config: PipelineConfig, name: str, warm: bool) -> ModelParams:

@@ -39,7 +39,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SETUP_DOC = REPO / "docs" / "operations.md"
 SETUP_HEADING = "## From an empty machine to a scheduled run"
 DOCS_SOURCE = "/srv/recs/ml-100k.zip"  # the source the docs' set-up puts in the recs_source variable
-NIGHTLY_MODELS = ["dot_bias", "ials", "bias", "popularity"]
+NIGHTLY_MODELS = ["dot_bias", "ials", "ease", "bias", "popularity"]
 
 
 def readme_setup_commands() -> list[str]:

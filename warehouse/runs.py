@@ -27,7 +27,7 @@ Schema = Mapping[str, "pl.DataType | type[pl.DataType]"]
 
 log = logging.getLogger(__name__)
 
-# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006, 008), with their types.
+# The columns of `runs` a run sets after it starts (schema/001_tables.sql, 003, 005, 006, 008, 010), with their types.
 UTC_TIME = pl.Datetime("us", "UTC")
 RUN_FIELDS: Schema = {
     "status": pl.String,
@@ -55,6 +55,9 @@ RUN_FIELDS: Schema = {
     "rating_model": pl.String,
     "cluster": pl.String,
     "cluster_workers": pl.Int64,
+    "tuning_run_id": pl.String,
+    "tuned_settings": pl.String,
+    "config": pl.String,
 }
 
 ITEM_BIASES_SCHEMA = {"item_id": pl.Int64, "bias": pl.Float64, "mean_rating": pl.Float64, "n_ratings": pl.Int64}

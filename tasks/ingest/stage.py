@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import polars as pl
 from prefect import task
 from prefect.runtime import deployment
 from prefect.tasks import exponential_backoff
@@ -100,10 +101,14 @@ def load_dataset_task(archive: Archive, config: PipelineConfig) -> Dataset:
 
 @task(name="settings-for-data")
 def config_for_data_task(config: PipelineConfig, dataset: Dataset) -> PipelineConfig:
-    """`PipelineConfig.for_data` for the dataset read: the models its feedback can train, refusals for what its
-    lack of a time column rules out, said in the log when the models change."""
-    adjusted = config.for_data(dataset.feedback, dataset.has_timestamps)
-    if adjusted.models != config.models:
+    """`PipelineConfig.for_data` for the dataset read: ease beside the default models when the catalogue is small
+    enough, the models its feedback can train, refusals for what its lack of a time column rules out; said in the
+    log when the models change."""
+    n_items = pl.scan_parquet(dataset.ratings_path).select(pl.col("item_id").n_unique()).collect().item()
+    adjusted = config.for_data(dataset.feedback, dataset.has_timestamps, n_items)
+    if "ease" in adjusted.models and "ease" not in config.models:
+        log.info("%d items: ease joins the models (its items x items matrix fits ease.max_matrix_bytes)", n_items)
+    if adjusted.rating_models() != config.rating_models():
         log.info(
             "implicit feedback: training %s (%s predict ratings, and there are none)",
             ", ".join(adjusted.models),

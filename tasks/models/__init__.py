@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from tasks.models.base import Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
+from tasks.models.base import Interactions, ModelFitError, ModelParams, ModelSpec, Range, Recommender
 from tasks.models.closed_form import (
     BiasModel,
     BiasParams,
@@ -44,7 +44,9 @@ from tasks.models.ials import Ials, IalsParams, fit_ials
 from tasks.models.ials_shards import sharded_ials
 from tasks.models.knn import ItemKnn, ItemKnnParams, UserKnn, UserKnnParams, fit_item_knn, fit_user_knn
 
-__all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Recommender", "register"]
+__all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Range", "Recommender", "register"]
+
+KNN_SEARCH = {"neighbours": Range(10, 1000, log=True, integer=True), "shrinkage": Range(0.0, 200.0)}
 
 MODELS: dict[str, ModelSpec] = {
     "dot_bias": ModelSpec(
@@ -53,12 +55,32 @@ MODELS: dict[str, ModelSpec] = {
         fit_dot_bias,
         "embedding dot product + biases, sigmoid range; MSE",
         warm_start=True,
+        search={
+            "factors": Range(choices=(32, 64, 128)),
+            "epochs": Range(5, 40, integer=True),
+            "learning_rate": Range(0.005, 0.2, log=True),
+            "regularization": Range(0.01, 0.5, log=True),
+        },
     ),
     "dot": ModelSpec(EmbeddingDot, DotParams, fit_dot, "embedding dot product; MSE"),
     "mlp": ModelSpec(EmbeddingNN, MlpParams, fit_mlp, "embeddings through an MLP, sigmoid range; MSE"),
-    "user_knn": ModelSpec(UserKnn, UserKnnParams, fit_user_knn, "user-user kNN, mean-centred cosine"),
-    "item_knn": ModelSpec(ItemKnn, ItemKnnParams, fit_item_knn, "item-item kNN, mean-centred cosine"),
-    "bpr": ModelSpec(BprModel, BprParams, fit_bpr, "embeddings ranked by BPR on implicit feedback"),
+    "user_knn": ModelSpec(
+        UserKnn, UserKnnParams, fit_user_knn, "user-user kNN, mean-centred cosine", search=KNN_SEARCH
+    ),
+    "item_knn": ModelSpec(
+        ItemKnn, ItemKnnParams, fit_item_knn, "item-item kNN, mean-centred cosine", search=KNN_SEARCH
+    ),
+    "bpr": ModelSpec(
+        BprModel,
+        BprParams,
+        fit_bpr,
+        "embeddings ranked by BPR on implicit feedback",
+        search={
+            "learning_rate": Range(3e-4, 0.03, log=True),
+            "regularization": Range(1e-5, 0.1, log=True),
+            "epochs": Range(10, 60, integer=True),
+        },
+    ),
     "ials": ModelSpec(
         Ials,
         IalsParams,
@@ -66,8 +88,23 @@ MODELS: dict[str, ModelSpec] = {
         "implicit ALS (Rendle et al.'s recipe), every rating a positive",
         warm_start=True,
         sharded=sharded_ials,
+        # The unobserved weight as a multiple of the density rule, and the penalty scaled by each row's count (the
+        # exponent stays 1, Rendle et al.'s recipe): both carry unchanged from the search's sample to the full data.
+        search={
+            "factors": Range(choices=(32, 64, 128, 256)),
+            "regularization": Range(1e-3, 0.3, log=True),
+            "unobserved_weight_ratio": Range(0.03, 30.0, log=True),
+            "epochs": Range(4, 24, integer=True),
+        },
+        reports_epochs=True,
     ),
-    "ease": ModelSpec(Ease, EaseParams, fit_ease, "EASE closed-form item-item model on implicit feedback"),
+    "ease": ModelSpec(
+        Ease,
+        EaseParams,
+        fit_ease,
+        "EASE closed-form item-item model on implicit feedback",
+        search={"l2": Range(1.0, 5000.0, log=True, grows_with_data=True), "dropout": Range(0.0, 0.9)},
+    ),
     "bias": ModelSpec(BiasModel, BiasParams, fit_bias, "global mean + damped user and item biases"),
     "popularity": ModelSpec(Popularity, PopularityParams, fit_popularity, "most-rated items first"),
 }

@@ -12,7 +12,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import numpy as np
@@ -116,6 +116,26 @@ class WarmFit(Protocol[P]):
     ) -> tuple[Recommender, list[dict]]: ...
 
 
+# Called after each epoch of a fit that `reports_epochs` with the epoch (1-based) and the module as it stands: the
+# tuning search (tasks/tune) scores it there and may stop the fit by raising (a trial pruned).
+EpochHook = Callable[[int, "Recommender"], None]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where the tuning search (tasks/tune) looks for one setting of a model: whole numbers or reals from `low` to
+    `high` (on a log scale with `log`), or one of `choices`. `grows_with_data`: a penalty weighed against sums over
+    the interactions (EASE's l2 against the Gram matrix's counts), so its best value grows in proportion to the
+    interactions fitted; the search carries it from its sample to the full data by that ratio."""
+
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+    grows_with_data: bool = False
+
+
 class WarmStartParams(Protocol):
     """What a warm-starting model's parameter group holds besides its own settings."""
 
@@ -142,8 +162,17 @@ class ModelSpec(Generic[P]):
     # Given a folder and what runs its epochs over shards (on a cluster, flows/cluster.py), the same fit with its work
     # cut into shards that read their inputs from that folder (ials: tasks/models/ials_shards.py).
     sharded: Callable[..., WarmFit[P]] | None = None
+    # What the tuning search varies, by setting of the parameter group (`recs tune`, tasks/tune); the settings
+    # left out keep their defaults. Empty: the model is not tuned.
+    search: dict[str, Range] = field(default_factory=dict)
+    # Its fit takes `on_epoch` (an `EpochHook`), so that a tuning trial can be scored and pruned by epoch.
+    reports_epochs: bool = False
 
     def __post_init__(self) -> None:
+        if unknown := [name for name in self.search if name not in self.params.model_fields]:
+            raise TypeError(f"{self.module.__name__}: search names settings its parameters lack: {', '.join(unknown)}")
+        if self.reports_epochs and "on_epoch" not in inspect.signature(self.fit).parameters:
+            raise TypeError(f"{self.module.__name__}: a model that reports epochs has a fit that takes `on_epoch`")
         if self.warm_start:
             takes = inspect.signature(self.fit).parameters
             missing = [field for field in ("factors", "epochs", "warm_epochs") if field not in self.params.model_fields]

@@ -90,6 +90,18 @@ class EaseParams(ModelParams):
     chunk_users: int = Field(
         2048, ge=1, description="Users whose rows are added to the Gram matrix at once (a chunk x items block)."
     )
+    # 2 GB: 22,360 items. Its fit holds about six such matrices at once on CPU (the Gram matrix, its inverse in
+    # float64, the weights), 12 GB at the bound; its lists score users x items in chunks like any model's.
+    max_matrix_bytes: int = Field(
+        2_000_000_000,
+        ge=0,
+        description="ease joins the default models when its items x items matrix of float32 fits in this many bytes "
+        "(2 GB: 22,360 items); a larger catalogue never tries it unless models names it.",
+    )
+
+    def fits(self, n_items: int) -> bool:
+        """Whether a catalogue of `n_items` is small enough for the default models to include ease."""
+        return 4 * n_items * n_items <= self.max_matrix_bytes
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from tasks.models.base import (
     MAX_EPOCHS,
+    EpochHook,
     InitialRows,
     Interactions,
     ModelFitError,
@@ -82,6 +83,13 @@ class IalsParams(ModelParams):
         "0.3 (chosen on ML-100k) times the fitted data's density over ML-100k's, so that the unrated pairs weigh "
         "against each user's interactions as they did there (a sparse catalogue of 24k items gets about 0.002).",
     )
+    unobserved_weight_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="With unobserved_weight unset: a multiple of the density rule's weight. `recs tune` searches "
+        "this rather than the weight itself, so a tuned weight follows the density of whatever is fitted (the split, "
+        "the refit on all ratings, the full data after a search on a user sample).",
+    )
     confidence: float = Field(
         0.0, ge=0, description="A rating r weighs 1 + confidence x r as a positive; 0 treats every rating alike."
     )
@@ -121,7 +129,8 @@ class IalsParams(ModelParams):
         if self.unobserved_weight is not None:
             return self
         density = interactions.ratings.height / (interactions.n_users * interactions.n_items)
-        return self.model_copy(update={"unobserved_weight": REFERENCE_UNOBSERVED_WEIGHT * (density / ML_100K_DENSITY)})
+        weight = self.unobserved_weight_ratio * REFERENCE_UNOBSERVED_WEIGHT * (density / ML_100K_DENSITY)
+        return self.model_copy(update={"unobserved_weight": weight})
 
 
 # Where unobserved_weight's default was chosen (benchmarks/tune.py): 0.3 on ML-100k, whose density is this.
@@ -384,9 +393,11 @@ def fit_ials(
     seed: int = 0,
     label: str = "train",
     init: InitialRows | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[Ials, list[dict]]:
     """`ials` by alternating conjugate-gradient solves (see the module docstring); one history row per epoch.
-    `init`: rows of the initial vectors from a previous fit (a warm start)."""
+    `init`: rows of the initial vectors from a previous fit (a warm start); `on_epoch`: called with the module
+    after each epoch (a tuning trial scores it there)."""
     params = params.for_interactions(interactions)
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
     problem = ials_problem(interactions, params, device, seed, init)
@@ -409,6 +420,8 @@ def fit_ials(
         loss = ials_loss(by_user, w, h, a0, user_penalty, item_penalty, params.chunk_ratings)
         rows.append({"epoch": epoch, "split": label, "loss": loss})
         log.info("epoch %d/%d: %s loss %.4f (%.2fs)", epoch, params.epochs, label, loss, time.perf_counter() - started)
+        if on_epoch is not None:
+            on_epoch(epoch, module)
     return module, rows
 
 

@@ -127,6 +127,10 @@ def test_source_check_fires_once_per_new_archive(ml100k_zip, tmp_path, serve):
     assert third.changed and third.previous_sha256 == first.sha256
 
 
+def config_of(deployment) -> PipelineConfig:
+    return PipelineConfig(**deployment.parameters["config"])
+
+
 def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
     import yaml
 
@@ -134,7 +138,7 @@ def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
 
     spec = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
     assert {d["entrypoint"] for d in spec["deployments"]} <= set(FLOWS)
-    nightly, refresh = served_deployments()
+    nightly, tune, refresh = served_deployments()  # in the file's order
     for deployment in (nightly, refresh):
         PipelineConfig(**deployment.parameters["config"])  # the file's parameters are a valid config
     cron = nightly.schedules[0].schedule
@@ -147,3 +151,10 @@ def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
     config = PipelineConfig(**interactions.parameters["config"])  # a team's log: read settings, ranking models only
     assert (config.feedback, config.models, config.user_column) == ("implicit", ["ials", "popularity"], "customer_id")
     assert not interactions.schedules  # on demand until the export exists
+    tuning = PipelineConfig(**tune.parameters["config"])  # weekly, on the nightly's data and models
+    assert (tune.schedules[0].schedule.cron, tuning.models, tuning.warehouse) == (
+        "0 5 * * 0",
+        config_of(nightly).models,
+        config_of(nightly).warehouse,
+    )
+    assert tuning.tune.budget_seconds == 600 and tune.concurrency_limit == 1

@@ -25,6 +25,9 @@ UPDATE runs SET
     n_duplicate_ratings      = coalesce(u.n_duplicate_ratings, runs.n_duplicate_ratings),
     rating_model             = coalesce(u.rating_model, runs.rating_model),
     cluster                  = coalesce(u.cluster, runs.cluster),
-    cluster_workers          = coalesce(u.cluster_workers, runs.cluster_workers)
+    cluster_workers          = coalesce(u.cluster_workers, runs.cluster_workers),
+    tuning_run_id            = coalesce(u.tuning_run_id, runs.tuning_run_id),
+    tuned_settings           = coalesce(CAST(u.tuned_settings AS JSON), runs.tuned_settings),
+    config                   = coalesce(CAST(u.config AS JSON), runs.config)
 FROM run_update AS u
 WHERE runs.run_id = u.run_id;
