@@ -125,8 +125,8 @@ EpochHook = Callable[[int, "Recommender"], None]
 class Range:
     """Where the tuning search (tasks/tune) looks for one setting of a model: whole numbers or reals from `low` to
     `high` (on a log scale with `log`), or one of `choices`. `grows_with_data`: a penalty weighed against sums over
-    the interactions (EASE's l2 against the Gram matrix's counts), so its best value grows in proportion to the
-    interactions fitted; the search carries it from its sample to the full data by that ratio."""
+    the users (EASE's l2 against the Gram matrix's counts), so its best value grows in proportion to the users
+    fitted; the search carries it from its user sample to the full data by that ratio."""
 
     low: float = 0.0
     high: float = 0.0

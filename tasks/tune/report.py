@@ -57,8 +57,9 @@ def summary_lines(searches: list[ModelSearch]) -> list[str]:
         metric = "RMSE" if s.objective.metric == "rmse" else f"{s.objective.metric}@k"
         if s.chosen_trial == 0 and s.gain_z is not None:
             lines.append(
-                f"{said}; validation {metric} {first} with the settings given, {s.best_value:.4f} at best: within "
-                f"noise ({s.gain_z:.2f} standard errors), the settings given are kept"
+                f"{said}; validation {metric} {first} with the settings given, {s.best_value:.4f} at best with "
+                f"{json.dumps(s.best, sort_keys=True)}, not confirmed on another split ({s.gain_z:.2f} standard "
+                "errors): the settings given are kept"
             )
             continue
         lines.append(

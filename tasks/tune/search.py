@@ -55,6 +55,7 @@ class ModelSearch:
     stopped_by: str = "trial cap"  # or "budget"
     chosen_trial: int | None = None  # the best trial, or 0 (the settings given) when it is not better beyond noise
     gain_z: float | None = None  # the best trial's paired gain over the settings given, in standard errors
+    best: dict[str, Any] = field(default_factory=dict)  # the best trial's settings, as searched
 
     @property
     def chosen_value(self) -> float | None:
@@ -190,21 +191,21 @@ def _outcome(
     config: PipelineConfig,
     stopped_by: str,
 ) -> ModelSearch:
-    """The study's trials and its choice: the best trial, unless it is within noise of the settings given
-    (`tune.min_gain_z`), carried to the full data."""
+    """The study's trials and its choice: the best trial, unless it does not beat the settings given beyond noise
+    on the confirmation split (`paired_gain`, `tune.confidence`), carried to the full data."""
     trials = trials_frame(study, model, resumed)
     result = ModelSearch(model, objective, name, trials, stopped_by=stopped_by)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not complete:
         return result
     best = study.best_trial
-    result.best_value = best.value
+    result.best_value, result.best = best.value, dict(best.params)
     first = next((t for t in complete if t.number == 0), None)
     result.first_value = first.value if first is not None else None
     result.chosen_trial = best.number
     if first is not None and best.number != 0:
         result.gain_z = paired_gain(model, first.params, best.params, data, config)
-        if result.gain_z < config.tune.min_gain_z(len(complete)):  # within noise of the settings given: keep them
+        if result.gain_z < config.tune.min_gain_z:  # within noise of the settings given: keep them
             log.info(
                 "%s: the best trial beats the settings given by %.2f standard errors only: kept", model, result.gain_z
             )

@@ -103,14 +103,16 @@ def run_trial(
 def paired_gain(
     model: str, given: dict[str, Any], best: dict[str, Any], data: TuningData, config: PipelineConfig
 ) -> float:
-    """How many standard errors the `best` settings beat the `given` ones by on the validation users: both refitted
-    (the seeds make them the trials' fits), the per-user differences of the objective paired by user (nDCG@k; a
-    rating model's summed squared error, negated so that better is positive)."""
+    """How many standard errors the `best` settings beat the `given` ones by on the confirmation split (the sample
+    split again with another seed): both fitted on its fit part, the per-user differences of the objective on its
+    validation part paired by user (nDCG@k; a rating model's summed squared error, negated so that better is
+    positive)."""
     objective = Objective.of(model)
     per_user = []
     for settings in (given, best):
-        trained = fit(data.fit, data.n_users, data.n_items, config.with_overrides({model: settings}), name=model)
-        values = evaluate_users(trained, data.fit, data.validation, data.n_items, config)[1]
+        trial_config = config.with_overrides({model: settings})
+        trained = fit(data.confirm_fit, data.n_users, data.n_items, trial_config, name=model)
+        values = evaluate_users(trained, data.confirm_fit, data.confirm_validation, data.n_items, config)[1]
         metric = "ndcg" if objective.metric == "ndcg" else "squared_error"
         per_user.append(values.filter(pl.col("metric") == metric).select("user_idx", "value"))
     paired = per_user[0].join(per_user[1], on="user_idx", suffix="_best")
