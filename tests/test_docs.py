@@ -43,6 +43,8 @@ NOT_RUN = {
     "tests/tasks/test_synth.py runs `recs synth`",
     '--source-query "SELECT customer': "needs a team's DuckDB file; tests/tasks/test_own_data.py reads a DuckDB table "
     "and query, and refuses a query that writes",
+    "--tune-budget-seconds 600": "the default search on ML-100k (a minute and a half); the README's `recs tune "
+    "... --tune-max-trials 8` runs here, tests/test_tune_flow.py tunes and resumes a killed tune",
     "--exclude-genres horror": "the README's run with two rules (20 s more of CI); tests/test_nightly_flow.py::"
     "test_business_rules_reasons_fallback_and_churn_through_the_flow runs such rules through the flow",
 }

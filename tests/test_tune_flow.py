@@ -38,6 +38,7 @@ def test_the_nightly_takes_the_tuned_settings_of_its_own_dataset(ml100k_zip, tmp
     assert "ials: 4 trials" in out and "the nightly runs on this data take these settings" in out
     ((tune_id, status, n_trials),) = _rows(warehouse, "SELECT tuning_run_id, status, n_trials FROM tuning_runs")
     assert (status, n_trials) == ("succeeded", 4)
+    assert (tmp_path / "D" / "tuning" / tune_id / "best-validation.png").stat().st_size > 0  # the artifact's plot
     ((chosen,),) = _rows(warehouse, "SELECT CAST(settings AS VARCHAR) FROM tuned_settings WHERE model = 'ials'")
     chosen = json.loads(chosen)
     assert set(chosen) == {"factors", "regularization", "unobserved_weight_ratio"}  # epochs were given
