@@ -234,8 +234,9 @@ def test_a_run_says_a_line_per_stage_and_verbose_says_everything(tmp_path, ml100
         "stage reindex",
         "stage rules",
         "stage split",
-        "stage train: dot_bias (1 of 2), then its evaluation",
-        "stage train: ials (2 of 2), then its evaluation",
+        "stage train: dot_bias (1 of 3), then its evaluation",
+        "stage train: ials (2 of 3), then its evaluation",
+        "stage train: ease (3 of 3), then its evaluation",  # 1,682 items: ease joins the default models
         "stage gate",
         "stage refit",
         "stage recommend",

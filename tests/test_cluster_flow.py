@@ -32,9 +32,12 @@ LISTS = "SELECT user_id, item_id, rank, score, predicted_rating FROM recommendat
 def _config(
     warehouse: Path, address: str | None, shard_users: int = 50_000, timeout: float = 30.0, **fields: object
 ) -> PipelineConfig:
-    """A run's config on the cluster at `address` (None: in process)."""
+    """A run's config on the cluster at `address` (None: in process), with the models that train by shards or
+    beside them (ease, which joins the defaults on a small catalogue, trains in the flow's process)."""
     cluster = {"address": address, "shard_users": shard_users, "timeout_seconds": timeout}
-    return PipelineConfig.model_validate({"warehouse": warehouse, "cluster": cluster, **fields})
+    return PipelineConfig.model_validate(
+        {"warehouse": warehouse, "cluster": cluster, "models": ["dot_bias", "ials"], **fields}
+    )
 
 
 def _same_lists(a: Path, b: Path, n_rows: int = 9430) -> None:
