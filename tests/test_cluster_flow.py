@@ -35,9 +35,8 @@ def _config(
     """A run's config on the cluster at `address` (None: in process), with the models that train by shards or
     beside them (ease, which joins the defaults on a small catalogue, trains in the flow's process)."""
     cluster = {"address": address, "shard_users": shard_users, "timeout_seconds": timeout}
-    return PipelineConfig.model_validate(
-        {"warehouse": warehouse, "cluster": cluster, "models": ["dot_bias", "ials"], **fields}
-    )
+    models = {} if "model" in fields or "models" in fields else {"models": ["dot_bias", "ials"]}
+    return PipelineConfig.model_validate({"warehouse": warehouse, "cluster": cluster, **models, **fields})
 
 
 def _same_lists(a: Path, b: Path, n_rows: int = 9430) -> None:
