@@ -88,11 +88,13 @@ MODELS: dict[str, ModelSpec] = {
         "implicit ALS (Rendle et al.'s recipe), every rating a positive",
         warm_start=True,
         sharded=sharded_ials,
-        # The unobserved weight as a multiple of the density rule, and the penalty scaled by each row's count (the
-        # exponent stays 1, Rendle et al.'s recipe): both carry unchanged from the search's sample to the full data.
+        # The unobserved weight as a multiple of the density rule: it follows the density of whatever is fitted.
+        # The penalty is scaled by each row's count (the exponent stays 1, Rendle et al.'s recipe), so a setting
+        # kept as it is would grow the penalty with the data; carried over the interactions' ratio, the penalty a
+        # row gets stays what it was in the search (a prior does not grow with the data; docs/models.md).
         search={
             "factors": Range(choices=(32, 64, 128, 256)),
-            "regularization": Range(1e-3, 0.3, log=True),
+            "regularization": Range(1e-3, 0.3, log=True, carry="over interactions"),
             "unobserved_weight_ratio": Range(0.03, 30.0, log=True),
             "epochs": Range(4, 24, integer=True),
         },
@@ -103,7 +105,7 @@ MODELS: dict[str, ModelSpec] = {
         EaseParams,
         fit_ease,
         "EASE closed-form item-item model on implicit feedback",
-        search={"l2": Range(1.0, 5000.0, log=True, grows_with_data=True), "dropout": Range(0.0, 0.9)},
+        search={"l2": Range(1.0, 5000.0, log=True, carry="times users"), "dropout": Range(0.0, 0.9)},
     ),
     "bias": ModelSpec(BiasModel, BiasParams, fit_bias, "global mean + damped user and item biases"),
     "popularity": ModelSpec(Popularity, PopularityParams, fit_popularity, "most-rated items first"),

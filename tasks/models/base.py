@@ -13,7 +13,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 import polars as pl
@@ -121,19 +121,24 @@ class WarmFit(Protocol[P]):
 EpochHook = Callable[[int, "Recommender"], None]
 
 
+# How a setting chosen on the search's data (a user sample, less its validation split) carries to a nightly's fit
+# (tasks/tune/search.py, `carried`): as it is; times the ratio of users fitted; or divided by the ratio of
+# interactions fitted.
+Carry = Literal["as is", "times users", "over interactions"]
+
+
 @dataclass(frozen=True)
 class Range:
     """Where the tuning search (tasks/tune) looks for one setting of a model: whole numbers or reals from `low` to
-    `high` (on a log scale with `log`), or one of `choices`. `grows_with_data`: a penalty weighed against sums over
-    the users (EASE's l2 against the Gram matrix's counts), so its best value grows in proportion to the users
-    fitted; the search carries it from its user sample to the full data by that ratio."""
+    `high` (on a log scale with `log`), or one of `choices`; `carry`: how the value chosen on the search's data is
+    carried to the nightly's (`Carry`)."""
 
     low: float = 0.0
     high: float = 0.0
     log: bool = False
     integer: bool = False
     choices: tuple[Any, ...] = ()
-    grows_with_data: bool = False
+    carry: Carry = "as is"
 
 
 class WarmStartParams(Protocol):

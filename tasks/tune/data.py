@@ -20,6 +20,7 @@ class TuningData:
     n_users: int  # the sampled users
     n_items: int  # the full catalogue's indices
     n_users_full: int  # every user of the training split
+    n_interactions_full: int  # every interaction of the training split
     # The same sample split again with another seed: the search's choice is confirmed there, on validation users'
     # interactions it was not chosen on (the best of many trials on one split is flattered by that split).
     confirm_fit: pl.DataFrame
@@ -30,14 +31,15 @@ class TuningData:
         return self.n_users < self.n_users_full
 
     @property
-    def growth(self) -> float:
-        """How many times more users a nightly's fit sees than a trial's: settings that grow with the data
-        (`Range.grows_with_data`) are carried by this factor. Only the user sample is carried: dropping users
-        scales every count of the Gram matrix alike, whereas the validation split's holdout of each user's
-        interactions scales its diagonal and the rest unlike (p and p squared), and on anime the l2 chosen on the
-        fit part did better on the test split uncarried (nDCG@10 0.4734) than carried by the interactions' ratio
-        (0.4709)."""
+    def users_growth(self) -> float:
+        """How many times more users a nightly's fit sees than a trial's (`Range.carry` "times users")."""
         return self.n_users_full / max(self.n_users, 1)
+
+    @property
+    def interactions_growth(self) -> float:
+        """How many times more interactions a nightly's fit sees than a trial's: the user sample's ratio times the
+        validation split's (`Range.carry` "over interactions")."""
+        return self.n_interactions_full / max(self.fit.height, 1)
 
 
 def sample_users(train: pl.DataFrame, n_users: int | None, seed: int) -> pl.DataFrame:
@@ -64,4 +66,4 @@ def tuning_data(train: pl.DataFrame, n_items: int, config: PipelineConfig) -> Tu
     fit, validation = split_ratings(sample, config.split, settings.validation_fraction, config.seed + 1)
     confirm = split_ratings(sample, config.split, settings.validation_fraction, config.seed + 2)
     n_users = sample["user_idx"].n_unique()
-    return TuningData(fit, validation, n_users, n_items, train["user_idx"].n_unique(), *confirm)
+    return TuningData(fit, validation, n_users, n_items, train["user_idx"].n_unique(), train.height, *confirm)

@@ -91,15 +91,23 @@ def _settle_interrupted(study: optuna.Study) -> int:
     return len(stale)
 
 
-def _start_points(study: optuna.Study, model: str, config: PipelineConfig, previous: dict[str, Any] | None) -> None:
-    """A new study tries the config's own settings first, then the settings the last tune chose (when any)."""
+def _start_points(
+    study: optuna.Study, model: str, data: TuningData, config: PipelineConfig, previous: dict[str, Any] | None
+) -> None:
+    """A new study tries the config's own settings first, then the settings the last tune chose (when any): both are
+    meant for a nightly's data, so both are carried back to the search's (`carried`)."""
     if study.trials:
         return
+    study.enqueue_trial(carried(model, _given(model, config), data, back=True))
     searched = searched_settings(model, config)
-    own = config.params_for(model).model_dump()
-    study.enqueue_trial({name: own[name] for name in searched})
     if previous and (points := {name: previous[name] for name in searched if name in previous}):
-        study.enqueue_trial(points, skip_if_exists=True)
+        study.enqueue_trial(carried(model, points, data, back=True), skip_if_exists=True)
+
+
+def _given(model: str, config: PipelineConfig) -> dict[str, Any]:
+    """The config's own values of the settings searched: what a nightly runs when the tune finds nothing better."""
+    own = config.params_for(model).model_dump()
+    return {name: own[name] for name in searched_settings(model, config)}
 
 
 def _finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -138,7 +146,7 @@ def search_model(
     study = _study(storage, name, objective, config.seed)
     if interrupted := _settle_interrupted(study):
         log.info("%s: %d trial(s) of an interrupted tune will be run again", model, interrupted)
-    _start_points(study, model, config, previous)
+    _start_points(study, model, data, config, previous)
     resumed = {t.number for t in _finished(study)}
     if resumed:
         log.info("%s: resuming study %s: %d trial(s) finished before", model, name, len(resumed))
@@ -211,19 +219,23 @@ def _outcome(
             )
             result.chosen_trial = 0
     if result.chosen_trial == 0 and first is not None:
-        result.chosen = dict(first.params)  # the settings given, as given
+        result.chosen = _given(model, config)  # as given (trial 0 ran them carried to the search's data)
     else:
         result.chosen = carried(model, best.params, data)
     return result
 
 
-def carried(model: str, values: dict[str, Any], data: TuningData) -> dict[str, Any]:
-    """Settings chosen on the search's data as they apply to a nightly's: those that grow with the data
-    (`Range.grows_with_data`) scaled by the ratio of interactions; the others as they are (ials's unobserved
-    weight is searched as a multiple of the density rule, and its penalty scales with each row's count)."""
+def carried(model: str, values: dict[str, Any], data: TuningData, back: bool = False) -> dict[str, Any]:
+    """Settings chosen on the search's data as they apply to a nightly's, by each setting's `Range.carry` (`back`:
+    a nightly's settings as they apply to the search's data): ials's count-scaled penalty divided by the ratio of
+    interactions (the penalty a row gets stays what it was in the search), ease's l2 times the ratio of users (it
+    is weighed against the Gram matrix's sums over users), the others as they are (ials's unobserved weight is
+    searched as a multiple of the density rule)."""
     space = MODELS[model].search
+    factor = {"times users": data.users_growth, "over interactions": 1 / data.interactions_growth}
+    power = -1 if back else 1
     return {
-        name: value * data.growth if name in space and space[name].grows_with_data else value
+        name: value * factor[space[name].carry] ** power if name in space and space[name].carry != "as is" else value
         for name, value in values.items()
     }
 

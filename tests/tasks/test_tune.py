@@ -114,14 +114,17 @@ def test_the_budget_stops_the_search_and_keeps_the_best_so_far(ml100k_ratings, t
 def test_the_settings_given_are_searched_from_and_fixed_when_given(ml100k_ratings, tmp_path):
     train, _ = split_ratings(ml100k_ratings, "stratified", 0.25, 42)
     config = _config()  # ials epochs and factors given: fixed, the rest searched from the defaults
-    found = search(tuning_data(train, 1682, config), config, journal(tmp_path / "journal"), "key", "s" * 12)[0]
+    data = tuning_data(train, 1682, config)
+    found = search(data, config, journal(tmp_path / "journal"), "key", "s" * 12)[0]
     searched = [json.loads(text) for text in found.trials["settings"]]
     assert all({"epochs", "factors"}.isdisjoint(point) for point in searched)
-    first = searched[0]
-    assert first["regularization"] == 0.02 and first["unobserved_weight_ratio"] == 1.0  # trial 0: the defaults
-    if found.chosen_trial == 0 and found.best_value != found.first_value:  # kept: within noise of the settings given
-        assert found.gain_z is not None and found.gain_z < config.tune.min_gain_z
-        assert found.chosen == searched[0]  # as given, not carried
+    first = searched[0]  # trial 0: the defaults, carried back to the search's data (a row's penalty as the nightly's)
+    assert first == pytest.approx({"regularization": 0.02 * data.interactions_growth, "unobserved_weight_ratio": 1.0})
+    if found.chosen_trial == 0:  # kept: within noise of the settings given, which stay as given
+        assert found.best_value == found.first_value or found.gain_z < config.tune.min_gain_z  # type: ignore[operator]
+        assert found.chosen == {"regularization": 0.02, "unobserved_weight_ratio": 1.0}
+    else:
+        assert found.chosen == carried("ials", json.loads(found.trials["settings"][found.chosen_trial]), data)
 
 
 def test_a_user_sample_keeps_each_users_interactions_and_carries_growing_settings(ml100k_ratings):
@@ -131,9 +134,14 @@ def test_a_user_sample_keeps_each_users_interactions_and_carries_growing_setting
     full = ml100k_ratings.group_by("user_idx").len()["len"]
     assert set(counts) <= set(full.to_list())  # whole users
     data = tuning_data(ml100k_ratings, 1682, _config(sample_users=100))
-    assert data.sampled and math.isclose(data.growth, 943 / 100)
-    assert carried("ease", {"l2": 10.0, "dropout": 0.5}, data) == {"l2": 10.0 * data.growth, "dropout": 0.5}
-    assert carried("ials", {"regularization": 0.02}, data) == {"regularization": 0.02}
+    assert data.sampled and math.isclose(data.users_growth, 943 / 100)
+    assert math.isclose(data.interactions_growth, ml100k_ratings.height / data.fit.height)
+    assert data.interactions_growth > data.users_growth  # the sample's users, less their validation interactions
+    assert carried("ease", {"l2": 10.0, "dropout": 0.5}, data) == {"l2": 10.0 * data.users_growth, "dropout": 0.5}
+    ials = {"factors": 64, "regularization": 0.02, "unobserved_weight_ratio": 2.0, "epochs": 12}
+    assert carried("ials", ials, data) == ials | {"regularization": 0.02 / data.interactions_growth}
+    assert carried("ials", carried("ials", ials, data), data, back=True) == pytest.approx(ials)
+    assert isinstance(carried("ials", ials, data)["factors"], int)
 
 
 def test_ease_joins_the_default_models_below_its_memory_bound_only():
