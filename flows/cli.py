@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -28,7 +29,7 @@ from flows.options import READERS, command_parser, config_from_options, nested, 
 from tasks.synth import SynthSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from flows.backfill import ReplayOutcome
     from flows.nightly import RunResult
@@ -51,14 +52,32 @@ def _log_path(config: PipelineConfig, command: str) -> Path:
     return config.data_dir / "logs" / f"recs-{command}-{stamp}-{os.getpid()}.log"
 
 
+@contextmanager
+def _flow_session(log_path: Path, verbose: bool) -> Iterator[None]:
+    """A flow run from the command line: its full log to `log_path`, SIGTERM and SIGINT as a cancellation, and a
+    temporary Prefect API when no server is configured."""
+    from flows.api import temporary_api
+    from flows.deadline import signals_cancel
+    from flows.logs import log_to_file
+
+    with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
+        yield
+
+
+def _failed(command: str, what: str, exc: Exception, log_path: Path) -> int:
+    """Say that the flow failed and where its traceback is (the flow has recorded the failure itself)."""
+    print(f"recs {command}: {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(f"recs {command}: the full log, tracebacks included, is {log_path}", file=sys.stderr)
+    return 1
+
+
 def _run(options: dict) -> int:
     verbose = options.pop("verbose", False)
     config = config_from_options("run", options)
     if config is None:
         return 2
-    from flows.api import TemporaryApiError, temporary_api
-    from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
-    from flows.logs import log_to_file
+    from flows.api import TemporaryApiError
+    from flows.deadline import RunCancelled, cancellation_reason
     from flows.nightly import nightly  # imported here: Prefect's import is slow and `--help` should not wait
     from flows.runlog import record_unstarted
 
@@ -66,7 +85,7 @@ def _run(options: dict) -> int:
     if not warehouse.resolved(config.warehouse).exists():
         print(f"recs run: {config.warehouse} does not exist: this run creates a new warehouse there", file=sys.stderr)
     try:
-        with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
+        with _flow_session(log_path, verbose):
             # a rejected run's state is Completed("Rejected") with its RunResult as the data
             result = cast("RunResult", nightly(config, return_state=True).result())
     except TemporaryApiError as exc:  # the flow never ran: record the run here
@@ -80,10 +99,8 @@ def _run(options: dict) -> int:
             file=sys.stderr,
         )
         return EXIT_CANCELLED
-    except Exception as exc:  # the flow already recorded the failure; the traceback is in the log file
-        print(f"recs run: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"recs run: the full log, tracebacks included, is {log_path}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        return _failed("run", "the run", exc, log_path)
     _print_result(result, config, log_path)
     return EXIT_REJECTED if result.status == "rejected" else 0
 
@@ -93,14 +110,13 @@ def _tune(options: dict) -> int:
     config = config_from_options("tune", options)
     if config is None:
         return 2
-    from flows.api import TemporaryApiError, temporary_api
-    from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
-    from flows.logs import log_to_file
-    from flows.tune import tune  # imported here: Prefect's import is slow and `--help` should not wait
+    from flows.api import TemporaryApiError
+    from flows.deadline import RunCancelled, cancellation_reason
+    from flows.tune import tune
 
     log_path = _log_path(config, "tune")
     try:
-        with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
+        with _flow_session(log_path, verbose):
             result = tune(config)
     except TemporaryApiError as exc:
         print(f"recs tune: the tune could not start: {exc}", file=sys.stderr)
@@ -113,9 +129,7 @@ def _tune(options: dict) -> int:
         )
         return EXIT_CANCELLED
     except Exception as exc:
-        print(f"recs tune: the tune failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"recs tune: the full log, tracebacks included, is {log_path}", file=sys.stderr)
-        return 1
+        return _failed("tune", "the tune", exc, log_path)
     print()
     print(result.summary)
     print(f"the nightly runs on this data take these settings (tuned_settings in {config.warehouse}); log: {log_path}")
@@ -175,13 +189,12 @@ def _backfill(options: dict) -> int:
         print(f"recs backfill: {exc}", file=sys.stderr)
         return 2
     print(f"replaying {len(cutoffs)} dates into {config.warehouse}", flush=True)
-    from flows.api import TemporaryApiError, temporary_api
-    from flows.deadline import RunCancelled, cancellation_reason, signals_cancel
-    from flows.logs import log_to_file
+    from flows.api import TemporaryApiError
+    from flows.deadline import RunCancelled, cancellation_reason
 
     log_path = _log_path(config, "backfill")
     try:
-        with log_to_file(log_path, verbose), signals_cancel(), temporary_api():
+        with _flow_session(log_path, verbose):
             failed = _replay(backfill(nested(options), cutoffs), len(cutoffs))
     except TemporaryApiError as exc:
         print(f"recs backfill: {exc}", file=sys.stderr)
