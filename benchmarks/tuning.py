@@ -2,6 +2,7 @@
 budget, and an upper bound no tune may use (the best test nDCG@10 over a wide grid, chosen on the test split).
 
     python benchmarks/tuning.py [--datasets ../shared/datasets] [--json OUT]
+    python benchmarks/tuning.py --bounds-from OLD.json --json OUT   # the grid's bounds from an earlier run
     python benchmarks/tuning.py --samples 0.25,0.5,1 --max-trials 30 --models ials   # the user sample's effect
 
 Each dataset is read as `recs run` reads it, split stratified 75/25 with seed 42 (the nightly's split). The tune is
@@ -10,8 +11,9 @@ pruning, the default budget and trial cap); its chosen settings, carried to the 
 training split and scored on the test split as a nightly run would. `published` is what the nightly publishes:
 the best of its models by test nDCG@10. The overfitting check prints each model's best validation nDCG@10 beside
 the test nDCG@10 of the same settings. The grid (GRID below) is scored on the test split: it is an upper bound,
-reported and never used to choose (the defaults and the tuned settings count as points of it). ease is left out of the grid above its default memory bound, as a run leaves it
-out.
+reported and never used to choose (the defaults and the tuned settings count as points of it). ease is left out
+of the grid above its default memory bound, as a run leaves it out. The grid depends on neither the tune nor its
+budget: `--bounds-from` takes its bounds from an earlier run's JSON rather than scoring its 68 points again.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def dataset_row(
     name: str,
     path: Path,
     settings: ReadSettings,
-    grid: bool,
+    grid: bool | tuple[float, str],
     sample: float | None,
     max_trials: int | None,
     models: list[str] | None,
@@ -150,7 +152,10 @@ def dataset_row(
             flush=True,
         )
     if grid:
-        row["upper_bound"], row["upper_bound_at"] = _upper_bound(train, test, maps, config)
+        # the grid's points, or a previous run's grid (it depends on neither the tune nor its budget)
+        bound = grid if isinstance(grid, tuple) else _upper_bound(train, test, maps, config)
+        row["upper_bound_grid"], row["upper_bound_grid_at"] = bound
+        row["upper_bound"], row["upper_bound_at"] = bound
         for what, ndcg in (("the defaults", row["default_ndcg"]), ("the tuned settings", row["tuned_ndcg"])):
             if ndcg > row["upper_bound"]:  # the grid's points are not the only ones tried
                 row["upper_bound"], row["upper_bound_at"] = ndcg, what
@@ -169,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="dataset names to run (a prefix of each name)")
     parser.add_argument("--no-grid", action="store_true", help="skip the test-chosen upper bound")
     parser.add_argument(
+        "--bounds-from",
+        type=Path,
+        help="take each dataset's grid bound from this earlier --json output instead of scoring the grid again",
+    )
+    parser.add_argument(
         "--samples",
         type=lambda t: [float(v) for v in t.split(",")],
         help="instead: tune on these shares of the users (e.g. 0.25,0.5,1), no grid",
@@ -178,11 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = []
+    bounds = (
+        {
+            r["dataset"]: (
+                r.get("upper_bound_grid", r["upper_bound"]),
+                r.get("upper_bound_grid_at", r["upper_bound_at"]),
+            )
+            for r in json.loads(args.bounds_from.read_text())
+        }
+        if args.bounds_from
+        else {}
+    )
     for name, path, settings in DATASETS:
         if args.only and not any(name.startswith(prefix) for prefix in args.only):
             continue
         for sample in args.samples or [None]:
-            grid = not (args.no_grid or args.samples)
+            grid = bounds.get(name, True) if not (args.no_grid or args.samples) else False
             rows.append(dataset_row(name, args.datasets / path, settings, grid, sample, args.max_trials, args.models))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
