@@ -90,11 +90,11 @@ MODELS: dict[str, ModelSpec] = {
         sharded=sharded_ials,
         # The unobserved weight as a multiple of the density rule: it follows the density of whatever is fitted.
         # The penalty is scaled by each row's count (the exponent stays 1, Rendle et al.'s recipe), so a setting
-        # kept as it is would grow the penalty with the data; carried over the interactions' ratio, the penalty a
-        # row gets stays what it was in the search (a prior does not grow with the data; docs/models.md).
+        # kept as it is would grow a user's penalty with their interactions; carried over the ratio of each user's
+        # interactions, the penalty a user gets stays what it was in the search (docs/models.md, with the figures).
         search={
             "factors": Range(choices=(32, 64, 128, 256)),
-            "regularization": Range(1e-3, 0.3, log=True, carry="over interactions"),
+            "regularization": Range(1e-3, 0.3, log=True, carry="over interactions per user"),
             "unobserved_weight_ratio": Range(0.03, 30.0, log=True),
             "epochs": Range(4, 24, integer=True),
         },

@@ -122,9 +122,9 @@ EpochHook = Callable[[int, "Recommender"], None]
 
 
 # How a setting chosen on the search's data (a user sample, less its validation split) carries to a nightly's fit
-# (tasks/tune/search.py, `carried`): as it is; times the ratio of users fitted; or divided by the ratio of
-# interactions fitted.
-Carry = Literal["as is", "times users", "over interactions"]
+# (tasks/tune/search.py, `carried`): as it is; times the ratio of users fitted; or divided by the ratio of each
+# user's interactions fitted.
+Carry = Literal["as is", "times users", "over interactions per user"]
 
 
 @dataclass(frozen=True)

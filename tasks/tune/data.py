@@ -20,7 +20,6 @@ class TuningData:
     n_users: int  # the sampled users
     n_items: int  # the full catalogue's indices
     n_users_full: int  # every user of the training split
-    n_interactions_full: int  # every interaction of the training split
     # The same sample split again with another seed: the search's choice is confirmed there, on validation users'
     # interactions it was not chosen on (the best of many trials on one split is flattered by that split).
     confirm_fit: pl.DataFrame
@@ -36,10 +35,10 @@ class TuningData:
         return self.n_users_full / max(self.n_users, 1)
 
     @property
-    def interactions_growth(self) -> float:
-        """How many times more interactions a nightly's fit sees than a trial's: the user sample's ratio times the
-        validation split's (`Range.carry` "over interactions")."""
-        return self.n_interactions_full / max(self.fit.height, 1)
+    def per_user_growth(self) -> float:
+        """How many times more interactions a user has in a nightly's fit than in a trial's: the validation split's
+        holdout (`Range.carry` "over interactions per user"). The user sample does not change a user's."""
+        return (self.fit.height + self.validation.height) / max(self.fit.height, 1)
 
 
 def sample_users(train: pl.DataFrame, n_users: int | None, seed: int) -> pl.DataFrame:
@@ -66,4 +65,4 @@ def tuning_data(train: pl.DataFrame, n_items: int, config: PipelineConfig) -> Tu
     fit, validation = split_ratings(sample, config.split, settings.validation_fraction, config.seed + 1)
     confirm = split_ratings(sample, config.split, settings.validation_fraction, config.seed + 2)
     n_users = sample["user_idx"].n_unique()
-    return TuningData(fit, validation, n_users, n_items, train["user_idx"].n_unique(), train.height, *confirm)
+    return TuningData(fit, validation, n_users, n_items, train["user_idx"].n_unique(), *confirm)

@@ -228,11 +228,11 @@ def _outcome(
 def carried(model: str, values: dict[str, Any], data: TuningData, back: bool = False) -> dict[str, Any]:
     """Settings chosen on the search's data as they apply to a nightly's, by each setting's `Range.carry` (`back`:
     a nightly's settings as they apply to the search's data): ials's count-scaled penalty divided by the ratio of
-    interactions (the penalty a row gets stays what it was in the search), ease's l2 times the ratio of users (it
-    is weighed against the Gram matrix's sums over users), the others as they are (ials's unobserved weight is
-    searched as a multiple of the density rule)."""
+    each user's interactions (the penalty a user gets stays what it was in the search), ease's l2 times the ratio
+    of users (it is weighed against the Gram matrix's sums over users), the others as they are (ials's unobserved
+    weight is searched as a multiple of the density rule)."""
     space = MODELS[model].search
-    factor = {"times users": data.users_growth, "over interactions": 1 / data.interactions_growth}
+    factor = {"times users": data.users_growth, "over interactions per user": 1 / data.per_user_growth}
     power = -1 if back else 1
     return {
         name: value * factor[space[name].carry] ** power if name in space and space[name].carry != "as is" else value

@@ -119,7 +119,7 @@ def test_the_settings_given_are_searched_from_and_fixed_when_given(ml100k_rating
     searched = [json.loads(text) for text in found.trials["settings"]]
     assert all({"epochs", "factors"}.isdisjoint(point) for point in searched)
     first = searched[0]  # trial 0: the defaults, carried back to the search's data (a row's penalty as the nightly's)
-    assert first == pytest.approx({"regularization": 0.02 * data.interactions_growth, "unobserved_weight_ratio": 1.0})
+    assert first == pytest.approx({"regularization": 0.02 * data.per_user_growth, "unobserved_weight_ratio": 1.0})
     if found.chosen_trial == 0:  # kept: within noise of the settings given, which stay as given
         assert found.best_value == found.first_value or found.gain_z < config.tune.min_gain_z  # type: ignore[operator]
         assert found.chosen == {"regularization": 0.02, "unobserved_weight_ratio": 1.0}
@@ -135,11 +135,11 @@ def test_a_user_sample_keeps_each_users_interactions_and_carries_growing_setting
     assert set(counts) <= set(full.to_list())  # whole users
     data = tuning_data(ml100k_ratings, 1682, _config(sample_users=100))
     assert data.sampled and math.isclose(data.users_growth, 943 / 100)
-    assert math.isclose(data.interactions_growth, ml100k_ratings.height / data.fit.height)
-    assert data.interactions_growth > data.users_growth  # the sample's users, less their validation interactions
+    per_user = sample.height / data.fit.height  # the sample's fit part holds out a quarter of each user's
+    assert math.isclose(data.per_user_growth, per_user) and 1.25 < per_user < 1.4
     assert carried("ease", {"l2": 10.0, "dropout": 0.5}, data) == {"l2": 10.0 * data.users_growth, "dropout": 0.5}
     ials = {"factors": 64, "regularization": 0.02, "unobserved_weight_ratio": 2.0, "epochs": 12}
-    assert carried("ials", ials, data) == ials | {"regularization": 0.02 / data.interactions_growth}
+    assert carried("ials", ials, data) == ials | {"regularization": 0.02 / per_user}
     assert carried("ials", carried("ials", ials, data), data, back=True) == pytest.approx(ials)
     assert isinstance(carried("ials", ials, data)["factors"], int)
 
