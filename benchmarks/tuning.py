@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=lambda t: t.split(","), help="these models instead of a run's defaults")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
+    if args.bounds_from and not args.bounds_from.is_file():
+        parser.error(f"--bounds-from {args.bounds_from}: no such file (a JSON written by --json)")
     rows = []
     bounds = (
         {
