@@ -56,7 +56,7 @@ MODELS: dict[str, ModelSpec] = {
         "embedding dot product + biases, sigmoid range; MSE",
         warm_start=True,
         search={
-            "factors": Range(choices=(32, 64, 128)),
+            "factors": Range(choices=(32, 64, 128), capacity=True),
             "epochs": Range(5, 40, integer=True),
             "learning_rate": Range(0.005, 0.2, log=True),
             "regularization": Range(0.01, 0.5, log=True),
@@ -93,7 +93,7 @@ MODELS: dict[str, ModelSpec] = {
         # kept as it is would grow a user's penalty with their interactions; carried over the ratio of each user's
         # interactions, the penalty a user gets stays what it was in the search (docs/models.md, with the figures).
         search={
-            "factors": Range(choices=(32, 64, 128, 256)),
+            "factors": Range(choices=(32, 64, 128, 256), capacity=True),
             "regularization": Range(1e-3, 0.3, log=True, carry="over interactions per user"),
             "unobserved_weight_ratio": Range(0.03, 30.0, log=True),
             "epochs": Range(4, 24, integer=True),

@@ -131,7 +131,8 @@ Carry = Literal["as is", "times users", "over interactions per user"]
 class Range:
     """Where the tuning search (tasks/tune) looks for one setting of a model: whole numbers or reals from `low` to
     `high` (on a log scale with `log`), or one of `choices`; `carry`: how the value chosen on the search's data is
-    carried to the nightly's (`Carry`)."""
+    carried to the nightly's (`Carry`); `capacity`: the choices are the model's sizes in ascending order (factors),
+    and the search tries its best trial one size up now and then (tasks/tune/search.py, `_step_up`)."""
 
     low: float = 0.0
     high: float = 0.0
@@ -139,6 +140,7 @@ class Range:
     integer: bool = False
     choices: tuple[Any, ...] = ()
     carry: Carry = "as is"
+    capacity: bool = False
 
 
 class WarmStartParams(Protocol):

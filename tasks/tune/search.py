@@ -35,6 +35,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial comes f
 
 # Trials the sampler draws at random before TPE models the results, and before the pruner compares.
 STARTUP_TRIALS = 8
+# Every this many finished trials, the best so far is tried one size up (`_step_up`).
+STEP_UP_EVERY = 10
 
 
 class TuningBudgetError(ValueError):
@@ -157,9 +159,11 @@ def search_model(
 def _run_trials(study: optuna.Study, model: str, data: TuningData, config: PipelineConfig, deadline: float) -> str:
     """Ask, fit, score and tell until the trial cap or the deadline; returns which stopped it."""
     searched = searched_settings(model, config)
-    while len(_finished(study)) < config.tune.max_trials:
+    while (finished := len(_finished(study))) < config.tune.max_trials:
         if time.monotonic() > deadline:
             return "budget"
+        if finished >= STARTUP_TRIALS and finished % STEP_UP_EVERY == 0:
+            _step_up(study, searched)
         first = not _finished(study)
         trial = study.ask()
         settings = suggest(trial, model, searched)
@@ -187,6 +191,22 @@ def _run_trials(study: optuna.Study, model: str, data: TuningData, config: Pipel
                 "the next tune)"
             )
     return "trial cap"
+
+
+def _step_up(study: optuna.Study, searched: dict[str, Range]) -> None:
+    """Queue the best trial so far one size up in each searched `Range.capacity` setting (ials's factors), unless a
+    trial has tried that point. Once a size leads, TPE seldom draws a larger one with settings that suit it, and a
+    trial's data (a quarter of each user's interactions held out, a user sample) undersells capacity that a
+    nightly's larger fit would use: on the Amazon pairs the best 128-factor trial scored validation nDCG@10 0.0574
+    (0.0822 on the test split), the same settings at 256 factors 0.0579 (0.0854), where TPE's own 256-factor
+    trials were at most 0.0496."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return
+    best = study.best_trial.params
+    for name, where in searched.items():
+        if where.capacity and name in best and best[name] != where.choices[-1]:
+            larger = where.choices[where.choices.index(best[name]) + 1]
+            study.enqueue_trial({**best, name: larger}, skip_if_exists=True)
 
 
 def _outcome(

@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 
 from tasks.config import PipelineConfig
 from tasks.ingest.parse import Dataset
+from tasks.models import MODELS
 from tasks.split import split_ratings
 from tasks.tune.data import sample_users, tuning_data
-from tasks.tune.search import TuningBudgetError, carried, journal, search, study_name
+from tasks.tune.search import TuningBudgetError, _step_up, carried, journal, search, study_name
 from tasks.tune.stage import training_split
 from tasks.tune.tuned import dataset_key, with_tuned
 
@@ -125,6 +126,29 @@ def test_the_settings_given_are_searched_from_and_fixed_when_given(ml100k_rating
         assert found.chosen == {"regularization": 0.02, "unobserved_weight_ratio": 1.0}
     else:
         assert found.chosen == carried("ials", json.loads(found.trials["settings"][found.chosen_trial]), data)
+
+
+def test_the_search_tries_its_best_trial_one_size_up_once():
+    """`_step_up` on a real Optuna study: the best trial's settings at the next factors choice are queued, once, and
+    a best trial at the largest size queues nothing."""
+    space = MODELS["ials"].search
+    distributions = {
+        "factors": optuna.distributions.CategoricalDistribution(space["factors"].choices),
+        "regularization": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+    }
+    study = optuna.create_study(direction="maximize")
+    for factors, regularization, value in ((64, 0.01, 0.30), (128, 0.02, 0.31), (256, 0.1, 0.20)):
+        point = {"factors": factors, "regularization": regularization}
+        study.add_trial(optuna.trial.create_trial(params=point, distributions=distributions, value=value))
+    _step_up(study, space)
+    _step_up(study, space)
+    waiting = [t.system_attrs["fixed_params"] for t in study.trials if t.state == TrialState.WAITING]
+    assert waiting == [{"factors": 256, "regularization": 0.02}]
+    trial = study.ask()  # the queued point is the next trial asked
+    assert trial.suggest_categorical("factors", space["factors"].choices) == 256
+    study.tell(trial, 0.4)  # the best is now at the largest size
+    _step_up(study, space)
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
 
 
 def test_a_user_sample_keeps_each_users_interactions_and_carries_growing_settings(ml100k_ratings):
