@@ -204,7 +204,7 @@ def _step_up(study: optuna.Study, searched: dict[str, Range]) -> None:
         return
     best = study.best_trial.params
     for name, where in searched.items():
-        if where.capacity and name in best and best[name] != where.choices[-1]:
+        if where.capacity and best.get(name) in where.choices[:-1]:
             larger = where.choices[where.choices.index(best[name]) + 1]
             study.enqueue_trial({**best, name: larger}, skip_if_exists=True)
 
