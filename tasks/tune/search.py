@@ -164,7 +164,7 @@ def _run_trials(study: optuna.Study, model: str, data: TuningData, config: Pipel
             return "budget"
         if finished >= STARTUP_TRIALS and finished % STEP_UP_EVERY == 0:
             _step_up(study, searched)
-        first = not _finished(study)
+        first = finished == 0
         trial = study.ask()
         settings = suggest(trial, model, searched)
         started = time.monotonic()
