@@ -38,6 +38,11 @@ DATASETS = (
 COLUMNS = ("fit_seconds", "ndcg", "coverage", "rmse")
 
 
+def selected(only: list[str] | None) -> list[tuple[str, str, ReadSettings]]:
+    """The datasets whose names start with one of `only` (a benchmark's `--only`), or all of them."""
+    return [d for d in DATASETS if not only or any(d[0].startswith(prefix) for prefix in only)]
+
+
 def _rows(name: str, path: Path, settings: ReadSettings) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         dataset = load_dataset(fetch_archive(str(path.resolve()), Path(scratch)), Path(scratch), settings=settings)

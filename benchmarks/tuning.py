@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl
 
-from benchmarks.datasets import DATASETS
+from benchmarks.datasets import selected
 from benchmarks.protocol import fit_and_score, stratified
 from tasks.config import PipelineConfig
 from tasks.ingest import fetch_archive, load_dataset
@@ -201,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bounds_from
         else {}
     )
-    for name, path, settings in DATASETS:
-        if args.only and not any(name.startswith(prefix) for prefix in args.only):
-            continue
+    for name, path, settings in selected(args.only):
         for sample in args.samples or [None]:
             grid = bounds.get(name, True) if not (args.no_grid or args.samples) else False
             rows.append(dataset_row(name, args.datasets / path, settings, grid, sample, args.max_trials, args.models))

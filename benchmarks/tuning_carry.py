@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.datasets import DATASETS
+from benchmarks.datasets import selected
 from benchmarks.protocol import stratified
 from benchmarks.tuning import _load
 from tasks.ingest.own_data import ReadSettings
@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=Path, default=default, help=f"folder of the datasets (default: {default})")
     parser.add_argument("--only", nargs="+", help="dataset names to run (a prefix of each name)")
     args = parser.parse_args(argv)
-    for name, path, settings in DATASETS:
-        if not args.only or any(name.startswith(prefix) for prefix in args.only):
-            dataset_rows(name, args.datasets / path, settings)
+    for name, path, settings in selected(args.only):
+        dataset_rows(name, args.datasets / path, settings)
     return 0
 
 
