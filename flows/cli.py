@@ -1,8 +1,8 @@
 """`recs`: the command line.
 
 `recs run` runs the nightly flow once, `recs backfill` replays it over past dates, `recs tune` searches the
-models' settings for a dataset, `recs serve` serves the
-deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse;
+models' settings for a dataset, `recs fold-in` folds new and changed users into the published model, `recs serve`
+serves the deployments of deploy/prefect.yaml; `recs recommend`, `recs runs` and `recs trend` read the warehouse;
 `recs synth` writes a synthetic MovieLens archive for scale tests; `recs sql` runs a read-only query.
 
 The commands' options, those of `recs run` generated from `PipelineConfig`'s fields, are in flows/options.py;
@@ -133,6 +133,38 @@ def _tune(options: dict) -> int:
     print()
     print(result.summary)
     print(f"the nightly runs on this data take these settings (tuned_settings in {config.warehouse}); log: {log_path}")
+    return 0
+
+
+def _fold_in(options: dict) -> int:
+    verbose = options.pop("verbose", False)
+    config = config_from_options("fold-in", options)
+    if config is None:
+        return 2
+    from flows.api import TemporaryApiError
+    from flows.deadline import RunCancelled, cancellation_reason
+    from flows.fold_in import fold_in
+
+    log_path = _log_path(config, "fold-in")
+    try:
+        with _flow_session(log_path, verbose):
+            result = fold_in(config)
+    except TemporaryApiError as exc:
+        print(f"recs fold-in: the fold-in could not start: {exc}", file=sys.stderr)
+        return 1
+    except (RunCancelled, KeyboardInterrupt) as exc:
+        print(
+            f"recs fold-in: cancelled: {cancellation_reason(exc)}; the published recommendations in {config.warehouse} "
+            f"are unchanged. Log: {log_path}",
+            file=sys.stderr,
+        )
+        return EXIT_CANCELLED
+    except Exception as exc:
+        return _failed("fold-in", "the fold-in", exc, log_path)
+    if result.status == "refused":
+        print(f"recs fold-in: refused: {result.summary}; the lists are unchanged. Log: {log_path}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(result.summary if result.status == "published" else f"{result.summary}: nothing published")
     return 0
 
 
@@ -454,6 +486,8 @@ def _main(argv: list[str] | None) -> int:
         return _backfill(args)
     if command == "tune":
         return _tune(args)
+    if command == "fold-in":
+        return _fold_in(args)
     if command == "serve":
         from flows.serve import serve_pipeline
 

@@ -37,6 +37,17 @@ def lock_path(warehouse_path: Path, suffix: str = ".lock") -> Path:
 
 TUNE_LOCK = ".tune.lock"
 
+# A fold-in holds the run lock only for its one write (seconds): a run that finds it held by one waits this long
+# whatever its own lock_timeout_seconds, so that a fold-in at 03:00 does not refuse the 03:00 nightly.
+BRIEF_HOLD_SECONDS = 120.0
+
+
+def _held_briefly(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text() or "{}").get("brief"))
+    except (OSError, ValueError):
+        return False
+
 
 def _holder(path: Path) -> str:
     try:
@@ -48,7 +59,12 @@ def _holder(path: Path) -> str:
 
 @contextmanager
 def run_lock(
-    warehouse_path: Path, owner: str, timeout_seconds: float = 0.0, poll_seconds: float = 1.0, suffix: str = ".lock"
+    warehouse_path: Path,
+    owner: str,
+    timeout_seconds: float = 0.0,
+    poll_seconds: float = 1.0,
+    suffix: str = ".lock",
+    brief: bool = False,
 ) -> Iterator[None]:
     """Hold the warehouse's run lock (or, with `suffix` TUNE_LOCK, its tune lock) for the block.
 
@@ -58,6 +74,7 @@ def run_lock(
         timeout_seconds: how long to wait for the holder to finish; 0 refuses at once.
         poll_seconds: how often to retry while waiting.
         suffix: which lock: `.lock` for nightly runs, TUNE_LOCK for tunes.
+        brief: the holder says it holds the lock for seconds (a fold-in's write): others wait BRIEF_HOLD_SECONDS.
 
     Raises:
         RunLockedError: the lock is still held after `timeout_seconds`; the message names the holder.
@@ -67,13 +84,16 @@ def run_lock(
     what = "tune" if suffix == TUNE_LOCK else "nightly run"
     handle = open(path, "a+")  # held open for the whole block: the lock lives with the handle
     try:
-        deadline = time.monotonic() + timeout_seconds
+        started = time.monotonic()
+        deadline = started + timeout_seconds
         waited = False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if _held_briefly(path):
+                    deadline = max(deadline, started + BRIEF_HOLD_SECONDS)
                 if time.monotonic() >= deadline:
                     waited_for = f"gave up after waiting {timeout_seconds:g}s" if timeout_seconds else "not waiting"
                     raise RunLockedError(
@@ -86,7 +106,8 @@ def run_lock(
                 time.sleep(poll_seconds)
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"run": owner, "pid": os.getpid(), "since": utc_now().isoformat(timespec="seconds")}))
+        since = utc_now().isoformat(timespec="seconds")
+        handle.write(json.dumps({"run": owner, "pid": os.getpid(), "since": since, "brief": brief}))
         handle.flush()
         yield
     finally:

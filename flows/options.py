@@ -302,6 +302,7 @@ def _add_run_commands(commands: Commands, config_options: bool) -> None:
     _add_verbose(backfill)
 
     _add_tune_command(commands, config_options)
+    _add_fold_in_command(commands, config_options)
 
     serve = commands.add_parser(
         "serve",
@@ -329,6 +330,20 @@ def _add_tune_command(commands: Commands, config_options: bool) -> None:
     if config_options:
         add_config_options(tune)
     _add_verbose(tune)
+
+
+def _add_fold_in_command(commands: Commands, config_options: bool) -> None:
+    fold_in = commands.add_parser(
+        "fold-in",
+        help="fold users new or changed since the published run into its model and publish only their lists",
+        description="Read what changed since the published run (the source against its data, or --fold-in-new-rows: "
+        "only the rows since), fold those users into its model without refitting, and replace their lists and "
+        "nobody else's. Exit status: 0 published or nothing new, 1 failed, 3 refused (a job for the nightly; the "
+        "lists stay as they are). Other options as for `recs run`: give the nightly's source and read settings.",
+    )
+    if config_options:
+        add_config_options(fold_in)
+    _add_verbose(fold_in)
 
 
 def _add_synth_command(commands: Commands) -> None:

@@ -59,11 +59,14 @@ class Placement:
         self, model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, run: RunLog
     ) -> tuple[pl.DataFrame | ListFiles, pl.DataFrame | None]:
         """The lists and their reasons (on a cluster, the reasons are in the shards' files beside the lists); the
-        published model is saved as the run folder's `published_model`."""
+        published model is saved as the run folder's `published_model`, and the rating model behind the stars, when it
+        is another, as its `rater` (what a fold-in folds users into, tasks/fold_in)."""
         if self.cluster is not None:
             files, report = recommend_on_cluster(model, rater, inputs, self.cluster)
             run.note(cluster=inputs.config.cluster.address, cluster_workers=report.workers)
             return files, None
         lists, reasons = recommend_task(model, inputs.ratings, inputs.maps, inputs.config, rater, inputs.rules)
         save_checkpoint_task(model, inputs.maps, inputs.config, inputs.folder.published_model)
+        if rater is not None and rater is not model:
+            save_checkpoint_task(rater, inputs.maps, inputs.config, inputs.folder.rater)
         return lists, reasons

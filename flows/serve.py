@@ -15,6 +15,7 @@ from prefect.events import DeploymentTriggerTypes
 from prefect.schedules import Cron
 from pydantic import TypeAdapter
 
+from flows.fold_in import fold_in
 from flows.nightly import nightly
 from flows.refresh import refresh
 from flows.train import train
@@ -23,6 +24,7 @@ from flows.tune import tune
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "deploy" / "prefect.yaml"
 FLOWS: dict[str, Flow] = {
     "flows/nightly.py:nightly": nightly,
+    "flows/fold_in.py:fold_in": fold_in,
     "flows/refresh.py:refresh": refresh,
     "flows/train.py:train": train,
     "flows/tune.py:tune": tune,
@@ -34,7 +36,7 @@ def _concurrency(spec: Any) -> int | ConcurrencyLimitConfig | None:
     return ConcurrencyLimitConfig(**spec) if isinstance(spec, dict) else spec
 
 
-SERVED = ("nightly", "refresh", "tune")
+SERVED = ("nightly", "fold-in", "refresh", "tune")
 
 
 def served_deployments(path: Path = PREFECT_YAML, names: tuple[str, ...] = SERVED) -> list:

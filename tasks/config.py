@@ -265,6 +265,41 @@ class TuneSettings(BaseModel):
     )
 
 
+class FoldInSettings(BaseModel):
+    """Folding new and changed users into the published model between nightly runs (`recs fold-in`, flows/fold_in.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    new_rows: str | None = Field(
+        None,
+        description="A file or URL holding only the interactions since the published run, in the source's columns "
+        "(an hour's events, today's ratings); unset: the source is read whole and compared with the published run's "
+        "data.",
+    )
+    # A fold-in keeps the published model's items and everyone else's vectors: when much of the data moved, those are
+    # what is stale, and only a refit (the nightly) fixes them.
+    max_changed_users: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Refuse, leaving the lists to the nightly, when more than this share of the published run's users "
+        "changed (new users count too).",
+    )
+    max_removed_rows: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Refuse, leaving the lists to the nightly, when the source lost more than this share of the "
+        "published run's rows (a truncated or replaced export).",
+    )
+    lock_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long the fold-in waits for a nightly run holding the warehouse before publishing nothing "
+        "(the nightly's lists replace everyone's anyway).",
+    )
+
+
 class _SourceAndSplit(BaseModel):
     """The config's first fields: where the ratings come from, where the results go, and the split."""
 
@@ -426,6 +461,7 @@ class PipelineConfig(_WithModels):
 
     # Tuning
     tune: TuneSettings = Field(TuneSettings(), description=TuneSettings.__doc__)
+    fold_in: FoldInSettings = Field(FoldInSettings(), description=FoldInSettings.__doc__)
     tuned: Literal["on", "off"] = Field(
         "on",
         description="on: the models take the settings the newest `recs tune` chose for this dataset, for every "

@@ -25,6 +25,9 @@ from tasks.models.closed_form import (
     fit_bias,
     fit_ease,
     fit_popularity,
+    fold_in_bias,
+    fold_in_ease,
+    fold_in_popularity,
 )
 from tasks.models.embedding import (
     BprModel,
@@ -39,8 +42,9 @@ from tasks.models.embedding import (
     fit_dot,
     fit_dot_bias,
     fit_mlp,
+    fold_in_dot_bias,
 )
-from tasks.models.ials import Ials, IalsParams, fit_ials
+from tasks.models.ials import Ials, IalsParams, fit_ials, fold_in_ials
 from tasks.models.ials_shards import sharded_ials
 from tasks.models.knn import ItemKnn, ItemKnnParams, UserKnn, UserKnnParams, fit_item_knn, fit_user_knn
 
@@ -61,6 +65,7 @@ MODELS: dict[str, ModelSpec] = {
             "learning_rate": Range(0.005, 0.2, log=True),
             "regularization": Range(0.01, 0.5, log=True),
         },
+        fold_in=fold_in_dot_bias,
     ),
     "dot": ModelSpec(EmbeddingDot, DotParams, fit_dot, "embedding dot product; MSE"),
     "mlp": ModelSpec(EmbeddingNN, MlpParams, fit_mlp, "embeddings through an MLP, sigmoid range; MSE"),
@@ -99,6 +104,7 @@ MODELS: dict[str, ModelSpec] = {
             "epochs": Range(4, 24, integer=True),
         },
         reports_epochs=True,
+        fold_in=fold_in_ials,
     ),
     "ease": ModelSpec(
         Ease,
@@ -106,9 +112,14 @@ MODELS: dict[str, ModelSpec] = {
         fit_ease,
         "EASE closed-form item-item model on implicit feedback",
         search={"l2": Range(1.0, 5000.0, log=True, carry="times users"), "dropout": Range(0.0, 0.9)},
+        fold_in=fold_in_ease,
     ),
-    "bias": ModelSpec(BiasModel, BiasParams, fit_bias, "global mean + damped user and item biases"),
-    "popularity": ModelSpec(Popularity, PopularityParams, fit_popularity, "most-rated items first"),
+    "bias": ModelSpec(
+        BiasModel, BiasParams, fit_bias, "global mean + damped user and item biases", fold_in=fold_in_bias
+    ),
+    "popularity": ModelSpec(
+        Popularity, PopularityParams, fit_popularity, "most-rated items first", fold_in=fold_in_popularity
+    ),
 }
 
 

@@ -143,6 +143,22 @@ class Range:
     capacity: bool = False
 
 
+@dataclass(frozen=True)
+class FoldIn:
+    """Users folded into a fitted model, its items fixed (a fold-in, tasks/fold_in): their interactions, indexed
+    0..n-1 over these users and by the fitted model's item indices, and where each user is in the fitted model."""
+
+    interactions: Interactions  # n_users: the users folded in; n_items: the fitted model's
+    known: torch.Tensor  # (n_users,) int64: each user's row in the fitted model, -1 for a user it has never seen
+    fitted_ratings: int  # ratings the model was fitted on: what its density-scaled settings are resolved from
+    fitted_users: int
+
+
+# A model's fold-in: the fitted module, its parameter group (as the fit had it) and the users, on a device -> a module
+# of the same kind over only those users (its item side the fitted one's), which scores and predicts as the fit would.
+FoldInFn = Callable[..., "Recommender"]  # (module, params, users: FoldIn, device) -> module
+
+
 class WarmStartParams(Protocol):
     """What a warm-starting model's parameter group holds besides its own settings."""
 
@@ -174,6 +190,9 @@ class ModelSpec(Generic[P]):
     search: dict[str, Range] = field(default_factory=dict)
     # Its fit takes `on_epoch` (an `EpochHook`), so that a tuning trial can be scored and pruned by epoch.
     reports_epochs: bool = False
+    # How it takes users it was not fitted on, or whose interactions changed, without refitting (`recs fold-in`):
+    # None leaves them to the next nightly (docs/models.md, "Folding in new users").
+    fold_in: FoldInFn | None = None
 
     def __post_init__(self) -> None:
         if unknown := [name for name in self.search if name not in self.params.model_fields]:

@@ -15,7 +15,7 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from tasks.models.base import Interactions, ModelParams, RatingMatrix, Recommender, index_tensors
+from tasks.models.base import FoldIn, Interactions, ModelParams, RatingMatrix, Recommender, index_tensors
 
 
 class Ease(Recommender):
@@ -187,3 +187,44 @@ def fit_popularity(
     module = Popularity(interactions.n_users, interactions.n_items).to(device)
     module.counts.copy_(torch.bincount(items, minlength=interactions.n_items).float())
     return module, []
+
+
+# Fold-ins (tasks/fold_in): these models score a user from their interactions and what the fit learnt of the items,
+# so a user the fit never saw, or one whose interactions changed, is scored as the fit would score them.
+
+
+def _history(users: FoldIn, device: torch.device) -> RatingMatrix:
+    user, item, rating = index_tensors(users.interactions.ratings, device)
+    return RatingMatrix.build(user, item, rating, (users.interactions.n_users, users.interactions.n_items))
+
+
+def fold_in_ease(module: Ease, params: EaseParams, users: FoldIn, device: torch.device) -> Ease:
+    """The users' rows of X beside the fitted item-item weights: their scores are X_u B, exactly as in the fit."""
+    history = _history(users, device)
+    with torch.device("meta"):  # the items x items weights are the fit's, never allocated again
+        folded = Ease(users.interactions.n_users, users.interactions.n_items, len(history.values))
+    folded.history = history
+    folded.weights = module.weights.to(device)
+    return folded
+
+
+@torch.no_grad()
+def fold_in_bias(module: BiasModel, params: BiasParams, users: FoldIn, device: torch.device) -> BiasModel:
+    """Each user's bias from their ratings against the fitted mean and item biases, as the fit computes it."""
+    user, item, rating = index_tensors(users.interactions.ratings, device)
+    k = users.interactions.n_users
+    mean, item_bias = module.global_mean.to(device), module.item_bias.to(device)
+    residual = torch.zeros(k, device=device).index_add_(0, user, rating - mean - item_bias[item])
+    folded = BiasModel(0, 0)
+    folded.init_args = {"n_users": k, "n_items": len(item_bias)}
+    folded.global_mean, folded.item_bias = mean, item_bias
+    folded.user_bias = residual / (torch.bincount(user, minlength=k).float() + params.user_damping).clamp(min=1e-12)
+    return folded
+
+
+def fold_in_popularity(module: Popularity, params: PopularityParams, users: FoldIn, device: torch.device) -> Popularity:
+    """The same counts for everyone: a user's list is the most popular items they have not interacted with."""
+    folded = Popularity(0, 0)
+    folded.init_args = {"n_users": users.interactions.n_users, "n_items": users.interactions.n_items}
+    folded.counts = module.counts.to(device)
+    return folded

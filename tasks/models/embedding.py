@@ -23,6 +23,7 @@ from torch import nn
 
 from tasks.models.base import (
     MAX_EPOCHS,
+    FoldIn,
     InitialRows,
     Interactions,
     ModelParams,
@@ -221,6 +222,12 @@ class DotBiasParams(ModelParams):
     y_margin: float = Field(
         0.5, ge=0, description="The sigmoid spans the rating scale widened by this much on each side (fastai y_range)."
     )
+    fold_in_steps: int = Field(
+        30,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="`recs fold-in`: L-BFGS iterations on a folded-in user's vector and bias, the items fixed.",
+    )
 
 
 def fit_dot_bias(
@@ -373,3 +380,37 @@ def fit_bpr(
     return module, minibatch_fit(
         optimizer, module, len(users), batch_loss, params.epochs, params.batch_size, generator, label
     )
+
+
+def fold_in_dot_bias(
+    module: EmbeddingDotBias, params: DotBiasParams, users: FoldIn, device: torch.device
+) -> EmbeddingDotBias:
+    """Each user's vector and bias fitted to their ratings with the items' vectors and biases fixed: the fit's loss
+    per user (the mean squared error of their ratings plus the regularization on their vector and bias, as the
+    per-rating decay of the SGD weighs it), minimised by L-BFGS for `fold_in_steps` iterations from their fitted
+    vector (zero for a new user). Users do not interact, so one joint minimisation fits every user at once."""
+    k, n_items = users.interactions.n_users, users.interactions.n_items
+    user, item, rating = index_tensors(users.interactions.ratings, device)
+    folded = EmbeddingDotBias(0, 0, params.factors, tuple(module.init_args["y_range"])).to(device)
+    folded.init_args = {**module.init_args, "n_users": k, "n_items": n_items}
+    folded.item_factors, folded.item_bias = module.item_factors.to(device), module.item_bias.to(device)
+    folded.requires_grad_(False)
+    known, seen = users.known.to(device).clamp(min=0), (users.known >= 0).to(device)[:, None]
+    vectors = torch.where(seen, module.user_factors.weight.detach().to(device)[known], 0.0).requires_grad_()
+    biases = torch.where(seen, module.user_bias.weight.detach().to(device)[known], 0.0).requires_grad_()
+    per_user = torch.bincount(user, minlength=k).clamp(min=1).float()
+    optimiser = torch.optim.LBFGS([vectors, biases], max_iter=params.fold_in_steps, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimiser.zero_grad()
+        logits = (vectors[user] * folded.item_factors.weight[item]).sum(1) + biases[user, 0]
+        error = folded._scale(logits + folded.item_bias.weight[item, 0]) - rating
+        value = (error.pow(2) / per_user[user]).sum()
+        value = value + params.regularization * (vectors.pow(2).sum() + biases.pow(2).sum())
+        value.backward()
+        return value
+
+    optimiser.step(loss)
+    folded.user_factors = nn.Embedding.from_pretrained(vectors.detach(), freeze=True)
+    folded.user_bias = nn.Embedding.from_pretrained(biases.detach(), freeze=True)
+    return folded.eval()

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from pydantic import Field
 from tasks.models.base import (
     MAX_EPOCHS,
     EpochHook,
+    FoldIn,
     InitialRows,
     Interactions,
     ModelFitError,
@@ -126,9 +128,12 @@ class IalsParams(ModelParams):
         among |I| items sees n observed terms and alpha_0 |I| unobserved ones, so keeping alpha_0 |I| / n where
         it was tuned means alpha_0 in proportion to the density n / |I|. On ML-100k's 100,000 ratings it is 0.3
         exactly, so ML-100k's published lists (fitted on all of them) are the tuned setting's."""
+        return self.for_density(interactions.ratings.height / (interactions.n_users * interactions.n_items))
+
+    def for_density(self, density: float) -> IalsParams:
+        """`for_interactions` for data of this density (ratings over users x items)."""
         if self.unobserved_weight is not None:
             return self
-        density = interactions.ratings.height / (interactions.n_users * interactions.n_items)
         weight = self.unobserved_weight_ratio * REFERENCE_UNOBSERVED_WEIGHT * (density / ML_100K_DENSITY)
         return self.model_copy(update={"unobserved_weight": weight})
 
@@ -433,3 +438,65 @@ def check_factors(w: torch.Tensor, h: torch.Tensor, epoch: int) -> None:
 
 def non_finite(epoch: int) -> ModelFitError:
     return ModelFitError(f"ials factors became non-finite in epoch {epoch}; raise the regularization")
+
+
+def padded_rows(
+    users: torch.Tensor,
+    columns: torch.Tensor,
+    values: torch.Tensor,
+    n_users: int,
+    width: int,
+    max_bytes: int,
+    min_length: int = 1,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each user's interactions as rows of a padded block, in chunks of users with similar counts (sorted by count,
+    so padding stays small) whose (users, longest row, width) floats take at most `max_bytes`: per chunk, the users'
+    indices (g,), their columns (g, L; padding 0) and values (g, L; padding 0). A row counts as at least
+    `min_length` long (what else each user holds: a factors x factors system)."""
+    counts = torch.bincount(users, minlength=n_users)
+    order = torch.argsort(users, stable=True)
+    columns, values = columns[order], values[order]
+    starts = torch.cumsum(counts, 0) - counts
+    by_count = torch.argsort(counts, stable=True)
+    sorted_counts = counts[by_count].clamp(min=1).cpu().numpy()
+    per_chunk = max(max_bytes // (width * 4), 1)  # users x longest row that fit
+    chunks, first = [], 0
+    while first < n_users:
+        # the block grows with its users and its longest row (the last, counts ascending): the most that fit
+        size = np.arange(1, n_users - first + 1) * np.maximum(sorted_counts[first:], min_length)
+        last = first + max(1, int(np.searchsorted(size, per_chunk, side="right")))
+        rows = by_count[first:last]
+        longest = int(sorted_counts[last - 1])
+        position = starts[rows, None] + torch.arange(longest, device=users.device)[None, :]
+        present = torch.arange(longest, device=users.device)[None, :] < counts[rows, None]
+        taken = position.clamp(max=max(len(columns) - 1, 0))
+        chunks.append((rows, torch.where(present, columns[taken], 0), torch.where(present, values[taken], 0.0)))
+        first = last
+    return chunks
+
+
+@torch.no_grad()
+def fold_in_ials(module: Ials, params: IalsParams, users: FoldIn, device: torch.device) -> Ials:
+    """The users' vectors solved exactly against the fitted item vectors: each user's normal equations of the module
+    docstring, (sum_i c_ui h_i h_i' + a0 H'H + reg_u I) w_u = sum_i c_ui h_i, with a0 and the penalty resolved as the
+    fit resolved them (the fitted data's density). All users of a chunk are solved in one batched solve."""
+    h = module.item_factors.to(device)
+    n_items, f = h.shape
+    settings = params.for_density(users.fitted_ratings / (users.fitted_users * n_items))
+    gram = gramian(h, settings.a0)
+    k = users.interactions.n_users
+    user, item, rating = index_tensors(users.interactions.ratings, device)
+    penalty = row_penalty(
+        torch.cat([torch.zeros(1, device=device), torch.bincount(user, minlength=k).cumsum(0)]), n_items, settings
+    )
+    folded = Ials(0, 0, f)
+    folded.init_args = {"n_users": k, "n_items": n_items, "factors": f}
+    folded.item_factors = h
+    folded.user_factors = torch.zeros((k, f), device=device)
+    eye = torch.eye(f, device=device)
+    for rows, items, confidence in padded_rows(user, item, 1.0 + settings.confidence * rating, k, f, 1 << 26, f):
+        gathered = h[items] * (confidence > 0)[..., None]  # (g, L, f); padding contributes nothing
+        weighted = gathered * confidence[..., None]
+        normal = weighted.transpose(1, 2) @ gathered + gram + penalty[rows, None, None] * eye
+        folded.user_factors[rows] = torch.linalg.solve(normal, weighted.sum(1))
+    return folded

@@ -1,0 +1,120 @@
+"""What changed since the published run's data: the users to fold in, and every interaction they have now.
+
+Two ways to learn it. The source read whole (a newer archive or export of the nightly's source) is compared with the
+run's own data (its split files, which together hold every rating the published model was fitted on): a user is
+new, or changed, when a row of theirs is new, changed or gone. Or a file of only the rows that arrived since
+(`fold_in.new_rows`) is laid over the users' rows in the run's data: a row for a pair they had replaces it (explicit
+ratings), or adds its weight to it (implicit feedback, whose `rating` is log(1 + weight)).
+
+Only the changed users' rows are ever collected: the comparison runs in polars's streaming engine, and the run's data
+is read for those users alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from tasks.run_folder import RunFolder
+
+KEY = ["user_id", "item_id"]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The users to fold in and what they have now, in the dataset's own ids."""
+
+    histories: pl.DataFrame  # user_id, item_id, rating: every interaction of the users to fold in, as of now
+    new_users: pl.Series  # user_ids the published run did not know
+    changed_users: pl.Series  # user_ids it knew whose interactions changed
+    n_new_rows: int  # rows new or changed since the run's data
+    n_removed_rows: int  # (user, item) pairs of the run's data that the source no longer has
+    n_published_rows: int
+    n_published_users: int
+
+    @property
+    def users(self) -> pl.Series:
+        return pl.concat([self.new_users, self.changed_users])
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_new_rows:,} new or changed rows, {self.n_removed_rows:,} removed: {self.new_users.len():,} new "
+            f"users, {self.changed_users.len():,} changed"
+        )
+
+
+def published_data(folder: RunFolder) -> pl.LazyFrame:
+    """Every interaction the published run was fitted on (its training and test splits), in the dataset's ids:
+    `user_id`, `item_id`, `rating`, `timestamp`."""
+    users, items = pl.scan_parquet(folder.user_map), pl.scan_parquet(folder.item_map)
+    return (
+        pl.concat([pl.scan_parquet(folder.train), pl.scan_parquet(folder.test)])
+        .join(users, on="user_idx")
+        .join(items, on="item_idx")
+        .select("user_id", "item_id", "rating", "timestamp")
+    )
+
+
+def _same_id_types(frame: pl.LazyFrame, like: pl.Schema) -> pl.LazyFrame:
+    """`frame`'s ids in the types the run's maps have (a later export may read `42` where the run read text)."""
+    return frame.with_columns(pl.col(column).cast(like[column]) for column in KEY)
+
+
+def changes_in_source(source: pl.LazyFrame, published: pl.LazyFrame, published_users: pl.DataFrame) -> Changes:
+    """The source as it is now (`user_id`, `item_id`, `rating`) against the run's data: the users with a row new,
+    changed or gone, and all their rows now."""
+    source = _same_id_types(source.select(*KEY, "rating"), published.collect_schema())
+    compared = published.select(*KEY, "rating")
+    fresh = source.join(compared, on=[*KEY, "rating"], how="anti", nulls_equal=True)
+    gone = compared.join(source, on=KEY, how="anti")
+    counts = pl.concat([fresh.select(*KEY), gone.select(*KEY)]).collect(engine="streaming")
+    n_fresh = fresh.select(pl.len()).collect(engine="streaming").item()
+    users = counts.select(pl.col("user_id").unique().sort())
+    histories = source.join(users.lazy(), on="user_id", how="semi").collect(engine="streaming")
+    return _changes(histories, users, published_users, n_fresh, counts.height - n_fresh, published)
+
+
+def changes_from_new_rows(
+    new_rows: pl.DataFrame, published: pl.LazyFrame, published_users: pl.DataFrame, implicit: bool
+) -> Changes:
+    """Rows that arrived since the run's data (`user_id`, `item_id`, `rating`) laid over their users' rows in it:
+    a pair's new row replaces its rating, or with `implicit`, adds its weight."""
+    new_rows = _same_id_types(new_rows.lazy().select(*KEY, "rating"), published.collect_schema()).collect()
+    before = (
+        published.select(*KEY, "rating")
+        .join(new_rows.lazy().select("user_id").unique(), on="user_id", how="semi")
+        .collect(engine="streaming")
+    )
+    fresh = new_rows if implicit else new_rows.join(before, on=[*KEY, "rating"], how="anti")
+    users = fresh.select(pl.col("user_id").unique().sort())
+    before = before.join(users, on="user_id", how="semi")
+    if implicit:  # log(1 + w1 + w2): the weights add up, as the nightly adds a pair's rows
+        both = pl.concat([before, fresh]).group_by(KEY, maintain_order=True)
+        histories = both.agg((pl.col("rating").exp() - 1).sum().log1p().alias("rating"))
+    else:
+        histories = pl.concat([before, fresh]).unique(KEY, keep="last", maintain_order=True)
+    n_fresh = fresh.height
+    return _changes(histories, users, published_users, n_fresh, 0, published)
+
+
+def _changes(
+    histories: pl.DataFrame,
+    users: pl.DataFrame,
+    published_users: pl.DataFrame,
+    n_fresh: int,
+    n_gone: int,
+    published: pl.LazyFrame,
+) -> Changes:
+    known = users.join(published_users, on="user_id", how="semi")["user_id"]
+    new = users.join(published_users, on="user_id", how="anti")["user_id"]
+    n_rows = published.select(pl.len()).collect(engine="streaming").item()
+    return Changes(
+        histories.select(*KEY, pl.col("rating").cast(pl.Float32)).sort(KEY),
+        new,
+        known,
+        n_fresh,
+        n_gone,
+        n_rows,
+        published_users.height,
+    )
