@@ -81,8 +81,10 @@ def test_padded_rows_hold_every_interaction_once_in_bounded_chunks():
     items = torch.from_numpy(rng.integers(1, 300, 2000))
     chunks = padded_rows(users, items, torch.ones(2000), 50, 8, max_bytes=8 * 4 * 400)
     assert len(chunks) > 1 and sorted(torch.cat([rows for rows, _, _ in chunks]).tolist()) == list(range(50))
-    held = sorted((int(u), int(i)) for rows, cols, vals in chunks for u, row in zip(rows, cols) for i in row if i > 0)
-    assert held == sorted(zip(users.tolist(), items.tolist()))
+    held = sorted(
+        (int(u), int(i)) for rows, cols, vals in chunks for u, row in zip(rows, cols, strict=True) for i in row if i > 0
+    )
+    assert held == sorted(zip(users.tolist(), items.tolist(), strict=True))
     assert all(len(rows) == 1 or len(rows) * cols.shape[1] * 8 * 4 <= 8 * 4 * 400 for rows, cols, _ in chunks)
 
 
