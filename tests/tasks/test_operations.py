@@ -54,6 +54,25 @@ def test_waiting_holder_gets_the_lock_once_released(tmp_path):
     assert order == ["first in", "first out", "second in"]
 
 
+def test_a_run_that_does_not_wait_still_waits_out_a_fold_ins_brief_hold(tmp_path):
+    """A fold-in holds the run lock for its one write: a nightly at the same minute waits for it, not refused."""
+    warehouse_path, held, order = tmp_path / "w.duckdb", threading.Event(), []
+
+    def fold_in():
+        with run_lock(warehouse_path, owner="fold-in", brief=True):
+            held.set()
+            time.sleep(0.3)
+            order.append("fold-in out")
+
+    thread = threading.Thread(target=fold_in)
+    thread.start()
+    assert held.wait(timeout=30)
+    with run_lock(warehouse_path, owner="nightly", timeout_seconds=0, poll_seconds=0.05):
+        order.append("nightly in")
+    thread.join()
+    assert order == ["fold-in out", "nightly in"]
+
+
 @pytest.mark.slow  # SIGKILLs a process
 def test_lock_of_a_killed_process_is_released(tmp_path):
     warehouse_path = tmp_path / "w.duckdb"
