@@ -44,16 +44,21 @@ class Changes:
         )
 
 
-def published_data(folder: RunFolder) -> pl.LazyFrame:
+def published_data(folder: RunFolder, users: pl.DataFrame | None = None) -> pl.LazyFrame:
     """Every interaction the published run was fitted on (its training and test splits), in the dataset's ids:
-    `user_id`, `item_id`, `rating`, `timestamp`."""
-    users, items = pl.scan_parquet(folder.user_map), pl.scan_parquet(folder.item_map)
-    return (
-        pl.concat([pl.scan_parquet(folder.train), pl.scan_parquet(folder.test)])
-        .join(users, on="user_idx")
-        .join(items, on="item_idx")
-        .select("user_id", "item_id", "rating", "timestamp")
-    )
+    `user_id`, `item_id`, `rating`, `timestamp`; with `users` (user_id), only theirs, read by index from the files
+    so that nobody else's rows are ever joined."""
+    user_map, item_map = pl.scan_parquet(folder.user_map), pl.scan_parquet(folder.item_map)
+    rows = pl.concat([pl.scan_parquet(folder.train), pl.scan_parquet(folder.test)])
+    if users is not None:
+        wanted = user_map.join(users.lazy(), on="user_id", how="semi").select("user_idx").collect()
+        rows = rows.filter(pl.col("user_idx").is_in(wanted["user_idx"].implode()))
+    return rows.join(user_map, on="user_idx").join(item_map, on="item_idx").select(*KEY, "rating", "timestamp")
+
+
+def published_size(folder: RunFolder) -> int:
+    """How many interactions the published run was fitted on (from the files' footers)."""
+    return pl.concat([pl.scan_parquet(folder.train), pl.scan_parquet(folder.test)]).select(pl.len()).collect().item()
 
 
 def _same_id_types(frame: pl.LazyFrame, like: pl.Schema) -> pl.LazyFrame:
@@ -61,9 +66,10 @@ def _same_id_types(frame: pl.LazyFrame, like: pl.Schema) -> pl.LazyFrame:
     return frame.with_columns(pl.col(column).cast(like[column]) for column in KEY)
 
 
-def changes_in_source(source: pl.LazyFrame, published: pl.LazyFrame, published_users: pl.DataFrame) -> Changes:
+def changes_in_source(source: pl.LazyFrame, folder: RunFolder) -> Changes:
     """The source as it is now (`user_id`, `item_id`, `rating`) against the run's data: the users with a row new,
     changed or gone, and all their rows now."""
+    published = published_data(folder)
     source = _same_id_types(source.select(*KEY, "rating"), published.collect_schema())
     compared = published.select(*KEY, "rating")
     fresh = source.join(compared, on=[*KEY, "rating"], how="anti", nulls_equal=True)
@@ -72,20 +78,19 @@ def changes_in_source(source: pl.LazyFrame, published: pl.LazyFrame, published_u
     n_fresh = fresh.select(pl.len()).collect(engine="streaming").item()
     users = counts.select(pl.col("user_id").unique().sort())
     histories = source.join(users.lazy(), on="user_id", how="semi").collect(engine="streaming")
-    return _changes(histories, users, published_users, n_fresh, counts.height - n_fresh, published)
+    return _changes(histories, users, folder, n_fresh, counts.height - n_fresh)
 
 
-def changes_from_new_rows(
-    new_rows: pl.DataFrame, published: pl.LazyFrame, published_users: pl.DataFrame, implicit: bool
-) -> Changes:
+def changes_from_new_rows(new_rows: pl.DataFrame, folder: RunFolder, implicit: bool) -> Changes:
     """Rows that arrived since the run's data (`user_id`, `item_id`, `rating`) laid over their users' rows in it:
     a pair's new row replaces its rating, or with `implicit`, adds its weight."""
-    new_rows = _same_id_types(new_rows.lazy().select(*KEY, "rating"), published.collect_schema()).collect()
-    before = (
-        published.select(*KEY, "rating")
-        .join(new_rows.lazy().select("user_id").unique(), on="user_id", how="semi")
-        .collect(engine="streaming")
+    user_types = pl.scan_parquet(folder.user_map).collect_schema()
+    item_types = pl.scan_parquet(folder.item_map).collect_schema()
+    new_rows = new_rows.select(
+        pl.col("user_id").cast(user_types["user_id"]), pl.col("item_id").cast(item_types["item_id"]), "rating"
     )
+    published = published_data(folder, new_rows.select(pl.col("user_id").unique()))
+    before = published.select(*KEY, "rating").collect(engine="streaming")
     fresh = new_rows if implicit else new_rows.join(before, on=[*KEY, "rating"], how="anti")
     users = fresh.select(pl.col("user_id").unique().sort())
     before = before.join(users, on="user_id", how="semi")
@@ -94,27 +99,19 @@ def changes_from_new_rows(
         histories = both.agg((pl.col("rating").exp() - 1).sum().log1p().alias("rating"))
     else:
         histories = pl.concat([before, fresh]).unique(KEY, keep="last", maintain_order=True)
-    n_fresh = fresh.height
-    return _changes(histories, users, published_users, n_fresh, 0, published)
+    return _changes(histories, users, folder, fresh.height, 0)
 
 
-def _changes(
-    histories: pl.DataFrame,
-    users: pl.DataFrame,
-    published_users: pl.DataFrame,
-    n_fresh: int,
-    n_gone: int,
-    published: pl.LazyFrame,
-) -> Changes:
+def _changes(histories: pl.DataFrame, users: pl.DataFrame, folder: RunFolder, n_fresh: int, n_gone: int) -> Changes:
+    published_users = pl.read_parquet(folder.user_map, columns=["user_id"])
     known = users.join(published_users, on="user_id", how="semi")["user_id"]
     new = users.join(published_users, on="user_id", how="anti")["user_id"]
-    n_rows = published.select(pl.len()).collect(engine="streaming").item()
     return Changes(
         histories.select(*KEY, pl.col("rating").cast(pl.Float32)).sort(KEY),
         new,
         known,
         n_fresh,
         n_gone,
-        n_rows,
+        published_size(folder),
         published_users.height,
     )

@@ -92,9 +92,8 @@ def _indexed(histories: pl.DataFrame, maps: IdMaps) -> tuple[pl.DataFrame, IdMap
     return rows.sort("user_idx", "item_idx"), IdMaps(users, maps.items), known, n_new_items, on_fallback
 
 
-def _folded(name: str, published: PublishedModel, users: FoldIn, device: torch.device) -> TrainedModel:
-    """Model `name` of the published run with these users folded in."""
-    checkpoint = Checkpoint.load(published.checkpoint_of(name))
+def _folded(name: str, checkpoint: Checkpoint, users: FoldIn, device: torch.device) -> TrainedModel:
+    """The model a checkpoint holds with these users folded in."""
     spec, params = MODELS[name], checkpoint.pipeline_config().params_for(name)
     assert spec.fold_in is not None  # PublishedModel.check said so
     module = spec.fold_in(checkpoint.module().to(device), params, users, device)
@@ -111,14 +110,16 @@ def fold_in_lists(published: PublishedModel, histories: pl.DataFrame, config: Pi
     stored = published.folder
     maps = IdMaps.load(stored.path)
     rows, folded_maps, known, n_new_items, on_fallback = _indexed(histories, maps)
-    fitted = Checkpoint.load(stored.published_model).training["n_ratings"]
+    checkpoint = Checkpoint.load(stored.published_model)
+    fitted = checkpoint.training["n_ratings"]
     users = FoldIn(Interactions(rows, folded_maps.n_users, maps.n_items), known, fitted, maps.n_users)
     device = pick_device(config.device)
-    model = _folded(published.model, published, users, device)
+    model = _folded(published.model, checkpoint, users, device)
     rater = None
-    if published.rating_model is not None:
-        same = published.rating_model == published.model
-        rater = model if same else _folded(published.rating_model, published, users, device)
+    if published.rating_model == published.model:
+        rater = model
+    elif published.rating_model is not None:
+        rater = _folded(published.rating_model, Checkpoint.load(stored.rater), users, device)
     rules = ListRules.load(stored.path, maps.n_items)
     lists, reasons = recommend_with_reasons(model, rows, folded_maps, config, rater, rules=rules)
     return FoldedLists(lists, reasons, folded_maps.users.select("user_id"), n_new_items, on_fallback)

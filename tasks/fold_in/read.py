@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
-from tasks.fold_in.changes import Changes, changes_from_new_rows, changes_in_source, published_data
+from tasks.fold_in.changes import Changes, changes_from_new_rows, changes_in_source
 from tasks.ingest import fetch_archive, load_dataset
 from tasks.ingest.own_data import read_settings
 from tasks.naming import setting
@@ -60,12 +60,10 @@ def read_changes(config: PipelineConfig, base: dict[str, Any], folder: RunFolder
     dataset = load_dataset(
         archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes, read_settings(config)
     )
-    published = published_data(folder)
-    users = pl.read_parquet(folder.user_map, columns=["user_id"])
     if new_rows:
-        changes = changes_from_new_rows(dataset.ratings(), published, users, dataset.feedback == "implicit")
+        changes = changes_from_new_rows(dataset.ratings(), folder, dataset.feedback == "implicit")
     else:
-        changes = changes_in_source(pl.scan_parquet(dataset.ratings_path), published, users)
+        changes = changes_in_source(pl.scan_parquet(dataset.ratings_path), folder)
     if changes.users.len() == 0:
         why = f"{redact(source)} has no interaction that run {base['run_id']}'s data lacks"
         return Read(None, redact(source), archive.sha256, why)

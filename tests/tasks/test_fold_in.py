@@ -13,6 +13,8 @@ from tasks.fold_in.read import FoldInRefused, refuse_large_changes
 from tasks.models import MODELS
 from tasks.models.base import FoldIn, Interactions
 from tasks.models.ials import padded_rows
+from tasks.reindex import reindex
+from tasks.run_folder import RunFolder
 
 CPU = torch.device("cpu")
 
@@ -92,23 +94,32 @@ def _frame(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32}, orient="row")
 
 
-def test_a_source_compared_with_the_run_finds_new_changed_and_gone_rows():
-    published = _frame([(1, 10, 4.0), (1, 11, 3.0), (2, 10, 5.0), (3, 12, 1.0), (4, 10, 2.0)])
+def _published(rows: list[tuple], folder) -> RunFolder:
+    """A run folder holding `rows` as its data (indexed, split in two), as a nightly leaves it."""
+    indexed, maps = reindex(_frame(rows).with_columns(timestamp=pl.lit(0, pl.Int64)))
+    maps.save(folder)
+    run = RunFolder(folder)
+    indexed.head(2).write_parquet(run.test)
+    indexed.slice(2).write_parquet(run.train)
+    return run
+
+
+def test_a_source_compared_with_the_run_finds_new_changed_and_gone_rows(tmp_path):
+    run = _published([(1, 10, 4.0), (1, 11, 3.0), (2, 10, 5.0), (3, 12, 1.0), (4, 10, 2.0)], tmp_path)
     source = _frame([(1, 10, 4.0), (1, 11, 3.0), (2, 10, 2.0), (4, 10, 2.0), (4, 13, 5.0), (9, 10, 1.0)])
-    users = published.select(pl.col("user_id").unique())
-    changes = changes_in_source(source.lazy(), published.lazy().with_columns(timestamp=0), users)
+    changes = changes_in_source(source.lazy(), run)
     assert changes.new_users.to_list() == [9] and sorted(changes.changed_users.to_list()) == [2, 3, 4]
     assert (changes.n_new_rows, changes.n_removed_rows) == (3, 1)  # 2's new rating, 4's new item, 9; 3's row gone
+    assert (changes.n_published_rows, changes.n_published_users) == (5, 4)
     assert changes.histories.filter(pl.col("user_id") == 4)["item_id"].to_list() == [10, 13]
     assert changes.histories.filter(pl.col("user_id") == 3).height == 0  # nothing left: they keep the fallback
 
 
-def test_new_rows_replace_a_rating_or_add_up_implicit_weights():
-    published = _frame([(1, 10, 4.0), (1, 11, 3.0), (2, 10, float(np.log1p(2.0)))]).with_columns(timestamp=0)
-    users = published.select(pl.col("user_id").unique())
-    explicit = changes_from_new_rows(_frame([(1, 10, 2.0), (1, 11, 3.0)]), published.lazy(), users, implicit=False)
-    assert explicit.histories.rows() == [(1, 10, 2.0), (1, 11, 3.0)] and explicit.n_new_rows == 1
-    plays = changes_from_new_rows(_frame([(2, 10, float(np.log1p(3.0)))]), published.lazy(), users, implicit=True)
+def test_new_rows_replace_a_rating_or_add_up_implicit_weights(tmp_path):
+    run = _published([(1, 10, 4.0), (1, 11, 3.0), (2, 10, float(np.log1p(2.0))), (3, 10, 1.0)], tmp_path)
+    explicit = changes_from_new_rows(_frame([(1, 10, 2.0), (1, 11, 3.0), (3, 10, 1.0)]), run, implicit=False)
+    assert explicit.histories.rows() == [(1, 10, 2.0), (1, 11, 3.0)] and explicit.n_new_rows == 1  # 3: no change
+    plays = changes_from_new_rows(_frame([(2, 10, float(np.log1p(3.0)))]), run, implicit=True)
     assert plays.histories["rating"].to_list() == pytest.approx([np.log1p(5.0)])  # 2 plays then 3 more
 
 
