@@ -73,10 +73,10 @@ def fold_in(
             print(f"fold-in: {cannot}; nothing published")
             return FoldInResult(record["fold_in_id"], "skipped", str(cannot), record)
         except (FoldInRefused, PublishedRunChanged, RunLockedError) as refused:
-            return _refused(config, record, started, str(refused))
+            return _refused(config, record, str(refused))
         except BaseException as error:
             reason = cancellation_reason(error) or f"{type(error).__name__}: {error}"
-            _record_quietly(config, {**record, "status": "failed", "reason": reason}, started)
+            _record_quietly(config, {**record, "status": "failed", "reason": reason})
             raise
 
 
@@ -113,7 +113,6 @@ def _fold_in(config: PipelineConfig, record: dict[str, Any], started: float) -> 
         )
     owner = f"fold-in {record['fold_in_id']}"
     with run_lock(config.warehouse, owner, config.fold_in.lock_timeout_seconds, brief=True):
-        record["seconds"] = round(time.perf_counter() - started, 3)
         publish_fold_in(config.warehouse, record, folded.lists, folded.reasons, folded.users)
     summary = (
         f"fold-in {record['fold_in_id']}: published {folded.lists.height:,} rows for {folded.users.height:,} users "
@@ -127,22 +126,23 @@ def _fold_in(config: PipelineConfig, record: dict[str, Any], started: float) -> 
 def _counts(changes: Changes) -> dict[str, int]:
     return {
         "n_new_rows": changes.n_new_rows,
+        "n_changed_rows": changes.n_changed_rows,
         "n_removed_rows": changes.n_removed_rows,
         "n_users_added": changes.new_users.len(),
         "n_users_changed": changes.changed_users.len(),
     }
 
 
-def _refused(config: PipelineConfig, record: dict[str, Any], started: float, reason: str) -> FoldInResult:
+def _refused(config: PipelineConfig, record: dict[str, Any], reason: str) -> FoldInResult:
     print(f"fold-in refused: {reason}")
-    _record_quietly(config, {**record, "status": "refused", "reason": reason}, started)
+    _record_quietly(config, {**record, "status": "refused", "reason": reason})
     return FoldInResult(record["fold_in_id"], "refused", reason, record)
 
 
-def _record_quietly(config: PipelineConfig, record: dict[str, Any], started: float) -> None:
+def _record_quietly(config: PipelineConfig, record: dict[str, Any]) -> None:
     """Record a fold-in that published nothing; a warehouse that cannot be written is logged, never raised over the
     reason itself."""
     try:
-        record_fold_in(config.warehouse, {**record, "seconds": round(time.perf_counter() - started, 3)})
+        record_fold_in(config.warehouse, record)
     except Exception:
         log.exception("could not record fold-in %s in %s", record["fold_in_id"], config.warehouse)

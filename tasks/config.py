@@ -276,14 +276,15 @@ class FoldInSettings(BaseModel):
         "(an hour's events, today's ratings); unset: the source is read whole and compared with the published run's "
         "data.",
     )
-    # A fold-in keeps the published model's items and everyone else's vectors: when much of the data moved, those are
-    # what is stale, and only a refit (the nightly) fixes them.
-    max_changed_users: float = Field(
-        0.2,
-        gt=0,
+    # A fold-in leaves every other vector as the night fitted it: when the history those were fitted on was rewritten
+    # (ratings changed or removed in bulk: a replaced or truncated export), only a refit (the nightly) is right.
+    # New users and new rows are what a fold-in is for, however many.
+    max_changed_rows: float = Field(
+        0.05,
+        ge=0,
         le=1,
-        description="Refuse, leaving the lists to the nightly, when more than this share of the published run's users "
-        "changed (new users count too).",
+        description="Refuse, leaving the lists to the nightly, when more than this share of the published run's rows "
+        "now hold another rating.",
     )
     max_removed_rows: float = Field(
         0.01,

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from warehouse.runs import REASONS_SCHEMA, UTC_TIME, Schema, _stamped, utc_now
+from warehouse.runs import REASONS_SCHEMA, UTC_TIME, Schema, stamped, utc_now
 from warehouse.sql import fetch, run_statement
 from warehouse.writer import open_writer
 
@@ -30,6 +30,7 @@ FOLD_IN_SCHEMA: Schema = {
     "source": pl.String,
     "source_sha256": pl.String,
     "n_new_rows": pl.Int64,
+    "n_changed_rows": pl.Int64,
     "n_removed_rows": pl.Int64,
     "n_users_added": pl.Int32,
     "n_users_changed": pl.Int32,
@@ -56,6 +57,9 @@ def fold_in_base(path: Path) -> dict[str, Any] | None:
 
 
 def _record(record: dict[str, Any]) -> pl.DataFrame:
+    """The fold-in's row, finished now: `seconds` from its start to this write."""
+    finished = utc_now()
+    record = {**record, "finished_at": finished, "seconds": (finished - record["started_at"]).total_seconds()}
     row = {name: [record.get(name)] for name in FOLD_IN_SCHEMA}
     return pl.DataFrame(row, schema=FOLD_IN_SCHEMA)
 
@@ -78,7 +82,7 @@ def publish_fold_in(
         PublishedRunChanged: another run published since the fold-in read the live one; nothing was written.
     """
     run_id, generated_at = record["run_id"], utc_now()
-    stamped = lists.select(
+    rows = lists.select(
         "user_id",
         "item_id",
         "rank",
@@ -90,24 +94,24 @@ def publish_fold_in(
     )
     frames = {
         "folded_users": users.select("user_id"),
-        "new_recommendations": stamped,
-        "new_reasons": _stamped(reasons, REASONS_SCHEMA, run_id),
+        "new_recommendations": rows,
+        "new_reasons": stamped(reasons, REASONS_SCHEMA, run_id),
     }
     with open_writer(path) as con:
-        rows = fetch(con, "live_run")
-        live = rows["run_id"][0] if rows.height else None
+        live_run = fetch(con, "live_run")
+        live = live_run["run_id"][0] if live_run.height else None
         if live != run_id:
             raise PublishedRunChanged(
                 f"run {live} published while this fold-in folded users into run {run_id}'s model: nothing was "
                 "published (its lists are newer; the next fold-in folds into its model)"
             )
         run_statement(con, "publish_fold_in", frames, params={"run_id": run_id})
-        finished = {**record, "status": "published", "finished_at": utc_now(), "n_recommendations": lists.height}
-        run_statement(con, "record_fold_in", {"fold_in": _record(finished)})
+        published = {**record, "status": "published", "n_recommendations": lists.height}
+        run_statement(con, "record_fold_in", {"fold_in": _record(published)})
     return generated_at
 
 
 def record_fold_in(path: Path, record: dict[str, Any]) -> None:
     """Record a fold-in that published nothing (refused or failed, `record["reason"]` says why)."""
     with open_writer(path) as con:
-        run_statement(con, "record_fold_in", {"fold_in": _record({**record, "finished_at": utc_now()})})
+        run_statement(con, "record_fold_in", {"fold_in": _record(record)})

@@ -290,11 +290,11 @@ def publish(
     extras = extras or ListExtras()
     frames = {
         "new_items": items.select("item_id", "title", "genres", "year"),
-        "new_fallback": _stamped(extras.fallback, FALLBACK_SCHEMA, run_id).with_columns(
+        "new_fallback": stamped(extras.fallback, FALLBACK_SCHEMA, run_id).with_columns(
             generated_at=pl.lit(generated_at).cast(UTC_TIME)
         ),
         "new_list_metrics": _keyed(extras.list_metrics, METRICS_SCHEMA, run_id, extras.model),
-        "new_known_users": _stamped(extras.known_users, {"user_id": pl.Int64}, run_id),
+        "new_known_users": stamped(extras.known_users, {"user_id": pl.Int64}, run_id),
         "new_history": pl.concat(
             [_keyed(history, HISTORY_SCHEMA, run_id, name) for name, history in (refit_histories or {}).items()]
             or [_keyed(None, HISTORY_SCHEMA, run_id, "")]  # no refit: an empty frame of the same columns
@@ -345,11 +345,11 @@ def _replace_lists(
         stars.cast(pl.Float32).alias("predicted_rating"),
     )
     run_statement(
-        con, "publish_lists", {"new_recommendations": lists, "new_reasons": _stamped(reasons, REASONS_SCHEMA, run_id)}
+        con, "publish_lists", {"new_recommendations": lists, "new_reasons": stamped(reasons, REASONS_SCHEMA, run_id)}
     )
 
 
-def _stamped(frame: pl.DataFrame | None, schema: Schema, run_id: str) -> pl.DataFrame:
+def stamped(frame: pl.DataFrame | None, schema: Schema, run_id: str) -> pl.DataFrame:
     """`frame` (or an empty one of `schema`) in `schema`'s columns and types, with the `run_id`."""
     frame = _typed(frame, schema)
     return frame.with_columns(run_id=pl.lit(run_id))

@@ -29,6 +29,7 @@ class Changes:
     new_users: pl.Series  # user_ids the published run did not know
     changed_users: pl.Series  # user_ids it knew whose interactions changed
     n_new_rows: int  # rows new or changed since the run's data
+    n_changed_rows: int  # of those, (user, item) pairs the run's data holds with another rating (a re-rating)
     n_removed_rows: int  # (user, item) pairs of the run's data that the source no longer has
     n_published_rows: int
     n_published_users: int
@@ -39,8 +40,8 @@ class Changes:
 
     def describe(self) -> str:
         return (
-            f"{self.n_new_rows:,} new or changed rows, {self.n_removed_rows:,} removed: {self.new_users.len():,} new "
-            f"users, {self.changed_users.len():,} changed"
+            f"{self.n_new_rows:,} new or changed rows ({self.n_changed_rows:,} changed), {self.n_removed_rows:,} "
+            f"removed: {self.new_users.len():,} new users, {self.changed_users.len():,} changed"
         )
 
 
@@ -76,9 +77,10 @@ def changes_in_source(source: pl.LazyFrame, folder: RunFolder) -> Changes:
     gone = compared.join(source, on=KEY, how="anti")
     counts = pl.concat([fresh.select(*KEY), gone.select(*KEY)]).collect(engine="streaming")
     n_fresh = fresh.select(pl.len()).collect(engine="streaming").item()
+    n_changed = fresh.join(compared, on=KEY, how="semi").select(pl.len()).collect(engine="streaming").item()
     users = counts.select(pl.col("user_id").unique().sort())
     histories = source.join(users.lazy(), on="user_id", how="semi").collect(engine="streaming")
-    return _changes(histories, users, folder, n_fresh, counts.height - n_fresh)
+    return _changes(histories, users, folder, (n_fresh, n_changed, counts.height - n_fresh))
 
 
 def changes_from_new_rows(new_rows: pl.DataFrame, folder: RunFolder, implicit: bool) -> Changes:
@@ -99,10 +101,12 @@ def changes_from_new_rows(new_rows: pl.DataFrame, folder: RunFolder, implicit: b
         histories = both.agg((pl.col("rating").exp() - 1).sum().log1p().alias("rating"))
     else:
         histories = pl.concat([before, fresh]).unique(KEY, keep="last", maintain_order=True)
-    return _changes(histories, users, folder, fresh.height, 0)
+    n_changed = 0 if implicit else fresh.join(before, on=KEY, how="semi").height  # more plays change nothing past
+    return _changes(histories, users, folder, (fresh.height, n_changed, 0))
 
 
-def _changes(histories: pl.DataFrame, users: pl.DataFrame, folder: RunFolder, n_fresh: int, n_gone: int) -> Changes:
+def _changes(histories: pl.DataFrame, users: pl.DataFrame, folder: RunFolder, counts: tuple[int, int, int]) -> Changes:
+    """`Changes` of these users; `counts`: rows new or changed, changed, removed."""
     published_users = pl.read_parquet(folder.user_map, columns=["user_id"])
     known = users.join(published_users, on="user_id", how="semi")["user_id"]
     new = users.join(published_users, on="user_id", how="anti")["user_id"]
@@ -110,8 +114,7 @@ def _changes(histories: pl.DataFrame, users: pl.DataFrame, folder: RunFolder, n_
         histories.select(*KEY, pl.col("rating").cast(pl.Float32)).sort(KEY),
         new,
         known,
-        n_fresh,
-        n_gone,
+        *counts,
         published_size(folder),
         published_users.height,
     )

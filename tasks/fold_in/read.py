@@ -71,22 +71,19 @@ def read_changes(config: PipelineConfig, base: dict[str, Any], folder: RunFolder
 
 
 def refuse_large_changes(changes: Changes, config: PipelineConfig) -> None:
-    """FoldInRefused when more users changed, or more of the run's rows are gone, than the settings allow."""
-    settings = config.fold_in
-    changed = changes.users.len() / max(changes.n_published_users, 1)
-    if changed > settings.max_changed_users:
-        raise FoldInRefused(
-            f"{changes.users.len():,} users changed, {changed:.0%} of the published run's {changes.n_published_users:,} "
-            f"(over {setting('fold_in.max_changed_users')} {settings.max_changed_users:g}): a job for the nightly, "
-            "which refits every vector"
-        )
-    removed = changes.n_removed_rows / max(changes.n_published_rows, 1)
-    if removed > settings.max_removed_rows:
-        raise FoldInRefused(
-            f"the source lost {changes.n_removed_rows:,} of the published run's {changes.n_published_rows:,} rows "
-            f"({removed:.1%}, over {setting('fold_in.max_removed_rows')} {settings.max_removed_rows:g}): a truncated "
-            "or replaced export is a job for the nightly, which checks it whole"
-        )
+    """FoldInRefused when more of the run's rows changed, or are gone, than the settings allow: its history was
+    rewritten, which only a refit answers."""
+    settings, rows = config.fold_in, max(changes.n_published_rows, 1)
+    for count, what, name, bound in (
+        (changes.n_changed_rows, "now hold another rating", "fold_in.max_changed_rows", settings.max_changed_rows),
+        (changes.n_removed_rows, "are gone from the source", "fold_in.max_removed_rows", settings.max_removed_rows),
+    ):
+        if count / rows > bound:
+            raise FoldInRefused(
+                f"{count:,} of the published run's {changes.n_published_rows:,} rows {what} ({count / rows:.1%}, over "
+                f"{setting(name)} {bound:g}): a rewritten or truncated export is a job for the nightly, which refits "
+                "every vector and checks the data whole"
+            )
 
 
 @task(name="read-changes", cache_policy=NO_CACHE)

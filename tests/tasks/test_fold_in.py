@@ -109,7 +109,7 @@ def test_a_source_compared_with_the_run_finds_new_changed_and_gone_rows(tmp_path
     source = _frame([(1, 10, 4.0), (1, 11, 3.0), (2, 10, 2.0), (4, 10, 2.0), (4, 13, 5.0), (9, 10, 1.0)])
     changes = changes_in_source(source.lazy(), run)
     assert changes.new_users.to_list() == [9] and sorted(changes.changed_users.to_list()) == [2, 3, 4]
-    assert (changes.n_new_rows, changes.n_removed_rows) == (3, 1)  # 2's new rating, 4's new item, 9; 3's row gone
+    assert (changes.n_new_rows, changes.n_changed_rows, changes.n_removed_rows) == (3, 1, 1)  # 2 re-rated; 3's gone
     assert (changes.n_published_rows, changes.n_published_users) == (5, 4)
     assert changes.histories.filter(pl.col("user_id") == 4)["item_id"].to_list() == [10, 13]
     assert changes.histories.filter(pl.col("user_id") == 3).height == 0  # nothing left: they keep the fallback
@@ -118,19 +118,24 @@ def test_a_source_compared_with_the_run_finds_new_changed_and_gone_rows(tmp_path
 def test_new_rows_replace_a_rating_or_add_up_implicit_weights(tmp_path):
     run = _published([(1, 10, 4.0), (1, 11, 3.0), (2, 10, float(np.log1p(2.0))), (3, 10, 1.0)], tmp_path)
     explicit = changes_from_new_rows(_frame([(1, 10, 2.0), (1, 11, 3.0), (3, 10, 1.0)]), run, implicit=False)
-    assert explicit.histories.rows() == [(1, 10, 2.0), (1, 11, 3.0)] and explicit.n_new_rows == 1  # 3: no change
+    assert explicit.histories.rows() == [(1, 10, 2.0), (1, 11, 3.0)]
+    assert (explicit.n_new_rows, explicit.n_changed_rows) == (1, 1)  # 1 re-rated item 10; 3 sent what they had
     plays = changes_from_new_rows(_frame([(2, 10, float(np.log1p(3.0)))]), run, implicit=True)
     assert plays.histories["rating"].to_list() == pytest.approx([np.log1p(5.0)])  # 2 plays then 3 more
 
 
 def test_a_fold_in_refuses_what_is_the_nightlys_job():
-    def changes(changed: int, removed: int) -> Changes:
-        ids = pl.Series("user_id", list(range(changed)))
-        return Changes(pl.DataFrame(), ids[:0], ids, 10, removed, 1000, 100)
+    """New users and rows are what a fold-in is for, however many; a rewritten or truncated history is not."""
+
+    def changes(new_users: int, changed: int, removed: int) -> Changes:
+        ids = pl.Series("user_id", list(range(new_users)))
+        return Changes(pl.DataFrame(), ids, ids[:0], 10_000, changed, removed, 1000, 100)
 
     config = PipelineConfig()
-    refuse_large_changes(changes(20, 10), config)  # 20% of users, 1% of rows: at the bounds
-    with pytest.raises(FoldInRefused, match=r"21 users changed, 21% .*fold_in.max_changed_users"):
-        refuse_large_changes(changes(21, 0), config)
-    with pytest.raises(FoldInRefused, match=r"lost 11 of the published run's 1,000 rows .*a job for the nightly"):
-        refuse_large_changes(changes(1, 11), config)
+    refuse_large_changes(changes(500, 50, 10), config)  # 5 times the users; 5% of rows re-rated, 1% gone: bounds
+    with pytest.raises(
+        FoldInRefused, match=r"51 of the published run's 1,000 rows now hold another rating .*max_changed"
+    ):
+        refuse_large_changes(changes(1, 51, 0), config)
+    with pytest.raises(FoldInRefused, match=r"11 of the published run's 1,000 rows are gone .*a job for the nightly"):
+        refuse_large_changes(changes(1, 0, 11), config)

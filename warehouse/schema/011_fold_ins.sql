@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS fold_ins (
     source            VARCHAR,      -- what was read: the source, or fold_in.new_rows (credentials removed)
     source_sha256     VARCHAR,
     n_new_rows        BIGINT,       -- rows new or changed since the published run's data
+    n_changed_rows    BIGINT,       -- of those, pairs its data holds with another rating (re-ratings)
     n_removed_rows    BIGINT,       -- its rows the source no longer has
     n_users_added     INTEGER,      -- users the published run did not know
     n_users_changed   INTEGER,      -- users it knew whose interactions changed
