@@ -157,7 +157,7 @@ def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
 
     spec = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
     assert {d["entrypoint"] for d in spec["deployments"]} <= set(FLOWS)
-    nightly, tune, refresh = served_deployments()  # in the file's order
+    nightly, fold_in, tune, refresh = served_deployments()  # in the file's order
     for deployment in (nightly, refresh):
         PipelineConfig(**deployment.parameters["config"])  # the file's parameters are a valid config
     cron = nightly.schedules[0].schedule
@@ -177,3 +177,7 @@ def test_prefect_yaml_declares_the_schedules_trigger_and_limits():
         config_of(nightly).warehouse,
     )
     assert tuning.tune.budget_seconds == 600 and tune.concurrency_limit == 1
+    folding = config_of(fold_in)  # every quarter hour and on the nightly's event, into the nightly's warehouse
+    assert (fold_in.schedules[0].schedule.cron, folding.warehouse) == ("*/15 * * * *", config_of(nightly).warehouse)
+    assert [t.expect for t in fold_in.triggers] == [{"recs.ratings.updated"}]
+    assert fold_in.concurrency_limit == 1 and fold_in.concurrency_options.collision_strategy.value == "CANCEL_NEW"
