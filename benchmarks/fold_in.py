@@ -10,6 +10,11 @@
   against the ratings of D+1 to D+7 (every rated item relevant, as the product's evaluation). Recovered: (fold-in
   - stale) / (nightly - stale), of the means over every evaluated user of every D. The default models, settings and
   business rules throughout.
+- **anime, lastfm-2k, amazon-video-games** (quality, new users; none of the three has timestamps): a seeded tenth
+  of the users with 4 interactions or more is held out of the data; a nightly publishes from the rest (stale: the
+  fallback, as for any user the night did not know), the first 75% of each held-out user's interactions (amazon's
+  in the file's order, its users' sequences; the others' drawn at random) are folded in, and a nightly on the rest
+  plus that 75% is the reference. All three are scored by nDCG@10 on the remaining 25%.
 - **20m** (speed): the 20M synthetic archive (`recs synth`, benchmarks/scale.py's), published by a nightly on all
   but the last ratings of `--changed` users; those ratings are then folded in as a file of new rows, by `recs
   fold-in` in its own process: the seconds from the flow's start to the publish (`fold_ins.seconds`), the
@@ -22,7 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
@@ -39,10 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import warehouse  # noqa: E402
+from benchmarks.datasets import DATASETS  # noqa: E402
 from benchmarks.scale import _archive  # noqa: E402
 from flows.fold_in import fold_in  # noqa: E402
 from flows.nightly import nightly  # noqa: E402
 from tasks.config import PipelineConfig  # noqa: E402
+from tasks.ingest import fetch_archive, load_dataset  # noqa: E402
+from tasks.ingest.own_data import ReadSettings  # noqa: E402
 
 K = 10
 LISTS = """
@@ -169,6 +177,46 @@ def _pooled(rows: list[dict], resamples: int = 2000) -> dict:
     }
 
 
+def new_users(name: str, path: Path, settings: ReadSettings, work: Path, share: float = 0.1) -> list[dict]:
+    """A seeded tenth of the users (those with 4 interactions or more) held out of a real dataset, then folded in with
+    the first 75% of their interactions (in the file's order for amazon's sequences, else drawn at random) and scored
+    on the rest: stale (the fallback: the night did not know them), fold-in, and a nightly that knew that 75%."""
+    folder = work / name.split()[0]
+    folder.mkdir()
+    dataset = load_dataset(fetch_archive(str(path.resolve()), folder), folder, settings=settings)
+    ratings = dataset.ratings().with_row_index("line")
+    eligible = ratings.group_by("user_id").len().filter(pl.col("len") >= 4).sort("user_id")
+    held = eligible.sample(fraction=share, seed=0).select("user_id")
+    order = pl.col("line") if name.startswith("amazon") else pl.int_range(pl.len()).shuffle(seed=0).over("user_id")
+    theirs = ratings.join(held, on="user_id").with_columns(
+        position=order.rank("ordinal").over("user_id"), n=pl.len().over("user_id")
+    )
+    known = pl.col("position") <= (pl.col("n") * 0.75).ceil()
+    value = pl.col("rating") if dataset.feedback == "explicit" else (pl.col("rating").exp() - 1).alias("weight")
+    columns = ["user_id", "item_id", value]
+    base, today = folder / "base.csv", folder / "today.csv"
+    ratings.join(held, on="user_id", how="anti").select(columns).write_csv(base)
+    theirs.filter(known).select(columns).write_csv(today)
+    pl.concat([pl.read_csv(base), pl.read_csv(today)]).write_csv(folder / "full.csv")
+    data = folder / "data"
+    nightly(PipelineConfig(source=str(base), data_dir=data, warehouse=folder / "stale.duckdb"))
+    shutil.copy(folder / "stale.duckdb", folder / "fold.duckdb")
+    settings_in = {"new_rows": str(today)}
+    folded = fold_in(
+        PipelineConfig(source=str(base), data_dir=data, warehouse=folder / "fold.duckdb", fold_in=settings_in)
+    )
+    nightly(PipelineConfig(source=str(folder / "full.csv"), data_dir=data, warehouse=folder / "full.duckdb"))
+    future = theirs.filter(~known).select("user_id", "item_id")
+    users = future["user_id"].unique().sort().to_list()
+    scores = {
+        label: ndcg_by_user(_served(folder / f"{label}.duckdb", users), future).rename({"ndcg": label})
+        for label in ("stale", "fold", "full")
+    }
+    per_user = scores["stale"].join(scores["fold"], on="user_id").join(scores["full"], on="user_id")
+    shutil.rmtree(folder)
+    return [{"day": name, "users": len(users), "fold_in_status": folded.status, "per_user": per_user.rows()}]
+
+
 def speed_20m(ml100k: Path, work: Path, changed: list[int]) -> list[dict]:
     """The 20M synthetic archive published without the last 5 ratings of the most changed users, then folded in."""
     archive, _ = _archive("20m", ml100k, work)
@@ -191,10 +239,11 @@ def speed_20m(ml100k: Path, work: Path, changed: list[int]) -> list[dict]:
         shutil.copy(published, work / "F.duckdb")
         command = [sys.executable, "-m", "flows.cli", "fold-in", *config[:4], "--warehouse", str(work / "F.duckdb")]
         started = time.perf_counter()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run([*command, "--fold-in-new-rows", str(new_rows)], cwd=REPO, check=True)
+        child = subprocess.Popen([*command, "--fold-in-new-rows", str(new_rows)], cwd=REPO)
+        _, status, usage = os.wait4(child.pid, 0)  # this command's own peak memory, not the nightly's before it
         wall = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"recs fold-in of {n} users failed")
         with warehouse.open_reader(work / "F.duckdb") as con:
             seconds, published_rows = con.sql("SELECT seconds, n_recommendations FROM fold_ins").fetchone()
         out.append(
@@ -203,7 +252,7 @@ def speed_20m(ml100k: Path, work: Path, changed: list[int]) -> list[dict]:
                 "flow_seconds": seconds,
                 "command_seconds": round(wall, 1),
                 "rows": published_rows,
-                "peak_rss_mb": round(peak / 1024) if peak > before else None,
+                "peak_rss_mb": round(usage.ru_maxrss / 1024),  # ru_maxrss is in KiB
             }
         )
         print(
@@ -215,7 +264,9 @@ def speed_20m(ml100k: Path, work: Path, changed: list[int]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ml100k", type=Path, required=True, help="ML-100k's archive")
-    parser.add_argument("--sizes", default="ml-100k", help="ml-100k, 20m, or both comma-separated")
+    parser.add_argument(
+        "--sizes", default="ml-100k", help="comma-separated: ml-100k, anime, lastfm-2k, amazon-video-games, 20m"
+    )
     parser.add_argument("--min-users", type=int, default=5, help="days with at least this many users to score")
     parser.add_argument("--changed", default="100,1000,10000", help="20m: changed users per fold-in")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -232,6 +283,19 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {len(days)} ({pooled['published']}) | {pooled['users']} | {pooled['stale']:.4f} | "
                 f"{pooled['fold_in']:.4f} | {pooled['nightly']:.4f} | {pooled['recovered']:.0%} ({low:.0%} to {high:.0%}) |"
+            )
+        real = [(name, path, settings) for name, path, settings in DATASETS[1:] if name.split()[0] in sizes]
+        for name, path, settings in real:
+            results[name.split()[0]] = _pooled(new_users(name, args.ml100k.parent / path, settings, Path(work)))
+        if real:
+            print("\n| dataset | new users scored | stale (fallback) | fold-in | nightly | recovered (95% interval) |")
+            print("|---|---|---|---|---|---|")
+        for name, _, _ in real:
+            pooled = results[name.split()[0]]
+            low, high = pooled["recovered_95"]
+            print(
+                f"| {name} | {pooled['users']} | {pooled['stale']:.4f} | {pooled['fold_in']:.4f} | "
+                f"{pooled['nightly']:.4f} | {pooled['recovered']:.0%} ({low:.0%} to {high:.0%}) |"
             )
         if "20m" in sizes:
             results["20m"] = speed_20m(args.ml100k, Path(work), [int(n) for n in args.changed.split(",")])

@@ -97,6 +97,10 @@ def test_a_fold_in_replaces_its_users_lists_and_no_others(published, night):
     )
     assert row[:4] == ("published", 2000, len(users), len(users) * 10)
     assert row[4] == fold_in_base(published.warehouse)["run_id"]  # the night's run, whose model it folded into
+    nightly(published)  # the next night replaces every list, folded ones too
+    assert query_rows(published.warehouse, "SELECT count(*) FROM recommendations WHERE fold_in_id IS NOT NULL") == [
+        (0,)
+    ]
 
 
 def test_a_source_with_no_change_does_nothing_and_says_so(published, night, tmp_path):
