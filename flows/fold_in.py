@@ -112,7 +112,8 @@ def _fold_in(config: PipelineConfig, record: dict[str, Any], started: float) -> 
             "recommended until the nightly fits them"
         )
     owner = f"fold-in {record['fold_in_id']}"
-    with run_lock(config.warehouse, owner, config.fold_in.lock_timeout_seconds, brief=True):
+    wait, setting = config.fold_in.lock_timeout_seconds, "fold_in.lock_timeout_seconds"
+    with run_lock(config.warehouse, owner, wait, brief=True, timeout_setting=setting):
         publish_fold_in(config.warehouse, record, folded.lists, folded.reasons, folded.users)
     summary = (
         f"fold-in {record['fold_in_id']}: published {folded.lists.height:,} rows for {folded.users.height:,} users "

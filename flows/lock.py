@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import warehouse
 from tasks.naming import setting
@@ -65,6 +66,7 @@ def run_lock(
     poll_seconds: float = 1.0,
     suffix: str = ".lock",
     brief: bool = False,
+    timeout_setting: str = "lock_timeout_seconds",
 ) -> Iterator[None]:
     """Hold the warehouse's run lock (or, with `suffix` TUNE_LOCK, its tune lock) for the block.
 
@@ -75,35 +77,22 @@ def run_lock(
         poll_seconds: how often to retry while waiting.
         suffix: which lock: `.lock` for nightly runs, TUNE_LOCK for tunes.
         brief: the holder says it holds the lock for seconds (a fold-in's write): others wait BRIEF_HOLD_SECONDS.
+        timeout_setting: the config field a refused holder is pointed to (the one `timeout_seconds` came from).
 
     Raises:
         RunLockedError: the lock is still held after `timeout_seconds`; the message names the holder.
     """
     path = lock_path(warehouse_path, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    what = "tune" if suffix == TUNE_LOCK else "nightly run"
     handle = open(path, "a+")  # held open for the whole block: the lock lives with the handle
     try:
-        started = time.monotonic()
-        deadline = started + timeout_seconds
-        waited = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if _held_briefly(path):
-                    deadline = max(deadline, started + BRIEF_HOLD_SECONDS)
-                if time.monotonic() >= deadline:
-                    waited_for = f"gave up after waiting {timeout_seconds:g}s" if timeout_seconds else "not waiting"
-                    raise RunLockedError(
-                        f"another {what} holds {path}: {_holder(path)}; {waited_for} "
-                        f"({setting('lock_timeout_seconds')} sets the wait). Nothing was changed."
-                    ) from None
-                if not waited:
-                    log.info("waiting up to %gs for %s to finish (%s)", timeout_seconds, _holder(path), path)
-                    waited = True
-                time.sleep(poll_seconds)
+        if not _acquired(handle, path, timeout_seconds, poll_seconds):
+            what = "tune" if suffix == TUNE_LOCK else "nightly run"
+            waited_for = f"gave up after waiting {timeout_seconds:g}s" if timeout_seconds else "not waiting"
+            raise RunLockedError(
+                f"another {what} holds {path}: {_holder(path)}; {waited_for} "
+                f"({setting(timeout_setting)} sets the wait). Nothing was changed."
+            )
         handle.seek(0)
         handle.truncate()
         since = utc_now().isoformat(timespec="seconds")
@@ -112,6 +101,26 @@ def run_lock(
         yield
     finally:
         handle.close()  # releases the lock if held
+
+
+def _acquired(handle: IO[str], path: Path, timeout_seconds: float, poll_seconds: float) -> bool:
+    """Take the lock on `handle`, waiting up to `timeout_seconds` (BRIEF_HOLD_SECONDS at least while the holder
+    holds it briefly); False when it is still held then."""
+    started = time.monotonic()
+    deadline, waited = started + timeout_seconds, False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if _held_briefly(path):
+                deadline = max(deadline, started + BRIEF_HOLD_SECONDS)
+            if time.monotonic() >= deadline:
+                return False
+            if not waited:
+                log.info("waiting up to %gs for %s to finish (%s)", timeout_seconds, _holder(path), path)
+                waited = True
+            time.sleep(poll_seconds)
 
 
 def settle_dead_runs(warehouse_path: Path, found_by: str) -> list[str]:
