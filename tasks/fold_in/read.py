@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
 from tasks.fold_in.changes import Changes, changes_from_new_rows, changes_in_source
-from tasks.ingest import fetch_archive, load_dataset
+from tasks.ingest import IngestError, fetch_archive, load_dataset
 from tasks.ingest.own_data import read_settings
 from tasks.naming import setting
 from tasks.run_folder import RunFolder
@@ -52,14 +52,18 @@ def read_changes(config: PipelineConfig, base: dict[str, Any], folder: RunFolder
     or the last fold-in into it read, or holds nothing the run's data lacks."""
     new_rows = config.fold_in.new_rows
     source = new_rows or config.source
-    archive = fetch_archive(source, config.data_dir, None, config.download.timeout_seconds)
-    if archive.sha256 in (base["folded_sha256"], None if new_rows else base["source_sha256"]):
-        seen = "the last fold-in's" if archive.sha256 == base["folded_sha256"] else f"run {base['run_id']}'s"
-        why = f"{redact(source)} is unchanged since {seen} (sha256 {archive.sha256[:12]})"
-        return Read(None, redact(source), archive.sha256, why)
-    dataset = load_dataset(
-        archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes, read_settings(config)
-    )
+    try:
+        archive = fetch_archive(source, config.data_dir, None, config.download.timeout_seconds)
+        if archive.sha256 in (base["folded_sha256"], None if new_rows else base["source_sha256"]):
+            seen = "the last fold-in's" if archive.sha256 == base["folded_sha256"] else f"run {base['run_id']}'s"
+            why = f"{redact(source)} is unchanged since {seen} (sha256 {archive.sha256[:12]})"
+            return Read(None, redact(source), archive.sha256, why)
+        settings = read_settings(config)
+        dataset = load_dataset(archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes, settings)
+    except IngestError as exc:  # said of the setting that named the file, when it is not the source
+        if new_rows:
+            raise IngestError(f"{setting('fold_in.new_rows')}: {exc}") from exc
+        raise
     if new_rows:
         changes = changes_from_new_rows(dataset.ratings(), folder, dataset.feedback == "implicit")
     else:
