@@ -73,14 +73,14 @@ def changes_in_source(source: pl.LazyFrame, folder: RunFolder) -> Changes:
     published = published_data(folder)
     source = _same_id_types(source.select(*KEY, "rating"), published.collect_schema())
     compared = published.select(*KEY, "rating")
-    fresh = source.join(compared, on=[*KEY, "rating"], how="anti", nulls_equal=True)
-    gone = compared.join(source, on=KEY, how="anti")
-    counts = pl.concat([fresh.select(*KEY), gone.select(*KEY)]).collect(engine="streaming")
-    n_fresh = fresh.select(pl.len()).collect(engine="streaming").item()
-    n_changed = fresh.join(compared, on=KEY, how="semi").select(pl.len()).collect(engine="streaming").item()
-    users = counts.select(pl.col("user_id").unique().sort())
+    # one pass over both for what is new or changed, one for what is gone: small frames, collected once each
+    fresh = source.join(compared, on=[*KEY, "rating"], how="anti", nulls_equal=True).collect(engine="streaming")
+    gone = compared.join(source, on=KEY, how="anti").select(KEY).collect(engine="streaming")
+    users = pl.concat([fresh.select("user_id"), gone.select("user_id")]).unique().sort("user_id")
+    theirs = published_data(folder, users).select(KEY).collect(engine="streaming")
+    n_changed = fresh.join(theirs, on=KEY, how="semi").height
     histories = source.join(users.lazy(), on="user_id", how="semi").collect(engine="streaming")
-    return _changes(histories, users, folder, (n_fresh, n_changed, counts.height - n_fresh))
+    return _changes(histories, users, folder, (fresh.height, n_changed, gone.height))
 
 
 def changes_from_new_rows(new_rows: pl.DataFrame, folder: RunFolder, implicit: bool) -> Changes:
