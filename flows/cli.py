@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
 import polars as pl
@@ -29,7 +29,7 @@ from flows.options import READERS, command_parser, config_from_options, nested, 
 from tasks.synth import SynthSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from flows.backfill import ReplayOutcome
     from flows.nightly import RunResult
@@ -105,31 +105,46 @@ def _run(options: dict) -> int:
     return EXIT_REJECTED if result.status == "rejected" else 0
 
 
-def _tune(options: dict) -> int:
+def _flow_command(
+    command: str, options: dict, start: Callable[[PipelineConfig], Any], cancelled: str
+) -> tuple[Any, PipelineConfig, Path] | int:
+    """Run a flow from the command line (its log to a file, signals as a cancellation, a temporary API): its result,
+    config and log, or the exit status when it did not end with a result (`cancelled` says what a cancellation
+    leaves, `{warehouse}` the config's)."""
     verbose = options.pop("verbose", False)
-    config = config_from_options("tune", options)
+    config = config_from_options(command, options)
     if config is None:
         return 2
     from flows.api import TemporaryApiError
     from flows.deadline import RunCancelled, cancellation_reason
-    from flows.tune import tune
 
-    log_path = _log_path(config, "tune")
+    log_path = _log_path(config, command)
+    noun = "the " + command
     try:
         with _flow_session(log_path, verbose):
-            result = tune(config)
+            return start(config), config, log_path
     except TemporaryApiError as exc:
-        print(f"recs tune: the tune could not start: {exc}", file=sys.stderr)
+        print(f"recs {command}: {noun} could not start: {exc}", file=sys.stderr)
         return 1
-    except (RunCancelled, KeyboardInterrupt) as exc:  # its finished trials are kept: the next tune resumes them
-        print(
-            f"recs tune: cancelled: {cancellation_reason(exc)}; its finished trials are kept and the next `recs tune` "
-            f"on this data resumes them. Log: {log_path}",
-            file=sys.stderr,
-        )
+    except (RunCancelled, KeyboardInterrupt) as exc:
+        left = cancelled.format(warehouse=config.warehouse)
+        print(f"recs {command}: cancelled: {cancellation_reason(exc)}; {left}. Log: {log_path}", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as exc:
-        return _failed("tune", "the tune", exc, log_path)
+        return _failed(command, noun, exc, log_path)
+
+
+def _tune(options: dict) -> int:
+    def start(config: PipelineConfig) -> Any:
+        from flows.tune import tune
+
+        return tune(config)
+
+    kept = "its finished trials are kept and the next `recs tune` on this data resumes them"
+    outcome = _flow_command("tune", options, start, kept)
+    if isinstance(outcome, int):
+        return outcome
+    result, config, log_path = outcome
     print()
     print(result.summary)
     print(f"the nightly runs on this data take these settings (tuned_settings in {config.warehouse}); log: {log_path}")
@@ -137,30 +152,15 @@ def _tune(options: dict) -> int:
 
 
 def _fold_in(options: dict) -> int:
-    verbose = options.pop("verbose", False)
-    config = config_from_options("fold-in", options)
-    if config is None:
-        return 2
-    from flows.api import TemporaryApiError
-    from flows.deadline import RunCancelled, cancellation_reason
-    from flows.fold_in import fold_in
+    def start(config: PipelineConfig) -> Any:
+        from flows.fold_in import fold_in
 
-    log_path = _log_path(config, "fold-in")
-    try:
-        with _flow_session(log_path, verbose):
-            result = fold_in(config)
-    except TemporaryApiError as exc:
-        print(f"recs fold-in: the fold-in could not start: {exc}", file=sys.stderr)
-        return 1
-    except (RunCancelled, KeyboardInterrupt) as exc:
-        print(
-            f"recs fold-in: cancelled: {cancellation_reason(exc)}; the published recommendations in {config.warehouse} "
-            f"are unchanged. Log: {log_path}",
-            file=sys.stderr,
-        )
-        return EXIT_CANCELLED
-    except Exception as exc:
-        return _failed("fold-in", "the fold-in", exc, log_path)
+        return fold_in(config)
+
+    outcome = _flow_command("fold-in", options, start, "the published recommendations in {warehouse} are unchanged")
+    if isinstance(outcome, int):
+        return outcome
+    result, _, log_path = outcome
     if result.status == "refused":
         print(f"recs fold-in: refused: {result.summary}; the lists are unchanged. Log: {log_path}", file=sys.stderr)
         return EXIT_REJECTED
