@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from warehouse.runs import REASONS_SCHEMA, UTC_TIME, Schema, stamped, utc_now
+from warehouse.runs import REASONS_SCHEMA, UTC_TIME, Schema, stamped, stamped_lists, utc_now
 from warehouse.sql import fetch, run_statement
 from warehouse.writer import open_writer
 
@@ -82,16 +82,7 @@ def publish_fold_in(
         PublishedRunChanged: another run published since the fold-in read the live one; nothing was written.
     """
     run_id, generated_at = record["run_id"], utc_now()
-    rows = lists.select(
-        "user_id",
-        "item_id",
-        "rank",
-        "score",
-        pl.lit(run_id).alias("run_id"),
-        pl.lit(generated_at).cast(UTC_TIME).alias("generated_at"),
-        pl.col("predicted_rating").cast(pl.Float32),
-        pl.lit(record["fold_in_id"]).alias("fold_in_id"),
-    )
+    rows = stamped_lists(lists, run_id, generated_at).with_columns(fold_in_id=pl.lit(record["fold_in_id"]))
     frames = {
         "folded_users": users.select("user_id"),
         "new_recommendations": rows,

@@ -334,8 +334,17 @@ def _replace_lists(
             params["reason_files"] = [_empty_reasons_file(Path(recommendations.paths[0]).parent)]
         run_statement(con, "publish_lists_from_files", params=params)
         return
+    lists = stamped_lists(recommendations, run_id, generated_at)
+    run_statement(
+        con, "publish_lists", {"new_recommendations": lists, "new_reasons": stamped(reasons, REASONS_SCHEMA, run_id)}
+    )
+
+
+def stamped_lists(recommendations: pl.DataFrame, run_id: str, generated_at: datetime) -> pl.DataFrame:
+    """Lists as `recommendations` holds them: with the run that scored them and when (`predicted_rating` NULL
+    without a rating model)."""
     stars = pl.col("predicted_rating") if "predicted_rating" in recommendations.columns else pl.lit(None)
-    lists = recommendations.select(
+    return recommendations.select(
         "user_id",
         "item_id",
         "rank",
@@ -343,9 +352,6 @@ def _replace_lists(
         pl.lit(run_id).alias("run_id"),
         pl.lit(generated_at).cast(UTC_TIME).alias("generated_at"),
         stars.cast(pl.Float32).alias("predicted_rating"),
-    )
-    run_statement(
-        con, "publish_lists", {"new_recommendations": lists, "new_reasons": stamped(reasons, REASONS_SCHEMA, run_id)}
     )
 
 
