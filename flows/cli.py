@@ -106,11 +106,12 @@ def _run(options: dict) -> int:
 
 
 def _flow_command(
-    command: str, options: dict, start: Callable[[PipelineConfig], Any], cancelled: str
+    command: str, options: dict, load: Callable[[], Callable[[PipelineConfig], Any]], cancelled: str
 ) -> tuple[Any, PipelineConfig, Path] | int:
     """Run a flow from the command line (its log to a file, signals as a cancellation, a temporary API): its result,
     config and log, or the exit status when it did not end with a result (`cancelled` says what a cancellation
-    leaves, `{warehouse}` the config's)."""
+    leaves, `{warehouse}` the config's). `load` imports the flow once the options are valid (Prefect's import is
+    slow) and before the session sets up the console's logging (Prefect's import adds handlers of its own)."""
     verbose = options.pop("verbose", False)
     config = config_from_options(command, options)
     if config is None:
@@ -118,6 +119,7 @@ def _flow_command(
     from flows.api import TemporaryApiError
     from flows.deadline import RunCancelled, cancellation_reason
 
+    start = load()
     log_path = _log_path(config, command)
     noun = "the " + command
     try:
@@ -135,13 +137,13 @@ def _flow_command(
 
 
 def _tune(options: dict) -> int:
-    def start(config: PipelineConfig) -> Any:
+    def load() -> Callable[[PipelineConfig], Any]:
         from flows.tune import tune
 
-        return tune(config)
+        return tune
 
     kept = "its finished trials are kept and the next `recs tune` on this data resumes them"
-    outcome = _flow_command("tune", options, start, kept)
+    outcome = _flow_command("tune", options, load, kept)
     if isinstance(outcome, int):
         return outcome
     result, config, log_path = outcome
@@ -152,12 +154,12 @@ def _tune(options: dict) -> int:
 
 
 def _fold_in(options: dict) -> int:
-    def start(config: PipelineConfig) -> Any:
+    def load() -> Callable[[PipelineConfig], Any]:
         from flows.fold_in import fold_in
 
-        return fold_in(config)
+        return fold_in
 
-    outcome = _flow_command("fold-in", options, start, "the published recommendations in {warehouse} are unchanged")
+    outcome = _flow_command("fold-in", options, load, "the published recommendations in {warehouse} are unchanged")
     if isinstance(outcome, int):
         return outcome
     result, _, log_path = outcome
