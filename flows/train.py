@@ -21,7 +21,6 @@ from tasks.checkpoint import load_trained_model, save_checkpoint_task
 from tasks.config import PipelineConfig
 from tasks.reindex import IdMaps
 from tasks.run_folder import RunFolder
-from tasks.split import save_all_ratings
 from tasks.train import TrainedModel, pick_device, train_task
 from tasks.warm import warm_start
 
@@ -54,9 +53,7 @@ def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: 
     return str(path)
 
 
-def train_on_deployment(
-    ratings: pl.DataFrame, config: PipelineConfig, folder: RunFolder, phase: str, model: str
-) -> tuple[TrainedModel, str]:
+def train_on_deployment(config: PipelineConfig, folder: RunFolder, phase: str, model: str) -> tuple[TrainedModel, str]:
     """Train through `config.train_deployment` and load the result here (for evaluation and scoring).
 
     Returns:
@@ -66,8 +63,6 @@ def train_on_deployment(
         RuntimeError: the training flow run did not complete; the message names it and its state.
     """
     assert config.train_deployment is not None
-    if phase == "refit":
-        save_all_ratings(ratings, folder)
     flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync here: no event loop runs
         config.train_deployment,
         parameters={

@@ -140,6 +140,25 @@ class DownloadSettings(BaseModel):
     )
 
 
+class OutOfCoreSettings(BaseModel):
+    """How reindex and the split run over the ratings' parquet files without holding them in memory (DuckDB,
+    warehouse/engine.py): what they may hold, and the batches the split's random numbers are drawn in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # 1 GB: at 20M ratings DuckDB's sorts and window functions then keep everything in memory; at 100M and more they
+    # spill to the run's folder and the process stays under it.
+    memory_mb: int = Field(
+        1024,
+        ge=64,
+        description="Memory DuckDB may hold for reindex and the split; beyond it, it spills to a folder in the run's "
+        "folder (removed after).",
+    )
+    batch_rows: int = Field(
+        1_000_000, ge=1_000, description="Ratings read at a time where rows pass through Python (the split's keys)."
+    )
+
+
 class GateSettings(BaseModel):
     """The quality gate (tasks/gate.py): how much worse than the published lists a run may be, and how sure it must
     be that it is worse."""
@@ -324,6 +343,7 @@ class _SourceAndSplit(BaseModel):
     )
     warehouse: Path = Field(DEFAULT_WAREHOUSE, description="DuckDB file the run publishes to.")
     download: DownloadSettings = Field(DownloadSettings(), description=DownloadSettings.__doc__)
+    out_of_core: OutOfCoreSettings = Field(OutOfCoreSettings(), description=OutOfCoreSettings.__doc__)
     max_extracted_bytes: int = Field(
         MAX_EXTRACTED_BYTES,
         gt=0,

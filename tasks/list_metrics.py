@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _LISTS = ("user_id", "item_id", "rank")  # ids as the source has them: whole numbers or text
 
 
-def item_popularity(ratings: pl.DataFrame, maps: IdMaps) -> pl.DataFrame:
+def item_popularity(ratings: pl.DataFrame | pl.LazyFrame, maps: IdMaps) -> pl.DataFrame:
     """`item_id`, `n_ratings` of every item with a rating."""
     counts = ratings_per_item(ratings, maps.n_items)
     return pl.DataFrame({"item_id": maps.items["item_id"], "n_ratings": counts.astype(np.int64)})
@@ -91,7 +91,7 @@ def churn_rejection(metrics: pl.DataFrame, verdict: GateVerdict, config: Pipelin
 def list_metrics_task(
     path: Path,
     lists: pl.DataFrame | ListFiles,
-    ratings: pl.DataFrame,
+    ratings: pl.DataFrame | pl.LazyFrame,
     maps: IdMaps,
     catalogue: pl.DataFrame,
     verdict: GateVerdict,

@@ -1,4 +1,9 @@
-"""Reindex: the dataset's own user and item ids to contiguous int32 indices, reversibly."""
+"""Reindex: the dataset's own user and item ids to contiguous int32 indices, reversibly.
+
+`reindex` does it in memory over a frame (the tune's sample, benchmarks); `reindex_files`, which the nightly run
+uses, does the same out of core, from the parsed dataset's parquet file to the run's folder, and gives the same
+indices and order.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.config import OutOfCoreSettings
 from tasks.ingest import Dataset
 from tasks.naming import setting
-from tasks.run_folder import RunFolder
+from tasks.run_folder import RunFolder, atomic_write
+from warehouse.engine import copy_to_parquet, fetch_row, out_of_core
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,33 @@ def reindex(ratings: pl.DataFrame) -> tuple[pl.DataFrame, IdMaps]:
     return indexed, maps
 
 
+def reindex_files(ratings: Path, folder: RunFolder, as_of: datetime | None, settings: OutOfCoreSettings) -> IdMaps:
+    """`reindex` out of core (warehouse/engine.py): the parsed dataset's `ratings` file (those up to `as_of` when
+    given) to the run folder's id maps and its `ratings.parquet`, indexed and sorted by user then item as `reindex`
+    returns them; returns the maps.
+
+    Raises:
+        ValueError: `as_of` keeps no rating; the message gives the range the ratings span.
+    """
+    params = {"ratings": str(ratings), "as_of": None if as_of is None else int(as_of.timestamp())}
+    with out_of_core(settings.memory_mb, folder.path / "spill") as con:
+        if as_of is not None:
+            kept, first, last = fetch_row(con, "time_span", params)
+            if kept == 0:
+                _refuse_as_of(as_of, first, last)
+        for name, path in (("user_map", folder.user_map), ("item_map", folder.item_map)):
+            with atomic_write(path) as partial:
+                copy_to_parquet(con, name, partial, params)
+        with atomic_write(folder.ratings) as partial:
+            copy_to_parquet(
+                con,
+                "reindexed",
+                partial,
+                {**params, "user_map": str(folder.user_map), "item_map": str(folder.item_map)},
+            )
+    return IdMaps.load(folder.path)
+
+
 def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """The ratings made at or before `as_of` (timestamps are Unix seconds): the data a run on that date had.
 
@@ -90,9 +124,13 @@ def ratings_as_of(ratings: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """
     kept = ratings.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if kept.height == 0:
-        first, last = (_day(cast(int, t)) for t in (ratings["timestamp"].min(), ratings["timestamp"].max()))
-        raise ValueError(f"{setting('as_of')} {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {first} to {last}")
+        _refuse_as_of(as_of, ratings["timestamp"].min(), ratings["timestamp"].max())
     return kept
+
+
+def _refuse_as_of(as_of: datetime, first: object, last: object) -> None:
+    said = " to ".join(_day(cast(int, t)) for t in (first, last))
+    raise ValueError(f"{setting('as_of')} {as_of:%Y-%m-%d %H:%M} UTC keeps no ratings: they span {said}")
 
 
 def _day(timestamp: int) -> str:
@@ -104,12 +142,7 @@ def _day(timestamp: int) -> str:
 
 
 @task(name="reindex", cache_policy=NO_CACHE)
-def reindex_task(dataset: Dataset, run_dir: Path, as_of: datetime | None = None) -> tuple[pl.DataFrame, IdMaps]:
-    """Prefect wrapper of `reindex` over the parsed dataset's ratings (those up to `as_of` when given).
-
-    Saves the id maps with the run.
-    """
-    ratings = dataset.ratings() if as_of is None else ratings_as_of(dataset.ratings(), as_of)
-    indexed, maps = reindex(ratings)
-    maps.save(run_dir)
-    return indexed, maps
+def reindex_task(dataset: Dataset, run_dir: Path, as_of: datetime | None, settings: OutOfCoreSettings) -> IdMaps:
+    """Prefect wrapper of `reindex_files` over the parsed dataset's ratings (those up to `as_of` when given): the
+    indexed ratings and the id maps in the run's folder; returns the maps."""
+    return reindex_files(dataset.ratings_path, RunFolder(run_dir), as_of, settings)

@@ -68,9 +68,13 @@ class ListRules:
         return self.allowed if config.filter_evaluation and self.restricts else None
 
 
-def ratings_per_item(ratings: pl.DataFrame, n_items: int) -> np.ndarray:
-    """How many ratings each item index has (`item_idx`)."""
-    return np.bincount(ratings["item_idx"].to_numpy(), minlength=n_items)
+def ratings_per_item(ratings: pl.DataFrame | pl.LazyFrame, n_items: int) -> np.ndarray:
+    """How many ratings each item index has (`item_idx`); a query over a file is counted by the streaming engine,
+    never read whole."""
+    counts = ratings.lazy().group_by("item_idx").len().collect(engine="streaming")
+    per_item = np.zeros(n_items, dtype=np.int64)
+    per_item[counts["item_idx"].to_numpy()] = counts["len"].to_numpy()
+    return per_item
 
 
 def read_item_ids(path: Path) -> list[tuple[int, int | str]]:
@@ -109,7 +113,9 @@ def _genre_mask(wanted: list[str], name: str, genres: pl.Series, known: list[str
     return genres.list.eval(pl.element().is_in(chosen.implode())).list.any().fill_null(False).to_numpy()
 
 
-def resolve_rules(config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataFrame, maps: IdMaps) -> ListRules:
+def resolve_rules(
+    config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataFrame | pl.LazyFrame, maps: IdMaps
+) -> ListRules:
     """The config's business rules as one boolean per item index of `maps`.
 
     Args:
@@ -189,7 +195,7 @@ def _long_enough(rules: ListRules, n_items: int, top_n: int) -> ListRules:
     return rules
 
 
-def fallback_list(ratings: pl.DataFrame, maps: IdMaps, rules: ListRules, top_n: int) -> pl.DataFrame:
+def fallback_list(ratings: pl.DataFrame | pl.LazyFrame, maps: IdMaps, rules: ListRules, top_n: int) -> pl.DataFrame:
     """The list for a user with no history: the `top_n` items with the most ratings that the rules allow, ties
     by the lower item id.
 
@@ -205,7 +211,7 @@ def fallback_list(ratings: pl.DataFrame, maps: IdMaps, rules: ListRules, top_n: 
 
 @task(name="list-rules", cache_policy=NO_CACHE)
 def list_rules_task(
-    config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataFrame, maps: IdMaps, run_dir: Path
+    config: PipelineConfig, items: pl.DataFrame, ratings: pl.DataFrame | pl.LazyFrame, maps: IdMaps, run_dir: Path
 ) -> ListRules:
     """Prefect wrapper of `resolve_rules`; saves the result in the run's folder for a cluster's shards."""
     rules = resolve_rules(config, items, ratings, maps)
@@ -218,6 +224,6 @@ def list_rules_task(
 
 
 @task(name="fallback-list", cache_policy=NO_CACHE)
-def fallback_task(ratings: pl.DataFrame, maps: IdMaps, rules: ListRules, top_n: int) -> pl.DataFrame:
+def fallback_task(ratings: pl.DataFrame | pl.LazyFrame, maps: IdMaps, rules: ListRules, top_n: int) -> pl.DataFrame:
     """Prefect wrapper of `fallback_list`."""
     return fallback_list(ratings, maps, rules, top_n)

@@ -1,7 +1,8 @@
 """What a run's stages pass each other: its prepared data in one value, and every model it trained.
 
-`RunInputs` is what every stage after the split reads (the config, the run's folder, the ratings, the id maps, the
-business rules and the split); `Candidates` collects each trained model with its metrics, picks the one to publish
+`RunInputs` is what every stage after the split reads (the config, the run's folder, the id maps, the business rules,
+and the ratings and the split, read from the folder's files by the stage that needs them and dropped after: the
+run never holds them for its whole length); `Candidates` collects each trained model with its metrics, picks the one to publish
 and the one behind its stars, and gives the gate what it judges.
 """
 
@@ -21,6 +22,10 @@ from tasks.run_folder import RunFolder
 from tasks.train import TrainedModel
 from warehouse.runs import ListExtras, ListFiles
 
+# What the stages after the split read of a rating (a fit, the evaluation, the lists): the files' timestamps are left
+# on disk, a third of the frames' memory.
+COLUMNS = ["user_idx", "item_idx", "rating"]
+
 
 @dataclass(frozen=True)
 class RunInputs:
@@ -29,11 +34,25 @@ class RunInputs:
     config: PipelineConfig
     folder: RunFolder
     dataset: Dataset  # as parsed: the items file, the layout, the bad and duplicate row counts
-    ratings: pl.DataFrame  # every rating, indexed (user_idx, item_idx, rating, ...)
     maps: IdMaps
     rules: ListRules
-    train: pl.DataFrame
-    test: pl.DataFrame
+
+    @property
+    def ratings(self) -> pl.DataFrame:
+        """Every rating, indexed (`user_idx`, `item_idx`, `rating`), read from the run's folder."""
+        return pl.read_parquet(self.folder.ratings, columns=COLUMNS)
+
+    @property
+    def train(self) -> pl.DataFrame:
+        return pl.read_parquet(self.folder.train, columns=COLUMNS)
+
+    @property
+    def test(self) -> pl.DataFrame:
+        return pl.read_parquet(self.folder.test, columns=COLUMNS)
+
+    def scan_ratings(self) -> pl.LazyFrame:
+        """Every rating, as a query over the folder's file (for what only counts them)."""
+        return pl.scan_parquet(self.folder.ratings)
 
     def with_settings(self, config: PipelineConfig) -> RunInputs:
         """The same data under other settings (the gate trains the published run's models with theirs)."""
@@ -41,13 +60,13 @@ class RunInputs:
 
     def fit_ratings(self, phase: str) -> pl.DataFrame:
         """What a phase's fit trains on: every rating for the refit, the training split for `train` and `gate`
-        (as `RunFolder.phase_input` names their files)."""
-        return self.ratings if phase == "refit" else self.train
+        (`RunFolder.phase_input` names their files)."""
+        return pl.read_parquet(self.folder.phase_input(phase), columns=COLUMNS)
 
     @property
     def catalogue(self) -> int:
         """The items a model could recommend from the training split: what coverage is a share of."""
-        return self.train["item_idx"].n_unique()
+        return pl.scan_parquet(self.folder.train).select(pl.col("item_idx").n_unique()).collect().item()
 
 
 @dataclass(frozen=True)

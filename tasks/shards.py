@@ -31,7 +31,6 @@ from tasks.recommend import recommend_with_reasons
 from tasks.reindex import IdMaps
 from tasks.rules import ListRules
 from tasks.run_folder import RunFolder, atomic_write
-from tasks.split import save_all_ratings
 from tasks.train import TrainedModel, pick_device
 
 if TYPE_CHECKING:
@@ -118,11 +117,10 @@ def reduce_shard_evaluations(
 
 
 def save_list_inputs(model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs) -> str | None:
-    """Save what the recommend shards read beyond the run's inputs: the published model, the rating model when it
-    is another, and every rating; returns the shards' `rater` argument."""
+    """Save what the recommend shards read beyond the run's inputs (which hold every rating): the published model
+    and the rating model when it is another; returns the shards' `rater` argument."""
     folder = inputs.folder
     save_checkpoint(model, inputs.maps, inputs.config, folder.published_model)
-    save_all_ratings(inputs.ratings, folder)
     if rater is None:
         return None
     if rater is model:

@@ -7,6 +7,10 @@
 
 In the per-user splits a user keeps round(n * (1 - test_fraction)) ratings in train, at least one, so a
 user with a single rating is in train only; the random split never draws such a user's rating for test either.
+
+`split_ratings` splits a frame in memory (the tune, benchmarks); `split_files`, which the nightly run uses, splits
+the run folder's ratings out of core into its train and test files, and gives the same split for the same seed:
+the random keys are the same numbers, drawn in the same (user, item) order, a batch at a time.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from typing import cast
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import PipelineConfig, SplitMethod, setting
-from tasks.run_folder import RunFolder
+from tasks.config import OutOfCoreSettings, PipelineConfig, SplitMethod, setting
+from tasks.run_folder import RunFolder, atomic_write
+from warehouse.engine import copy_to_parquet, out_of_core
 
 
 def _with_random_key(ratings: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -82,9 +89,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def _why_no_test_rating(ratings: pl.DataFrame, method: SplitMethod, test_fraction: float) -> str:
+def _why_no_test_rating(ratings: pl.DataFrame | pl.LazyFrame, method: SplitMethod, test_fraction: float) -> str:
     """Why the split left nothing to test on (every user keeps a training rating), and what would work."""
-    per_user = ratings.group_by("user_idx").len()["len"]
+    per_user = ratings.lazy().group_by("user_idx").len().collect()["len"]
+    n_items = ratings.lazy().select(pl.col("item_idx").n_unique()).collect().item()
     n_users, most = per_user.len(), cast(int, per_user.max())
     shape = (
         f"every one of the {n_users:,} users has a single rating"
@@ -99,7 +107,7 @@ def _why_no_test_rating(ratings: pl.DataFrame, method: SplitMethod, test_fractio
         else "users with at least 2 ratings"
     )
     return (
-        f"the {method} split left no rating to test on: {shape} ({ratings['item_idx'].n_unique():,} items), and each "
+        f"the {method} split left no rating to test on: {shape} ({n_items:,} items), and each "
         f"user keeps at least one rating for training. Ranking metrics need {works} (MovieLens archives have at "
         "least 20 per user)"
     )
@@ -112,18 +120,58 @@ def holdout(train: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFra
     return _split(train, "random", fraction, seed + 1)
 
 
+def split_files(
+    folder: RunFolder, method: SplitMethod, test_fraction: float, seed: int, settings: OutOfCoreSettings
+) -> tuple[int, int]:
+    """`split_ratings` out of core (warehouse/engine.py): the run folder's indexed ratings (sorted by user then item,
+    as `reindex_files` writes them) to its train and test files, each sorted by user then item; returns their
+    sizes.
+
+    Raises:
+        ValueError: as `split_ratings`.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"{setting('test_fraction')} is {test_fraction}, expected a value between 0 and 1")
+    ratings = pq.ParquetFile(folder.ratings)
+    n_ratings = ratings.metadata.num_rows
+    params: dict = {"train_share": 1 - test_fraction}
+    if method == "random":
+        n_users = pl.scan_parquet(folder.ratings).select(pl.col("user_idx").n_unique()).collect().item()
+        params = {"n_test": min(round(n_ratings * test_fraction), n_ratings - n_users)}
+    flagged = folder.path / "split-flagged.parquet"
+    try:
+        with out_of_core(settings.memory_mb, folder.path / "spill") as con:
+            copy_to_parquet(
+                con, f"split_{method}", flagged, params, {"keyed": _keyed(ratings, seed, settings.batch_rows)}
+            )
+            for path, is_train in ((folder.train, True), (folder.test, False)):
+                with atomic_write(path) as partial:
+                    copy_to_parquet(con, "split_part", partial, {"flagged": str(flagged), "train": is_train})
+    finally:
+        flagged.unlink(missing_ok=True)
+    n_test = pq.ParquetFile(folder.test).metadata.num_rows
+    if n_test == 0 and n_ratings:
+        raise ValueError(_why_no_test_rating(pl.scan_parquet(folder.ratings), method, test_fraction))
+    return n_ratings - n_test, n_test
+
+
+def _keyed(ratings: pq.ParquetFile, seed: int, batch_rows: int) -> pa.RecordBatchReader:
+    """The ratings, a batch at a time in the file's order, each with its random `_key`: the numbers
+    `_with_random_key` draws for the same sorted ratings, since a generator's draws do not depend on how many are
+    asked for at a time."""
+    generator = np.random.default_rng(seed)
+    schema = ratings.schema_arrow.append(pa.field("_key", pa.float64()))
+    batches = (
+        pa.RecordBatch.from_arrays([*batch.columns, pa.array(generator.random(batch.num_rows))], schema=schema)
+        for batch in ratings.iter_batches(batch_size=batch_rows)
+    )
+    return pa.RecordBatchReader.from_batches(schema, batches)
+
+
 @task(name="split", cache_policy=NO_CACHE)
-def split_task(ratings: pl.DataFrame, config: PipelineConfig, run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Prefect wrapper of `split_ratings` with the config's method, fraction and seed; saves both splits."""
-    train, test = split_ratings(ratings, config.split, config.effective_test_fraction, config.seed)
-    folder = RunFolder(run_dir)
-    train.write_parquet(folder.train)
-    test.write_parquet(folder.test)
-    return train, test
-
-
-def save_all_ratings(ratings: pl.DataFrame, folder: RunFolder) -> None:
-    """Every rating in the run's folder, for the stages that read them there (a training deployment's refit, a
-    cluster's list shards); written once a run."""
-    if not folder.ratings.exists():
-        ratings.write_parquet(folder.ratings)
+def split_task(config: PipelineConfig, run_dir: Path) -> tuple[int, int]:
+    """Prefect wrapper of `split_files` with the config's method, fraction and seed; returns the sizes of the
+    training and test splits."""
+    return split_files(
+        RunFolder(run_dir), config.split, config.effective_test_fraction, config.seed, config.out_of_core
+    )

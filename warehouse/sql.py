@@ -1,5 +1,6 @@
 """The SQL the product runs, kept as files: `schema/` (DDL, applied in name order, idempotent), `queries/`
-(reads: the product's and ones users can copy) and `statements/` (the pipeline's writes).
+(reads: the product's and ones users can copy), `statements/` (the pipeline's writes) and `prepare/` (reindex and
+the split, over parquet files).
 
 Values reach SQL only as bound parameters or as registered Arrow frames that the statements select from.
 """
@@ -29,6 +30,11 @@ def schema_scripts() -> list[str]:
 def query(name: str) -> str:
     """The text of `queries/<name>.sql`."""
     return _read("queries", f"{name}.sql")
+
+
+def prepare_query(name: str) -> str:
+    """The text of `prepare/<name>.sql` (the out-of-core engine's queries over parquet, warehouse/engine.py)."""
+    return _read("prepare", f"{name}.sql")
 
 
 def statement(name: str) -> str:

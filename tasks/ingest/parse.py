@@ -16,10 +16,15 @@ from urllib.parse import urlsplit
 
 import polars as pl
 
-from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy
+from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, OutOfCoreSettings
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive, sha256_of
-from tasks.ingest.movielens import ParsedRatings, RatingsFormatError, holds_movielens_ratings, keep_latest_ratings
+from tasks.ingest.movielens import (
+    CheckedRatings,
+    ParsedRatings,
+    RatingsFormatError,
+    holds_movielens_ratings,
+)
 from tasks.ingest.own_data import (
     NOT_DATA,
     ReadSettings,
@@ -32,6 +37,7 @@ from tasks.ingest.scratch import remove_dead_scratch, scratch_prefix
 from tasks.ingest.tables import TableError
 from tasks.ingest.unzip import extract_files, extract_members
 from tasks.naming import setting
+from warehouse.engine import copy_to_parquet, fetch_row, out_of_core
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +90,7 @@ def load_dataset(
     on_bad_rows: BadRowPolicy = "fail",
     max_extracted_bytes: int = MAX_EXTRACTED_BYTES,
     settings: ReadSettings | None = None,
+    memory_mb: int = OutOfCoreSettings().memory_mb,
 ) -> Dataset:
     """Unzip the archive's ratings and items files, detect the layout and write parquet, once per sha256; a team's
     own interactions (tasks/ingest/own_data.py) are read with `settings`, once per sha256 and settings.
@@ -96,6 +103,8 @@ def load_dataset(
         data_dir: the pipeline's data directory.
         on_bad_rows: `fail` refuses an archive with any bad ratings row, naming the first ones; `drop` skips them.
         max_extracted_bytes: refuse archives whose extracted files exceed this.
+        settings: how a team's own interactions are read.
+        memory_mb: what DuckDB may hold while it writes a MovieLens archive's ratings (warehouse/engine.py).
 
     Returns:
         The parsed dataset (cached under `data_dir/datasets/<sha256>[-<settings key>]/`).
@@ -111,15 +120,20 @@ def load_dataset(
     if meta.get("parser") == PARSER_VERSION:
         log.info("archive %s already parsed (%s, %d ratings)", archive.sha256[:12], meta["layout"], meta["n_ratings"])
     else:
-        parse = _parse_own_data if own else _parse
-        meta = _in_scratch(archive, out_dir, lambda work: parse(archive, work, max_extracted_bytes, settings))
+        meta = _in_scratch(
+            archive, out_dir, lambda work: _parse_any(archive, work, own, max_extracted_bytes, settings, memory_mb)
+        )
     _apply_bad_row_policy(meta, on_bad_rows, archive.source)
     _refuse_too_few_left(meta, out_dir, archive.source)
     say_coverage(meta, archive.source)
+    return _dataset(out_dir, archive.sha256, meta)
+
+
+def _dataset(out_dir: Path, sha256: str, meta: dict) -> Dataset:
     return Dataset(
         out_dir / "ratings.parquet",
         out_dir / "items.parquet",
-        archive.sha256,
+        sha256,
         meta["layout"],
         meta["n_ratings"],
         meta["n_bad_rows"],
@@ -202,41 +216,59 @@ def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _parse(archive: Archive, work: Path, max_extracted_bytes: int, settings: ReadSettings) -> dict:
-    """Parse the MovieLens archive into `work` and return its meta."""
+def _parse_any(archive: Archive, work: Path, own: bool, limit: int, settings: ReadSettings, memory_mb: int) -> dict:
+    """A team's own interactions (`_parse_own_data`) or a MovieLens archive (`_parse`) into `work`; the meta."""
+    return _parse_own_data(archive, work, limit, settings) if own else _parse(archive, work, limit, memory_mb)
+
+
+def _parse(archive: Archive, work: Path, max_extracted_bytes: int, memory_mb: int) -> dict:
+    """Parse the MovieLens archive into `work` and return its meta; the ratings pass through files, never held whole
+    (`CheckedRatings`, `_write_latest_ratings`)."""
     raw_dir = work / "raw"
     raw_dir.mkdir()
     layout, ratings_member, items_member, ratings_file, items_file = extract_members(
         archive, raw_dir, max_extracted_bytes
     )
-    parsed = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
+    checked = _read(layout.read_ratings, ratings_file, ratings_member, archive.source)
     items = _read(layout.read_items, items_file, items_member, archive.source) if items_file and items_member else None
-    parsed = _seconds(parsed, ratings_member, archive.source)
     # the examples name the file as extracted (`u.data line 7: ...`); the member's path says where it is
     examples = [
         ratings_member + e[len(ratings_file.name) :] if e.startswith(ratings_file.name) else e
-        for e in parsed.bad_row_examples
+        for e in checked.bad_row_examples
     ]
-    if parsed.ratings.height == 0:
-        dropped = f" ({parsed.n_bad_rows:,} bad rows, first: {examples[0]})" if parsed.n_bad_rows else ""
+    milliseconds = _in_milliseconds(checked.good(), ratings_member, archive.source)
+    n_ratings, n_duplicates = _write_latest_ratings(checked, work / "ratings.parquet", milliseconds, memory_mb)
+    if n_ratings == 0:
+        dropped = f" ({checked.n_bad_rows:,} bad rows, first: {examples[0]})" if checked.n_bad_rows else ""
         raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
-    ratings, n_duplicates = _latest_ratings(parsed.ratings, ratings_member)
-    items = items if items is not None else _untitled_items(ratings)
-    ratings.write_parquet(work / "ratings.parquet")
+    if n_duplicates:
+        log.warning(
+            "%s: %d repeated (user, item) ratings dropped, each pair's latest kept", ratings_member, n_duplicates
+        )
+    items = items if items is not None else _untitled_items(pl.scan_parquet(work / "ratings.parquet"))
     items.write_parquet(work / "items.parquet")
     shutil.rmtree(raw_dir)
-    log.info(
-        "parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], ratings.height, items.height
-    )
+    log.info("parsed %s archive %s: %d ratings, %d items", layout.name, archive.sha256[:12], n_ratings, items.height)
     return {
         "parser": PARSER_VERSION,
         "layout": layout.name,
-        "n_ratings": ratings.height,
+        "n_ratings": n_ratings,
         "source": archive.source,
-        "n_bad_rows": parsed.n_bad_rows,
+        "n_bad_rows": checked.n_bad_rows,
         "bad_row_examples": examples,
         "n_duplicate_ratings": n_duplicates,
     }
+
+
+def _write_latest_ratings(checked: CheckedRatings, out: Path, milliseconds: bool, memory_mb: int) -> tuple[int, int]:
+    """The checked file's valid rows to `out` (ratings.parquet), timestamps in seconds, repeated (user, item)
+    ratings reduced to each pair's latest (`keep_latest_ratings`'s rule), out of core (warehouse/engine.py); returns
+    how many ratings it holds and how many repeats were dropped."""
+    params = {"checked": str(checked.path), "milliseconds": milliseconds}
+    with out_of_core(memory_mb, out.parent / "spill", keep_order=True) as con:
+        n_rows, n_pairs = fetch_row(con, "pair_count", {"checked": str(checked.path)})
+        copy_to_parquet(con, "latest_checked_ratings" if n_pairs < n_rows else "checked_ratings", out, params)
+    return n_pairs, n_rows - n_pairs
 
 
 def _source_files(archive: Archive, work: Path, limit: int) -> dict[str, Path]:
@@ -313,14 +345,6 @@ def refuse_too_few(ratings: pl.DataFrame, n_bad: int, examples: list[str], where
         )
 
 
-def _latest_ratings(ratings: pl.DataFrame, member: str) -> tuple[pl.DataFrame, int]:
-    """`keep_latest_ratings`, saying in the log how many repeated (user, item) ratings were dropped."""
-    latest, n_duplicates = keep_latest_ratings(ratings)
-    if n_duplicates:
-        log.warning("%s: %d repeated (user, item) ratings dropped, each pair's latest kept", member, n_duplicates)
-    return latest, n_duplicates
-
-
 def _read(reader: Callable[[Path], T], file: Path, member: str, source: str) -> T:
     """`reader(file)`, with any error of the file's contents (a format error naming the line, or whatever polars
     or decoding raise) as one IngestError naming the archive and the member."""
@@ -340,33 +364,50 @@ _LARGEST_SECONDS = 10**11
 
 
 def _seconds(parsed: ParsedRatings, member: str, source: str) -> ParsedRatings:
-    """The ratings with millisecond timestamps (an export from a tool that writes them) converted to seconds.
+    """The ratings with millisecond timestamps (an export from a tool that writes them) converted to seconds
+    (`_in_milliseconds`)."""
+    if not _in_milliseconds(parsed.ratings, member, source):
+        return parsed
+    converted = parsed.ratings.with_columns(pl.col("timestamp") // 1000)
+    return ParsedRatings(converted, parsed.n_bad_rows, parsed.bad_row_examples)
+
+
+def _in_milliseconds(ratings: pl.DataFrame | pl.LazyFrame, member: str, source: str) -> bool:
+    """Whether the ratings' timestamps are milliseconds since 1970 (an export from a tool that writes them), said in
+    the log; a query over a file is read by the streaming engine, never whole.
 
     Raises:
         IngestError: timestamps in both units in one file, naming the member and an example of each.
     """
-    ratings = parsed.ratings
-    large = ratings["timestamp"] >= _LARGEST_SECONDS
-    n_large = int(large.sum())
+    large = pl.col("timestamp") >= _LARGEST_SECONDS
+    n_large, n_timestamps, largest, small, big = (
+        ratings.lazy()
+        .select(
+            large.sum().alias("n_large"),
+            pl.col("timestamp").count().alias("n"),
+            pl.col("timestamp").max().alias("largest"),
+            pl.col("timestamp").filter(~large).first().alias("small"),
+            pl.col("timestamp").filter(large).first().alias("big"),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
     if n_large == 0:
-        return parsed
-    if n_large < ratings["timestamp"].count():
-        small, big = ratings.filter(~large)["timestamp"][0], ratings.filter(large)["timestamp"][0]
+        return False
+    if n_large < n_timestamps:
         raise IngestError(
             f"archive {source!r}, member {member!r}: timestamps mix seconds ({small}) and milliseconds ({big}) since 1970; expected one "
             "unit: Unix seconds, as MovieLens writes them"
         )
-    log.warning(
-        "%s: timestamps are in milliseconds since 1970 (the largest %d); converted to seconds",
-        member,
-        ratings["timestamp"].max(),
-    )
-    converted = ratings.with_columns(pl.col("timestamp") // 1000)
-    return ParsedRatings(converted, parsed.n_bad_rows, parsed.bad_row_examples)
+    log.warning("%s: timestamps are in milliseconds since 1970 (the largest %d); converted to seconds", member, largest)
+    return True
 
 
-def _untitled_items(ratings: pl.DataFrame) -> pl.DataFrame:
+def _untitled_items(ratings: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Items with no titles, for archives that ship ratings alone."""
-    return ratings.select(pl.col("item_id").unique().sort()).with_columns(
-        title=pl.lit(None, pl.String), genres=pl.lit([], pl.List(pl.String)), year=pl.lit(None, pl.Int32)
+    return (
+        ratings.lazy()
+        .select(pl.col("item_id").unique().sort())
+        .with_columns(title=pl.lit(None, pl.String), genres=pl.lit([], pl.List(pl.String)), year=pl.lit(None, pl.Int32))
+        .collect(engine="streaming")
     )

@@ -96,7 +96,14 @@ def fetch_with_retries(config: PipelineConfig) -> Archive:
 def load_dataset_task(archive: Archive, config: PipelineConfig) -> Dataset:
     """Prefect wrapper of `load_dataset` (cached on disk by the archive's sha256, and the read settings for a
     team's own data)."""
-    return load_dataset(archive, config.data_dir, config.on_bad_rows, config.max_extracted_bytes, read_settings(config))
+    return load_dataset(
+        archive,
+        config.data_dir,
+        config.on_bad_rows,
+        config.max_extracted_bytes,
+        read_settings(config),
+        config.out_of_core.memory_mb,
+    )
 
 
 @task(name="settings-for-data")

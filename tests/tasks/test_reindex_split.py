@@ -1,12 +1,18 @@
-"""Reindex (reversible, contiguous) and the three seeded splits."""
+"""Reindex (reversible, contiguous) and the three seeded splits, in memory and out of core (the same answers)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from tasks.reindex import IdMaps, reindex
-from tasks.split import holdout, split_ratings
+from tasks.config import OutOfCoreSettings
+from tasks.reindex import IdMaps, ratings_as_of, reindex, reindex_files
+from tasks.run_folder import RunFolder
+from tasks.split import holdout, split_files, split_ratings
+from tasks.synth import SynthSpec, synthesize
 
 
 def test_reindex_is_contiguous_and_reversible(tmp_path):
@@ -99,3 +105,89 @@ def test_holdout(small_ratings):
 def test_bad_fraction():
     with pytest.raises(ValueError, match="test_fraction"):
         split_ratings(pl.DataFrame({"user_idx": [0], "item_idx": [0]}), "random", 1.5, 0)
+
+
+def _out_of_core(ratings: pl.DataFrame, folder: RunFolder, batch_rows: int = 1_000) -> IdMaps:
+    """`reindex_files` over `ratings` written as the parsed dataset's file, with small batches (many of them)."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    source = folder.path.parent / "parsed-ratings.parquet"
+    ratings.write_parquet(source)
+    return reindex_files(source, folder, None, OutOfCoreSettings(memory_mb=64, batch_rows=batch_rows))
+
+
+def _text_ids(ratings: pl.DataFrame) -> pl.DataFrame:
+    """ML-100k's ids as text that sorts otherwise than the numbers: no padding, upper and lower case, accents."""
+    return ratings.with_columns(
+        user_id=pl.format("u{}", "user_id"),
+        item_id=pl.when(pl.col("item_id") % 3 == 0)
+        .then(pl.format("SKU-{}", "item_id"))
+        .when(pl.col("item_id") % 3 == 1)
+        .then(pl.format("sku-{}", "item_id"))
+        .otherwise(pl.format("é{}", "item_id")),
+    )
+
+
+@pytest.mark.parametrize("ids", ["numbers", "text"])
+def test_out_of_core_reindex_and_split_equal_the_in_memory_ones(ml100k_dataset, tmp_path, ids):
+    """What the nightly run does out of core (DuckDB over parquet, the keys drawn a batch at a time) gives the very
+    maps, indexed ratings and splits the in-memory functions give, for every method and for text ids."""
+    ratings = ml100k_dataset.ratings() if ids == "numbers" else _text_ids(ml100k_dataset.ratings())
+    indexed, maps = reindex(ratings)
+    folder = RunFolder(tmp_path / "run")
+    on_disk = _out_of_core(ratings, folder)
+    assert_frame_equal(on_disk.users, maps.users)
+    assert_frame_equal(on_disk.items, maps.items)
+    assert_frame_equal(pl.read_parquet(folder.ratings), indexed)
+    for method in ("stratified", "random", "temporal"):
+        train, test = split_ratings(indexed, method, 0.25, seed=42)
+        sizes = split_files(folder, method, 0.25, 42, OutOfCoreSettings(batch_rows=1_000))
+        assert sizes == (train.height, test.height)
+        assert_frame_equal(pl.read_parquet(folder.train), train)
+        assert_frame_equal(pl.read_parquet(folder.test), test)
+    assert not (folder.path / "spill").exists() and not (folder.path / "split-flagged.parquet").exists()
+
+
+def test_out_of_core_reindex_as_of_keeps_the_older_ratings_or_says_their_span(ml100k_dataset, tmp_path):
+    ratings = ml100k_dataset.ratings()
+    as_of = datetime(1998, 1, 1, tzinfo=UTC)
+    source = tmp_path / "parsed.parquet"
+    ratings.write_parquet(source)
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    maps = reindex_files(source, folder, as_of, OutOfCoreSettings())
+    indexed, expected = reindex(ratings_as_of(ratings, as_of))
+    assert_frame_equal(maps.users, expected.users)
+    assert_frame_equal(pl.read_parquet(folder.ratings), indexed)
+    with pytest.raises(ValueError, match=r"1990-01-01 00:00 UTC keeps no ratings: they span 1997-09-20 to 1998-04-22"):
+        reindex_files(source, folder, datetime(1990, 1, 1, tzinfo=UTC), OutOfCoreSettings())
+
+
+def test_out_of_core_split_refuses_what_leaves_nothing_to_test(tmp_path):
+    one_each = pl.DataFrame(
+        {"user_id": [1, 2, 3], "item_id": [10, 11, 12], "rating": [4.0, 3.0, 5.0], "timestamp": [1, 2, 3]},
+        schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64},
+    )
+    folder = RunFolder(tmp_path / "run")
+    _out_of_core(one_each, folder)
+    with pytest.raises(ValueError, match="every one of the 3 users has a single rating \\(3 items\\)"):
+        split_files(folder, "stratified", 0.25, 42, OutOfCoreSettings())
+    with pytest.raises(ValueError, match=r"test_fraction \(--test-fraction\) is 1.5, expected a value between 0 and 1"):
+        split_files(folder, "random", 1.5, 42, OutOfCoreSettings())
+
+
+@pytest.mark.slow
+def test_out_of_core_split_equals_the_in_memory_one_at_a_million_ratings(tmp_path):
+    """ML-1M's shape (`recs synth`), with the default batches: a million keys drawn in one batch and in several."""
+    movielens = synthesize(SynthSpec(users=6_040, items=3_700, ratings=1_000_000, seed=1))[0]
+    ratings = movielens.select(
+        user_id="userId", item_id="movieId", rating=pl.col("rating").cast(pl.Float32), timestamp="timestamp"
+    )
+    indexed, _ = reindex(ratings)
+    folder = RunFolder(tmp_path / "run")
+    _out_of_core(ratings, folder, batch_rows=300_000)
+    assert_frame_equal(pl.read_parquet(folder.ratings), indexed)
+    for method in ("stratified", "random"):
+        train, test = split_ratings(indexed, method, 0.25, seed=42)
+        split_files(folder, method, 0.25, 42, OutOfCoreSettings(batch_rows=300_000))
+        assert_frame_equal(pl.read_parquet(folder.train), train)
+        assert_frame_equal(pl.read_parquet(folder.test), test)
