@@ -116,15 +116,16 @@ def _prepare(run: RunLog, config: PipelineConfig) -> RunInputs:
     config = config_for_data_task(config, dataset)  # implicit feedback: no rating model; no time column: no as_of
     config, tuning_run_id, taken = tuned_config_task(config, dataset)  # what `recs tune` chose for this data
     run.settings_chosen(config, tuning_run_id, taken)
+    # Reindex and the split run out of core, from the parsed parquet to the run folder's files (warehouse/engine.py):
+    # the stages after them read those files when they need the ratings, and this process never holds them all.
     with run.stage("reindex"):
-        ratings, maps = reindex_task(dataset, run.directory, config.as_of)
+        maps = reindex_task(dataset, run.directory, config.as_of, config.out_of_core)
     with run.stage("rules"):  # a rule that cannot apply fails here, before any training
-        rules = list_rules_task(config, dataset.items(), ratings, maps, run.directory)
+        rules = list_rules_task(config, dataset.items(), pl.scan_parquet(run.folder.ratings), maps, run.directory)
     with run.stage("split"):
-        train, test = split_task(ratings, config, run.directory)
-    run.note(n_ratings=ratings.height, n_users=maps.n_users, n_items=maps.n_items, n_train=train.height)
-    run.note(n_test=test.height)
-    return RunInputs(config, run.folder, dataset, ratings, maps, rules, train, test)
+        n_train, n_test = split_task(config, run.directory)
+    run.note(n_ratings=n_train + n_test, n_users=maps.n_users, n_items=maps.n_items, n_train=n_train, n_test=n_test)
+    return RunInputs(config, run.folder, dataset, maps, rules)
 
 
 def _train_every_model(run: RunLog, inputs: RunInputs, where: Placement) -> Candidates:
@@ -199,30 +200,32 @@ def _make_lists(
     refits: dict[str, pl.DataFrame] = {}
     if config.refit_on_all:
         with run.stage("refit"):
-            model, rater, refits = _refit(inputs, choice, where)
+            model, rater, refits = _refit(inputs, candidates, choice, where)
     with run.stage("recommend"):
         lists, reasons = where.recommend(model, rater, inputs, run)
         split_fit, allowed = candidates.models[choice.model], inputs.rules.n_allowed
         metrics = candidates.metrics[choice.model]
         check_published_model_task(split_fit, model, lists, metrics, inputs.catalogue, config, allowed)
-        fallback = fallback_task(inputs.ratings, inputs.maps, inputs.rules, config.top_n)
+        fallback = fallback_task(inputs.scan_ratings(), inputs.maps, inputs.rules, config.top_n)
         verdict = list_coverage_task(config.warehouse, lists, verdict, config, allowed)
         items = inputs.dataset.items()
         metrics, verdict = list_metrics_task(
-            config.warehouse, lists, inputs.ratings, inputs.maps, items, verdict, config
+            config.warehouse, lists, inputs.scan_ratings(), inputs.maps, items, verdict, config
         )
         extras = ListExtras(reasons, fallback, metrics, choice.model, inputs.maps.users.select("user_id"))
     run.note(gate_reason=verdict.reason)
     return Lists(lists, extras, refits, verdict)
 
 
-def _refit(inputs: RunInputs, choice: Choice, where: Placement) -> tuple[TrainedModel, TrainedModel | None, dict]:
-    """The published model and the one behind the stars (once when they are the same), refitted on all ratings,
-    with their loss histories."""
-    model, _ = where.train(inputs, "refit", choice.model)
+def _refit(
+    inputs: RunInputs, candidates: Candidates, choice: Choice, where: Placement
+) -> tuple[TrainedModel, TrainedModel | None, dict]:
+    """The published model and the one behind the stars (once when they are the same), refitted on all ratings
+    (from their split fits where their settings say so), with their loss histories."""
+    model, _ = where.train(inputs, "refit", choice.model, candidates.models[choice.model])
     if choice.stars is None or choice.stars == choice.model:
         return model, model if choice.stars else None, {choice.model: model.history}
-    rater, _ = where.train(inputs, "refit", choice.stars)
+    rater, _ = where.train(inputs, "refit", choice.stars, candidates.models[choice.stars])
     return model, rater, {choice.model: model.history, choice.stars: rater.history}
 
 

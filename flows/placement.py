@@ -18,7 +18,7 @@ from tasks.models import MODELS
 from tasks.recommend import recommend_task
 from tasks.run_inputs import RunInputs
 from tasks.train import TrainedModel, train_task
-from tasks.warm import keeps_checkpoint, warm_start
+from tasks.warm import keeps_checkpoint, split_fit_start, warm_start
 from warehouse.runs import ListFiles
 
 
@@ -32,16 +32,21 @@ class Placement:
         if self.cluster is not None:
             self.cluster.close()
 
-    def train(self, inputs: RunInputs, phase: str, name: str) -> tuple[TrainedModel, str]:
-        """`name`'s fit of `phase` (the refit on every rating, the others on the training split) and its device."""
-        config, ratings = inputs.config, inputs.fit_ratings(phase)
+    def train(
+        self, inputs: RunInputs, phase: str, name: str, split_fit: TrainedModel | None = None
+    ) -> tuple[TrainedModel, str]:
+        """`name`'s fit of `phase` (the refit on every rating, the others on the training split) and its device. A
+        refit starts from the last published run's refit (`warm_start`), else from `split_fit`, tonight's fit on the
+        training split, where the model's `refit_from_split_fit` says so, else from scratch."""
+        config = inputs.config
         if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
-            return train_on_deployment(ratings, config, inputs.folder, phase, name)
+            return train_on_deployment(config, inputs.folder, phase, name)
         init = warm_start(config, inputs.folder.run_id, name, phase, inputs.maps)
+        init = init if init is not None else split_fit_start(config, name, phase, split_fit)
         if self.cluster is not None and MODELS[name].trains_by_shards:
             model, _ = train_on_cluster(inputs, phase, name, self.cluster, init)
         else:
-            model = train_task(ratings, inputs.maps, config, name, phase=phase, init=init)
+            model = train_task(inputs.fit_ratings(phase), inputs.maps, config, name, phase=phase, init=init)
         if keeps_checkpoint(config, name, phase):  # for the next night's warm start
             save_checkpoint_task(model, inputs.maps, config, inputs.folder.checkpoint(phase, name))
         return model, str(model.device)

@@ -32,6 +32,7 @@ from tasks.models import MODELS
 from tasks.models.base import InitialRows
 from tasks.reindex import IdMaps
 from tasks.run_folder import RunFolder
+from tasks.train import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,23 @@ def warm_start(config: PipelineConfig, run_id: str, name: str, phase: str, maps:
     """The initial rows of `name`'s `phase` fit when it starts warm (`starts_warm`; the lookup is a task run),
     else None."""
     return warm_start_task(config, run_id, name, phase, maps) if starts_warm(config, name, phase) else None
+
+
+def split_fit_start(
+    config: PipelineConfig, name: str, phase: str, split_fit: TrainedModel | None
+) -> InitialRows | None:
+    """The refit's initial rows from tonight's split fit (same id maps: every row, at its own index), when the model
+    refits from it (`refit_from_split_fit`, benchmarks/stars.py); else None (a cold refit)."""
+    if phase != "refit" or split_fit is None or not MODELS[name].warm_start:
+        return None
+    if not MODELS[name].warm_params(config.params_for(name)).refit_from_split_fit:
+        return None
+    log.info("%s refit: starts from this run's split fit", name)
+    return {
+        table: (torch.arange(tensor.shape[0]), tensor.detach().cpu())
+        for table, tensor in split_fit.module.state_dict().items()
+        if table.startswith(("user_", "item_"))
+    }
 
 
 def keeps_checkpoint(config: PipelineConfig, name: str, phase: str) -> bool:

@@ -205,7 +205,14 @@ class DotBiasParams(ModelParams):
         5,
         ge=1,
         le=MAX_EPOCHS,
-        description="Passes when the fit starts from the last published run's vectors (warm_start).",
+        description="Passes when the fit starts from the last published run's vectors (warm_start), or from the "
+        "split fit's (refit_from_split_fit).",
+    )
+    # benchmarks/stars.py: at 20M ratings a cold refit takes ... s, ...
+    refit_from_split_fit: bool = Field(
+        True,
+        description="The refit on every rating starts from this run's split fit and runs warm_epochs, instead of "
+        "epochs from scratch (unless warm_start found the last published run's refit).",
     )
     batch_size: int | None = Field(
         None,

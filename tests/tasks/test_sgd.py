@@ -7,7 +7,7 @@ import torch
 from torch.profiler import profile
 
 from tasks.models.embedding import EmbeddingDotBias
-from tasks.models.sgd import SHUFFLE_BLOCK, auto_batch_size, block_shuffle, cosine_rate, sgd_fit_dot_bias
+from tasks.models.sgd import SHUFFLE_BLOCK, auto_batch_size, cosine_rate, epoch_batches, sgd_fit_dot_bias
 
 
 def _model(seed: int = 0) -> EmbeddingDotBias:
@@ -32,7 +32,7 @@ def test_one_step_is_autograds_gradient_step_on_the_summed_per_rating_loss(regul
     lr = 0.2
     sgd_fit_dot_bias(
         trained,
-        (USERS, ITEMS, RATINGS),
+        (USERS.clone(), ITEMS.clone(), RATINGS.clone()),  # shuffled in place
         epochs=1,
         batch_size=len(RATINGS),
         learning_rate=lr,
@@ -65,7 +65,7 @@ def test_training_reduces_the_loss_and_is_seeded():
         module = _model()
         rows = sgd_fit_dot_bias(
             module,
-            (USERS, ITEMS, RATINGS),
+            (USERS.clone(), ITEMS.clone(), RATINGS.clone()),  # shuffled in place
             epochs=40,
             batch_size=2,
             learning_rate=0.5,
@@ -109,15 +109,22 @@ def test_no_per_batch_copies_or_host_syncs():
     assert all(shapes[0] == [] for shapes in copied), [s for s in copied if s[0] != []][:3]
 
 
-def test_block_shuffle_reorders_whole_blocks_and_keeps_rows_aligned():
+@pytest.mark.parametrize("batch_size", [2 * SHUFFLE_BLOCK, 300, 10_000])
+def test_epoch_batches_reorder_whole_blocks_and_keep_rows_aligned(batch_size):
+    """Whatever the batch size (whole blocks, or one that cuts them), the batches put together are the rows in one
+    random order of whole blocks with the short tail block last, the same order for every column."""
     n = 5 * SHUFFLE_BLOCK + 7
     rows = torch.arange(n)
-    shuffled, doubled = block_shuffle((rows, rows * 2), torch.Generator().manual_seed(0))
+    batches = list(epoch_batches((rows, rows * 2), batch_size, torch.Generator().manual_seed(0)))
+    assert [len(b[0]) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    shuffled, doubled = (torch.cat([b[i] for b in batches]) for i in (0, 1))
     assert sorted(shuffled.tolist()) == list(range(n)) and torch.equal(doubled, shuffled * 2)
     blocks = shuffled[: 5 * SHUFFLE_BLOCK].view(5, SHUFFLE_BLOCK)
     assert torch.equal(blocks - blocks[:, :1], torch.arange(SHUFFLE_BLOCK).expand(5, -1))  # blocks stay whole
     assert blocks[:, 0].tolist() != [0, SHUFFLE_BLOCK, 2 * SHUFFLE_BLOCK, 3 * SHUFFLE_BLOCK, 4 * SHUFFLE_BLOCK]
     assert shuffled[-7:].tolist() == list(range(5 * SHUFFLE_BLOCK, n))  # the short tail block last
+    again = torch.cat([b[0] for b in epoch_batches((rows,), SHUFFLE_BLOCK, torch.Generator().manual_seed(0))])
+    assert torch.equal(again, shuffled)  # the order depends on the generator alone, not on the batch size
 
 
 def test_auto_batch_size_grows_with_the_data():

@@ -1,4 +1,5 @@
-"""Warm starts on real ML-100k: last night's vectors, matched by id, and fewer epochs to the same loss."""
+"""Warm starts on real ML-100k: last night's vectors, matched by id, and fewer epochs to the same loss; the refit's
+start from tonight's split fit."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 from tasks.checkpoint import save_checkpoint
 from tasks.config import PipelineConfig
 from tasks.reindex import reindex
+from tasks.split import split_ratings
 from tasks.train import fit
-from tasks.warm import WarmStart, warm_phase
+from tasks.warm import WarmStart, split_fit_start, warm_phase
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,30 @@ def test_the_split_fit_starts_warm_only_on_the_temporal_split():
     assert warm_phase(warm, "refit") and not warm_phase(warm, "train") and not warm_phase(warm, "gate")
     assert warm_phase(warm.with_overrides({"split": "temporal"}), "train")
     assert not warm_phase(PipelineConfig(), "refit")
+
+
+def test_the_refit_starts_from_the_split_fit_where_the_model_says_so(ml100k_ratings):
+    """`dot_bias` refits from tonight's split fit (its `warm_epochs`), `ials` from scratch unless told; the split fit's
+    rows are the refit's starting point, every one at its own index."""
+    config = PipelineConfig(device="cpu")
+    train, _ = split_ratings(ml100k_ratings, "stratified", 0.25, seed=42)
+    n_users, n_items = ml100k_ratings["user_idx"].max() + 1, ml100k_ratings["item_idx"].max() + 1
+    split_fit = fit(train, n_users, n_items, config, name="dot_bias")
+    rows = split_fit_start(config, "dot_bias", "refit", split_fit)
+    assert rows is not None
+    indices, start = rows["user_factors.weight"]
+    assert torch.equal(indices, torch.arange(n_users)) and torch.equal(start, split_fit.module.user_factors.weight)
+    assert set(rows) == {"user_factors.weight", "item_factors.weight", "user_bias.weight", "item_bias.weight"}
+    refit = fit(ml100k_ratings, n_users, n_items, config, name="dot_bias", init=rows, history_label="refit")
+    assert refit.history["epoch"].max() == config.dot_bias.warm_epochs == 5
+
+    assert split_fit_start(config, "dot_bias", "train", split_fit) is None  # only the refit
+    assert (
+        split_fit_start(
+            config.with_overrides({"dot_bias": {"refit_from_split_fit": False}}), "dot_bias", "refit", split_fit
+        )
+        is None
+    )
+    ials = fit(train, n_users, n_items, config, name="ials")
+    assert split_fit_start(config, "ials", "refit", ials) is None  # ials: off by default
+    assert split_fit_start(config.with_overrides({"ials": {"refit_from_split_fit": True}}), "ials", "refit", ials)
