@@ -23,6 +23,7 @@ from flows.deadline import cancellation_reason
 from flows.lock import run_lock
 from flows.logs import STAGE
 from tasks.config import PipelineConfig
+from tasks.memory import release_freed_memory
 from tasks.run_folder import RunFolder
 from warehouse.runs import mark_failed, start_run, utc_now
 
@@ -77,6 +78,7 @@ class RunLog:
         finally:
             self.stage_seconds = self._seconds()
             self._running = None
+            release_freed_memory()  # the stage's working memory goes back before the next stage's peak
 
     def _seconds(self) -> dict[str, float]:
         seconds = dict(self.stage_seconds)

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Device, PipelineConfig
 from tasks.cpu_threads import cpu_threads
+from tasks.memory import release_freed_memory
 from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
 from tasks.models.base import EpochHook, InitialRows, WarmFit, index_tensors
 from tasks.reindex import IdMaps
@@ -200,6 +201,7 @@ def fit(
         )
     if device.type == "cuda":
         torch.cuda.synchronize()
+    release_freed_memory()  # what the fit's working copies held, before the next stage allocates
     return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
 
 

@@ -10,6 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 import torch
+from polars.testing import assert_frame_equal
 
 import warehouse
 from flows.cli import main
@@ -17,7 +18,9 @@ from flows.nightly import nightly
 from tasks.checkpoint import load_trained_model
 from tasks.config import MODEL_NAMES, PipelineConfig
 from tasks.models import MODELS
+from tasks.reindex import reindex
 from tasks.run_folder import RunFolder
+from tasks.split import split_ratings
 from tasks.trend import LIST_METRICS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -102,8 +105,17 @@ def test_recs_run_over_http_publishes_every_users_top10(ml100k_zip, ml100k_datas
         "item_map.parquet",
         "train.parquet",
         "test.parquet",
+        "ratings.parquet",
         "model.pt",
     }
+    # The run's out-of-core reindex and split (DuckDB over parquet) made the very split the in-memory functions make
+    # with the run's seed, so its lists and metrics are what the in-memory path published.
+    indexed, _ = reindex(ml100k_dataset.ratings())
+    train, test = split_ratings(indexed, "stratified", 0.25, PipelineConfig().seed)
+    assert_frame_equal(pl.read_parquet(run_dir / "train.parquet"), train)
+    assert_frame_equal(pl.read_parquet(run_dir / "test.parquet"), test)
+    assert_frame_equal(pl.read_parquet(run_dir / "ratings.parquet"), indexed)
+    assert not (run_dir / "spill").exists()
     assert "every model on the test split" in out
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         rmse, source, sha = con.execute(

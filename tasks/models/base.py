@@ -420,8 +420,11 @@ class RatingMatrix(nn.Module):
         return out
 
     def transpose(self) -> RatingMatrix:
-        """The n_cols x n_rows matrix (a stable sort by column keeps each new row's columns in order)."""
-        order = torch.sort(self.indices, stable=True).indices
+        """The n_cols x n_rows matrix (a stable sort by column keeps each new row's columns in order; sorted as
+        32-bit numbers, which halves what the sort holds beside the matrix)."""
+        key = self.indices.to(torch.int32) if self.shape[1] < 2**31 else self.indices
+        order = torch.sort(key, stable=True).indices
+        del key
         matrix = RatingMatrix(self.shape[1], self.shape[0], len(order)).to(self.indptr.device)
         matrix.indptr.copy_(
             torch.cat(

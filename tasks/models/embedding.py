@@ -208,7 +208,8 @@ class DotBiasParams(ModelParams):
         description="Passes when the fit starts from the last published run's vectors (warm_start), or from the "
         "split fit's (refit_from_split_fit).",
     )
-    # benchmarks/stars.py: at 20M ratings a cold refit takes ... s, ...
+    # benchmarks/stars.py: on 15M ratings the warm refit's 5 epochs took 14.3 s against 54.5 s for 20 from scratch, for
+    # test RMSE 0.0018 higher (0.6377 against 0.6359); +0.0041 on ML-100k, +0.0038 on anime, +0.0019 at ML-1M's size.
     refit_from_split_fit: bool = Field(
         True,
         description="The refit on every rating starts from this run's split fit and runs warm_epochs, instead of "
