@@ -141,8 +141,8 @@ class DownloadSettings(BaseModel):
 
 
 class OutOfCoreSettings(BaseModel):
-    """How reindex and the split run over the ratings' parquet files without holding them in memory (DuckDB,
-    warehouse/engine.py): what they may hold, and the batches the split's random numbers are drawn in."""
+    """How ingest, reindex and the split run over the ratings' files without holding them in memory (DuckDB,
+    warehouse/engine.py): what DuckDB may hold, and the batches the split's random numbers are drawn in."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -151,8 +151,8 @@ class OutOfCoreSettings(BaseModel):
     memory_mb: int = Field(
         1024,
         ge=64,
-        description="Memory DuckDB may hold for reindex and the split; beyond it, it spills to a folder in the run's "
-        "folder (removed after).",
+        description="Memory DuckDB may hold for ingest (a MovieLens archive's ratings), reindex and the split; beyond "
+        "it, it spills to disk (a folder in the run's or the parse's folder, removed after).",
     )
     batch_rows: int = Field(
         1_000_000, ge=1_000, description="Ratings read at a time where rows pass through Python (the split's keys)."

@@ -13,6 +13,8 @@ import ctypes.util
 import functools
 import logging
 
+import pyarrow
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,9 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 def release_freed_memory() -> None:
-    """Return the heap memory freed so far to the system (glibc's `malloc_trim`)."""
+    """Return the memory freed so far to the system: Arrow's pool (the split's batches, 200 MB at 20M ratings),
+    then the C library's heap (glibc's `malloc_trim`)."""
+    pyarrow.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

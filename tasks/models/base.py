@@ -341,7 +341,8 @@ def index_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Te
 
 def _sorted_and_distinct(rows: torch.Tensor, cols: torch.Tensor, n_cols: int) -> bool:
     """Whether the (row, col) pairs are in row-major order with none repeated."""
-    keys = rows.to(torch.int64) * n_cols + cols
+    keys = rows.to(torch.int64) * n_cols
+    keys += cols
     return bool((keys[1:] > keys[:-1]).all())
 
 

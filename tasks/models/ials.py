@@ -389,8 +389,9 @@ def ials_problem(
     (the rows `init` gives taken from a previous fit: a warm start)."""
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
     users, items, ratings = index_tensors(interactions.ratings, device)
-    by_user = RatingMatrix.build(users, items, 1.0 + params.confidence * ratings, (n_users, n_items))
-    del users, items, ratings  # before the transpose makes its copies
+    confidence = ratings.mul_(params.confidence).add_(1.0)  # c_ui, in place
+    by_user = RatingMatrix.build(users, items, confidence, (n_users, n_items))
+    del users, items, ratings, confidence  # before the transpose makes its copies
     generator = torch.Generator(device=device).manual_seed(seed)
     std = params.init_std / f**0.5
     w = torch.randn((n_users, f), generator=generator, device=device) * std
@@ -421,12 +422,14 @@ def fit_ials(
     user_penalty = row_penalty(problem.by_user.indptr, n_items, params)
     item_penalty = row_penalty(problem.by_item.indptr, n_users, params)
     width = tile_width(f, params.cache_bytes, device)
-    by_user, by_item = ColumnTiles(problem.by_user, width), ColumnTiles(problem.by_item, width)
     module = Ials(n_users, n_items, f).to(device)
     w, h = module.user_factors, module.item_factors
     w.copy_(problem.w)
     h.copy_(problem.h)
-    del problem
+    by_user, by_item_matrix = ColumnTiles(problem.by_user, width), problem.by_item
+    del problem  # the by-user matrix (its tiles keep what they need) before the by-item tiles are cut
+    by_item = ColumnTiles(by_item_matrix, width)
+    del by_item_matrix
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
