@@ -37,16 +37,17 @@ class Placement:
     ) -> tuple[TrainedModel, str]:
         """`name`'s fit of `phase` (the refit on every rating, the others on the training split) and its device. A
         refit starts from the last published run's refit (`warm_start`), else from `split_fit`, tonight's fit on the
-        training split, where the model's `refit_from_split_fit` says so, else from scratch."""
-        config = inputs.config
+        training split, for the model's `refit_epochs` when it has them, else from scratch."""
+        config = fit_config = inputs.config
         if config.train_deployment:  # the training flow finds its warm start and keeps its checkpoint itself
             return train_on_deployment(config, inputs.folder, phase, name)
         init = warm_start(config, inputs.folder.run_id, name, phase, inputs.maps)
-        init = init if init is not None else split_fit_start(config, name, phase, split_fit)
+        if init is None and (from_split_fit := split_fit_start(config, name, phase, split_fit)):
+            init, fit_config = from_split_fit
         if self.cluster is not None and MODELS[name].trains_by_shards:
-            model, _ = train_on_cluster(inputs, phase, name, self.cluster, init)
+            model, _ = train_on_cluster(inputs.with_settings(fit_config), phase, name, self.cluster, init)
         else:
-            model = train_task(inputs.fit_ratings(phase), inputs.maps, config, name, phase=phase, init=init)
+            model = train_task(inputs.fit_ratings(phase), inputs.maps, fit_config, name, phase=phase, init=init)
         if keeps_checkpoint(config, name, phase):  # for the next night's warm start
             save_checkpoint_task(model, inputs.maps, config, inputs.folder.checkpoint(phase, name))
         return model, str(model.device)

@@ -127,19 +127,22 @@ def warm_start(config: PipelineConfig, run_id: str, name: str, phase: str, maps:
 
 def split_fit_start(
     config: PipelineConfig, name: str, phase: str, split_fit: TrainedModel | None
-) -> InitialRows | None:
-    """The refit's initial rows from tonight's split fit (same id maps: every row, at its own index), when the model
-    refits from it (`refit_from_split_fit`, benchmarks/stars.py); else None (a cold refit)."""
+) -> tuple[InitialRows, PipelineConfig] | None:
+    """The refit's initial rows from tonight's split fit (same id maps: every row, at its own index) and the config
+    it runs under (the model's `refit_epochs` as the passes of a fit that starts warm), when the model refits from
+    it (benchmarks/stars.py); else None (a cold refit)."""
     if phase != "refit" or split_fit is None or not MODELS[name].warm_start:
         return None
-    if not MODELS[name].warm_params(config.params_for(name)).refit_from_split_fit:
+    epochs = MODELS[name].warm_params(config.params_for(name)).refit_epochs
+    if epochs is None:
         return None
-    log.info("%s refit: starts from this run's split fit", name)
-    return {
+    log.info("%s refit: starts from this run's split fit, %d epochs", name, epochs)
+    rows: InitialRows = {
         table: (torch.arange(tensor.shape[0]), tensor.detach().cpu())
         for table, tensor in split_fit.module.state_dict().items()
         if table.startswith(("user_", "item_"))
     }
+    return rows, config.with_overrides({name: {"warm_epochs": epochs}})
 
 
 def keeps_checkpoint(config: PipelineConfig, name: str, phase: str) -> bool:

@@ -73,5 +73,5 @@ def test_registering_refuses_a_taken_name_and_a_late_registration():
 
 
 def test_a_spec_that_claims_a_warm_start_its_fit_cannot_take_is_refused():
-    with pytest.raises(TypeError, match="missing: warm_epochs, refit_from_split_fit, init"):
+    with pytest.raises(TypeError, match="missing: warm_epochs, refit_epochs, init"):
         ModelSpec(EmbeddingDot, DotParams, fit_dot, "dot cannot start warm", warm_start=True)

@@ -165,7 +165,7 @@ class WarmStartParams(Protocol):
     factors: int  # a previous fit's vectors are reused only at the same width
     epochs: int
     warm_epochs: int  # the passes a warm fit runs instead of `epochs`
-    refit_from_split_fit: bool  # the refit on every rating starts from tonight's split fit (tasks/warm.py)
+    refit_epochs: int | None  # the refit starts from tonight's split fit for this many passes; None: from scratch
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,8 @@ class ModelSpec(Generic[P]):
     fit: Fit[P]
     description: str
     # Its fit takes `init` (a `WarmFit`) and its parameter group has factors, epochs, warm_epochs and
-    # refit_from_split_fit: with `warm_start`, tonight's fit starts from the last published run's vectors, and with
-    # refit_from_split_fit the refit starts from tonight's split fit (tasks/warm.py).
+    # refit_epochs: with `warm_start`, tonight's fit starts from the last published run's vectors, and with
+    # refit_epochs the refit starts from tonight's split fit (tasks/warm.py).
     warm_start: bool = False
     # Given a folder and what runs its epochs over shards (on a cluster, flows/cluster.py), the same fit with its work
     # cut into shards that read their inputs from that folder (ials: tasks/models/ials_shards.py).
@@ -205,13 +205,13 @@ class ModelSpec(Generic[P]):
             takes = inspect.signature(self.fit).parameters
             missing = [
                 field
-                for field in ("factors", "epochs", "warm_epochs", "refit_from_split_fit")
+                for field in ("factors", "epochs", "warm_epochs", "refit_epochs")
                 if field not in self.params.model_fields
             ]
             if "init" not in takes or missing:
                 raise TypeError(
                     f"{self.module.__name__}: a warm-starting model's fit takes `init` and its parameters have "
-                    f"factors, epochs, warm_epochs and refit_from_split_fit (missing: "
+                    f"factors, epochs, warm_epochs and refit_epochs (missing: "
                     f"{', '.join(missing + (['init'] if 'init' not in takes else []))})"
                 )
 

@@ -65,13 +65,14 @@ class IalsParams(ModelParams):
         4,
         ge=1,
         le=MAX_EPOCHS,
-        description="Alternations when the fit starts from the last published run's vectors (warm_start), or from "
-        "the split fit's (refit_from_split_fit).",
+        description="Alternations when the fit starts from the last published run's vectors (warm_start).",
     )
-    refit_from_split_fit: bool = Field(
-        False,
-        description="The refit on every rating starts from this run's split fit and runs warm_epochs, instead of "
-        "epochs from scratch (unless warm_start found the last published run's refit).",
+    refit_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Alternations of the refit on every rating when it starts from this run's split fit (unless "
+        "warm_start found the last published run's refit); unset: the refit starts from scratch and runs epochs.",
     )
     regularization: float = Field(
         0.02,

@@ -74,21 +74,20 @@ def test_the_refit_starts_from_the_split_fit_where_the_model_says_so(ml100k_rati
     train, _ = split_ratings(ml100k_ratings, "stratified", 0.25, seed=42)
     n_users, n_items = ml100k_ratings["user_idx"].max() + 1, ml100k_ratings["item_idx"].max() + 1
     split_fit = fit(train, n_users, n_items, config, name="dot_bias")
-    rows = split_fit_start(config, "dot_bias", "refit", split_fit)
-    assert rows is not None
+    start_from = split_fit_start(config, "dot_bias", "refit", split_fit)
+    assert start_from is not None
+    rows, refit_config = start_from
     indices, start = rows["user_factors.weight"]
     assert torch.equal(indices, torch.arange(n_users)) and torch.equal(start, split_fit.module.user_factors.weight)
     assert set(rows) == {"user_factors.weight", "item_factors.weight", "user_bias.weight", "item_bias.weight"}
-    refit = fit(ml100k_ratings, n_users, n_items, config, name="dot_bias", init=rows, history_label="refit")
-    assert refit.history["epoch"].max() == config.dot_bias.warm_epochs == 5
+    refit = fit(ml100k_ratings, n_users, n_items, refit_config, name="dot_bias", init=rows, history_label="refit")
+    assert refit.history["epoch"].max() == config.dot_bias.refit_epochs == 10
 
     assert split_fit_start(config, "dot_bias", "train", split_fit) is None  # only the refit
     assert (
-        split_fit_start(
-            config.with_overrides({"dot_bias": {"refit_from_split_fit": False}}), "dot_bias", "refit", split_fit
-        )
+        split_fit_start(config.with_overrides({"dot_bias": {"refit_epochs": None}}), "dot_bias", "refit", split_fit)
         is None
     )
     ials = fit(train, n_users, n_items, config, name="ials")
     assert split_fit_start(config, "ials", "refit", ials) is None  # ials: off by default
-    assert split_fit_start(config.with_overrides({"ials": {"refit_from_split_fit": True}}), "ials", "refit", ials)
+    assert split_fit_start(config.with_overrides({"ials": {"refit_epochs": 4}}), "ials", "refit", ials)
