@@ -1,5 +1,5 @@
-"""DuckDB as the run's out-of-core engine: the queries of `prepare/` (reindex, the split) read parquet and write
-parquet, and what does not fit in the memory they are given spills to a folder on disk (DuckDB's own spilling), so
+"""DuckDB as the run's out-of-core engine: the queries of `prepare/` (ingest's last step for a MovieLens archive,
+reindex, the split) read parquet and write parquet, and what does not fit in the memory they are given spills to a folder on disk (DuckDB's own spilling), so
 the process that runs them holds a bounded amount of memory whatever the data's size.
 
 This is not the warehouse: each block opens an in-memory database of its own, which holds no table.
