@@ -45,6 +45,7 @@ from tasks.ingest.own_data import ReadSettings  # noqa: E402
 from tasks.reindex import reindex  # noqa: E402
 from tasks.split import split_ratings  # noqa: E402
 from tasks.train import TrainedModel, fit  # noqa: E402
+from tasks.warm import split_fit_start  # noqa: E402
 
 DATASETS = REPO.parent / "shared" / "datasets"
 REAL = {
@@ -66,17 +67,20 @@ def _rmse(model: TrainedModel, test: pl.DataFrame) -> float:
     return math.sqrt(float(np.mean(errors**2)))
 
 
-def _rows_of(model: TrainedModel) -> dict:
-    """Every user and item row of a fit's tables, as a warm start's initial rows (same indices)."""
-    return {
-        name: (torch.arange(tensor.shape[0]), tensor.detach().cpu().clone())
-        for name, tensor in model.module.state_dict().items()
-        if name.startswith(("user_", "item_"))
-    }
-
-
 def _fit(night: pl.DataFrame, n_users: int, n_items: int, config: PipelineConfig, init: dict | None) -> TrainedModel:
     return fit(night, n_users, n_items, config, name="dot_bias", history_label="refit", init=init)
+
+
+def _from_split_fit(
+    night: pl.DataFrame, n_users: int, n_items: int, config: PipelineConfig, split_fit: TrainedModel, epochs: int
+) -> TrainedModel:
+    """The refit as the nightly makes it from its split fit (`tasks.warm.split_fit_start`), for `epochs` passes."""
+    start = split_fit_start(
+        config.with_overrides({"dot_bias": {"refit_epochs": epochs}}), "dot_bias", "refit", split_fit
+    )
+    assert start is not None
+    rows, refit_config = start
+    return _fit(night, n_users, n_items, refit_config, rows)
 
 
 def measure(size: str, work: Path) -> list[dict]:
@@ -91,12 +95,11 @@ def measure(size: str, work: Path) -> list[dict]:
     cold = _fit(night, n_users, n_items, config, None)
     rows.insert(0, {"way": "cold 20", "seconds": cold.seconds, "rmse": _rmse(cold, validation)})
     for epochs in (2, 5, 10):
-        warm = config.with_overrides({"dot_bias": {"warm_epochs": epochs}})
-        model = _fit(night, n_users, n_items, warm, _rows_of(split_fit))
+        model = _from_split_fit(night, n_users, n_items, config, split_fit, epochs)
         rows.append({"way": f"warm {epochs}", "seconds": model.seconds, "rmse": _rmse(model, validation)})
     users = night.select(pl.col("user_idx").unique().sample(fraction=0.5, seed=44))["user_idx"]
     half = night.filter(pl.col("user_idx").is_in(users.implode()))
-    model = _fit(half, n_users, n_items, config.with_overrides({"dot_bias": {"warm_epochs": 5}}), _rows_of(split_fit))
+    model = _from_split_fit(half, n_users, n_items, config, split_fit, 5)
     rows.append({"way": "warm 5, half the users", "seconds": model.seconds, "rmse": _rmse(model, validation)})
     base = rows[0]
     for row in rows:

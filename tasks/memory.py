@@ -11,11 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import logging
 
 import pyarrow
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
