@@ -330,16 +330,19 @@ class Recommender(nn.Module, ABC):
         return cosine
 
 
-def index_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`user_idx`, `item_idx` (int64) and `rating` (float32) as tensors on `device`."""
+def index_tensors(
+    ratings: pl.DataFrame, device: torch.device, index_dtype: type[np.integer] = np.int64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`user_idx`, `item_idx` (int64, or `index_dtype`) and `rating` (float32) as tensors on `device`, copies of
+    the frame's columns."""
     return (
-        torch.from_numpy(ratings["user_idx"].to_numpy().astype(np.int64)).to(device),
-        torch.from_numpy(ratings["item_idx"].to_numpy().astype(np.int64)).to(device),
+        torch.from_numpy(ratings["user_idx"].to_numpy().astype(index_dtype)).to(device),
+        torch.from_numpy(ratings["item_idx"].to_numpy().astype(index_dtype)).to(device),
         torch.from_numpy(ratings["rating"].to_numpy().astype(np.float32)).to(device),
     )
 
 
-def _sorted_and_distinct(rows: torch.Tensor, cols: torch.Tensor, n_cols: int) -> bool:
+def sorted_and_distinct(rows: torch.Tensor, cols: torch.Tensor, n_cols: int) -> bool:
     """Whether the (row, col) pairs are in row-major order with none repeated."""
     keys = rows.to(torch.int64) * n_cols
     keys += cols
@@ -370,7 +373,7 @@ class RatingMatrix(nn.Module):
         """From coordinates (duplicates are summed), on the device of `rows`. Coordinates already sorted by row then
         column, none repeated (as reindex and the split write the ratings), are taken as they are: the sparse
         tensor's sort and sum would copy them several times over (1.6 GB at 20M ratings)."""
-        if _sorted_and_distinct(rows, cols, shape[1]):
+        if sorted_and_distinct(rows, cols, shape[1]):
             matrix = cls(shape[0], shape[1], len(cols)).to(rows.device)
             matrix.indptr[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
             matrix.indices.copy_(cols)

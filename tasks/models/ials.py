@@ -388,17 +388,38 @@ def ials_problem(
 ) -> IalsProblem:
     """The ratings by user and by item, holding c_ui = 1 + confidence x rating, and the seeded initial vectors
     (the rows `init` gives taken from a previous fit: a warm start)."""
-    n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
+    by_user, by_item = rating_matrices(interactions, params, device)
+    w, h = initial_vectors(interactions.n_users, interactions.n_items, params, device, seed, init)
+    return IalsProblem(by_user, by_item, w, h)
+
+
+def rating_matrices(
+    interactions: Interactions, params: IalsParams, device: torch.device
+) -> tuple[RatingMatrix, RatingMatrix]:
+    """The ratings by user and by item, holding c_ui."""
     users, items, ratings = index_tensors(interactions.ratings, device)
-    confidence = ratings.mul_(params.confidence).add_(1.0)  # c_ui, in place
-    by_user = RatingMatrix.build(users, items, confidence, (n_users, n_items))
-    del users, items, ratings, confidence  # before the transpose makes its copies
+    by_user = RatingMatrix.build(
+        users, items, confidence(ratings, params), (interactions.n_users, interactions.n_items)
+    )
+    del users, items, ratings  # before the transpose makes its copies
+    return by_user, by_user.transpose()
+
+
+def confidence(ratings: torch.Tensor, params: IalsParams) -> torch.Tensor:
+    """c_ui = 1 + confidence x rating, computed in place in `ratings` (float32)."""
+    return ratings.mul_(params.confidence).add_(1.0)
+
+
+def initial_vectors(
+    n_users: int, n_items: int, params: IalsParams, device: torch.device, seed: int, init: InitialRows | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded initial user and item vectors, with the rows `init` gives taken from a previous fit."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    std = params.init_std / f**0.5
-    w = torch.randn((n_users, f), generator=generator, device=device) * std
-    h = torch.randn((n_items, f), generator=generator, device=device) * std
+    std = params.init_std / params.factors**0.5
+    w = torch.randn((n_users, params.factors), generator=generator, device=device) * std
+    h = torch.randn((n_items, params.factors), generator=generator, device=device) * std
     apply_initial_rows({"user_factors": w, "item_factors": h}, init)
-    return IalsProblem(by_user, by_user.transpose(), w, h)
+    return w, h
 
 
 @torch.no_grad()

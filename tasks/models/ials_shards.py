@@ -14,25 +14,28 @@ A fit's folder (`RunFolder.ials_fit(phase)`) holds:
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tasks.models.base import InitialRows, Interactions, RatingMatrix, WarmFit
+from tasks.models.base import InitialRows, Interactions, RatingMatrix, WarmFit, sorted_and_distinct
 from tasks.models.ials import (
     ColumnTiles,
     Ials,
     IalsParams,
+    confidence,
     gramian,
-    ials_problem,
+    initial_vectors,
     non_finite,
     observed_loss,
+    rating_matrices,
     row_chunks,
     row_penalty,
     solve_side,
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 SIDES = ("users", "items")
 MATRIX = {"users": "by_user", "items": "by_item"}  # the ratings a side's rows are solved from
 OTHER = {"users": "items", "items": "users"}
+WRITE_CHUNK = 1 << 22  # ratings per write of a rating file: what writing holds beside the ratings
 
 
 def shard_rows(indptr: torch.Tensor, chunk_ratings: int, shard_ratings: int) -> list[tuple[int, int]]:
@@ -88,15 +92,87 @@ def prepare_ials_shards(
     warm start's `init` rows) to `folder` (emptied first), cut into shards; returns the plan."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    problem = ials_problem(interactions, params, torch.device("cpu"), seed, init)
+    n_ratings = write_rating_matrices(interactions, params, folder)
+    vectors = initial_vectors(interactions.n_users, interactions.n_items, params, torch.device("cpu"), seed, init)
     shards = {}
-    for side, matrix, vectors in (("users", problem.by_user, problem.w), ("items", problem.by_item, problem.h)):
-        for part in ("indptr", "indices", "values"):
-            _save(getattr(matrix, part).numpy(), folder / f"{MATRIX[side]}.{part}.npy")
-        shards[side] = shard_rows(matrix.indptr, params.chunk_ratings, params.shard_ratings)
+    for side, side_vectors in zip(SIDES, vectors, strict=True):
+        indptr = torch.from_numpy(np.load(folder / f"{MATRIX[side]}.indptr.npy"))
+        shards[side] = shard_rows(indptr, params.chunk_ratings, params.shard_ratings)
         for first, last in shards[side]:
-            _save(vectors[first:last].numpy(), vectors_path(folder, side, 0, first))
-    return IalsShardPlan(folder, shards, int(problem.by_user.indptr[-1]))  # the objective is per stored rating
+            _save(side_vectors[first:last].numpy(), vectors_path(folder, side, 0, first))
+    return IalsShardPlan(folder, shards, n_ratings)  # the objective is per stored rating
+
+
+def write_rating_matrices(interactions: Interactions, params: IalsParams, folder: Path) -> int:
+    """The fit's ratings as both sides' CSR files in `folder` (`by_user.*`, `by_item.*`, holding c_ui), the very
+    arrays `ials_problem` builds; returns the number of ratings stored.
+
+    Ratings sorted by user then item with no pair repeated (as reindex and the split write them) are written
+    `WRITE_CHUNK` at a time from the frame's own columns, with only the by-item order beside them (8 bytes a
+    rating): building both matrices whole held 12 bytes a rating each, plus the transpose's copies, in the
+    flow's process. Other ratings are built whole by `rating_matrices`."""
+    ratings = interactions.ratings
+    users, items = ratings["user_idx"].to_numpy(), ratings["item_idx"].to_numpy()
+    if not _in_csr_order(users, items, interactions.n_items):
+        matrices = rating_matrices(interactions, params, torch.device("cpu"))
+        for side, matrix in zip(SIDES, matrices, strict=True):
+            for part in ("indptr", "indices", "values"):
+                _save(getattr(matrix, part).numpy(), folder / f"{MATRIX[side]}.{part}.npy")
+        return int(matrices[0].indptr[-1])  # repeated pairs are summed into one
+    values = ratings["rating"].to_numpy()
+    _write_side(folder / MATRIX["users"], users, items, values, interactions.n_users, params, None)
+    by_item = np.argsort(items, kind="stable")  # a stable sort, as RatingMatrix.transpose orders them
+    _write_side(folder / MATRIX["items"], items, users, values, interactions.n_items, params, by_item)
+    return len(ratings)
+
+
+def _in_csr_order(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
+    """Whether the (user, item) pairs are sorted with none repeated, checked a chunk at a time (each chunk
+    overlapping the next by one pair)."""
+    return all(
+        sorted_and_distinct(
+            torch.from_numpy(users[start : start + WRITE_CHUNK + 1].astype(np.int64)),  # copies: the frame's
+            torch.from_numpy(items[start : start + WRITE_CHUNK + 1].astype(np.int64)),  # arrays are read-only
+            n_items,
+        )
+        for start in range(0, max(len(users) - 1, 1), WRITE_CHUNK)
+    )
+
+
+def _write_side(
+    name: Path,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    ratings: np.ndarray,
+    n_rows: int,
+    params: IalsParams,
+    order: np.ndarray | None,
+) -> None:
+    """One side's CSR files (`<name>.indptr.npy`, `.indices.npy`, `.values.npy`) from ratings in that side's row
+    order, or in `order` of them; the indices and values are written a chunk at a time."""
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    _save(indptr, Path(f"{name}.indptr.npy"))
+
+    def chunks(column: np.ndarray) -> Iterator[np.ndarray]:
+        for start in range(0, len(column), WRITE_CHUNK):
+            yield column[start : start + WRITE_CHUNK] if order is None else column[order[start : start + WRITE_CHUNK]]
+
+    _save_chunks(Path(f"{name}.indices.npy"), len(cols), (part.astype(np.int64) for part in chunks(cols)))
+    c_ui = (confidence(torch.from_numpy(part.astype(np.float32)), params).numpy() for part in chunks(ratings))
+    _save_chunks(Path(f"{name}.values.npy"), len(ratings), c_ui)
+
+
+def _save_chunks(path: Path, length: int, chunks: Iterator[np.ndarray]) -> None:
+    """A one-dimensional .npy file of `length` values written chunk by chunk (all of one dtype), as `_save`
+    writes it whole."""
+    first = next(chunks, None)
+    dtype = np.dtype(np.float32) if first is None else first.dtype
+    with atomic_write(path) as partial, open(partial, "wb") as handle:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        for chunk in itertools.chain([] if first is None else [first], chunks):
+            handle.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
 
 
 def load_side(folder: Path, side: str, epoch: int, firsts: list[int]) -> torch.Tensor:

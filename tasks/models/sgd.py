@@ -120,8 +120,8 @@ def sgd_fit_dot_bias(
 
     Args:
         module: an `EmbeddingDotBias`; its tables are updated in place.
-        ratings: (users, items, ratings) index tensors on the module's device; shuffled in place (a copy of the
-            ratings fewer in memory: at 20M ratings, 400 MB).
+        ratings: (users, items, ratings) index tensors on the module's device (the indices 32- or 64-bit);
+            shuffled in place (a copy of the ratings fewer in memory: at 20M ratings, 400 MB).
         validate: the validation loss after each epoch, recorded under split "validation".
 
     Returns:
@@ -177,7 +177,8 @@ class _Tables:
         self, u: torch.Tensor, i: torch.Tensor, targets: torch.Tensor, eta: float, regularization: float
     ) -> torch.Tensor:
         """One batch's step (the module docstring's update, every rating of the batch at once); returns the batch's
-        summed squared error before the step."""
+        summed squared error before the step. `u` and `i` may be 32-bit (scatter_add_ takes only 64-bit)."""
+        u, i = u.long(), i.long()
         a, b = self.user_vectors.index_select(0, u), self.item_vectors.index_select(0, i)
         a_bias, b_bias = self.user_bias.index_select(0, u), self.item_bias.index_select(0, i)
         s = torch.einsum("bf,bf->b", a, b).add_(a_bias).add_(b_bias).sigmoid_()

@@ -8,9 +8,12 @@ import polars as pl
 import pytest
 import torch
 
+from tasks.models import ials_shards
 from tasks.models.base import Interactions, ModelFitError, RatingMatrix
-from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, row_chunks, solve_side
+from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, rating_matrices, row_chunks, solve_side
 from tasks.models.ials_shards import (
+    MATRIX,
+    SIDES,
     assemble_ials,
     fit_by_shards,
     in_process,
@@ -18,6 +21,7 @@ from tasks.models.ials_shards import (
     shard_rows,
     solve_shard,
     vectors_path,
+    write_rating_matrices,
 )
 
 CPU = torch.device("cpu")
@@ -134,6 +138,23 @@ def test_training_by_shards_is_the_in_process_fit_bit_for_bit(ml100k_indexed, tm
     # the objective is summed in another order: equal to float32 precision
     assert [row["loss"] for row in sharded_rows] == pytest.approx([row["loss"] for row in rows], rel=1e-5)
     assert not plan.folder.exists()  # the shards' files are gone once the module holds the vectors
+
+
+@pytest.mark.parametrize("order", ["as reindex writes them", "shuffled"])
+def test_the_shard_files_hold_the_matrices_the_fit_builds(ml100k_indexed, tmp_path, monkeypatch, order):
+    # written a few chunks at a time from the frame when it is in (user, item) order; built whole otherwise
+    monkeypatch.setattr(ials_shards, "WRITE_CHUNK", 7_000)
+    ratings, maps = ml100k_indexed
+    if order == "shuffled":
+        ratings = ratings.sample(fraction=1.0, shuffle=True, seed=3)
+    interactions = Interactions(ratings, maps.n_users, maps.n_items)
+    params = IalsParams(confidence=2.5).for_interactions(interactions)
+    assert write_rating_matrices(interactions, params, tmp_path) == ratings.height
+    for side, matrix in zip(SIDES, rating_matrices(interactions, params, CPU), strict=True):
+        for part in ("indptr", "indices", "values"):
+            stored = np.load(tmp_path / f"{MATRIX[side]}.{part}.npy")
+            assert stored.dtype == getattr(matrix, part).numpy().dtype, (side, part)
+            assert np.array_equal(stored, getattr(matrix, part).numpy()), (side, part)
 
 
 def test_shards_are_whole_chunks_within_the_ratings_budget():
