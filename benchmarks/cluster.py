@@ -1,10 +1,11 @@
 """The nightly run in process and with ials's training, evaluation and the lists on a Dask LocalCluster, side by side.
 
-    python benchmarks/cluster.py [--sizes ml-100k,1m,20m,50m] [--workers 2] [--shard-users 20000] [--json OUT]
+    python benchmarks/cluster.py [--sizes ml-100k,1m,20m,50m,100m] [--modes in-process,cluster] [--workers 2]
+        [--shard-users 20000] [--json OUT]
 
 Each size is two `recs run`s on the defaults in child processes (benchmarks/scale.py's `run_once`): in process,
 then `--cluster-address local:N --cluster-shard-users S`. Prints wall seconds, the stages' seconds, the peak RSS of the run's
-process tree (the largest single process: the flow, or a worker) and, for the cluster run, each stage's shard
+process tree (the largest single process: the flow, or a worker), the flow process's own peak and, for the cluster run, each stage's shard
 count (ials: user + item shards per half-step) and each worker's peak RSS as its shards reported it. On two
 cores no speed-up is expected; what the figures show is that a worker's memory is its shard and the fixed side's
 vectors (or the model), not the whole ratings table.
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--shard-users", type=int, default=20_000)
     parser.add_argument("--ml100k", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k.zip")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recs-scale"))
+    parser.add_argument("--modes", default="in-process,cluster", help="in-process, cluster or both")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,8 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         archive, _ = _archive(size, args.ml100k, args.work)
-        for mode, extra in (("in process", []), (f"local:{args.workers}", cluster)):
+        modes = {"in-process": ("in process", []), "cluster": (f"local:{args.workers}", cluster)}
+        for mode, extra in (modes[name] for name in args.modes.split(",")):
             label = size if not extra else f"{size}-local{args.workers}"
             row = run_once(label, archive, args.work, extra)
             row.update(mode=mode, size=size, **_worker_peaks(args.work / f"run-{label}" / "run.log"))
@@ -66,16 +69,16 @@ def main() -> None:
     print(
         "\n| dataset | where | wall s | "
         + " | ".join(f"{stage} s" for stage in stages)
-        + " | shards (per stage) | peak RSS GB (largest process) | worker peak RSS GB |"
+        + " | shards (per stage) | peak RSS GB (largest process) | flow peak RSS GB | worker peak RSS GB |"
     )
-    print("|---|---|---|" + "---|" * len(stages) + "---|---|---|")
+    print("|---|---|---|" + "---|" * len(stages) + "---|---|---|---|")
     for r in rows:
         peaks = ", ".join(f"{gb:.2f}" for gb in r.get("worker_peak_gb", [])) or "-"
         shards = " / ".join(str(n) for n in r.get("shards", [])) or "-"
         seconds = " | ".join(f"{r['stage_seconds'].get(stage, 0):.1f}" for stage in stages)
         print(
             f"| {r['size']} | {r['mode']} | {r['wall_seconds']:.1f} | {seconds} | {shards} | {r['peak_rss_gb']:.2f} | "
-            f"{peaks} |"
+            f"{r['flow_peak_rss_gb']:.2f} | {peaks} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ SYNTHETIC = {
     "1m": SynthSpec(users=6_040, items=3_700, ratings=1_000_000, seed=1),  # ML-1M's shape
     "20m": SynthSpec(users=138_000, items=27_000, ratings=20_000_000, seed=20),  # ML-20M's shape
     "50m": SynthSpec(users=500_000, items=40_000, ratings=50_000_000, seed=50),  # the largest both modes fit in 24 GB
+    "100m": SynthSpec(users=1_000_000, items=50_000, ratings=100_000_000, seed=100),  # on a cluster only, here
 }
 STAGES = ("ingest", "reindex", "rules", "split", "train", "evaluate", "inspect", "refit", "recommend", "publish")
 
@@ -76,8 +78,10 @@ def run_once(
     with open(folder / "run.log", "a") as log:
         started = time.perf_counter()
         child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        flow_peak = _FlowPeak(child.pid)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
+        flow_peak.stop()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"recs run on {archive} failed; see {folder / 'run.log'}")
     with warehouse.open_reader(warehouse_path) as con:
@@ -93,11 +97,34 @@ def run_once(
         "device": device,
         "wall_seconds": wall,
         "peak_rss_gb": usage.ru_maxrss / 1024**2,  # ru_maxrss is in KiB
+        "flow_peak_rss_gb": flow_peak.bytes / 1024**3,
         "stage_seconds": stages,
         "train_ratings_per_second": rate,
         "scoring_users_per_second": n_users / stages["recommend"],
         "n_recommendations": n_recommendations,
     }
+
+
+class _FlowPeak:
+    """The flow process's own peak resident memory (its VmHWM, read every second until it ends): `ru_maxrss`
+    from `os.wait4` is the largest of the process and its children, which on a LocalCluster may be a worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.bytes, self._status, self._done = 0, Path(f"/proc/{pid}/status"), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.wait(1.0):
+            try:
+                line = next(x for x in self._status.read_text().splitlines() if x.startswith("VmHWM:"))
+            except (OSError, StopIteration):  # gone, or a zombie without its memory lines
+                return
+            self.bytes = max(self.bytes, int(line.split()[1]) * 1024)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def markdown(rows: list[dict]) -> str:
