@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -373,36 +372,18 @@ def ials_loss(
     return float((observed + unobserved + penalty) / max(int(tiles.indptr[-1]), 1))
 
 
-@dataclass
-class IalsProblem:
-    """What a fit starts from: both sides' ratings (holding c_ui) and the initial vectors."""
-
-    by_user: RatingMatrix
-    by_item: RatingMatrix
-    w: torch.Tensor  # (n_users, f)
-    h: torch.Tensor  # (n_items, f)
-
-
-def ials_problem(
-    interactions: Interactions, params: IalsParams, device: torch.device, seed: int, init: InitialRows | None = None
-) -> IalsProblem:
-    """The ratings by user and by item, holding c_ui = 1 + confidence x rating, and the seeded initial vectors
-    (the rows `init` gives taken from a previous fit: a warm start)."""
-    by_user, by_item = rating_matrices(interactions, params, device)
-    w, h = initial_vectors(interactions.n_users, interactions.n_items, params, device, seed, init)
-    return IalsProblem(by_user, by_item, w, h)
-
-
 def rating_matrices(
     interactions: Interactions, params: IalsParams, device: torch.device
 ) -> tuple[RatingMatrix, RatingMatrix]:
     """The ratings by user and by item, holding c_ui."""
-    users, items, ratings = index_tensors(interactions.ratings, device)
-    by_user = RatingMatrix.build(
-        users, items, confidence(ratings, params), (interactions.n_users, interactions.n_items)
-    )
-    del users, items, ratings  # before the transpose makes its copies
+    by_user = user_matrix(interactions, params, device)
     return by_user, by_user.transpose()
+
+
+def user_matrix(interactions: Interactions, params: IalsParams, device: torch.device) -> RatingMatrix:
+    """The ratings by user, holding c_ui."""
+    shape = (interactions.n_users, interactions.n_items)
+    return RatingMatrix.of_ratings(interactions.ratings, shape, device, lambda ratings: confidence(ratings, params))
 
 
 def confidence(ratings: torch.Tensor, params: IalsParams) -> torch.Tensor:
@@ -439,19 +420,20 @@ def fit_ials(
     after each epoch (a tuning trial scores it there)."""
     params = params.for_interactions(interactions)
     n_users, n_items, f = interactions.n_users, interactions.n_items, params.factors
-    problem = ials_problem(interactions, params, device, seed, init)
-    a0 = params.a0
-    user_penalty = row_penalty(problem.by_user.indptr, n_items, params)
-    item_penalty = row_penalty(problem.by_item.indptr, n_users, params)
-    width = tile_width(f, params.cache_bytes, device)
+    a0, width = params.a0, tile_width(f, params.cache_bytes, device)
     module = Ials(n_users, n_items, f).to(device)
     w, h = module.user_factors, module.item_factors
-    w.copy_(problem.w)
-    h.copy_(problem.h)
-    by_user, by_item_matrix = ColumnTiles(problem.by_user, width), problem.by_item
-    del problem  # the by-user matrix (its tiles keep what they need) before the by-item tiles are cut
-    by_item = ColumnTiles(by_item_matrix, width)
-    del by_item_matrix
+    for vectors, initial in zip((w, h), initial_vectors(n_users, n_items, params, device, seed, init), strict=True):
+        vectors.copy_(initial)
+    # one matrix at a time beside the tiles: the by-user tiles are cut before the transpose, and each matrix is
+    # dropped once its tiles hold what they need
+    matrix = user_matrix(interactions, params, device)
+    user_penalty = row_penalty(matrix.indptr, n_items, params)
+    by_user = ColumnTiles(matrix, width)
+    matrix = matrix.transpose()
+    item_penalty = row_penalty(matrix.indptr, n_users, params)
+    by_item = ColumnTiles(matrix, width)
+    del matrix
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.models.base import InitialRows, Interactions, RatingMatrix, WarmFit, sorted_and_distinct
+from tasks.models.base import InitialRows, Interactions, RatingMatrix, WarmFit, in_csr_order
 from tasks.models.ials import (
     ColumnTiles,
     Ials,
@@ -105,7 +105,7 @@ def prepare_ials_shards(
 
 def write_rating_matrices(interactions: Interactions, params: IalsParams, folder: Path) -> int:
     """The fit's ratings as both sides' CSR files in `folder` (`by_user.*`, `by_item.*`, holding c_ui), the very
-    arrays `ials_problem` builds; returns the number of ratings stored.
+    arrays `rating_matrices` builds; returns the number of ratings stored.
 
     Ratings sorted by user then item with no pair repeated (as reindex and the split write them) are written
     `WRITE_CHUNK` at a time from the frame's own columns, with only the by-item order beside them (8 bytes a
@@ -113,7 +113,7 @@ def write_rating_matrices(interactions: Interactions, params: IalsParams, folder
     flow's process. Other ratings are built whole by `rating_matrices`."""
     ratings = interactions.ratings
     users, items = ratings["user_idx"].to_numpy(), ratings["item_idx"].to_numpy()
-    if not _in_csr_order(users, items, interactions.n_items):
+    if not in_csr_order(users, items, interactions.n_items):
         matrices = rating_matrices(interactions, params, torch.device("cpu"))
         for side, matrix in zip(SIDES, matrices, strict=True):
             for part in ("indptr", "indices", "values"):
@@ -124,19 +124,6 @@ def write_rating_matrices(interactions: Interactions, params: IalsParams, folder
     by_item = np.argsort(items, kind="stable")  # a stable sort, as RatingMatrix.transpose orders them
     _write_side(folder / MATRIX["items"], items, users, values, interactions.n_items, params, by_item)
     return len(ratings)
-
-
-def _in_csr_order(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
-    """Whether the (user, item) pairs are sorted with none repeated, checked a chunk at a time (each chunk
-    overlapping the next by one pair)."""
-    return all(
-        sorted_and_distinct(
-            torch.from_numpy(users[start : start + WRITE_CHUNK + 1].astype(np.int64)),  # copies: the frame's
-            torch.from_numpy(items[start : start + WRITE_CHUNK + 1].astype(np.int64)),  # arrays are read-only
-            n_items,
-        )
-        for start in range(0, max(len(users) - 1, 1), WRITE_CHUNK)
-    )
 
 
 def _write_side(

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.models import ials_shards
-from tasks.models.base import Interactions, ModelFitError, RatingMatrix
+from tasks.models import base, ials_shards
+from tasks.models.base import Interactions, ModelFitError, RatingMatrix, index_tensors
 from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, rating_matrices, row_chunks, solve_side
 from tasks.models.ials_shards import (
     MATRIX,
@@ -91,6 +91,22 @@ def test_the_item_major_matrix_is_the_transpose_with_sorted_rows():
     for item in range(7):  # CSR invariant: each row's columns ascending
         row = by_item.indices[by_item.indptr[item] : by_item.indptr[item + 1]]
         assert torch.equal(row, row.sort().values)
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_a_matrix_of_ratings_is_the_one_build_makes(ml100k_indexed, monkeypatch, order):
+    # sorted ratings are copied straight in (their order checked a few pairs at a time); others go through build
+    monkeypatch.setattr(base, "GATHER_CHUNK", 7_000)
+    ratings, maps = ml100k_indexed
+    if order == "shuffled":
+        ratings = ratings.sample(fraction=1.0, shuffle=True, seed=3)
+    shape = (maps.n_users, maps.n_items)
+    matrix = RatingMatrix.of_ratings(ratings, shape, CPU, lambda r: r.mul_(0.5).add_(1.0))
+    users, items, r = index_tensors(ratings, CPU)
+    built = RatingMatrix.build(users, items, r.mul_(0.5).add_(1.0), shape)
+    for part in ("indptr", "indices", "values"):
+        assert torch.equal(getattr(matrix, part), getattr(built, part)), part
+    assert torch.equal(matrix.transpose().rows(torch.arange(maps.n_items)), built.rows(torch.arange(maps.n_users)).T)
 
 
 def test_seeded_deterministic_and_a_single_rating_user_gets_a_finite_vector():
