@@ -476,39 +476,3 @@ def detect_layout(member_names: list[str]) -> tuple[Layout, str, str | None]:
     if folder + layout.items_file in items:
         return layout, ratings, folder + layout.items_file
     return layout, ratings, items[0] if items else None
-
-
-def keep_latest_ratings(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """One rating per (user, item): the latest by timestamp, the later line on a tie.
-
-    MovieLens releases hold one rating per pair, but an export that appends re-ratings does not; a model
-    trained on both copies would count that opinion twice.
-
-    Returns:
-        The ratings (in file order when there were no duplicates) and how many rows were dropped.
-    """
-    # Ids are packed into one int64 when they fit (always for MovieLens): hashing it is 4x faster than a struct.
-    if not (ratings.schema["user_id"].is_integer() and ratings.schema["item_id"].is_integer()):
-        return _latest_by_struct(ratings)
-    ids = ratings.select(
-        low=pl.min_horizontal(pl.col("user_id", "item_id").min()),
-        high=pl.max_horizontal(pl.col("user_id", "item_id").max()),
-    ).row(0)
-    packs = ratings.height == 0 or (ids[0] >= 0 and ids[1] < 2**31)
-    key = pl.col("user_id") * 2**32 + pl.col("item_id") if packs else pl.struct("user_id", "item_id")
-    n_duplicates = ratings.height - ratings.select(key.n_unique()).item()
-    if n_duplicates == 0:
-        return ratings, 0
-    return _latest(ratings), n_duplicates
-
-
-def _latest_by_struct(ratings: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """`keep_latest_ratings` for ids that are text (a team's SKUs, UUIDs)."""
-    n_duplicates = ratings.height - ratings.select(pl.struct("user_id", "item_id").n_unique()).item()
-    return (_latest(ratings), n_duplicates) if n_duplicates else (ratings, 0)
-
-
-def _latest(ratings: pl.DataFrame) -> pl.DataFrame:
-    return ratings.sort("timestamp", maintain_order=True).unique(
-        ["user_id", "item_id"], keep="last", maintain_order=True
-    )

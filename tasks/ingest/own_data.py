@@ -130,8 +130,9 @@ def source_kind(path: Path) -> SourceKind:
     return "text"
 
 
-def read_table(path: Path, name: str, settings: ReadSettings) -> RawTable:
-    """One file of interactions, read as its kind."""
+def read_table(path: Path, name: str, settings: ReadSettings, staged: Path, memory_mb: int) -> RawTable:
+    """One file of interactions, read as its kind; a text file or a DuckDB table is copied to the Parquet file
+    `staged` first, DuckDB holding at most `memory_mb`."""
     kind = source_kind(path)
     if kind != "duckdb" and (settings.table is not None or settings.query is not None):
         raise TableError(
@@ -142,10 +143,10 @@ def read_table(path: Path, name: str, settings: ReadSettings) -> RawTable:
         if kind == "parquet":
             return read_parquet(path, name, settings.columns)
         if kind == "duckdb":
-            return read_duckdb(path, name, settings.table, settings.query, settings.columns)
+            return read_duckdb(path, name, settings.table, settings.query, settings.columns, staged, memory_mb)
         if kind in ("zip", "folder"):
             raise TableError(f"{name}: is a {kind} inside the source; expected a file of interactions")
-        return read_text(path, name, settings.columns)
+        return read_text(path, name, settings.columns, staged, memory_mb)
     except DialectError as exc:
         raise TableError(str(exc)) from exc
 
@@ -277,10 +278,10 @@ def _text_items(path: Path, name: str) -> pl.DataFrame:
 
 
 def read_own_data(
-    files: Mapping[str, Path], settings: ReadSettings
+    files: Mapping[str, Path], settings: ReadSettings, work: Path, memory_mb: int
 ) -> tuple[CheckedInteractions, tuple[str, pl.DataFrame] | None, str]:
-    """The checked interactions of a source's files (one file, or a zip's or folder's), its items file's name and
-    items when it has one (or `settings.items`), and the name of the interactions file.
+    """The checked interactions of a source's files (one file, or a zip's or folder's), written to `work`, its
+    items file's name and items when it has one (or `settings.items`), and the name of the interactions file.
 
     Raises:
         TableError: see `choose_files`, `read_table`, `check_interactions`, `read_items`.
@@ -289,7 +290,8 @@ def read_own_data(
         (name, path), items_file = next(iter(files.items())), None
     else:
         (name, path), items_file = choose_files(files, settings)
-    checked = check_interactions(read_table(path, name, settings), settings.feedback, settings.rating_scale)
+    table = read_table(path, name, settings, work / "staged.parquet", memory_mb)
+    checked = check_interactions(table, work / "checked.parquet", settings.feedback, settings.rating_scale)
     if settings.items is not None:
         if not Path(settings.items).is_file():
             raise TableError(
@@ -298,13 +300,13 @@ def read_own_data(
         items_file = (settings.items, Path(settings.items))
     if items_file is None:
         return checked, None, name
-    items = read_items(items_file[1], items_file[0], settings, checked.ratings.schema["item_id"])
+    items = read_items(items_file[1], items_file[0], settings, checked.item_id_type)
     return checked, (items_file[0], items), name
 
 
-def items_coverage(ratings: pl.DataFrame, items: pl.DataFrame) -> dict[str, int]:
+def items_coverage(ratings: pl.LazyFrame, items: pl.DataFrame) -> dict[str, int]:
     """How many of the rated items the items file describes, of how many, in how many rows."""
-    rated = ratings.select(pl.col("item_id").unique())
+    rated = ratings.select(pl.col("item_id").unique()).collect(engine="streaming")
     described = rated.join(items.select("item_id"), on="item_id").height
     return {"items_described": described, "items_rated": rated.height, "items_rows": items.height}
 

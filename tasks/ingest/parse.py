@@ -20,7 +20,6 @@ from tasks.config import MAX_EXTRACTED_BYTES, BadRowPolicy, OutOfCoreSettings
 from tasks.ingest.errors import IngestError
 from tasks.ingest.fetch import Archive, sha256_of
 from tasks.ingest.movielens import (
-    CheckedRatings,
     ParsedRatings,
     RatingsFormatError,
     holds_movielens_ratings,
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Bump when parsing changes what lands in datasets/<sha256>/, so archives parsed before are parsed again.
-PARSER_VERSION = 3
+PARSER_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def _dataset(out_dir: Path, sha256: str, meta: dict) -> Dataset:
 def _refuse_too_few_left(meta: dict, out_dir: Path, source: str) -> None:
     """A team's interactions that the bad-row policy dropped to none, or to one user's (`refuse_too_few`)."""
     if meta["layout"] == "interactions" and meta["n_bad_rows"]:
-        ratings = pl.read_parquet(out_dir / "ratings.parquet")
+        ratings = pl.scan_parquet(out_dir / "ratings.parquet")
         refuse_too_few(ratings, meta["n_bad_rows"], meta["bad_row_examples"], f"source {source!r}, {meta['file']}")
 
 
@@ -218,7 +217,9 @@ def _damaged_parquet(out_dir: Path) -> tuple[Path, str] | None:
 
 def _parse_any(archive: Archive, work: Path, own: bool, limit: int, settings: ReadSettings, memory_mb: int) -> dict:
     """A team's own interactions (`_parse_own_data`) or a MovieLens archive (`_parse`) into `work`; the meta."""
-    return _parse_own_data(archive, work, limit, settings) if own else _parse(archive, work, limit, memory_mb)
+    return (
+        _parse_own_data(archive, work, limit, settings, memory_mb) if own else _parse(archive, work, limit, memory_mb)
+    )
 
 
 def _parse(archive: Archive, work: Path, max_extracted_bytes: int, memory_mb: int) -> dict:
@@ -237,7 +238,7 @@ def _parse(archive: Archive, work: Path, max_extracted_bytes: int, memory_mb: in
         for e in checked.bad_row_examples
     ]
     milliseconds = _in_milliseconds(checked.good(), ratings_member, archive.source)
-    n_ratings, n_duplicates = _write_latest_ratings(checked, work / "ratings.parquet", milliseconds, memory_mb)
+    n_ratings, n_duplicates = _write_latest_ratings(checked.path, work / "ratings.parquet", milliseconds, memory_mb)
     if n_ratings == 0:
         dropped = f" ({checked.n_bad_rows:,} bad rows, first: {examples[0]})" if checked.n_bad_rows else ""
         raise IngestError(f"archive {archive.source!r}, member {ratings_member!r}: holds no ratings{dropped}")
@@ -260,15 +261,30 @@ def _parse(archive: Archive, work: Path, max_extracted_bytes: int, memory_mb: in
     }
 
 
-def _write_latest_ratings(checked: CheckedRatings, out: Path, milliseconds: bool, memory_mb: int) -> tuple[int, int]:
-    """The checked file's valid rows to `out` (ratings.parquet), timestamps in seconds, repeated (user, item)
-    ratings reduced to each pair's latest (`keep_latest_ratings`'s rule), out of core (warehouse/engine.py); returns
-    how many ratings it holds and how many repeats were dropped."""
-    params = {"checked": str(checked.path), "milliseconds": milliseconds}
+def _write_latest_ratings(checked: Path, out: Path, milliseconds: bool, memory_mb: int) -> tuple[int, int]:
+    """The checked file's valid rows (`CheckedRatings`, `CheckedInteractions` of explicit feedback) to `out`
+    (ratings.parquet), timestamps in seconds, repeated (user, item) ratings reduced to each pair's latest by
+    timestamp (the later line on a tie), out of core (warehouse/engine.py); returns how many ratings it holds and
+    how many repeats were dropped."""
+    params = {"checked": str(checked), "milliseconds": milliseconds}
     with out_of_core(memory_mb, out.parent / "spill", keep_order=True) as con:
-        n_rows, n_pairs = fetch_row(con, "pair_count", {"checked": str(checked.path)})
+        n_rows, n_pairs = fetch_row(con, "pair_count", {"checked": str(checked)})
         copy_to_parquet(con, "latest_checked_ratings" if n_pairs < n_rows else "checked_ratings", out, params)
     return n_pairs, n_rows - n_pairs
+
+
+def _write_summed_interactions(checked: Path, out: Path, milliseconds: bool, memory_mb: int) -> tuple[int, int]:
+    """Implicit feedback's checked rows to `out` (ratings.parquet): one row per (user, item), its weights added, its
+    rating log(1 + weight) (tasks/ingest/interactions.py), out of core; returns how many pairs it holds and how many
+    rows were added into another's pair."""
+    pairs = out.with_name("pairs.parquet")
+    with out_of_core(memory_mb, out.parent / "spill", keep_order=True) as con:
+        n_rows, n_pairs = fetch_row(con, "pair_count", {"checked": str(checked)})
+        copy_to_parquet(con, "summed_interactions", pairs, {"checked": str(checked), "milliseconds": milliseconds})
+    rating = pl.col("weight").log1p().cast(pl.Float32).alias("rating")
+    pl.scan_parquet(pairs).select("user_id", "item_id", rating, "timestamp").sink_parquet(out)
+    pairs.unlink()
+    return pl.scan_parquet(out).select(pl.len()).collect().item(), n_rows - n_pairs
 
 
 def _source_files(archive: Archive, work: Path, limit: int) -> dict[str, Path]:
@@ -284,7 +300,7 @@ def _source_files(archive: Archive, work: Path, limit: int) -> dict[str, Path]:
     else:
         found = {Path(urlsplit(archive.source).path).name or archive.path.name: archive.path}
     size = sum(path.stat().st_size for path in found.values())
-    if size > limit:  # as a zip's members are held to it: the parse holds a few times this in memory
+    if size > limit:  # as a zip's members are held to it (the disk the parse fills is a few times this)
         raise IngestError(
             f"source {archive.source!r}: {size:,} bytes, over the {limit:,} byte limit "
             f"({setting('max_extracted_bytes')}); refused"
@@ -292,55 +308,60 @@ def _source_files(archive: Archive, work: Path, limit: int) -> dict[str, Path]:
     return found
 
 
-def _parse_own_data(archive: Archive, work: Path, limit: int, settings: ReadSettings) -> dict:
-    """Read a team's own interactions (tasks/ingest/own_data.py) into `work` and return the meta."""
+def _parse_own_data(archive: Archive, work: Path, limit: int, settings: ReadSettings, memory_mb: int) -> dict:
+    """Read a team's own interactions (tasks/ingest/own_data.py) into `work` and return the meta; the rows pass
+    through files, never held whole: the source copied to Parquet, checked by polars' streaming engine, reduced to
+    one row per (user, item) by DuckDB within `memory_mb`."""
     try:
-        checked, items_read, name = read_own_data(_source_files(archive, work, limit), settings)
+        checked, items_read, name = read_own_data(_source_files(archive, work, limit), settings, work, memory_mb)
     except TableError as exc:
         raise IngestError(f"source {archive.source!r}: {exc}") from exc
-    parsed = ParsedRatings(checked.ratings, checked.n_bad_rows, checked.bad_row_examples)
-    ratings = _seconds(parsed, name, archive.source).ratings
+    milliseconds = _in_milliseconds(pl.scan_parquet(checked.path), name, archive.source)
+    write = _write_latest_ratings if checked.feedback == "explicit" else _write_summed_interactions
+    n_ratings, n_repeated = write(checked.path, work / "ratings.parquet", milliseconds, memory_mb)
+    for scratch in (checked.path, work / "staged.parquet"):
+        scratch.unlink(missing_ok=True)
+    ratings = pl.scan_parquet(work / "ratings.parquet")
     if checked.n_bad_rows == 0:  # with bad rows, what the policy says of them comes first (load_dataset)
         refuse_too_few(ratings, 0, [], f"source {archive.source!r}, {name}")
     items = items_read[1] if items_read else _untitled_items(ratings)
-    ratings.write_parquet(work / "ratings.parquet")
     items.select("item_id", "title", "genres", "year").write_parquet(work / "items.parquet")
     shutil.rmtree(work / "raw", ignore_errors=True)
     log.info(
-        "parsed %s of %s: %d %s interactions, %d items",
-        name,
-        archive.source,
-        ratings.height,
-        checked.feedback,
-        items.height,
+        "parsed %s of %s: %d %s interactions, %d items", name, archive.source, n_ratings, checked.feedback, items.height
     )
+    schema = ratings.collect_schema()
     meta = {
         "parser": PARSER_VERSION,
         "layout": "interactions",
         "file": name,
         "feedback": checked.feedback,
         "has_timestamps": checked.has_timestamps,
-        "id_types": {role: str(ratings.schema[f"{role}_id"]) for role in ("user", "item")},
-        "n_ratings": ratings.height,
+        "id_types": {role: str(schema[f"{role}_id"]) for role in ("user", "item")},
+        "n_ratings": n_ratings,
         "source": archive.source,
         "n_bad_rows": checked.n_bad_rows,
         "bad_row_examples": checked.bad_row_examples,
-        "n_duplicate_ratings": checked.n_repeated,
+        "n_duplicate_ratings": n_repeated,
     }
     if items_read:
         meta |= {"items_file": items_read[0], **items_coverage(ratings, items)}
     return meta
 
 
-def refuse_too_few(ratings: pl.DataFrame, n_bad: int, examples: list[str], where: str) -> None:
+def refuse_too_few(ratings: pl.LazyFrame, n_bad: int, examples: list[str], where: str) -> None:
     """No interactions left, or one user's: nothing a recommender can learn from."""
-    if ratings.height == 0:
+    n_ratings, n_users, user = (
+        ratings.select(pl.len(), pl.col("user_id").n_unique().alias("users"), pl.col("user_id").first())
+        .collect(engine="streaming")
+        .row(0)
+    )
+    if n_ratings == 0:
         dropped = f" ({n_bad:,} bad rows, first: {examples[0]})" if n_bad else ""
         raise IngestError(f"{where}: holds no interactions{dropped}")
-    users = ratings["user_id"].unique()
-    if users.len() == 1:
+    if n_users == 1:
         raise IngestError(
-            f"{where}: holds the interactions of one user ({users[0]}); a recommender learns from many users' "
+            f"{where}: holds the interactions of one user ({user}); a recommender learns from many users' "
             "interactions: expected two or more"
         )
 

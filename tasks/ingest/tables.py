@@ -1,7 +1,10 @@
 """Read a team's interactions as they are stored: a delimited text file (DuckDB's CSV reader), a Parquet file
 (polars) or a DuckDB table or read-only query. Each gives a `RawTable`: one column per role the file has
 (tasks/ingest/columns.py), typed as the file types it, with the line or row each came from; the rows are
-checked afterwards (tasks/ingest/interactions.py)."""
+checked afterwards (tasks/ingest/interactions.py).
+
+No reader holds the rows: a text file or a DuckDB table is copied to a Parquet file in the parse's folder a batch
+at a time, and a `RawTable` is a lazy query over Parquet that the checks run with polars' streaming engine."""
 
 from __future__ import annotations
 
@@ -16,12 +19,15 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.ingest.columns import ColumnError, resolve_columns
 from tasks.ingest.dialect import Dialect, sniff
 
 NUMERIC_ROLES = ("rating", "weight")
 _CAST_VALUE = re.compile(r'Could not convert string "(.*)" to')
+STAGE_BATCH_ROWS = 1 << 20  # rows of a DuckDB source copied at a time
 
 
 class TableError(ValueError):
@@ -30,9 +36,10 @@ class TableError(ValueError):
 
 @dataclass(frozen=True)
 class RawTable:
-    """Interactions as stored: `row` (the n-th row read, from 1) and a column per role."""
+    """Interactions as stored: `row` (the n-th row read, from 1) and a column per role, as a lazy query over a
+    Parquet file."""
 
-    frame: pl.DataFrame
+    frame: pl.LazyFrame
     names: dict[str, str]  # role -> the column's name in the source ("column 2" without a header)
     name: str  # the file (or table) as messages call it
     where: str  # "line" for text, "row" for Parquet and tables
@@ -107,9 +114,10 @@ def read_csv(
     )
 
 
-def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> RawTable:
-    """A delimited text file's interactions, through DuckDB's CSV reader (quotes, `::`, Latin-1); lines it cannot
-    split, or whose rating or weight is not a number, are counted with their line and field."""
+def read_text(path: Path, name: str, given: Mapping[str, str | int | None], staged: Path, memory_mb: int) -> RawTable:
+    """A delimited text file's interactions, through DuckDB's CSV reader (quotes, `::`, Latin-1) into the Parquet
+    file `staged`, holding at most `memory_mb`; lines it cannot split, or whose rating or weight is not a number,
+    are counted with their line and field."""
     dialect = sniff(path, name)
     roles = _roles(dialect.header, dialect.n_columns, given, name)
     names = _column_names(dialect.header, dialect.n_columns)
@@ -117,8 +125,7 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> R
     for role in NUMERIC_ROLES:
         if role in roles:
             types[f"c{roles[role]}"] = "DOUBLE"
-    with utf8_file(path, dialect) as readable, duckdb.connect() as con:
-        con.execute("SET preserve_insertion_order = true")  # row i of the result is the i-th accepted line
+    with utf8_file(path, dialect) as readable, duckdb.connect(config=_bounded(memory_mb, staged)) as con:
         try:
             relation = read_csv(
                 con,
@@ -129,19 +136,36 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None]) -> R
                 rejects_table="reader_rejects",
                 rejects_scan="reader_scans",
             )
-            frame = relation.select(*(f"c{index}" for index in roles.values())).pl()
+            relation.project(", ".join(f'c{index} AS "{role}"' for role, index in roles.items())).to_parquet(
+                str(staged)
+            )
         except duckdb.Error as exc:
             raise TableError(f"{name}: cannot be read as {dialect.separator_name}-separated text: {exc}") from exc
         refused, rejected = _rejected(con, name, names, dialect)
-    frame = frame.rename({f"c{index}": role for role, index in roles.items()})
-    frame = frame.with_columns(row=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
 
     def locate(rows: list[int]) -> list[int]:
         lines = line_numbers(path, dialect, refused)
         return [int(lines[row - 1]) for row in rows]
 
     by_role = {role: names[index] for role, index in roles.items()}
-    return RawTable(frame, by_role, name, "line", len(refused), rejected, dialect.header, locate)
+    return RawTable(
+        _numbered(pl.scan_parquet(staged)), by_role, name, "line", len(refused), rejected, dialect.header, locate
+    )
+
+
+def _bounded(memory_mb: int, staged: Path) -> dict[str, str | bool | int | float | list[str]]:
+    """DuckDB settings for copying a source to `staged`: at most `memory_mb` held, spilling beside it; row i of
+    the copy is the i-th row read."""
+    return {
+        "memory_limit": f"{memory_mb}MB",
+        "temp_directory": str(staged.parent / "spill"),
+        "preserve_insertion_order": True,
+    }
+
+
+def _numbered(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """`frame` with `row`: the n-th row read, from 1."""
+    return frame.with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
 
 
 def line_numbers(path: Path, dialect: Dialect, refused: set[int]) -> pl.Series:
@@ -189,42 +213,49 @@ def _type_problem(role: str, dtype: pl.DataType) -> bool:
     return not (dtype.is_integer() or dtype.is_temporal() or dtype == pl.String)
 
 
-def from_frame(frame: pl.DataFrame, name: str, given: Mapping[str, str | int | None]) -> RawTable:
+def from_frame(frame: pl.LazyFrame, name: str, given: Mapping[str, str | int | None]) -> RawTable:
     """A Parquet file's or a DuckDB table's interactions: columns found by name, each checked for its type."""
-    roles = _roles(frame.columns, frame.width, given, name)
+    schema = frame.collect_schema()
+    columns = schema.names()
+    roles = _roles(columns, len(columns), given, name)
     for role, index in roles.items():
-        column = frame.columns[index]
-        if _type_problem(role, frame.schema[column]):
+        column = columns[index]
+        if _type_problem(role, schema[column]):
             raise TableError(
-                f"{name}: column {column!r} (the {role}) holds {frame.schema[column]}, expected {_EXPECTED[role]}"
+                f"{name}: column {column!r} (the {role}) holds {schema[column]}, expected {_EXPECTED[role]}"
             )
-    picked = frame.select(pl.col(frame.columns[index]).alias(role) for role, index in roles.items())
+    picked = frame.select(pl.col(columns[index]).alias(role) for role, index in roles.items())
     picked = picked.with_columns(
         *(pl.col(role).cast(pl.Float64) for role in NUMERIC_ROLES if role in roles),
-        *(pl.col(role).cast(pl.String) for role in ("user", "item") if picked.schema[role] == pl.Categorical),
+        *(
+            pl.col(role).cast(pl.String)
+            for role in ("user", "item")
+            if isinstance(schema[columns[roles[role]]], pl.Categorical)
+        ),
     )
-    picked = picked.with_columns(row=pl.int_range(1, picked.height + 1, dtype=pl.Int64))
-    return RawTable(picked, {role: frame.columns[i] for role, i in roles.items()}, name, "row", header=frame.columns)
+    return RawTable(_numbered(picked), {role: columns[i] for role, i in roles.items()}, name, "row", header=columns)
 
 
 def read_parquet(path: Path, name: str, given: Mapping[str, str | int | None]) -> RawTable:
     try:
-        frame = pl.read_parquet(path)
+        pl.read_parquet_schema(path)  # a file that is not Parquet fails here, not in the middle of the checks
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise TableError(f"{name}: cannot be read as Parquet: {exc}") from exc
-    return from_frame(frame, name, given)
+    return from_frame(pl.scan_parquet(path), name, given)
 
 
-def read_duckdb(path: Path, name: str, table: str | None, query: str | None, given: Mapping) -> RawTable:
+def read_duckdb(
+    path: Path, name: str, table: str | None, query: str | None, given: Mapping, staged: Path, memory_mb: int
+) -> RawTable:
     """A table (`table`) or the result of one read-only SELECT (`query`) of the DuckDB file at `path`, opened
-    read-only: nothing in it can be changed by reading it."""
+    read-only (nothing in it can be changed by reading it), copied to the Parquet file `staged` a batch at a time."""
     if (table is None) == (query is None):
         raise TableError(
             f"{name} is a DuckDB database: name the table to read with source_table (--source-table NAME), or give "
             "one SELECT with source_query (--source-query 'SELECT ...')"
         )
     try:
-        con = duckdb.connect(str(path), read_only=True)
+        con = duckdb.connect(str(path), read_only=True, config={"memory_limit": f"{memory_mb}MB"})
     except duckdb.Error as exc:
         raise TableError(f"{name}: cannot be opened as a DuckDB database: {exc}") from exc
     with con:
@@ -235,7 +266,7 @@ def read_duckdb(path: Path, name: str, table: str | None, query: str | None, giv
             _refuse_writes(con, query)
         try:
             relation = con.table(table) if table is not None else con.sql(query or "")
-            frame = relation.pl()
+            _write_batches(relation.to_arrow_reader(STAGE_BATCH_ROWS), staged)
         except duckdb.CatalogException as exc:
             tables = [row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
             raise TableError(
@@ -245,7 +276,14 @@ def read_duckdb(path: Path, name: str, table: str | None, query: str | None, giv
             ) from exc
         except duckdb.Error as exc:
             raise TableError(f"{name}: source_query (--source-query) fails: {str(exc).splitlines()[0]}") from exc
-    return from_frame(frame, f"{name} ({'table ' + table if table else 'source_query'})", given)
+    return from_frame(pl.scan_parquet(staged), f"{name} ({'table ' + table if table else 'source_query'})", given)
+
+
+def _write_batches(batches: pa.RecordBatchReader, out: Path) -> None:
+    """Every batch of `batches` to the Parquet file `out`, one at a time."""
+    with pq.ParquetWriter(out, batches.schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 def _refuse_writes(con: duckdb.DuckDBPyConnection, query: str) -> None:

@@ -200,6 +200,31 @@ def test_a_non_numeric_rating(tmp_path):
     )
 
 
+def test_an_empty_or_unreadable_time_and_repeats_kept_latest_first(tmp_path):
+    source = tmp_path / "rated.csv"
+    source.write_text(
+        "user,item,rating,ts\na,x,4,10\na,y,3,20\nb,x,5,30\nb,x,2,30\nc,z,1,\nc,y,4.5,40\na,x,1,5\nd,y,2,soon\n"
+    )
+    message = _refusal(source, tmp_path / "d")
+    assert "rated.csv line 6: field 'ts' is empty, expected Unix seconds or a date and time (ISO 8601)" in message
+    assert "rated.csv line 9: field 'ts' is 'soon', expected Unix seconds or a date and time (ISO 8601)" in message
+    dataset = _load(source, tmp_path / "d", "drop")
+    # each pair's latest by time: (a, x) keeps the earlier line's 4 (time 10, not 5); on a tie the later line
+    ratings = dataset.ratings().sort("user_id", "item_id")
+    assert ratings.select("user_id", "item_id", "rating").rows() == [
+        ("a", "x", 4.0),
+        ("a", "y", 3.0),
+        ("b", "x", 2.0),
+        ("c", "y", 4.5),
+    ]
+    assert dataset.n_duplicate_ratings == 2 and dataset.n_bad_rows == 2
+    assert sorted(path.name for path in dataset.ratings_path.parent.iterdir()) == [
+        "items.parquet",
+        "meta.json",
+        "ratings.parquet",
+    ]
+
+
 def test_negative_or_non_finite_weights(tmp_path):
     source = tmp_path / "plays.csv"
     source.write_text("user,item,plays\n1,1,3\n1,2,-2\n2,1,inf\n2,2,1\n")

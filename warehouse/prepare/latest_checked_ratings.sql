@@ -5,4 +5,4 @@ SELECT user_id, item_id, rating,
     CASE WHEN $milliseconds THEN timestamp // 1000 ELSE timestamp END AS timestamp
 FROM read_parquet($checked)
 WHERE ok
-QUALIFY row_number() OVER (PARTITION BY user_id, item_id ORDER BY timestamp DESC, line DESC) = 1
+QUALIFY row_number() OVER (PARTITION BY user_id, item_id ORDER BY timestamp DESC NULLS LAST, line DESC) = 1
