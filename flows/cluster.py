@@ -282,5 +282,5 @@ def train_on_cluster(
         return rows
 
     fit = sharded(inputs.folder.ials_fit(phase), run_epochs)
-    model = train_phase(inputs.fit_ratings(phase), inputs.maps, inputs.config, name, phase, init, fit)
+    model = train_phase(inputs.folder, inputs.maps, inputs.config, name, phase, init, fit)
     return model, _report(sum(counts), done)

@@ -137,7 +137,7 @@ def _train_every_model(run: RunLog, inputs: RunInputs, where: Placement) -> Cand
         with run.stage("evaluate", announce=False):
             metrics, per_user = where.evaluate(model, "train", inputs)
         with run.stage("inspect", announce=False):
-            record = inspect_task(model, metrics, inputs.train, inputs.maps, inputs.config)
+            record = inspect_task(model, metrics, inputs.scan_train(), inputs.maps, inputs.config)
             record_model_task(inputs.config.warehouse, run.run_id, name, record)
         candidates.add(model, device, metrics, per_user)
     return candidates

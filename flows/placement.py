@@ -47,7 +47,7 @@ class Placement:
         if self.cluster is not None and MODELS[name].trains_by_shards:
             model, _ = train_on_cluster(inputs.with_settings(fit_config), phase, name, self.cluster, init)
         else:
-            model = train_task(inputs.fit_ratings(phase), inputs.maps, fit_config, name, phase=phase, init=init)
+            model = train_task(inputs.folder, inputs.maps, fit_config, name, phase=phase, init=init)
         if keeps_checkpoint(config, name, phase):  # for the next night's warm start
             save_checkpoint_task(model, inputs.maps, config, inputs.folder.checkpoint(phase, name))
         return model, str(model.device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import polars as pl
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
@@ -44,10 +43,9 @@ def train(config: PipelineConfig, run_dir: Path, phase: Phase = "train", model: 
         The checkpoint's path.
     """
     folder, maps = RunFolder(run_dir), IdMaps.load(run_dir)
-    ratings = pl.read_parquet(folder.phase_input(phase))
     # the last published run's checkpoint, found here: the nightly flow leaves the warm start to this flow
     init = warm_start(config, folder.run_id, model, phase, maps)
-    trained = train_task(ratings, maps, config, model, phase=phase, init=init)
+    trained = train_task(folder, maps, config, model, phase=phase, init=init)
     path = folder.checkpoint(phase, model)
     save_checkpoint_task(trained, maps, config, path)
     return str(path)

@@ -19,12 +19,18 @@ from tasks.train import TrainedModel
 from warehouse.runs import ModelRecord
 
 
-def item_bias_table(model: TrainedModel, train: pl.DataFrame, maps: IdMaps) -> pl.DataFrame | None:
-    """`item_id`, `bias`, `mean_rating`, `n_ratings` (training split); None when the model has no item biases."""
+def item_bias_table(model: TrainedModel, train: pl.DataFrame | pl.LazyFrame, maps: IdMaps) -> pl.DataFrame | None:
+    """`item_id`, `bias`, `mean_rating`, `n_ratings` (training split, counted by a streaming query when it is a
+    query over its file); None when the model has no item biases."""
     biases = model.module.item_biases()
     if biases is None:
         return None
-    stats = train.group_by("item_idx").agg(mean_rating=pl.col("rating").mean(), n_ratings=pl.len())
+    stats = (
+        train.lazy()
+        .group_by("item_idx")
+        .agg(mean_rating=pl.col("rating").mean(), n_ratings=pl.len())
+        .collect(engine="streaming")
+    )
     table = pl.DataFrame(
         {"item_idx": np.arange(maps.n_items, dtype=np.int32), "bias": biases.detach().float().cpu().numpy()}
     )
@@ -56,7 +62,7 @@ def similar_items_table(model: TrainedModel, maps: IdMaps, n: int, chunk: int) -
 
 @task(name="inspect", cache_policy=NO_CACHE, task_run_name="inspect-{model.name}")
 def inspect_task(
-    model: TrainedModel, metrics: pl.DataFrame, train: pl.DataFrame, maps: IdMaps, config: PipelineConfig
+    model: TrainedModel, metrics: pl.DataFrame, train: pl.LazyFrame, maps: IdMaps, config: PipelineConfig
 ) -> ModelRecord:
     """What the run keeps of a trained model: its metrics and loss history with its item biases and similar
     items (whichever it has), ready for one write (warehouse/runs.py, `record_model`)."""

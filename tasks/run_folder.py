@@ -14,6 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# What the stages after the split read of a rating (a fit, the evaluation, the lists): the files' timestamps are left
+# on disk, a third of the frames' memory.
+COLUMNS = ["user_idx", "item_idx", "rating"]
+
 
 @contextmanager
 def atomic_write(path: Path) -> Iterator[Path]:
@@ -72,9 +76,11 @@ class RunFolder:
         """Every rating, indexed (what the refit and the lists' shards read)."""
         return self.path / "ratings.parquet"
 
-    def phase_input(self, phase: str) -> Path:
-        """What a phase's fit reads: the training split for `train` and `gate`, every rating for `refit`."""
-        return self.ratings if phase == "refit" else self.train
+    def holdout(self, fraction: float, seed: int) -> tuple[Path, Path]:
+        """The training split's part a fit trains on and its validation part, for a validation `fraction` and
+        `seed` (`tasks.split.holdout_files`)."""
+        name = f"holdout-{fraction:g}-{seed}"
+        return self.path / f"{name}-fit.parquet", self.path / f"{name}-validation.parquet"
 
     # Models.
     def checkpoint(self, phase: str, model: str) -> Path:

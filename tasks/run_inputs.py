@@ -18,13 +18,9 @@ from tasks.gate import GateVerdict, Side, candidate_metrics, candidate_user_metr
 from tasks.ingest import Dataset
 from tasks.reindex import IdMaps
 from tasks.rules import ListRules
-from tasks.run_folder import RunFolder
+from tasks.run_folder import COLUMNS, RunFolder
 from tasks.train import TrainedModel
 from warehouse.runs import ListExtras, ListFiles
-
-# What the stages after the split read of a rating (a fit, the evaluation, the lists): the files' timestamps are left
-# on disk, a third of the frames' memory.
-COLUMNS = ["user_idx", "item_idx", "rating"]
 
 
 @dataclass(frozen=True)
@@ -54,14 +50,13 @@ class RunInputs:
         """Every rating, as a query over the folder's file (for what only counts them)."""
         return pl.scan_parquet(self.folder.ratings)
 
+    def scan_train(self) -> pl.LazyFrame:
+        """The training split, as a query over the folder's file."""
+        return pl.scan_parquet(self.folder.train)
+
     def with_settings(self, config: PipelineConfig) -> RunInputs:
         """The same data under other settings (the gate trains the published run's models with theirs)."""
         return replace(self, config=config)
-
-    def fit_ratings(self, phase: str) -> pl.DataFrame:
-        """What a phase's fit trains on: every rating for the refit, the training split for `train` and `gate`
-        (`RunFolder.phase_input` names their files)."""
-        return pl.read_parquet(self.folder.phase_input(phase), columns=COLUMNS)
 
     @property
     def catalogue(self) -> int:

@@ -15,6 +15,7 @@ the random keys are the same numbers, drawn in the same (user, item) order, a ba
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import cast
 
@@ -132,27 +133,51 @@ def split_files(
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"{setting('test_fraction')} is {test_fraction}, expected a value between 0 and 1")
-    ratings = pq.ParquetFile(folder.ratings)
+    n_ratings, n_test = _split_file(folder.ratings, (folder.train, folder.test), method, test_fraction, seed, settings)
+    if n_test == 0 and n_ratings:
+        raise ValueError(_why_no_test_rating(pl.scan_parquet(folder.ratings), method, test_fraction))
+    return n_ratings - n_test, n_test
+
+
+def holdout_files(folder: RunFolder, fraction: float, seed: int, settings: OutOfCoreSettings) -> tuple[Path, Path]:
+    """`holdout` of the run folder's training split out of core: the files of the ratings a fit trains on and of
+    its validation ratings, written the first time a fit asks for this fraction and seed (each sorted by user then
+    item, as `holdout` returns them)."""
+    fit_on, validation = folder.holdout(fraction, seed)
+    if not (fit_on.exists() and validation.exists()):
+        _split_file(folder.train, (fit_on, validation), "random", fraction, seed + 1, settings)
+    return fit_on, validation
+
+
+def _split_file(
+    source: Path,
+    outs: tuple[Path, Path],
+    method: SplitMethod,
+    test_fraction: float,
+    seed: int,
+    settings: OutOfCoreSettings,
+) -> tuple[int, int]:
+    """`source`'s ratings split as `split_ratings` splits them, to the train and test files `outs`, DuckDB holding
+    at most `settings.memory_mb` and spilling beside them; returns how many ratings `source` holds and how many went
+    to test."""
+    ratings = pq.ParquetFile(source)
     n_ratings = ratings.metadata.num_rows
     params: dict = {"train_share": 1 - test_fraction}
     if method == "random":
-        n_users = pl.scan_parquet(folder.ratings).select(pl.col("user_idx").n_unique()).collect().item()
+        n_users = pl.scan_parquet(source).select(pl.col("user_idx").n_unique()).collect().item()
         params = {"n_test": min(round(n_ratings * test_fraction), n_ratings - n_users)}
-    flagged = folder.path / "split-flagged.parquet"
+    flagged = outs[0].with_name(f"{outs[0].stem}-flagged-{os.getpid()}.parquet")
     try:
-        with out_of_core(settings.memory_mb, folder.path / "spill") as con:
+        with out_of_core(settings.memory_mb, flagged.with_suffix(".spill")) as con:
             copy_to_parquet(
                 con, f"split_{method}", flagged, params, {"keyed": _keyed(ratings, seed, settings.batch_rows)}
             )
-            for path, is_train in ((folder.train, True), (folder.test, False)):
+            for path, is_train in zip(outs, (True, False), strict=True):
                 with atomic_write(path) as partial:
                     copy_to_parquet(con, "split_part", partial, {"flagged": str(flagged), "train": is_train})
     finally:
         flagged.unlink(missing_ok=True)
-    n_test = pq.ParquetFile(folder.test).metadata.num_rows
-    if n_test == 0 and n_ratings:
-        raise ValueError(_why_no_test_rating(pl.scan_parquet(folder.ratings), method, test_fraction))
-    return n_ratings - n_test, n_test
+    return n_ratings, pq.ParquetFile(outs[1]).metadata.num_rows
 
 
 def _keyed(ratings: pq.ParquetFile, seed: int, batch_rows: int) -> pa.RecordBatchReader:

@@ -19,7 +19,8 @@ from tasks.memory import release_freed_memory
 from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
 from tasks.models.base import EpochHook, InitialRows, WarmFit, index_tensors
 from tasks.reindex import IdMaps
-from tasks.split import holdout
+from tasks.run_folder import COLUMNS, RunFolder
+from tasks.split import holdout_files
 from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
 
 __all__ = ["ModelFitError", "TrainedModel", "fit", "pick_device"]  # ModelFitError: re-exported
@@ -257,7 +258,7 @@ def trained_model(
 
 
 def train_phase(
-    ratings: pl.DataFrame,
+    folder: RunFolder,
     maps: IdMaps,
     config: PipelineConfig,
     name: str,
@@ -265,34 +266,37 @@ def train_phase(
     init: InitialRows | None = None,
     sharded: WarmFit | None = None,
 ) -> TrainedModel:
-    """`fit` of model `name` for one phase of a run.
+    """`fit` of model `name` for one phase of a run, on the run folder's ratings (`phase_ratings`).
 
     phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
     split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
     with no holdout. `init`: a warm start's initial rows (tasks/warm.py); `sharded`: see `fit`.
     """
-    fit_on, validation = phase_ratings(ratings, config, phase)
+    fit_on, validation = phase_ratings(folder, config, phase)
     return fit(fit_on, maps.n_users, maps.n_items, config, validation, phase, name, init, sharded)
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="train-{name}-{phase}")
 def train_task(
-    ratings: pl.DataFrame,
+    folder: RunFolder,
     maps: IdMaps,
     config: PipelineConfig,
     name: str,
     phase: str = "train",
     init: InitialRows | None = None,
 ) -> TrainedModel:
-    """Prefect wrapper of `train_phase`."""
-    return train_phase(ratings, maps, config, name, phase, init)
+    """Prefect wrapper of `train_phase` (its ratings are read inside it: a task run keeps its arguments)."""
+    return train_phase(folder, maps, config, name, phase, init)
 
 
-def phase_ratings(
-    ratings: pl.DataFrame, config: PipelineConfig, phase: str
-) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """The ratings a phase fits on and its validation ratings: "train" and "gate" hold out
-    `validation_fraction` of the training split; "refit" fits on all ratings, with none held out."""
-    if phase in ("train", "gate"):
-        return holdout(ratings, config.validation_fraction, config.seed)
-    return ratings, None
+def phase_ratings(folder: RunFolder, config: PipelineConfig, phase: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The ratings a phase fits on and its validation ratings (`user_idx`, `item_idx`, `rating`): "train" and
+    "gate" hold out `validation_fraction` of the training split (`tasks.split.holdout`, from the files
+    `holdout_files` writes out of core, so the whole split is never read to cut it); "refit" fits on all ratings,
+    with none held out."""
+    if phase not in ("train", "gate"):
+        return pl.read_parquet(folder.ratings, columns=COLUMNS), None
+    if config.validation_fraction == 0:
+        return pl.read_parquet(folder.train, columns=COLUMNS), None
+    fit_on, validation = holdout_files(folder, config.validation_fraction, config.seed, config.out_of_core)
+    return pl.read_parquet(fit_on, columns=COLUMNS), pl.read_parquet(validation, columns=COLUMNS)

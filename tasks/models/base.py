@@ -343,6 +343,20 @@ def index_tensors(
     )
 
 
+def column_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`user_idx`, `item_idx` (32-bit where the frame's are) and `rating` (float32) as read-only tensors on `device`:
+    on the CPU they share the frame's memory (through DLPack) where its columns are of these types in one chunk, so
+    a fit that only reads its ratings holds no copy of them (1.2 GB at 100M ratings)."""
+
+    def column(name: str, dtype: pl.DataType) -> torch.Tensor:
+        series = ratings[name].rechunk()
+        if series.dtype not in (dtype, pl.Int64) or series.has_nulls():
+            series = series.cast(dtype)
+        return torch.from_dlpack(series.to_arrow()).to(device)
+
+    return column("user_idx", pl.Int32()), column("item_idx", pl.Int32()), column("rating", pl.Float32())
+
+
 def in_csr_order(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> bool:
     """`sorted_and_distinct` of numpy columns, checked `GATHER_CHUNK` pairs at a time (each chunk overlapping the
     next by one pair), so the check holds no 64-bit copy of all the keys."""

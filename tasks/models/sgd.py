@@ -18,8 +18,9 @@ and e = p - r, the step with learning rate eta and regularization lam is
 
 and eta follows a cosine from `learning_rate` to 0 over the run's steps.
 
-Everything stays on the module's device: the ratings are index tensors there, shuffled once in full and then
-each epoch by blocks (`epoch_batches`), with the permutations drawn there; batches are slices of the result.
+Everything stays on the module's device: the ratings are index tensors there, put in one random order in full
+and then each epoch by blocks of that order (`epoch_batches`), with the permutations drawn there; a batch gathers
+its ratings through the order.
 """
 
 from __future__ import annotations
@@ -92,11 +93,10 @@ def _epoch_rows(order: torch.Tensor, whole: int, start: int, stop: int) -> torch
     return torch.where(position < whole, order[block] * SHUFFLE_BLOCK + position % SHUFFLE_BLOCK, position)
 
 
-def shuffle_in_place(columns: tuple[torch.Tensor, ...], generator: torch.Generator) -> None:
-    """Reorder the columns' rows by one random permutation, each column overwritten (no second copy is kept)."""
-    order = torch.randperm(len(columns[0]), device=columns[0].device, generator=generator)
-    for column in columns:
-        column.copy_(column.index_select(0, order))
+def shuffled_order(n: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """One random permutation of 0..n-1: the rows in their once-shuffled order, as 32-bit numbers where they fit
+    (the same permutation as 64-bit ones, in half the memory)."""
+    return torch.randperm(n, device=device, generator=generator, dtype=torch.int32 if n < 2**31 else torch.int64)
 
 
 def cosine_rate(peak: float, step: int, total_steps: int) -> float:
@@ -120,8 +120,9 @@ def sgd_fit_dot_bias(
 
     Args:
         module: an `EmbeddingDotBias`; its tables are updated in place.
-        ratings: (users, items, ratings) index tensors on the module's device (the indices 32- or 64-bit);
-            shuffled in place (a copy of the ratings fewer in memory: at 20M ratings, 400 MB).
+        ratings: (users, items, ratings) index tensors on the module's device (the indices 32- or 64-bit), only
+            read: they may share the memory of the ratings frame (`tasks.models.base.column_tensors`), so no copy
+            of the ratings is made on the CPU.
         validate: the validation loss after each epoch, recorded under split "validation".
 
     Returns:
@@ -130,20 +131,23 @@ def sgd_fit_dot_bias(
     Raises:
         ModelFitError: when the epoch's loss becomes NaN or infinite.
     """
-    # One full shuffle here, in place; each epoch then reorders blocks of SHUFFLE_BLOCK ratings (see epoch_batches).
-    shuffle_in_place(ratings, generator)
+    # One full shuffle, as an order of the rows; each epoch then reorders blocks of SHUFFLE_BLOCK of it (see
+    # epoch_batches), and each batch gathers its ratings from the columns through the order. Shuffling the columns
+    # themselves needed a copy of them (the frame's stay read-only), 2.4 GB at 100M ratings with the permutation.
     users, items, targets = ratings
     n, tables = len(targets), _Tables.of(module)
+    order = shuffled_order(n, targets.device, generator)
     steps_per_epoch = -(-n // batch_size)
     total_steps, step = epochs * steps_per_epoch, 0
     rows: list[dict] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         squared_error = torch.zeros((), device=targets.device, dtype=torch.float64)
-        for batch_users, batch_items, batch_targets in epoch_batches((users, items, targets), batch_size, generator):
+        for (positions,) in epoch_batches((order,), batch_size, generator):
             eta = cosine_rate(learning_rate, step, total_steps)
             step += 1
-            squared_error += tables.step(batch_users, batch_items, batch_targets, eta, regularization)
+            u, i, t = (column.index_select(0, positions) for column in (users, items, targets))
+            squared_error += tables.step(u, i, t, eta, regularization)
         seconds = time.perf_counter() - started
         line = record_epoch(rows, epoch, epochs, label, float(squared_error) / n, seconds, validate)
         log.info("%s, %.2fM ratings/s)", line, n / seconds / 1e6)

@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 from tasks.config import OutOfCoreSettings
 from tasks.reindex import IdMaps, ratings_as_of, reindex, reindex_files
 from tasks.run_folder import RunFolder
-from tasks.split import holdout, split_files, split_ratings
+from tasks.split import holdout, holdout_files, split_files, split_ratings
 from tasks.synth import SynthSpec, synthesize
 
 
@@ -144,7 +144,21 @@ def test_out_of_core_reindex_and_split_equal_the_in_memory_ones(ml100k_dataset, 
         assert sizes == (train.height, test.height)
         assert_frame_equal(pl.read_parquet(folder.train), train)
         assert_frame_equal(pl.read_parquet(folder.test), test)
-    assert not (folder.path / "spill").exists() and not (folder.path / "split-flagged.parquet").exists()
+        # a fit's validation share of the training split, as the nightly cuts it out of core
+        fit_on, validation = holdout(train, 0.05, 42)
+        assert validation is not None
+        files = holdout_files(folder, 0.05, 42, OutOfCoreSettings(batch_rows=1_000))
+        assert_frame_equal(pl.read_parquet(files[0]), fit_on)
+        assert_frame_equal(pl.read_parquet(files[1]), validation)
+        for path in files:
+            path.unlink()
+    assert sorted(path.name for path in folder.path.iterdir()) == [
+        "item_map.parquet",
+        "ratings.parquet",
+        "test.parquet",
+        "train.parquet",
+        "user_map.parquet",
+    ]  # no spill folder or flagged file left
 
 
 def test_out_of_core_reindex_as_of_keeps_the_older_ratings_or_says_their_span(ml100k_dataset, tmp_path):
