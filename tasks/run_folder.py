@@ -14,9 +14,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
 # What the stages after the split read of a rating (a fit, the evaluation, the lists): the files' timestamps are left
 # on disk, a third of the frames' memory.
 COLUMNS = ["user_idx", "item_idx", "rating"]
+
+
+def read_ratings(path: Path) -> pl.DataFrame:
+    """A run folder's rating file (`COLUMNS`), each column one array filled a batch at a time: polars reads a file
+    DuckDB wrote as one chunk per row group (611 at 75M ratings), and joining them into the one chunk a fit's
+    tensors can share (`tasks.models.base.column_tensors`) held a second copy for a while."""
+    source = pq.ParquetFile(path, pre_buffer=False)
+    schema = source.schema_arrow
+    arrays = {name: np.empty(source.metadata.num_rows, schema.field(name).type.to_pandas_dtype()) for name in COLUMNS}
+    start = 0
+    for batch in source.iter_batches(batch_size=1 << 20, columns=COLUMNS):
+        for name in COLUMNS:
+            arrays[name][start : start + batch.num_rows] = batch.column(name).to_numpy()
+        start += batch.num_rows
+    return pl.DataFrame({name: pl.Series(name, values) for name, values in arrays.items()})  # no copy
 
 
 @contextmanager

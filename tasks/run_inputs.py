@@ -18,7 +18,7 @@ from tasks.gate import GateVerdict, Side, candidate_metrics, candidate_user_metr
 from tasks.ingest import Dataset
 from tasks.reindex import IdMaps
 from tasks.rules import ListRules
-from tasks.run_folder import COLUMNS, RunFolder
+from tasks.run_folder import RunFolder, read_ratings
 from tasks.train import TrainedModel
 from warehouse.runs import ListExtras, ListFiles
 
@@ -36,15 +36,15 @@ class RunInputs:
     @property
     def ratings(self) -> pl.DataFrame:
         """Every rating, indexed (`user_idx`, `item_idx`, `rating`), read from the run's folder."""
-        return pl.read_parquet(self.folder.ratings, columns=COLUMNS)
+        return read_ratings(self.folder.ratings)
 
     @property
     def train(self) -> pl.DataFrame:
-        return pl.read_parquet(self.folder.train, columns=COLUMNS)
+        return read_ratings(self.folder.train)
 
     @property
     def test(self) -> pl.DataFrame:
-        return pl.read_parquet(self.folder.test, columns=COLUMNS)
+        return read_ratings(self.folder.test)
 
     def scan_ratings(self) -> pl.LazyFrame:
         """Every rating, as a query over the folder's file (for what only counts them)."""

@@ -19,7 +19,7 @@ from tasks.memory import release_freed_memory
 from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
 from tasks.models.base import EpochHook, InitialRows, WarmFit, index_tensors
 from tasks.reindex import IdMaps
-from tasks.run_folder import COLUMNS, RunFolder
+from tasks.run_folder import RunFolder, read_ratings
 from tasks.split import holdout_files
 from warehouse.runs import HISTORY_SCHEMA  # the loss history as training_history stores it
 
@@ -295,8 +295,8 @@ def phase_ratings(folder: RunFolder, config: PipelineConfig, phase: str) -> tupl
     `holdout_files` writes out of core, so the whole split is never read to cut it); "refit" fits on all ratings,
     with none held out."""
     if phase not in ("train", "gate"):
-        return pl.read_parquet(folder.ratings, columns=COLUMNS), None
+        return read_ratings(folder.ratings), None
     if config.validation_fraction == 0:
-        return pl.read_parquet(folder.train, columns=COLUMNS), None
+        return read_ratings(folder.train), None
     fit_on, validation = holdout_files(folder, config.validation_fraction, config.seed, config.out_of_core)
-    return pl.read_parquet(fit_on, columns=COLUMNS), pl.read_parquet(validation, columns=COLUMNS)
+    return read_ratings(fit_on), read_ratings(validation)

@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 
 from tasks.config import OutOfCoreSettings
 from tasks.reindex import IdMaps, ratings_as_of, reindex, reindex_files
-from tasks.run_folder import RunFolder
+from tasks.run_folder import COLUMNS, RunFolder, read_ratings
 from tasks.split import holdout, holdout_files, split_files, split_ratings
 from tasks.synth import SynthSpec, synthesize
 
@@ -144,6 +144,7 @@ def test_out_of_core_reindex_and_split_equal_the_in_memory_ones(ml100k_dataset, 
         assert sizes == (train.height, test.height)
         assert_frame_equal(pl.read_parquet(folder.train), train)
         assert_frame_equal(pl.read_parquet(folder.test), test)
+        assert_frame_equal(read_ratings(folder.train), train.select(COLUMNS))  # one chunk a column, the same rows
         # a fit's validation share of the training split, as the nightly cuts it out of core
         fit_on, validation = holdout(train, 0.05, 42)
         assert validation is not None
