@@ -222,7 +222,8 @@ class DotBiasParams(ModelParams):
         None,
         ge=1,
         description="Ratings per vectorised SGD step (their updates are summed); unset: a thousandth of the "
-        "training ratings as a power of two, at least 4096 (4096 for ML-100k, 16384 for 20M).",
+        "training ratings as a power of two, from 4096 to 65536 (4096 for ML-100k, 16384 for 20M; larger made the "
+        "100M synthetic night diverge).",
     )
     learning_rate: float = Field(
         0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0)."

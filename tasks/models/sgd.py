@@ -42,17 +42,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUFFLE_BLOCK = 256  # ratings that stay together when an epoch reorders the (once fully shuffled) data
+# The largest batch `auto_batch_size` gives: a popular item's summed update grows with the batch, and at 131,072
+# the 100M synthetic night's refit (from its split fit, 100M ratings) diverged in its first epoch, where 65,536
+# trains it (benchmarks/cluster.py --sizes 100m; docs/scale.md).
+MAX_AUTO_BATCH = 1 << 16
 
 
 def auto_batch_size(n_ratings: int) -> int:
-    """A thousandth of the ratings, as a power of two, at least 4096.
+    """A thousandth of the ratings, as a power of two, at least 4096 and at most `MAX_AUTO_BATCH`.
 
     Why it grows with the data: the share of a batch that falls on the most popular item (whose summed update
     is the largest) stays bounded, so one learning rate serves ML-100k and 20M ratings; and a large batch
     spreads the fixed cost of a step (about twenty tensor ops) over more ratings. On ML-100k, 1024, 4096 and
     8192 give the same test RMSE (0.9076-0.9081); 16384 there is 5 steps an epoch, and worse (0.9109).
     """
-    return max(4096, 2 ** round(math.log2(max(n_ratings, 1) / 1000)))
+    return min(max(4096, 2 ** round(math.log2(max(n_ratings, 1) / 1000))), MAX_AUTO_BATCH)
 
 
 def epoch_batches(
