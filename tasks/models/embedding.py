@@ -225,6 +225,13 @@ class DotBiasParams(ModelParams):
         "training ratings as a power of two, from 4096 to 65536 (4096 for ML-100k, 16384 for 20M; larger made the "
         "100M synthetic night diverge).",
     )
+    shuffle_copy_mb: int = Field(
+        512,
+        ge=0,
+        description="The largest copy of the training ratings (12 bytes each) the SGD makes to shuffle them in "
+        "place, which keeps each epoch's reads in blocks (fastest); with more ratings it reads them where they are "
+        "through a shuffled order (4 bytes each, slower). The same fit either way.",
+    )
     learning_rate: float = Field(
         0.05, ge=0, description="SGD learning rate per rating (start of the cosine decay to 0)."
     )
@@ -264,7 +271,7 @@ def fit_dot_bias(
     batch_size = params.batch_size or auto_batch_size(train.height)
     rows = sgd_fit_dot_bias(
         module,
-        column_tensors(train, device),  # the frame's own memory on the CPU: no copy of the ratings
+        column_tensors(train, device),  # the frame's own memory on the CPU
         params.epochs,
         batch_size,
         params.learning_rate,
@@ -272,6 +279,7 @@ def fit_dot_bias(
         generator,
         label,
         validation_loss(module, validation, device),
+        copy_bytes=params.shuffle_copy_mb * 2**20,
     )
     return module, rows
 

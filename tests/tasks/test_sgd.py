@@ -32,7 +32,7 @@ def test_one_step_is_autograds_gradient_step_on_the_summed_per_rating_loss(regul
     lr = 0.2
     sgd_fit_dot_bias(
         trained,
-        (USERS.clone(), ITEMS.clone(), RATINGS.clone()),  # shuffled in place
+        (USERS, ITEMS, RATINGS),
         epochs=1,
         batch_size=len(RATINGS),
         learning_rate=lr,
@@ -60,26 +60,29 @@ def test_learning_rate_follows_a_cosine_to_zero():
     assert cosine_rate(0.1, 10, 10) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_training_reduces_the_loss_and_is_seeded():
-    def run() -> tuple[list[dict], EmbeddingDotBias]:
+def test_training_reduces_the_loss_and_is_seeded_and_a_copy_changes_nothing():
+    def run(copy_bytes: int) -> tuple[list[dict], EmbeddingDotBias]:
         module = _model()
         rows = sgd_fit_dot_bias(
             module,
-            (USERS.clone(), ITEMS.clone(), RATINGS.clone()),  # shuffled in place
+            (USERS, ITEMS, RATINGS),  # only read
             epochs=40,
             batch_size=2,
             learning_rate=0.5,
             regularization=0.0,
             generator=torch.Generator().manual_seed(1),
             label="train",
+            copy_bytes=copy_bytes,
         )
         return rows, module
 
-    rows, module = run()
-    again, module_again = run()
+    before = (USERS.clone(), ITEMS.clone(), RATINGS.clone())
+    rows, module = run(1 << 30)  # a shuffled copy of the ratings
+    again, module_again = run(0)  # no copy: each batch gathered through the shuffled order
     assert rows[-1]["loss"] < rows[0]["loss"] / 10
     assert rows == again
     assert all(torch.equal(a, b) for a, b in zip(module.parameters(), module_again.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, (USERS, ITEMS, RATINGS), strict=True))  # only read
 
 
 def test_no_per_batch_copies_or_host_syncs():
