@@ -331,14 +331,12 @@ class Recommender(nn.Module, ABC):
         return cosine
 
 
-def index_tensors(
-    ratings: pl.DataFrame, device: torch.device, index_dtype: type[np.integer] = np.int64
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`user_idx`, `item_idx` (int64, or `index_dtype`) and `rating` (float32) as tensors on `device`, copies of
-    the frame's columns."""
+def index_tensors(ratings: pl.DataFrame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`user_idx`, `item_idx` (int64) and `rating` (float32) as tensors on `device`, copies of the frame's
+    columns."""
     return (
-        torch.from_numpy(ratings["user_idx"].to_numpy().astype(index_dtype)).to(device),
-        torch.from_numpy(ratings["item_idx"].to_numpy().astype(index_dtype)).to(device),
+        torch.from_numpy(ratings["user_idx"].to_numpy().astype(np.int64)).to(device),
+        torch.from_numpy(ratings["item_idx"].to_numpy().astype(np.int64)).to(device),
         torch.from_numpy(ratings["rating"].to_numpy().astype(np.float32)).to(device),
     )
 
