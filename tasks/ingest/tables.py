@@ -154,8 +154,9 @@ def read_text(path: Path, name: str, given: Mapping[str, str | int | None], stag
 
 
 def _bounded(memory_mb: int, staged: Path) -> dict[str, str | bool | int | float | list[str]]:
-    """DuckDB settings for copying a source to `staged`: at most `memory_mb` held, spilling beside it; row i of
-    the copy is the i-th row read."""
+    """DuckDB settings for copying a source to `staged`: at most `memory_mb` held, spilling beside it (into the
+    parse's `spill/`, which the parse's next out-of-core step removes; never beside a team's database file); row i
+    of the copy is the i-th row read."""
     return {
         "memory_limit": f"{memory_mb}MB",
         "temp_directory": str(staged.parent / "spill"),
@@ -255,7 +256,7 @@ def read_duckdb(
             "one SELECT with source_query (--source-query 'SELECT ...')"
         )
     try:
-        con = duckdb.connect(str(path), read_only=True, config={"memory_limit": f"{memory_mb}MB"})
+        con = duckdb.connect(str(path), read_only=True, config=_bounded(memory_mb, staged))
     except duckdb.Error as exc:
         raise TableError(f"{name}: cannot be opened as a DuckDB database: {exc}") from exc
     with con:
