@@ -202,7 +202,7 @@ def _make_lists(
         with run.stage("refit"):
             model, rater, refits = _refit(inputs, candidates, choice, where)
     with run.stage("recommend"):
-        lists, reasons = where.recommend(model, rater, inputs, run)
+        lists = where.recommend(model, rater, inputs, run)  # the shards' files, their reasons beside them
         split_fit, allowed = candidates.models[choice.model], inputs.rules.n_allowed
         metrics = candidates.metrics[choice.model]
         check_published_model_task(split_fit, model, lists, metrics, inputs.catalogue, config, allowed)
@@ -212,7 +212,7 @@ def _make_lists(
         metrics, verdict = list_metrics_task(
             config.warehouse, lists, inputs.scan_ratings(), inputs.maps, items, verdict, config
         )
-        extras = ListExtras(reasons, fallback, metrics, choice.model, inputs.maps.users.select("user_id"))
+        extras = ListExtras(None, fallback, metrics, choice.model, inputs.maps.users.select("user_id"))
     run.note(gate_reason=verdict.reason)
     return Lists(lists, extras, refits, verdict)
 

@@ -15,8 +15,8 @@ from tasks.checkpoint import save_checkpoint_task
 from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_task
 from tasks.models import MODELS
-from tasks.recommend import recommend_task
 from tasks.run_inputs import RunInputs
+from tasks.shards import ListModels, recommend_in_process, save_list_inputs
 from tasks.train import TrainedModel, train_task
 from tasks.warm import keeps_checkpoint, split_fit_start, warm_start
 from warehouse.runs import ListFiles
@@ -61,18 +61,14 @@ class Placement:
         allowed = inputs.rules.for_evaluation(inputs.config)
         return evaluate_task(model, inputs.train, inputs.test, inputs.maps.n_items, inputs.config, allowed)
 
-    def recommend(
-        self, model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, run: RunLog
-    ) -> tuple[pl.DataFrame | ListFiles, pl.DataFrame | None]:
-        """The lists and their reasons (on a cluster, the reasons are in the shards' files beside the lists); the
-        published model is saved as the run folder's `published_model`, and the rating model behind the stars, when it
-        is another, as its `rater` (what a fold-in folds users into, tasks/fold_in)."""
+    def recommend(self, model: TrainedModel, rater: TrainedModel | None, inputs: RunInputs, run: RunLog) -> ListFiles:
+        """The lists, by user shards on the cluster or in this process, in the run folder's shard files with their
+        reasons beside them; the published model is saved as the run folder's `published_model`, and the rating
+        model behind the stars, when it is another, as its `rater` (what a fold-in folds users into, tasks/fold_in,
+        and what a cluster's shards load)."""
         if self.cluster is not None:
             files, report = recommend_on_cluster(model, rater, inputs, self.cluster)
             run.note(cluster=inputs.config.cluster.address, cluster_workers=report.workers)
-            return files, None
-        lists, reasons = recommend_task(model, inputs.ratings, inputs.maps, inputs.config, rater, inputs.rules)
-        save_checkpoint_task(model, inputs.maps, inputs.config, inputs.folder.published_model)
-        if rater is not None and rater is not model:
-            save_checkpoint_task(rater, inputs.maps, inputs.config, inputs.folder.rater)
-        return lists, reasons
+            return files
+        save_list_inputs(model, rater, inputs)
+        return recommend_in_process(ListModels(model, rater), inputs)

@@ -214,7 +214,8 @@ class ClusterSettings(BaseModel):
     shard_users: int = Field(
         50_000,
         ge=1,
-        description="Users per shard of evaluation and the lists (each shard one Prefect task run a stage).",
+        description="Users per shard of evaluation and the lists (each shard one Prefect task run a stage); in "
+        "process too, the lists are made a shard at a time, from only that shard's ratings.",
     )
     timeout_seconds: float = Field(
         30.0,

@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PipelineConfig
 from tasks.reasons import REASON_SCHEMA, explain
@@ -109,16 +107,3 @@ def _with_stars(lists: pl.DataFrame, rater: TrainedModel | None) -> pl.DataFrame
         return lists.with_columns(predicted_rating=pl.lit(None, pl.Float32))
     users, items = (torch.from_numpy(lists[c].to_numpy().astype(np.int64)) for c in ("user_idx", "item_idx"))
     return lists.with_columns(predicted_rating=pl.Series(rater.predict(users, items).numpy(), dtype=pl.Float32))
-
-
-@task(name="recommend", cache_policy=NO_CACHE)
-def recommend_task(
-    model: TrainedModel,
-    ratings: pl.DataFrame,
-    maps: IdMaps,
-    config: PipelineConfig,
-    rater: TrainedModel | None,
-    rules: ListRules,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Prefect wrapper of `recommend_with_reasons`."""
-    return recommend_with_reasons(model, ratings, maps, config, rater, rules=rules)

@@ -1,7 +1,7 @@
 """What a run's stages pass each other: its prepared data in one value, and every model it trained.
 
 `RunInputs` is what every stage after the split reads (the config, the run's folder, the id maps, the business rules,
-and the ratings and the split, read from the folder's files by the stage that needs them and dropped after: the
+and the ratings and the split as the folder's files, which the stage that needs them reads and drops after: the
 run never holds them for its whole length); `Candidates` collects each trained model with its metrics, picks the one to publish
 and the one behind its stars, and gives the gate what it judges.
 """
@@ -32,11 +32,6 @@ class RunInputs:
     dataset: Dataset  # as parsed: the items file, the layout, the bad and duplicate row counts
     maps: IdMaps
     rules: ListRules
-
-    @property
-    def ratings(self) -> pl.DataFrame:
-        """Every rating, indexed (`user_idx`, `item_idx`, `rating`), read from the run's folder."""
-        return read_ratings(self.folder.ratings)
 
     @property
     def train(self) -> pl.DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from tasks.reindex import IdMaps
 from tasks.rules import ListRules
 from tasks.run_folder import RunFolder, atomic_write
 from tasks.train import TrainedModel, pick_device
+from warehouse.runs import ListFiles
 
 if TYPE_CHECKING:
     from tasks.run_inputs import RunInputs
@@ -58,8 +60,8 @@ def user_shards(n_users: int, shard_users: int) -> list[tuple[int, int]]:
 
 
 def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> tuple[Path, Path]:
-    """Users first..last-1's lists and their reasons (`tasks.recommend.recommend_with_reasons`), written to
-    the run folder's shard files; returns the two paths.
+    """Users first..last-1's lists and their reasons (`shard_lists`) from the run folder's saved models, as a worker
+    makes them; returns the two paths.
 
     Args:
         run_dir: the run's folder, on storage the worker shares with the flow.
@@ -71,12 +73,44 @@ def recommend_shard(run_dir: Path, first: int, last: int, rater: str | None) -> 
     device = pick_device(config.device)
     model, _ = load_trained_model(folder.published_model, device)
     stars = model if rater == RATER_IS_MODEL else load_trained_model(run_dir / rater, device)[0] if rater else None
-    # only this shard's users' ratings: the seen items to leave out of their lists
-    ratings = _shard_of(folder.ratings, first, last)
     maps = IdMaps.load(run_dir)
     rules = ListRules.load(run_dir, maps.n_items)
-    lists, reasons = recommend_with_reasons(model, ratings, maps, config, stars, (first, last), rules)
+    return shard_lists(folder, ListModels(model, stars), maps, config, rules, (first, last))
+
+
+@dataclass(frozen=True)
+class ListModels:
+    """The model that ranks the lists and the one whose predictions give their stars (None: no stars)."""
+
+    model: TrainedModel
+    stars: TrainedModel | None
+
+
+def shard_lists(
+    folder: RunFolder,
+    models: ListModels,
+    maps: IdMaps,
+    config: PipelineConfig,
+    rules: ListRules,
+    users: tuple[int, int],
+) -> tuple[Path, Path]:
+    """The lists and reasons (`tasks.recommend.recommend_with_reasons`) of the users first..last-1 in `users`, from
+    only their own ratings (the seen items to leave out), written to the run folder's shard files; returns the two
+    paths."""
+    first, last = users
+    ratings = _shard_of(folder.ratings, first, last)
+    lists, reasons = recommend_with_reasons(models.model, ratings, maps, config, models.stars, users, rules)
     return _write(lists, folder.recommend_shard(first)), _write(reasons, folder.reasons_shard(first))
+
+
+def recommend_in_process(models: ListModels, inputs: RunInputs) -> ListFiles:
+    """The lists by user shards of `cluster.shard_users` in this process, one after another (each a task run, for
+    progress), written to the run folder's shard files as a cluster's shards write them: only a shard's ratings
+    and lists are held at a time, never every user's."""
+    shards = user_shards(inputs.maps.n_users, inputs.config.cluster.shard_users)
+    log.info("recommending for %d users in %d shards in this process", inputs.maps.n_users, len(shards))
+    done = [shard_lists_task(models, inputs, shard) for shard in shards]
+    return ListFiles.count([lists for lists, _ in done], [reasons for _, reasons in done])
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:
@@ -173,6 +207,15 @@ def recommend_shard_task(run_dir: str, first: int, last: int, rater: str | None)
     worker, peak = _where()
     log.info("users %d-%d: %s (worker peak RSS %.2f GB)", first, last - 1, path.name, peak / 1e9)
     return str(path), str(reasons), worker, peak
+
+
+@task(name="recommend-shard", cache_policy=NO_CACHE, task_run_name="recommend-users-{users[0]}-{users[1]}")
+def shard_lists_task(models: ListModels, inputs: RunInputs, users: tuple[int, int]) -> tuple[Path, Path]:
+    """Prefect wrapper of `shard_lists` in this process, on the run's inputs."""
+    first, last = users
+    files = shard_lists(inputs.folder, models, inputs.maps, inputs.config, inputs.rules, users)
+    log.info("users %d-%d: %s (peak RSS %.2f GB)", first, last - 1, files[0].name, peak_resident_bytes() / 1e9)
+    return files
 
 
 @task(

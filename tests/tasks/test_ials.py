@@ -82,6 +82,17 @@ def test_column_tiles_hold_every_rating_once_in_its_tile():
     assert torch.equal(dense, matrix.rows(torch.arange(6)))
 
 
+@pytest.mark.parametrize("n_keys", [1, 7, 5_000])
+def test_the_counting_sort_gives_the_stable_sorts_order_in_32_bits(monkeypatch, n_keys):
+    # chunks smaller than the keys, and keys of more values than a chunk holds
+    monkeypatch.setattr(base, "SORT_CHUNK", 1_000)
+    keys = torch.from_numpy(np.random.default_rng(n_keys).integers(0, n_keys, 12_345).astype(np.int32))
+    order = base.stable_order(keys, n_keys)
+    assert order.dtype == torch.int32
+    assert torch.equal(order.long(), torch.sort(keys, stable=True).indices)
+    assert len(base.stable_order(keys[:0], n_keys)) == 0
+
+
 def test_the_item_major_matrix_is_the_transpose_with_sorted_rows():
     ratings = _ratings(9, 7, seed=4)
     users, items, r = (torch.tensor(ratings[c].to_numpy()) for c in ("user_idx", "item_idx", "rating"))

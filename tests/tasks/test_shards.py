@@ -13,7 +13,8 @@ from tasks.config import PipelineConfig
 from tasks.evaluate import evaluate_shard, evaluate_users, reduce_evaluation
 from tasks.recommend import recommend_with_reasons
 from tasks.rules import resolve_rules
-from tasks.shards import evaluate_shard_files, recommend_shard, user_shards
+from tasks.run_folder import RunFolder
+from tasks.shards import ListModels, evaluate_shard_files, recommend_shard, shard_lists, user_shards
 from tasks.split import split_ratings
 from tasks.train import fit
 
@@ -45,6 +46,11 @@ def test_the_shards_lists_are_the_lists_of_one_pass(ml100k_dataset, ml100k_index
         reasons.sort("user_id", "item_id", "reason_rank"),
     )
     assert whole["user_id"].n_unique() == 943 and whole.height == 943 * 7 and reasons.height > 0
+    # in process, a shard is made from the models in memory: the same lists as from their checkpoints
+    from_checkpoints = [pl.read_parquet(path) for path in shards[1]]
+    in_memory = shard_lists(RunFolder(tmp_path), ListModels(model, rater), maps, config, rules, (250, 500))
+    for loaded, path in zip(from_checkpoints, in_memory, strict=True):
+        assert_frame_equal(pl.read_parquet(path), loaded)
 
 
 def _same_metrics(ours: pl.DataFrame, theirs: pl.DataFrame) -> None:
