@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 
 import pyarrow
 
@@ -25,8 +26,13 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 def release_freed_memory() -> None:
-    """Return the memory freed so far to the system: Arrow's pool (the split's batches, 200 MB at 20M ratings),
-    then the C library's heap (glibc's `malloc_trim`)."""
+    """Free what only reference cycles still hold, then return the memory freed so far to the system: Arrow's pool
+    (the split's batches, 200 MB at 20M ratings), then the C library's heap (glibc's `malloc_trim`).
+
+    A cycle can hold a stage's data: a traceback caught and kept anywhere below a call keeps every calling frame's
+    locals alive. At 100M ratings on a cluster, the split fit's 0.86 GB of ratings stayed until the collector's
+    next full pass, six minutes into the refit, and the refit's own ratings stacked on them."""
+    gc.collect()
     pyarrow.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:

@@ -56,7 +56,7 @@ class RunInputs:
     @property
     def catalogue(self) -> int:
         """The items a model could recommend from the training split: what coverage is a share of."""
-        return self.scan_train().select(pl.col("item_idx").n_unique()).collect().item()
+        return self.scan_train().select(pl.col("item_idx").n_unique()).collect(engine="streaming").item()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from tasks.config import Device, PipelineConfig
 from tasks.cpu_threads import cpu_threads
 from tasks.memory import release_freed_memory
 from tasks.models import MODELS, Interactions, ModelFitError, ModelParams, ModelSpec, Recommender
-from tasks.models.base import EpochHook, InitialRows, WarmFit, index_tensors
+from tasks.models.base import EpochHook, InitialRows, ShardedFit, index_tensors
 from tasks.reindex import IdMaps
 from tasks.run_folder import RunFolder, read_ratings
 from tasks.split import holdout_files
@@ -164,7 +164,6 @@ def fit(
     history_label: str = "train",
     name: str = "dot_bias",
     init: InitialRows | None = None,
-    sharded: WarmFit | None = None,
     on_epoch: EpochHook | None = None,
 ) -> TrainedModel:
     """Fit the registered model `name` on indexed ratings with its hyperparameters from `config`.
@@ -178,8 +177,6 @@ def fit(
         history_label: the `split` the training loss is recorded under ("train", or "refit").
         name: which model (tasks/models MODELS).
         init: a warm start's initial rows (tasks/warm.py; ials and dot_bias): the fit then runs `warm_epochs`.
-        sharded: the model's fit by shards (`ModelSpec.sharded`, on a cluster) instead of its fit in this process;
-            the shards solve on their workers' CPUs.
         on_epoch: called after each epoch with the module, for a model that `reports_epochs` (a tuning trial).
 
     Raises:
@@ -187,7 +184,7 @@ def fit(
     """
     if train.height == 0:
         raise ValueError("no training ratings")
-    device = torch.device("cpu") if sharded is not None else pick_device(config.device)
+    device = pick_device(config.device)
     use_tf32_matmuls(device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
@@ -196,24 +193,56 @@ def fit(
     spec, params = MODELS[name], fit_params(config, name, warm=init is not None)
     with cpu_threads(config.cpu_threads) if device.type == "cpu" else nullcontext(None) as threads:
         log.info("fitting %s on %s%s", name, device, f", torch threads: {threads}" if threads else "")
-        fit_model, extra = _the_fit(spec, init, sharded, on_epoch)
+        fit_model, extra = _the_fit(spec, init, on_epoch)
         module, rows = fit_model(
             interactions, params, device, validation, seed=config.seed, label=history_label, **extra
         )
     if device.type == "cuda":
         torch.cuda.synchronize()
     release_freed_memory()  # what the fit's working copies held, before the next stage allocates
-    return trained_model(name, module, device, rows, time.perf_counter() - started, interactions, config)
+    fallback = (
+        UnseenFallback.fit(interactions, config) if module.predicts_ratings and not module.predicts_unseen else None
+    )
+    facts = FitFacts(time.perf_counter() - started, interactions.ratings.height, interactions.rating_range)
+    return trained_model(name, module, device, rows, facts, fallback)
 
 
-def _the_fit(
-    spec: ModelSpec, init: InitialRows | None, sharded: WarmFit | None, on_epoch: EpochHook | None
-) -> tuple[Any, dict[str, Any]]:
-    """The fit to call and its extra arguments: a warm start's or the shards' (they take `init`), else the model's
-    own (with `on_epoch` where the model reports epochs)."""
-    if init is not None or sharded is not None:
-        return sharded or spec.warm_fit(), {"init": init}
+def _the_fit(spec: ModelSpec, init: InitialRows | None, on_epoch: EpochHook | None) -> tuple[Any, dict[str, Any]]:
+    """The fit to call and its extra arguments: a warm start's (it takes `init`), else the model's own (with
+    `on_epoch` where the model reports epochs)."""
+    if init is not None:
+        return spec.warm_fit(), {"init": init}
     return spec.fit, ({"on_epoch": on_epoch} if on_epoch is not None and spec.reports_epochs else {})
+
+
+def train_by_shards(
+    folder: RunFolder,
+    maps: IdMaps,
+    config: PipelineConfig,
+    name: str,
+    phase: str,
+    init: InitialRows | None,
+    sharded: ShardedFit,
+) -> TrainedModel:
+    """`train_phase` of a model that trains by shards (`ModelSpec.sharded`, on a cluster), on the CPU: the phase's
+    ratings are read to write the shards' files and dropped before the epochs run, so that this process holds
+    none of them while the shards train (1.2 GB at 100M ratings)."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    params = fit_params(config, name, warm=init is not None)
+    with cpu_threads(config.cpu_threads) as threads:
+        log.info("fitting %s by shards, torch threads here: %d", name, threads)
+        prepared = sharded.prepare(phase_interactions(folder, maps, config, phase), params, config.seed, init)
+        release_freed_memory()  # the ratings, before the epochs
+        module, rows = sharded.fit(prepared, phase)
+    facts = FitFacts(time.perf_counter() - started, prepared.n_ratings, prepared.rating_range)
+    return trained_model(name, module, torch.device("cpu"), rows, facts, None)
+
+
+def phase_interactions(folder: RunFolder, maps: IdMaps, config: PipelineConfig, phase: str) -> Interactions:
+    """The ratings a phase fits on (`phase_ratings`, without its validation ratings) with the vocabularies."""
+    scale = (config.rating_scale[0], config.rating_scale[1]) if config.rating_scale else None
+    return Interactions(phase_ratings(folder, config, phase)[0], maps.n_users, maps.n_items, scale)
 
 
 def fit_params(config: PipelineConfig, name: str, warm: bool) -> ModelParams:
@@ -224,26 +253,32 @@ def fit_params(config: PipelineConfig, name: str, warm: bool) -> ModelParams:
     return params.model_copy(update={"epochs": MODELS[name].warm_params(params).warm_epochs})
 
 
+@dataclass(frozen=True)
+class FitFacts:
+    """What a fit's record keeps of its ratings and its time."""
+
+    seconds: float
+    n_ratings: int
+    rating_range: tuple[float, float]
+
+
 def trained_model(
     name: str,
     module: Recommender,
     device: torch.device,
     rows: list[dict],
-    seconds: float,
-    interactions: Interactions,
-    config: PipelineConfig,
+    facts: FitFacts,
+    fallback: UnseenFallback | None,
 ) -> TrainedModel:
     """What a fit returns, with the unseen-pair fallback a rating model needs; logs the fit's throughput."""
-    needs_fallback = module.predicts_ratings and not module.predicts_unseen
-    fallback = UnseenFallback.fit(interactions, config) if needs_fallback else None
     model = TrainedModel(
         name,
         module.eval(),
         device,
         pl.DataFrame(rows, schema=HISTORY_SCHEMA),
-        seconds,
-        interactions.ratings.height,
-        interactions.rating_range,
+        facts.seconds,
+        facts.n_ratings,
+        facts.rating_range,
         fallback,
     )
     log.info(
@@ -251,7 +286,7 @@ def trained_model(
         name,
         model.n_ratings,
         device,
-        seconds,
+        facts.seconds,
         model.ratings_per_second,
     )
     return model
@@ -264,16 +299,19 @@ def train_phase(
     name: str,
     phase: str = "train",
     init: InitialRows | None = None,
-    sharded: WarmFit | None = None,
+    sharded: ShardedFit | None = None,
 ) -> TrainedModel:
     """`fit` of model `name` for one phase of a run, on the run folder's ratings (`phase_ratings`).
 
     phase "train" (and "gate", the published configuration trained for the quality gate) fits on the training
     split, holding out `validation_fraction` of it for a validation loss; phase "refit" fits on all ratings,
-    with no holdout. `init`: a warm start's initial rows (tasks/warm.py); `sharded`: see `fit`.
+    with no holdout. `init`: a warm start's initial rows (tasks/warm.py); `sharded`: the model's fit by shards
+    (`train_by_shards`, on a cluster) instead of its fit in this process.
     """
+    if sharded is not None:
+        return train_by_shards(folder, maps, config, name, phase, init, sharded)
     fit_on, validation = phase_ratings(folder, config, phase)
-    return fit(fit_on, maps.n_users, maps.n_items, config, validation, phase, name, init, sharded)
+    return fit(fit_on, maps.n_users, maps.n_items, config, validation, phase, name, init)
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="train-{name}-{phase}")

@@ -65,9 +65,10 @@ def test_local_cluster_publishes_the_in_process_lists_and_metrics(ml100k_zip, tm
     where = "SELECT cluster, cluster_workers FROM runs WHERE run_id = ?"
     assert query_rows(tmp_path / "b.duckdb", where, [on_cluster.run_id]) == [("local:2", 2)]
     assert query_rows(tmp_path / "a.duckdb", where, [in_process.run_id]) == [(None, None)]
-    # each shard a task run on this flow's API: the workers were given its address
+    # each shard a task run on this flow's API (the workers were given its address); in process, the lists are made
+    # by the same shards
     shards = [f"users-{first}-{min(first + 300, 943)}" for first in (0, 300, 600, 900)]
-    assert _shard_task_runs() == [f"recommend-{users}" for users in shards]
+    assert _shard_task_runs() == sorted(f"recommend-{users}" for users in shards for _ in ("in process", "cluster"))
     # the evaluation of both models, by the same shards, reduced to the same metrics as in process
     assert _shard_task_runs("evaluate-model-") == sorted(
         f"evaluate-model-{name}-train.pt-{users}" for name in ("dot_bias", "ials") for users in shards

@@ -45,7 +45,7 @@ from tasks.models.embedding import (
     fold_in_dot_bias,
 )
 from tasks.models.ials import Ials, IalsParams, fit_ials, fold_in_ials
-from tasks.models.ials_shards import sharded_ials
+from tasks.models.ials_shards import ShardedIals
 from tasks.models.knn import ItemKnn, ItemKnnParams, UserKnn, UserKnnParams, fit_item_knn, fit_user_knn
 
 __all__ = ["MODELS", "Interactions", "ModelFitError", "ModelParams", "ModelSpec", "Range", "Recommender", "register"]
@@ -92,7 +92,7 @@ MODELS: dict[str, ModelSpec] = {
         fit_ials,
         "implicit ALS (Rendle et al.'s recipe), every rating a positive",
         warm_start=True,
-        sharded=sharded_ials,
+        sharded=ShardedIals,
         # The unobserved weight as a multiple of the density rule: it follows the density of whatever is fitted.
         # The penalty is scaled by each row's count (the exponent stays 1, Rendle et al.'s recipe), so a setting
         # kept as it is would grow a user's penalty with their interactions; carried over the ratio of each user's

@@ -118,6 +118,30 @@ class WarmFit(Protocol[P]):
     ) -> tuple[Recommender, list[dict]]: ...
 
 
+@dataclass(frozen=True)
+class PreparedShards:
+    """What a fit by shards wrote from its ratings (its shards' files, named by `plan`) and what it kept of them: all
+    its epochs need, so that the ratings can be dropped before they run."""
+
+    plan: Any  # the model's own record of its shards' files
+    params: Any  # the model's parameters, as the ratings set them (`for_interactions`)
+    n_users: int
+    n_items: int
+    n_ratings: int
+    rating_range: tuple[float, float]
+
+
+class ShardedFit(Protocol):
+    """A model's fit with its work cut into shards that read their inputs from files (`ModelSpec.sharded`), in two
+    steps: `prepare` writes the files from the ratings, `fit` runs the epochs from the files alone."""
+
+    def prepare(
+        self, interactions: Interactions, params: Any, seed: int, init: InitialRows | None
+    ) -> PreparedShards: ...
+
+    def fit(self, prepared: PreparedShards, label: str) -> tuple[Recommender, list[dict]]: ...
+
+
 # Called after each epoch of a fit that `reports_epochs` with the epoch (1-based) and the module as it stands: the
 # tuning search (tasks/tune) scores it there and may stop the fit by raising (a trial pruned).
 EpochHook = Callable[[int, "Recommender"], None]
@@ -188,7 +212,7 @@ class ModelSpec(Generic[P]):
     warm_start: bool = False
     # Given a folder and what runs its epochs over shards (on a cluster, flows/cluster.py), the same fit with its work
     # cut into shards that read their inputs from that folder (ials: tasks/models/ials_shards.py).
-    sharded: Callable[..., WarmFit[P]] | None = None
+    sharded: Callable[..., ShardedFit] | None = None
     # What the tuning search varies, by setting of the parameter group (`recs tune`, tasks/tune); the settings
     # left out keep their defaults. Empty: the model is not tuned.
     search: dict[str, Range] = field(default_factory=dict)
@@ -376,6 +400,15 @@ def sorted_and_distinct(rows: torch.Tensor, cols: torch.Tensor, n_cols: int) -> 
     return bool((keys[1:] > keys[:-1]).all())
 
 
+def key_counts(keys: np.ndarray, n_keys: int) -> np.ndarray:
+    """How often each of 0..n_keys-1 occurs in `keys` (64-bit counts), `SORT_CHUNK` keys at a time: numpy's
+    `bincount` casts 32-bit keys to 64-bit ones first, a copy of 0.8 GB at 100M ratings."""
+    counts, chunk = np.zeros(n_keys, dtype=np.int64), max(SORT_CHUNK, n_keys)  # a chunk costs n_keys steps more
+    for start in range(0, len(keys), chunk):
+        counts += np.bincount(keys[start : start + chunk], minlength=n_keys)
+    return counts
+
+
 def stable_order(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
     """The positions of `keys` (whole numbers below `n_keys`) in a stable sort of them, as 32-bit numbers where they
     fit. On the CPU a counting sort: each chunk of `SORT_CHUNK` keys (or of `n_keys`, where more) is sorted and
@@ -432,7 +465,7 @@ class RatingMatrix(nn.Module):
             rows, cols, values = index_tensors(ratings, device)
             return cls.build(rows, cols, value_of(values), shape)
         matrix = cls(shape[0], shape[1], len(items))
-        matrix.indptr[1:] = torch.from_numpy(np.bincount(users, minlength=shape[0])).cumsum(0)
+        matrix.indptr[1:] = torch.from_numpy(key_counts(users, shape[0])).cumsum(0)
         matrix.indices.numpy()[:] = items  # numpy's casts into the tensors' memory
         matrix.values.numpy()[:] = ratings["rating"].to_numpy()
         value_of(matrix.values)

@@ -28,10 +28,11 @@ import torch
 from tasks.models.base import (
     InitialRows,
     Interactions,
+    PreparedShards,
     RatingMatrix,
-    WarmFit,
     column_tensors,
     in_csr_order,
+    key_counts,
     stable_order,
 )
 from tasks.models.ials import (
@@ -147,7 +148,7 @@ def _write_side(
     """One side's CSR files (`<name>.indptr.npy`, `.indices.npy`, `.values.npy`) from ratings in that side's row
     order, or in `order` of them; the indices and values are written a chunk at a time."""
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    np.cumsum(key_counts(rows, n_rows), out=indptr[1:])
     _save(indptr, Path(f"{name}.indptr.npy"))
 
     def chunks(column: np.ndarray) -> Iterator[np.ndarray]:
@@ -277,29 +278,31 @@ def assemble_ials(plan: IalsShardPlan, epoch: int, n_users: int, n_items: int, f
 RunEpochs = Callable[[IalsShardPlan, IalsParams, str], list[dict]]
 
 
-def sharded_ials(folder: Path, run_epochs: RunEpochs) -> WarmFit[IalsParams]:
+@dataclass(frozen=True)
+class ShardedIals:
     """`fit_ials` with its epochs run by `run_epochs` over shards prepared in `folder`: the same fit bit for bit,
-    since each shard solves whole chunks of rows as the in-process fit does. The module comes back on the CPU."""
+    since each shard solves whole chunks of rows as the in-process fit does. `prepare` writes the shards' files
+    from the ratings; `fit` runs the epochs from those files alone, and the module comes back on the CPU."""
 
-    def fit(
-        interactions: Interactions,
-        params: IalsParams,
-        device: torch.device,
-        validation: object = None,
-        *,
-        seed: int = 0,
-        label: str = "train",
-        init: InitialRows | None = None,
-    ) -> tuple[Ials, list[dict]]:
+    folder: Path
+    run_epochs: RunEpochs
+
+    def prepare(
+        self, interactions: Interactions, params: IalsParams, seed: int, init: InitialRows | None
+    ) -> PreparedShards:
         params = params.for_interactions(interactions)
-        plan = prepare_ials_shards(interactions, params, seed, folder, init)
+        plan = prepare_ials_shards(interactions, params, seed, self.folder, init)
+        return PreparedShards(
+            plan, params, interactions.n_users, interactions.n_items, plan.n_ratings, interactions.rating_range
+        )
+
+    def fit(self, prepared: PreparedShards, label: str) -> tuple[Ials, list[dict]]:
+        plan, params = prepared.plan, prepared.params
         log.info(
             "training ials on %d ratings: %d user and %d item shards per epoch",
-            interactions.ratings.height,
+            plan.n_ratings,
             len(plan.shards["users"]),
             len(plan.shards["items"]),
         )
-        rows = run_epochs(plan, params, label)
-        return assemble_ials(plan, params.epochs, interactions.n_users, interactions.n_items, params.factors), rows
-
-    return fit
+        rows = self.run_epochs(plan, params, label)
+        return assemble_ials(plan, params.epochs, prepared.n_users, prepared.n_items, params.factors), rows

@@ -8,12 +8,14 @@ import polars as pl
 import pytest
 import torch
 
+from tasks.config import PipelineConfig
 from tasks.models import base, ials_shards
 from tasks.models.base import Interactions, ModelFitError, RatingMatrix, index_tensors
 from tasks.models.ials import ColumnTiles, IalsParams, fit_ials, gramian, rating_matrices, row_chunks, solve_side
 from tasks.models.ials_shards import (
     MATRIX,
     SIDES,
+    ShardedIals,
     assemble_ials,
     fit_by_shards,
     in_process,
@@ -23,6 +25,8 @@ from tasks.models.ials_shards import (
     vectors_path,
     write_rating_matrices,
 )
+from tasks.run_folder import COLUMNS, RunFolder
+from tasks.train import train_phase
 
 CPU = torch.device("cpu")
 
@@ -83,7 +87,7 @@ def test_column_tiles_hold_every_rating_once_in_its_tile():
 
 
 @pytest.mark.parametrize("n_keys", [1, 7, 5_000])
-def test_the_counting_sort_gives_the_stable_sorts_order_in_32_bits(monkeypatch, n_keys):
+def test_the_counting_sort_gives_the_stable_sorts_order_in_32_bits_and_counts_each_key(monkeypatch, n_keys):
     # chunks smaller than the keys, and keys of more values than a chunk holds
     monkeypatch.setattr(base, "SORT_CHUNK", 1_000)
     keys = torch.from_numpy(np.random.default_rng(n_keys).integers(0, n_keys, 12_345).astype(np.int32))
@@ -91,6 +95,7 @@ def test_the_counting_sort_gives_the_stable_sorts_order_in_32_bits(monkeypatch, 
     assert order.dtype == torch.int32
     assert torch.equal(order.long(), torch.sort(keys, stable=True).indices)
     assert len(base.stable_order(keys[:0], n_keys)) == 0
+    assert np.array_equal(base.key_counts(keys.numpy(), n_keys), np.bincount(keys.numpy(), minlength=n_keys))
 
 
 def test_the_item_major_matrix_is_the_transpose_with_sorted_rows():
@@ -165,6 +170,24 @@ def test_training_by_shards_is_the_in_process_fit_bit_for_bit(ml100k_indexed, tm
     # the objective is summed in another order: equal to float32 precision
     assert [row["loss"] for row in sharded_rows] == pytest.approx([row["loss"] for row in rows], rel=1e-5)
     assert not plan.folder.exists()  # the shards' files are gone once the module holds the vectors
+
+
+def test_a_phase_trained_by_shards_is_its_fit_in_process(ml100k_indexed, tmp_path):
+    # the run's refit: the sharded fit reads the run folder's ratings itself, writes its files and drops them
+    ratings, maps = ml100k_indexed
+    ratings.select(COLUMNS).write_parquet(tmp_path / "ratings.parquet")
+    config = PipelineConfig(device="cpu", seed=5, ials={"epochs": 2})  # type: ignore[arg-type]
+    folder = RunFolder(tmp_path)
+    whole = train_phase(folder, maps, config, "ials", "refit")
+
+    def run_epochs(plan, params, label):
+        return fit_by_shards(plan, params, label, in_process(plan, params))
+
+    sharded = train_phase(folder, maps, config, "ials", "refit", sharded=ShardedIals(tmp_path / "ials", run_epochs))
+    assert torch.equal(sharded.module.user_factors, whole.module.user_factors)
+    assert torch.equal(sharded.module.item_factors, whole.module.item_factors)
+    assert (sharded.n_ratings, sharded.rating_scale) == (whole.n_ratings, whole.rating_scale) == (100_000, (1.0, 5.0))
+    assert sharded.history["split"].to_list() == ["refit", "refit"] and not (tmp_path / "ials").exists()
 
 
 @pytest.mark.parametrize("order", ["as reindex writes them", "shuffled"])
