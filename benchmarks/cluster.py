@@ -27,9 +27,11 @@ from benchmarks.scale import _archive, run_once  # noqa: E402
 REPORT = re.compile(r"(\d+) shards on (\d+) workers; peak RSS per worker: (.+)$", re.MULTILINE)
 
 
-def _worker_peaks(log: Path) -> dict:
-    """Every stage's shard count, in the order the stages reported, and each worker's peak over all of them."""
-    found = REPORT.findall(log.read_text())
+def _worker_peaks(run_folder: Path) -> dict:
+    """Every stage's shard count, in the order the stages reported, and each worker's peak over all of them, from
+    the run's log files (`data/logs/`, where the flow's printed reports go) or, failing them, its console."""
+    logs = sorted((run_folder / "data" / "logs").glob("*.log")) or [run_folder / "run.log"]
+    found = [match for log in logs for match in REPORT.findall(log.read_text())]
     if not found:
         return {}
     peaks: dict[str, float] = {}
@@ -62,7 +64,7 @@ def main() -> None:
         for mode, extra in (modes[name] for name in args.modes.split(",")):
             label = size if not extra else f"{size}-local{args.workers}"
             row = run_once(label, archive, args.work, extra)
-            row.update(mode=mode, size=size, **_worker_peaks(args.work / f"run-{label}" / "run.log"))
+            row.update(mode=mode, size=size, **_worker_peaks(args.work / f"run-{label}"))
             rows.append(row)
             print(f"{size} {mode}: {row['wall_seconds']:.1f}s wall", flush=True)
     stages = ("train", "evaluate", "gate", "refit", "recommend", "publish")

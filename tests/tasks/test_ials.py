@@ -172,6 +172,18 @@ def test_training_by_shards_is_the_in_process_fit_bit_for_bit(ml100k_indexed, tm
     assert not plan.folder.exists()  # the shards' files are gone once the module holds the vectors
 
 
+def test_the_fit_from_the_frames_own_columns_is_the_fit_from_its_matrices(ml100k_indexed):
+    # ratings as reindex writes them are read in place (rating_sides); shuffled, they go through RatingMatrix
+    ratings, maps = ml100k_indexed
+    params = IalsParams(epochs=2, cache_bytes=64 * 1024)  # several column tiles a side
+    fits = [
+        fit_ials(Interactions(frame, maps.n_users, maps.n_items), params, CPU, seed=3)[0]
+        for frame in (ratings, ratings.sample(fraction=1.0, shuffle=True, seed=3))
+    ]
+    assert torch.equal(fits[0].user_factors, fits[1].user_factors)
+    assert torch.equal(fits[0].item_factors, fits[1].item_factors)
+
+
 def test_a_phase_trained_by_shards_is_its_fit_in_process(ml100k_indexed, tmp_path):
     # the run's refit: the sharded fit reads the run folder's ratings itself, writes its files and drops them
     ratings, maps = ml100k_indexed
