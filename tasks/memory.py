@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import gc
 
 import pyarrow
 
@@ -26,13 +25,8 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 def release_freed_memory() -> None:
-    """Free what only reference cycles still hold, then return the memory freed so far to the system: Arrow's pool
-    (the split's batches, 200 MB at 20M ratings), then the C library's heap (glibc's `malloc_trim`).
-
-    A reference cycle can hold a stage's data until the collector's next full pass: in a 100M night on a cluster,
-    858 MiB, the split fit's ratings, came back only six minutes into the refit, whose own ratings had stacked on
-    them."""
-    gc.collect()
+    """Return the memory freed so far to the system: Arrow's pool (the split's batches, 200 MB at 20M ratings),
+    then the C library's heap (glibc's `malloc_trim`)."""
     pyarrow.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:

@@ -200,9 +200,8 @@ def fit(
     if device.type == "cuda":
         torch.cuda.synchronize()
     release_freed_memory()  # what the fit's working copies held, before the next stage allocates
-    fallback = (
-        UnseenFallback.fit(interactions, config) if module.predicts_ratings and not module.predicts_unseen else None
-    )
+    needs_fallback = module.predicts_ratings and not module.predicts_unseen  # see `TrainedModel.fallback`
+    fallback = UnseenFallback.fit(interactions, config) if needs_fallback else None
     facts = FitFacts(time.perf_counter() - started, interactions.ratings.height, interactions.rating_range)
     return trained_model(name, module, device, rows, facts, fallback)
 
