@@ -6,6 +6,7 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import polars as pl
@@ -239,9 +240,9 @@ def train_by_shards(
 
 
 def phase_interactions(folder: RunFolder, maps: IdMaps, config: PipelineConfig, phase: str) -> Interactions:
-    """The ratings a phase fits on (`phase_ratings`, without its validation ratings) with the vocabularies."""
+    """The ratings a phase fits on (`phase_files`; its validation ratings are not read) with the vocabularies."""
     scale = (config.rating_scale[0], config.rating_scale[1]) if config.rating_scale else None
-    return Interactions(phase_ratings(folder, config, phase)[0], maps.n_users, maps.n_items, scale)
+    return Interactions(read_ratings(phase_files(folder, config, phase)[0]), maps.n_users, maps.n_items, scale)
 
 
 def fit_params(config: PipelineConfig, name: str, warm: bool) -> ModelParams:
@@ -327,13 +328,18 @@ def train_task(
 
 
 def phase_ratings(folder: RunFolder, config: PipelineConfig, phase: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """The ratings a phase fits on and its validation ratings (`user_idx`, `item_idx`, `rating`): "train" and
-    "gate" hold out `validation_fraction` of the training split (`tasks.split.holdout`, from the files
-    `holdout_files` writes out of core, so the whole split is never read to cut it); "refit" fits on all ratings,
-    with none held out."""
+    """The ratings a phase fits on and its validation ratings (`user_idx`, `item_idx`, `rating`), read from
+    `phase_files`."""
+    fit_on, validation = phase_files(folder, config, phase)
+    return read_ratings(fit_on), read_ratings(validation) if validation is not None else None
+
+
+def phase_files(folder: RunFolder, config: PipelineConfig, phase: str) -> tuple[Path, Path | None]:
+    """The files of the ratings a phase fits on and of its validation ratings: "train" and "gate" hold out
+    `validation_fraction` of the training split (`tasks.split.holdout`, from the files `holdout_files` writes out of
+    core, so the whole split is never read to cut it); "refit" fits on all ratings, with none held out."""
     if phase not in ("train", "gate"):
-        return read_ratings(folder.ratings), None
+        return folder.ratings, None
     if config.validation_fraction == 0:
-        return read_ratings(folder.train), None
-    fit_on, validation = holdout_files(folder, config.validation_fraction, config.seed, config.out_of_core)
-    return read_ratings(fit_on), read_ratings(validation)
+        return folder.train, None
+    return holdout_files(folder, config.validation_fraction, config.seed, config.out_of_core)
